@@ -1,0 +1,250 @@
+//! The running server: listeners from the configuration, signals, reload and graceful stop.
+//!
+//! `SIGHUP` re-reads the configuration; a bad one is refused with a log line and the running one
+//! stays. A good one replaces the upstream (new requests go to it, requests in flight finish where
+//! they started) and starts, stops or rebinds only the listeners whose section changed: connections
+//! already accepted are never dropped by a reload. `SIGTERM`/`SIGINT` stop accepting, let in-flight
+//! requests and hijacked streams finish within the grace time, then exit.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigError, ListenerConfig, Overrides};
+use crate::http::server::{serve_connection, ServeOptions};
+use crate::http::Forwarder;
+use crate::proxy::DockerProxy;
+use crate::transport::{self, Connector, Listener, TransportError, UnixSocketOptions};
+
+/// A TLS handshake that takes longer than this is abandoned.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("listener {name:?}: {source}")]
+    Listener { name: String, source: TransportError },
+    #[error("upstream: {0}")]
+    Upstream(TransportError),
+    #[error("signal handling: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Where the configuration comes from, kept for reloads.
+pub struct ConfigSource {
+    pub path: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+impl ConfigSource {
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        Config::load(self.path.as_deref(), &self.overrides)
+    }
+}
+
+struct RunningListener {
+    config: ListenerConfig,
+    /// Stops this listener's accept loop (and so closes its socket); its connections live on.
+    stop: CancellationToken,
+    /// The accept loop; it has closed the socket once this ends.
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub struct Server {
+    source: ConfigSource,
+    config: Config,
+    proxy: Arc<DockerProxy>,
+    listeners: BTreeMap<String, RunningListener>,
+    /// Every connection task, so that a stop can wait for them.
+    connections: TaskTracker,
+    /// Cancelled on stop: connections finish their current request and close.
+    draining: CancellationToken,
+}
+
+fn build_forwarder(config: &Config) -> Result<Arc<Forwarder>, AppError> {
+    let tls = match &config.upstream.tls {
+        Some(t) => {
+            let pair = t.cert.as_deref().zip(t.key.as_deref());
+            Some(transport::tls::client_config(&t.ca, pair).map_err(AppError::Upstream)?)
+        }
+        None => None,
+    };
+    let connector = Connector::new(config.upstream.url.clone(), tls, config.connect_timeout()).map_err(AppError::Upstream)?;
+    Ok(Arc::new(Forwarder::new(connector)))
+}
+
+impl Server {
+    /// Loads the configuration and binds every listener; nothing is served until [`Server::run`].
+    pub async fn start(source: ConfigSource) -> Result<Server, AppError> {
+        let config = source.load()?;
+        let proxy = Arc::new(DockerProxy::new(build_forwarder(&config)?));
+        let mut server = Server {
+            source,
+            config: config.clone(),
+            proxy,
+            listeners: BTreeMap::new(),
+            connections: TaskTracker::new(),
+            draining: CancellationToken::new(),
+        };
+        for (name, l) in &config.listener {
+            server.start_listener(name, l).await?;
+        }
+        tracing::info!(upstream = %config.upstream.url, "ctproxy started");
+        Ok(server)
+    }
+
+    async fn start_listener(&mut self, name: &str, config: &ListenerConfig) -> Result<(), AppError> {
+        let err = |source| AppError::Listener { name: name.to_owned(), source };
+        let tls = match &config.tls {
+            Some(t) => Some(transport::tls::server_config(&t.cert, &t.key, t.client_ca.as_deref()).map_err(err)?),
+            None => None,
+        };
+        let unix = UnixSocketOptions {
+            mode: config.mode.map(|m| m.0),
+            owner: config.owner.clone(),
+            group: config.group.clone(),
+        };
+        let listener = Listener::bind(&config.address, &unix, tls).await.map_err(err)?;
+        let shown = listener.local_tcp_addr().map_or_else(|| config.address.to_string(), |a| format!("tcp://{a}"));
+        tracing::info!(listener = name, address = %shown, tls = config.tls.is_some(), "listening");
+        let stop = CancellationToken::new();
+        let opts = ServeOptions { listener: Arc::from(name), access_log: config.access_log };
+        let task = tokio::spawn(accept_loop(
+            listener,
+            opts,
+            self.proxy.clone(),
+            self.connections.clone(),
+            self.draining.clone(),
+            stop.clone(),
+        ));
+        self.listeners.insert(name.to_owned(), RunningListener { config: config.clone(), stop, task });
+        Ok(())
+    }
+
+    /// Serves until SIGTERM or SIGINT, reloading on SIGHUP.
+    pub async fn run(mut self) -> Result<(), AppError> {
+        let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signal)?;
+        let mut term = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signal)?;
+        loop {
+            tokio::select! {
+                _ = hup.recv() => self.reload().await,
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        self.stop().await;
+        Ok(())
+    }
+
+    /// Re-reads the configuration and applies what changed. Never leaves the server without a
+    /// working configuration: on any error the old one stays in force.
+    pub async fn reload(&mut self) {
+        let new = match self.source.load() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
+                return;
+            }
+        };
+        if new.upstream != self.config.upstream {
+            match build_forwarder(&new) {
+                Ok(f) => self.proxy.set_forwarder(f),
+                Err(e) => {
+                    tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
+                    return;
+                }
+            }
+        }
+        // Listeners that disappeared or changed stop accepting first, so a changed one can rebind
+        // the same address.
+        let changed: Vec<String> = self
+            .listeners
+            .iter()
+            .filter(|(name, running)| new.listener.get(*name) != Some(&running.config))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &changed {
+            if let Some(running) = self.listeners.remove(name) {
+                running.stop.cancel();
+                let _ = running.task.await;
+                tracing::info!(listener = %name, "listener stopped by reload");
+            }
+        }
+        for (name, l) in &new.listener {
+            if !self.listeners.contains_key(name) {
+                if let Err(e) = self.start_listener(name, l).await {
+                    tracing::error!(error = %e, "listener could not be started by reload");
+                }
+            }
+        }
+        self.config = new;
+        tracing::info!("configuration reloaded");
+    }
+
+    /// Stops accepting, then waits up to the grace time for connections to finish.
+    pub async fn stop(self) {
+        for running in self.listeners.values() {
+            running.stop.cancel();
+        }
+        self.draining.cancel();
+        self.connections.close();
+        let grace = self.config.grace();
+        tracing::info!(connections = self.connections.len(), grace_ms = grace.as_millis() as u64, "stopping");
+        if tokio::time::timeout(grace, self.connections.wait()).await.is_err() {
+            tracing::warn!(connections = self.connections.len(), "grace time over; cutting the remaining connections");
+        }
+        tracing::info!("stopped");
+    }
+}
+
+async fn accept_loop(
+    listener: Listener,
+    opts: ServeOptions,
+    proxy: Arc<DockerProxy>,
+    connections: TaskTracker,
+    draining: CancellationToken,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok(accepted) => {
+                let opts = opts.clone();
+                let proxy = proxy.clone();
+                let draining = draining.clone();
+                connections.spawn(async move {
+                    let peer = accepted.peer.clone();
+                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accepted.into_stream()).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::info!(listener = %opts.listener, %peer, error = %e, "connection refused at handshake");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(listener = %opts.listener, %peer, "handshake timed out");
+                            return;
+                        }
+                    };
+                    serve_connection(stream, peer, opts, proxy, draining).await;
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(listener = %opts.listener, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    // Dropping the listener closes the socket and removes a unix socket file.
+    drop(listener);
+}

@@ -1,0 +1,319 @@
+//! The configuration file: TOML, read once at start and again on `SIGHUP`.
+//!
+//! Every section maps to one struct with `deny_unknown_fields`, so a typo is an error that names the
+//! key and the line (the TOML parser reports both), never a silently ignored setting. Checks that
+//! involve several keys live in [`Config::validate`] and name the key they are about.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::transport::{ListenAddr, UpstreamAddr};
+
+/// The configuration ctproxy runs on when no `--config` is given.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{origin}: `{key}`: {message}")]
+    Invalid { origin: String, key: String, message: String },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    /// Listeners by name; the name appears in logs and survives reloads.
+    #[serde(default)]
+    pub listener: BTreeMap<String, ListenerConfig>,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+/// The dockerd that every listener forwards to.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    #[serde(default = "default_upstream")]
+    pub url: UpstreamAddr,
+    /// TLS towards a remote dockerd (`tcp://host:2376`), as `docker --tlsverify` would use it.
+    pub tls: Option<UpstreamTls>,
+    /// How long to wait for a connection to the daemon before answering 502.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// CA bundle that signed the daemon's certificate.
+    pub ca: PathBuf,
+    /// Client certificate and key, for a daemon started with `--tlsverify`.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `unix:///path/to.sock` or `tcp://host:port`.
+    pub address: ListenAddr,
+    /// Unix sockets only: file mode as an octal string, e.g. `"0660"`.
+    pub mode: Option<FileMode>,
+    /// Unix sockets only: owner and group (names or numbers).
+    pub owner: Option<String>,
+    pub group: Option<String>,
+    /// TCP only: serve TLS.
+    pub tls: Option<ListenerTls>,
+    /// Write one access-log line per request (default true).
+    #[serde(default = "yes")]
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA (`docker --tlsverify`).
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A `tracing` filter (`info`, `ctproxy=debug`); `RUST_LOG` overrides it.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// On SIGTERM/SIGINT: how long in-flight requests may run before they are cut.
+    #[serde(default = "default_grace_ms")]
+    pub grace_ms: u64,
+}
+
+/// A unix file mode written in octal (`"0660"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct FileMode(pub u32);
+
+impl TryFrom<String> for FileMode {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match u32::from_str_radix(&s, 8) {
+            Ok(m) if m <= 0o7777 => Ok(FileMode(m)),
+            _ => Err(format!("invalid file mode {s:?}: expected octal digits such as \"0660\"")),
+        }
+    }
+}
+
+fn default_upstream() -> UpstreamAddr {
+    UpstreamAddr::Unix("/var/run/docker.sock".into())
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_grace_ms() -> u64 {
+    30_000
+}
+fn default_level() -> String {
+    "info".into()
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig { url: default_upstream(), tls: None, connect_timeout_ms: default_connect_timeout_ms() }
+    }
+}
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, level: default_level() }
+    }
+}
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { grace_ms: default_grace_ms() }
+    }
+}
+
+/// Command-line settings that replace parts of the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Vec<ListenAddr>,
+    pub upstream: Option<UpstreamAddr>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Reads the file at `path`, or the embedded default when `None`, then applies `overrides`.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let (text, origin) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p)
+                    .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?,
+                p.display().to_string(),
+            ),
+            None => (DEFAULT_TOML.to_owned(), "embedded default configuration".to_owned()),
+        };
+        let mut config = Self::parse(&text, &origin)?;
+        config.apply(overrides);
+        config.validate(&origin)?;
+        Ok(config)
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { origin: origin.to_owned(), message: e.to_string() })
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if !o.listen.is_empty() {
+            self.listener = o
+                .listen
+                .iter()
+                .enumerate()
+                .map(|(i, addr)| {
+                    let l = ListenerConfig {
+                        address: addr.clone(),
+                        mode: matches!(addr, ListenAddr::Unix(_)).then_some(FileMode(0o660)),
+                        owner: None,
+                        group: None,
+                        tls: None,
+                        access_log: true,
+                    };
+                    (format!("listen-{}", i + 1), l)
+                })
+                .collect();
+        }
+        if let Some(u) = &o.upstream {
+            self.upstream.url = u.clone();
+            self.upstream.tls = None;
+        }
+        if let Some(f) = o.log_format {
+            self.log.format = f;
+        }
+    }
+
+    /// Checks that span several keys. Each error names the key it is about.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: &str| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key,
+            message: message.to_owned(),
+        };
+        if self.listener.is_empty() {
+            return Err(invalid("listener".into(), "at least one listener is needed"));
+        }
+        let mut seen = BTreeMap::new();
+        for (name, l) in &self.listener {
+            let key = |k: &str| format!("listener.{name}.{k}");
+            let unix = matches!(l.address, ListenAddr::Unix(_));
+            if !unix && (l.mode.is_some() || l.owner.is_some() || l.group.is_some()) {
+                return Err(invalid(key("mode"), "mode, owner and group apply to unix:// listeners only"));
+            }
+            if unix && l.tls.is_some() {
+                return Err(invalid(key("tls"), "TLS applies to tcp:// listeners only"));
+            }
+            if let Some(other) = seen.insert(l.address.to_string(), name) {
+                return Err(invalid(key("address"), &format!("the same address as listener {other:?}")));
+            }
+        }
+        if let Some(tls) = &self.upstream.tls {
+            if !matches!(self.upstream.url, UpstreamAddr::Tcp { .. }) {
+                return Err(invalid("upstream.tls".into(), "TLS applies to a tcp:// upstream only"));
+            }
+            if tls.cert.is_some() != tls.key.is_some() {
+                return Err(invalid("upstream.tls".into(), "cert and key go together"));
+            }
+        }
+        if self.upstream.connect_timeout_ms == 0 {
+            return Err(invalid("upstream.connect_timeout_ms".into(), "must be more than 0"));
+        }
+        Ok(())
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.upstream.connect_timeout_ms)
+    }
+
+    pub fn grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown.grace_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.upstream.url, UpstreamAddr::Unix("/var/run/docker.sock".into()));
+        assert_eq!(c.listener["default"].address, ListenAddr::Unix("/run/ctproxy/docker.sock".into()));
+        assert_eq!(c.listener["default"].mode, Some(FileMode(0o660)));
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../runner-config/ctproxy.toml");
+        let c = Config::parse(text, "runner-config/ctproxy.toml").unwrap();
+        c.validate("runner-config/ctproxy.toml").unwrap();
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        let e = Config::parse("[listener.a]\naddress = \"unix:///x\"\nmdoe = \"0600\"\n", "t.toml").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("line 3") && msg.contains("mdoe"), "{msg}");
+
+        let e = Config::parse("[listener.a]\naddress = \"http://x\"\n", "t.toml").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("invalid address"), "{e}");
+
+        let e = Config::parse("[listener.a]\naddress = \"unix:///x\"\nmode = \"999\"\n", "t.toml").unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("file mode"), "{e}");
+
+        let c = Config::parse("[listener.a]\naddress = \"tcp://127.0.0.1:1\"\nmode = \"0600\"\n", "t.toml").unwrap();
+        let e = c.validate("t.toml").unwrap_err().to_string();
+        assert!(e.contains("listener.a.mode"), "{e}");
+    }
+
+    #[test]
+    fn overrides_replace_listeners_and_upstream() {
+        let o = Overrides {
+            listen: vec![ListenAddr::parse("tcp://127.0.0.1:0").unwrap(), ListenAddr::parse("unix:///tmp/a.sock").unwrap()],
+            upstream: Some(UpstreamAddr::parse("tcp://10.0.0.1:2375").unwrap()),
+            log_format: Some(LogFormat::Json),
+        };
+        let c = Config::load(None, &o).unwrap();
+        assert_eq!(c.listener.len(), 2);
+        assert!(c.listener["listen-1"].mode.is_none());
+        assert_eq!(c.listener["listen-2"].mode, Some(FileMode(0o660)));
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+}

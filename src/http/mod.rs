@@ -1,0 +1,18 @@
+//! Layer 1, HTTP: serving client connections and forwarding requests to dockerd.
+//!
+//! This layer knows HTTP/1.1 (keep-alive, streaming bodies, upgrades, hijacked connections) but nothing
+//! of the Docker API: what a request means is decided by a [`server::Handler`] from a higher layer.
+//! - [`server`] drives one client connection, owns the access log and takes over hijacked sockets;
+//! - [`forward`] is the pooled client to the daemon;
+//! - [`hijack`] splices two raw byte streams with correct half-close;
+//! - [`body`] is the one response body type; [`respond`] is the one place errors become responses.
+
+pub mod body;
+pub mod forward;
+pub mod hijack;
+pub mod respond;
+pub mod server;
+
+pub use body::ProxyBody;
+pub use forward::{ForwardError, Forwarder, UpstreamBody};
+pub use server::{ConnCtx, Handler};

@@ -1,0 +1,163 @@
+//! Serving one client connection: HTTP/1.0 and 1.1 keep-alive, access log, graceful drain, hijacks.
+//!
+//! Upgrades are taken over *manually* (hyper's `poll_without_shutdown` + `into_parts`) rather than
+//! with `with_upgrades()`. That gives one code path for both ways Docker clients hijack a connection:
+//! the `Upgrade: tcp` → `101` form and the legacy form where a plain `200` is followed by raw bytes,
+//! which hyper's upgrade API cannot express. A handler that wants the socket parks the daemon's side in
+//! [`ConnCtx::hijack`]; once hyper has written the response head and stopped, this module splices the
+//! client's raw socket (plus whatever bytes hyper had already read) to it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::body::{AccessRecord, LoggedBody};
+use super::hijack::{splice, Prefixed};
+use super::ProxyBody;
+use crate::transport::{ClientStream, PeerInfo};
+
+/// What a higher layer plugs in to answer requests.
+pub trait Handler: Send + Sync + 'static {
+    fn call(&self, req: Request<Incoming>, conn: Arc<ConnCtx>) -> impl Future<Output = Response<ProxyBody>> + Send;
+}
+
+/// Per-connection facts shared with the handler.
+pub struct ConnCtx {
+    pub listener: Arc<str>,
+    pub peer: PeerInfo,
+    peer_label: Arc<str>,
+    access_log: bool,
+    hijacked: Mutex<Option<Hijacked>>,
+}
+
+struct Hijacked {
+    upstream: hyper::upgrade::Upgraded,
+    record: Option<AccessRecord>,
+}
+
+impl ConnCtx {
+    /// Parks the daemon's side of a hijacked exchange. The response the handler returns next is the
+    /// last one on this connection: after its head is written, the socket is spliced to `upstream`.
+    pub fn hijack(&self, upstream: hyper::upgrade::Upgraded) {
+        if let Ok(mut slot) = self.hijacked.lock() {
+            *slot = Some(Hijacked { upstream, record: None });
+        }
+    }
+
+    fn is_hijacked(&self) -> bool {
+        self.hijacked.lock().map(|s| s.is_some()).unwrap_or(false)
+    }
+}
+
+/// Options that apply to every connection of a listener.
+#[derive(Clone)]
+pub struct ServeOptions {
+    pub listener: Arc<str>,
+    pub access_log: bool,
+}
+
+/// Serves one accepted connection until the client leaves, the handler hijacks it, or `shutdown` is
+/// cancelled (then in-flight requests finish and keep-alive stops).
+pub async fn serve_connection<H: Handler>(
+    stream: ClientStream,
+    peer: PeerInfo,
+    opts: ServeOptions,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) {
+    let ctx = Arc::new(ConnCtx {
+        listener: opts.listener,
+        peer_label: Arc::from(peer.to_string()),
+        peer,
+        access_log: opts.access_log,
+        hijacked: Mutex::new(None),
+    });
+    let svc = ConnService { handler, ctx: ctx.clone() };
+    let mut conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc);
+
+    let mut draining = false;
+    let result = loop {
+        tokio::select! {
+            r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+        }
+    };
+    if let Err(e) = result {
+        // Malformed requests were already answered 400 by hyper; this is for the debug log only.
+        tracing::debug!(listener = %ctx.listener, peer = %ctx.peer_label, error = %e, "connection ended with an error");
+    }
+    let parts = conn.into_parts();
+    let hijacked = ctx.hijacked.lock().ok().and_then(|mut s| s.take());
+    let mut client = parts.io.into_inner();
+    match hijacked {
+        Some(h) => {
+            let stats = splice(Prefixed::new(parts.read_buf, client), TokioIo::new(h.upstream)).await;
+            if let Some(record) = h.record {
+                record.emit(stats.daemon_to_client, Some(stats.client_to_daemon));
+            }
+        }
+        None => {
+            let _ = client.shutdown().await;
+        }
+    }
+}
+
+/// The hyper service of one connection: wraps the handler with the access log and a tracing span.
+struct ConnService<H> {
+    handler: Arc<H>,
+    ctx: Arc<ConnCtx>,
+}
+
+impl<H: Handler> hyper::service::Service<Request<Incoming>> for ConnService<H> {
+    type Response = Response<LoggedBody>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let handler = self.handler.clone();
+        let ctx = self.ctx.clone();
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let span = tracing::debug_span!("request", listener = %ctx.listener, peer = %ctx.peer_label, %method, %path);
+        Box::pin(
+            async move {
+                let rsp = handler.call(req, ctx.clone()).await;
+                let record = ctx.access_log.then(|| AccessRecord {
+                    listener: ctx.listener.clone(),
+                    peer: ctx.peer_label.clone(),
+                    method,
+                    path,
+                    status: rsp.status().as_u16(),
+                    started,
+                });
+                let (parts, body) = rsp.into_parts();
+                // A hijacked exchange is logged when the raw stream ends, with both byte counts.
+                let record = if ctx.is_hijacked() {
+                    if let Ok(mut slot) = ctx.hijacked.lock() {
+                        if let Some(h) = slot.as_mut() {
+                            h.record = record;
+                        }
+                    }
+                    None
+                } else {
+                    record
+                };
+                Ok(Response::from_parts(parts, LoggedBody::new(body, record)))
+            }
+            .instrument(span),
+        )
+    }
+}

@@ -1,0 +1,18 @@
+//! ctproxy, the Container Tuning Proxy: a reverse proxy for the Docker Engine API.
+//!
+//! Layers, lowest first; a module only uses the ones below it (see `docs/ARCHITECTURE.md`):
+//! - [`transport`]: listeners (unix, TCP, TLS), peer credentials, dialing dockerd;
+//! - [`http`]: serving connections, the pooled client to dockerd, hijacked streams, error responses;
+//! - [`docker`]: facts about the Engine API (routes, versions, hijacking endpoints);
+//! - [`proxy`]: the Docker proxy handler that puts the layers together;
+//! - [`app`]: the running server (configuration, signals, reload, graceful stop).
+//!
+//! [`config`] and [`telemetry`] are used by every layer.
+
+pub mod app;
+pub mod config;
+pub mod docker;
+pub mod http;
+pub mod proxy;
+pub mod telemetry;
+pub mod transport;

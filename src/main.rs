@@ -1,0 +1,87 @@
+//! The `ctproxy` command: parses the command line, sets up logging and runs the chosen command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use ctproxy::app::{ConfigSource, Server};
+use ctproxy::config::{LogFormat, Overrides};
+use ctproxy::transport::{ListenAddr, UpstreamAddr};
+
+#[derive(Parser)]
+#[command(name = "ctproxy", version, about = "Container Tuning Proxy: a reverse proxy for the Docker Engine API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the Docker API on the configured listeners.
+    Serve {
+        /// TOML configuration file; without it, the embedded default configuration is used.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Listen here instead of the configured listeners (`unix:///path`, `tcp://host:port`). Repeatable.
+        #[arg(long, value_parser = parse_listen)]
+        listen: Vec<ListenAddr>,
+        /// Forward to this daemon instead of the configured one (`unix:///path`, `tcp://host:port`).
+        #[arg(long, value_parser = parse_upstream)]
+        upstream: Option<UpstreamAddr>,
+        /// Log format (overrides the configuration).
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+        /// Check the configuration, print it, and exit.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+fn parse_listen(s: &str) -> Result<ListenAddr, String> {
+    ListenAddr::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_upstream(s: &str) -> Result<UpstreamAddr, String> {
+    UpstreamAddr::parse(s).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config, listen, upstream, log_format, check } => {
+            let source = ConfigSource { path: config, overrides: Overrides { listen, upstream, log_format } };
+            let loaded = match source.load() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("ctproxy: configuration error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if check {
+                println!("configuration OK: {} listener(s), upstream {}", loaded.listener.len(), loaded.upstream.url);
+                return ExitCode::SUCCESS;
+            }
+            ctproxy::telemetry::init(loaded.log.format, &loaded.log.level);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("ctproxy: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = runtime.block_on(async {
+                let server = Server::start(source).await?;
+                server.run().await
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "ctproxy failed");
+                    eprintln!("ctproxy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Test support: a real ctproxy process in front of the real dockerd, and the real clients.
+//!
+//! Integration tests never skip: if dockerd or a client is missing, they fail and say what to run
+//! (`scripts/test-env`). Every resource a test creates carries a unique name from [`unique`], so tests
+//! run in parallel and a rerun after a crash never trips over leftovers.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+/// The daemon's own socket: the reference every proxied result is compared with.
+pub const DIRECT: &str = "unix:///var/run/docker.sock";
+/// The busybox image built by `scripts/test-env`.
+pub const BUSYBOX: &str = "ctproxy-test/busybox:latest";
+/// busybox plus the static docker CLI: a CI job image.
+pub const DOCKER_CLI_IMAGE: &str = "ctproxy-test/docker-cli:latest";
+/// Debian's docker 20.10 CLI (the static 28.x one is first on PATH as `docker`).
+pub const DOCKER_2010: &str = "/usr/bin/docker";
+
+static ENV_CHECK: Once = Once::new();
+
+/// Fails loudly unless the daemon and the test images are there.
+pub fn require_docker() {
+    ENV_CHECK.call_once(|| {
+        let out = Command::new("docker").args(["image", "inspect", BUSYBOX, DOCKER_CLI_IMAGE]).env("DOCKER_HOST", DIRECT).output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => panic!(
+                "dockerd or the test images are missing ({}); run scripts/test-env first",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => panic!("cannot run the docker CLI ({e}); run scripts/test-env first"),
+        }
+    });
+}
+
+/// A name no other test (or earlier run) uses: `ctproxy-test-<what>-<pid>-<n>`.
+pub fn unique(what: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("ctproxy-test-{what}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A free TCP port on loopback (racy by nature, good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A running `ctproxy serve`, killed on drop.
+pub struct Proxy {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub sock: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Proxy {
+    /// ctproxy with one unix listener in a fresh directory, forwarding to the real daemon.
+    pub fn start() -> Proxy {
+        require_docker();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("docker.sock");
+        let listen = format!("unix://{}", sock.display());
+        Self::spawn(dir, sock, &["--listen", &listen])
+    }
+
+    /// ctproxy on a configuration file written into its directory. `{dir}` in the text is replaced
+    /// by that directory. The listener to wait for is `wait_sock` (relative to the directory).
+    pub fn start_with_config(toml: &str, wait_sock: &str) -> Proxy {
+        require_docker();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("ctproxy.toml");
+        std::fs::write(&config, toml.replace("{dir}", &dir.path().display().to_string())).expect("write config");
+        let sock = dir.path().join(wait_sock);
+        Self::spawn(dir, sock, &["--config", config.to_str().expect("utf-8 path")])
+    }
+
+    pub fn spawn(dir: tempfile::TempDir, sock: PathBuf, args: &[&str]) -> Proxy {
+        let log = dir.path().join("ctproxy.log");
+        let logf = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_ctproxy"))
+            .arg("serve")
+            .args(args)
+            .env("RUST_LOG", "info,ctproxy=debug")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().expect("log file"))
+            .stderr(logf)
+            .spawn()
+            .expect("spawn ctproxy");
+        let proxy = Proxy { child, dir, sock, log };
+        proxy.wait_ready();
+        proxy
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if UnixStream::connect(&self.sock).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("ctproxy did not listen on {} in time; log:\n{}", self.sock.display(), self.log_text());
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn docker_host(&self) -> String {
+        format!("unix://{}", self.sock.display())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal to the process (`"HUP"`, `"TERM"`, ...).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().expect("kill");
+        assert!(ok.success(), "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit, returning its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Waits until the log contains `needle` (log lines are written asynchronously).
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A docker CLI invocation against `host`.
+pub fn docker_cmd(cli: &str, host: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(cli);
+    c.args(args).env("DOCKER_HOST", host).env_remove("DOCKER_CONTEXT").env_remove("DOCKER_TLS_VERIFY");
+    c
+}
+
+/// Runs the docker CLI 28 against `host`; panics (with stderr) if it fails.
+pub fn docker(host: &str, args: &[&str]) -> String {
+    let out = docker_cmd("docker", host, args).output().expect("run docker");
+    check(&out, args);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs the docker CLI 28 against `host`, returning the raw output whatever the exit status.
+pub fn docker_output(host: &str, args: &[&str]) -> Output {
+    docker_cmd("docker", host, args).output().expect("run docker")
+}
+
+pub fn check(out: &Output, what: &[&str]) {
+    assert!(
+        out.status.success(),
+        "`docker {}` failed ({}):\nstdout: {}\nstderr: {}",
+        what.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Removes containers, volumes, networks and images by name on the direct socket, ignoring errors.
+pub struct Cleanup(pub Vec<(&'static str, String)>);
+
+impl Cleanup {
+    pub fn new() -> Self {
+        Cleanup(Vec::new())
+    }
+    pub fn container(&mut self, n: &str) {
+        self.0.push(("container", n.to_owned()));
+    }
+    pub fn volume(&mut self, n: &str) {
+        self.0.push(("volume", n.to_owned()));
+    }
+    pub fn network(&mut self, n: &str) {
+        self.0.push(("network", n.to_owned()));
+    }
+    pub fn image(&mut self, n: &str) {
+        self.0.push(("image", n.to_owned()));
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for (kind, name) in self.0.iter().rev() {
+            let args: Vec<&str> = match *kind {
+                "container" => vec!["rm", "-f", "-v", name],
+                "volume" => vec!["volume", "rm", "-f", name],
+                "network" => vec!["network", "rm", name],
+                _ => vec!["rmi", "-f", name],
+            };
+            let _ = docker_cmd("docker", DIRECT, &args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+/// Reads a whole HTTP exchange from a raw unix-socket request (for framing tests).
+pub fn raw_request(sock: &Path, request: &[u8], timeout: Duration) -> Vec<u8> {
+    use std::io::Write;
+    let mut s = UnixStream::connect(sock).expect("connect");
+    s.set_read_timeout(Some(timeout)).expect("timeout");
+    s.write_all(request).expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    out
+}
