@@ -15,10 +15,15 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ConfigError, ListenerConfig, Overrides};
+use arc_swap::ArcSwap;
+
+use crate::config::{AuthConfig, Config, ConfigError, ListenerConfig, Overrides, PolicyConfig};
 use crate::http::server::{serve_connection, ServeOptions};
 use crate::http::Forwarder;
-use crate::proxy::DockerProxy;
+use crate::plugin::auth::{Authenticator, HttpAuth, TlsCertAuth, UnixPeerAuth};
+use crate::plugin::policy::{Conservative, Inject, Policy, PolicyChain};
+use crate::proxy::{DockerProxy, ListenerHandler, Pipeline};
+use crate::transport::listener::{resolve_group, resolve_user};
 use crate::transport::{self, Connector, Listener, TransportError, UnixSocketOptions};
 
 /// A TLS handshake that takes longer than this is abandoned.
@@ -34,6 +39,8 @@ pub enum AppError {
     Upstream(TransportError),
     #[error("signal handling: {0}")]
     Signal(std::io::Error),
+    #[error("{0}")]
+    Plugin(String),
 }
 
 /// Where the configuration comes from, kept for reloads.
@@ -54,6 +61,8 @@ struct RunningListener {
     stop: CancellationToken,
     /// The accept loop; it has closed the socket once this ends.
     task: tokio::task::JoinHandle<()>,
+    /// Authentication and policies; replaced in place by a reload.
+    pipeline: Arc<ArcSwap<Pipeline>>,
 }
 
 pub struct Server {
@@ -79,6 +88,70 @@ fn build_forwarder(config: &Config) -> Result<Arc<Forwarder>, AppError> {
     Ok(Arc::new(Forwarder::new(connector)))
 }
 
+/// Every listener's pipeline, built from the `[auth]`, `[policy]` and `[identity]` sections.
+fn build_pipelines(config: &Config) -> Result<BTreeMap<String, Pipeline>, AppError> {
+    let plugin_err = |what: String| AppError::Plugin(what);
+    let mut auths: BTreeMap<&str, Arc<dyn Authenticator>> = BTreeMap::new();
+    for (name, a) in &config.auth {
+        let auth: Arc<dyn Authenticator> = match a {
+            AuthConfig::UnixPeer { uids, gids } => {
+                let ids = |m: &BTreeMap<String, String>, resolve: fn(&str) -> Result<u32, TransportError>| {
+                    m.iter()
+                        .map(|(k, v)| resolve(k).map(|id| (id, v.clone())))
+                        .collect::<Result<std::collections::HashMap<_, _>, _>>()
+                        .map_err(|e| plugin_err(format!("auth.{name}: {e}")))
+                };
+                Arc::new(UnixPeerAuth::new(name, ids(uids, resolve_user)?, ids(gids, resolve_group)?))
+            }
+            AuthConfig::TlsCert { subjects, cn_as_identity } => {
+                Arc::new(TlsCertAuth::new(name, subjects.clone().into_iter().collect(), *cn_as_identity))
+            }
+            AuthConfig::Http { users, tokens } => Arc::new(HttpAuth::new(
+                name,
+                users.clone().into_iter().collect(),
+                tokens.clone().into_iter().collect(),
+            )),
+        };
+        auths.insert(name, auth);
+    }
+    let mut policies: BTreeMap<&str, (Arc<dyn Policy>, bool)> = BTreeMap::new();
+    for (name, p) in &config.policy {
+        let policy: Arc<dyn Policy> = match p {
+            PolicyConfig::Conservative(c) => Arc::new(Conservative::new(name, c.clone()).map_err(|e| plugin_err(format!("policy.{name}: {e}")))?),
+            PolicyConfig::Inject(c) => Arc::new(Inject::new(name, (**c).clone())),
+        };
+        policies.insert(name, (policy, p.dry_run()));
+    }
+    let chain = |names: &[String]| {
+        let mut chain = PolicyChain::default();
+        for n in names {
+            if let Some((p, dry)) = policies.get(n.as_str()) {
+                chain.push(p.clone(), *dry);
+            }
+        }
+        chain
+    };
+    let per_identity: std::collections::HashMap<Arc<str>, PolicyChain> = config
+        .identity
+        .iter()
+        .filter_map(|(id, c)| c.policies.as_ref().map(|p| (Arc::from(id.as_str()), chain(p))))
+        .collect();
+    Ok(config
+        .listener
+        .iter()
+        .map(|(name, l)| {
+            let pipeline = Pipeline {
+                auth: l.auth.iter().filter_map(|a| auths.get(a.as_str()).cloned()).collect(),
+                policies: chain(&l.policies),
+                // Identity overrides only matter where someone is identified.
+                per_identity: if l.auth.is_empty() { Default::default() } else { per_identity.clone() },
+                max_json_body: config.limits.max_json_body_bytes,
+            };
+            (name.clone(), pipeline)
+        })
+        .collect())
+}
+
 impl Server {
     /// Loads the configuration and binds every listener; nothing is served until [`Server::run`].
     pub async fn start(source: ConfigSource) -> Result<Server, AppError> {
@@ -92,14 +165,16 @@ impl Server {
             connections: TaskTracker::new(),
             draining: CancellationToken::new(),
         };
+        let mut pipelines = build_pipelines(&config)?;
         for (name, l) in &config.listener {
-            server.start_listener(name, l).await?;
+            let pipeline = pipelines.remove(name).unwrap_or_default();
+            server.start_listener(name, l, pipeline).await?;
         }
         tracing::info!(upstream = %config.upstream.url, "ctproxy started");
         Ok(server)
     }
 
-    async fn start_listener(&mut self, name: &str, config: &ListenerConfig) -> Result<(), AppError> {
+    async fn start_listener(&mut self, name: &str, config: &ListenerConfig, pipeline: Pipeline) -> Result<(), AppError> {
         let err = |source| AppError::Listener { name: name.to_owned(), source };
         let tls = match &config.tls {
             Some(t) => Some(transport::tls::server_config(&t.cert, &t.key, t.client_ca.as_deref()).map_err(err)?),
@@ -115,15 +190,17 @@ impl Server {
         tracing::info!(listener = name, address = %shown, tls = config.tls.is_some(), "listening");
         let stop = CancellationToken::new();
         let opts = ServeOptions { listener: Arc::from(name), access_log: config.access_log };
+        let pipeline = Arc::new(ArcSwap::from_pointee(pipeline));
+        let handler = Arc::new(ListenerHandler { proxy: self.proxy.clone(), pipeline: pipeline.clone() });
         let task = tokio::spawn(accept_loop(
             listener,
             opts,
-            self.proxy.clone(),
+            handler,
             self.connections.clone(),
             self.draining.clone(),
             stop.clone(),
         ));
-        self.listeners.insert(name.to_owned(), RunningListener { config: config.clone(), stop, task });
+        self.listeners.insert(name.to_owned(), RunningListener { config: config.clone(), stop, task, pipeline });
         Ok(())
     }
 
@@ -153,6 +230,13 @@ impl Server {
                 return;
             }
         };
+        let mut pipelines = match build_pipelines(&new) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
+                return;
+            }
+        };
         if new.upstream != self.config.upstream {
             match build_forwarder(&new) {
                 Ok(f) => self.proxy.set_forwarder(f),
@@ -167,7 +251,7 @@ impl Server {
         let changed: Vec<String> = self
             .listeners
             .iter()
-            .filter(|(name, running)| new.listener.get(*name) != Some(&running.config))
+            .filter(|(name, running)| !new.listener.get(*name).is_some_and(|l| l.same_socket(&running.config)))
             .map(|(name, _)| name.clone())
             .collect();
         for name in &changed {
@@ -178,9 +262,17 @@ impl Server {
             }
         }
         for (name, l) in &new.listener {
-            if !self.listeners.contains_key(name) {
-                if let Err(e) = self.start_listener(name, l).await {
-                    tracing::error!(error = %e, "listener could not be started by reload");
+            let pipeline = pipelines.remove(name).unwrap_or_default();
+            match self.listeners.get_mut(name) {
+                // Same socket: only its authentication and policies change, for new requests.
+                Some(running) => {
+                    running.pipeline.store(Arc::new(pipeline));
+                    running.config = l.clone();
+                }
+                None => {
+                    if let Err(e) = self.start_listener(name, l, pipeline).await {
+                        tracing::error!(error = %e, "listener could not be started by reload");
+                    }
                 }
             }
         }
@@ -207,7 +299,7 @@ impl Server {
 async fn accept_loop(
     listener: Listener,
     opts: ServeOptions,
-    proxy: Arc<DockerProxy>,
+    handler: Arc<ListenerHandler>,
     connections: TaskTracker,
     draining: CancellationToken,
     stop: CancellationToken,
@@ -220,11 +312,11 @@ async fn accept_loop(
         match accepted {
             Ok(accepted) => {
                 let opts = opts.clone();
-                let proxy = proxy.clone();
+                let handler = handler.clone();
                 let draining = draining.clone();
                 connections.spawn(async move {
                     let peer = accepted.peer.clone();
-                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accepted.into_stream()).await {
+                    let (stream, peer) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accepted.into_stream()).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             tracing::info!(listener = %opts.listener, %peer, error = %e, "connection refused at handshake");
@@ -235,7 +327,7 @@ async fn accept_loop(
                             return;
                         }
                     };
-                    serve_connection(stream, peer, opts, proxy, draining).await;
+                    serve_connection(stream, peer, opts, handler, draining).await;
                 });
             }
             Err(e) => {

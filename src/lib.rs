@@ -13,6 +13,7 @@ pub mod app;
 pub mod config;
 pub mod docker;
 pub mod http;
+pub mod plugin;
 pub mod proxy;
 pub mod telemetry;
 pub mod transport;

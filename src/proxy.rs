@@ -1,24 +1,71 @@
-//! The Docker proxy: the [`Handler`] that answers every request of a listener by forwarding it to
-//! dockerd, taking over hijacked connections (attach, exec start, BuildKit `/session`) on the way.
+//! The Docker proxy: the [`Handler`] that answers every request of a listener.
 //!
-//! This is where the layers meet: the HTTP machinery below, the Docker API facts of [`crate::docker`],
-//! and (later) the authentication, policy and namespace plugins.
+//! Per request, in order: authenticate (the listener's authenticator chain), classify the route,
+//! parse the query as Go does, run the policy chain on the head, decode and check the JSON body if a
+//! policy reads it, then forward what was checked (re-encoded path, query and body) and take over
+//! hijacked connections (attach, exec start, BuildKit `/session`). A listener with no authenticators
+//! and no policies skips straight to forwarding: the transparent proxy costs nothing extra.
 
+use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use http_body_util::Either;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Request, Response, StatusCode, Version};
+use hyper::{Request, Response, StatusCode, Uri, Version};
 
-use crate::docker::ApiPath;
-use crate::http::{respond, ConnCtx, ForwardError, Forwarder, Handler, ProxyBody};
+use crate::docker::json::{canonicalize, Kind, Raw};
+use crate::docker::{ApiPath, BodyKind, Query, Route};
+use crate::http::{respond, AccessIdentity, ConnCtx, ForwardError, Forwarder, Handler, ProxyBody, UpstreamBody};
+use crate::plugin::auth::{self, Authenticator};
+use crate::plugin::policy::{Denied, PolicyChain};
+use crate::plugin::{Identity, JsonBody, RequestCtx};
+
+/// What a listener does with a request before forwarding it.
+#[derive(Clone, Default)]
+pub struct Pipeline {
+    pub auth: Vec<Arc<dyn Authenticator>>,
+    pub policies: PolicyChain,
+    /// Identities with their own policy chain instead of the listener's.
+    pub per_identity: HashMap<Arc<str>, PolicyChain>,
+    pub max_json_body: usize,
+}
+
+impl Pipeline {
+    fn is_passthrough(&self) -> bool {
+        self.auth.is_empty() && self.policies.is_empty() && self.per_identity.is_empty()
+    }
+
+    fn chain_for(&self, identity: &Identity) -> &PolicyChain {
+        self.per_identity.get(&identity.name).unwrap_or(&self.policies)
+    }
+}
 
 /// Forwards to the daemon that the current configuration names. The forwarder is swapped as a whole
 /// on reload; requests in flight keep the one they started with.
 pub struct DockerProxy {
     forwarder: ArcSwap<Forwarder>,
+}
+
+/// A listener's handler: the shared proxy plus the listener's own pipeline (swapped on reload).
+pub struct ListenerHandler {
+    pub proxy: Arc<DockerProxy>,
+    pub pipeline: Arc<ArcSwap<Pipeline>>,
+}
+
+/// A request refused before it reached the daemon.
+struct Refused {
+    status: StatusCode,
+    message: String,
+}
+
+impl Refused {
+    fn bad_request(message: impl std::fmt::Display) -> Refused {
+        Refused { status: StatusCode::BAD_REQUEST, message: format!("ctproxy: {message}") }
+    }
 }
 
 impl DockerProxy {
@@ -30,7 +77,7 @@ impl DockerProxy {
         self.forwarder.store(forwarder);
     }
 
-    async fn forward(&self, req: Request<Incoming>, conn: &ConnCtx) -> Result<Response<ProxyBody>, ForwardError> {
+    async fn forward(&self, req: Request<UpstreamBody>, conn: &ConnCtx) -> Result<Response<ProxyBody>, ForwardError> {
         let forwarder = self.forwarder.load_full();
         let client_upgrade = requested_upgrade(&req);
         // A legacy client hijacks attach/exec without asking: ask the daemon for it explicitly, so the
@@ -38,7 +85,7 @@ impl DockerProxy {
         let legacy = client_upgrade.is_none() && ApiPath::parse(req.uri().path()).may_hijack(req.method());
         let upgrade = client_upgrade.or_else(|| legacy.then(|| HeaderValue::from_static("tcp")));
 
-        let mut rsp = forwarder.send(req.map(Either::Left), upgrade).await?;
+        let mut rsp = forwarder.send(req, upgrade).await?;
         if rsp.status() != StatusCode::SWITCHING_PROTOCOLS {
             return Ok(rsp.map(ProxyBody::Upstream));
         }
@@ -51,7 +98,8 @@ impl DockerProxy {
             // without framing the bytes after it.
             parts.status = StatusCode::OK;
             parts.version = Version::HTTP_10;
-            drop_upgrade_headers(&mut parts.headers);
+            parts.headers.remove(header::CONNECTION);
+            parts.headers.remove(header::UPGRADE);
             parts.extensions = Default::default();
             return Ok(Response::from_parts(parts, ProxyBody::Unframed));
         }
@@ -63,11 +111,9 @@ impl DockerProxy {
         }
         Ok(Response::from_parts(parts, ProxyBody::empty()))
     }
-}
 
-impl Handler for DockerProxy {
-    async fn call(&self, req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<ProxyBody> {
-        match self.forward(req, &conn).await {
+    async fn forward_or_502(&self, req: Request<UpstreamBody>, conn: &ConnCtx) -> Response<ProxyBody> {
+        match self.forward(req, conn).await {
             Ok(rsp) => rsp,
             Err(e) => {
                 tracing::warn!(listener = %conn.listener, error = %e, "request not forwarded");
@@ -77,15 +123,172 @@ impl Handler for DockerProxy {
     }
 }
 
+impl ListenerHandler {
+    /// Authentication, policies and body checks; returns the request to forward.
+    async fn admit(
+        &self,
+        pipeline: &Pipeline,
+        req: Request<Incoming>,
+        conn: &ConnCtx,
+        identity: &Identity,
+    ) -> Result<Request<UpstreamBody>, Refused> {
+        let chain = pipeline.chain_for(identity);
+        if chain.is_empty() {
+            return Ok(req.map(Either::Left));
+        }
+        let (mut parts, body) = req.into_parts();
+        let route = Route::classify(&parts.method, parts.uri.path()).map_err(Refused::bad_request)?;
+        let mut query = Query::parse(parts.uri.query().unwrap_or("")).map_err(Refused::bad_request)?;
+        refuse_form_bodies(&parts.headers)?;
+        let mut ctx = RequestCtx {
+            identity,
+            listener: &conn.listener,
+            method: &parts.method,
+            route: &route,
+            query: &mut query,
+            headers: &mut parts.headers,
+        };
+        chain.check(&mut ctx).map_err(|d| refusal(&ctx, d))?;
+
+        let body = match route.endpoint.map(|e| (e, e.body())) {
+            Some((endpoint, BodyKind::Json(schema))) if chain.reads_body(endpoint) => {
+                let bytes = read_limited(body, pipeline.max_json_body).await?;
+                let mut json = decode_json(&bytes, ctx.headers, schema)?;
+                chain.check_body(&mut ctx, &mut json).map_err(|d| refusal(&ctx, d))?;
+                let out = match &json.value {
+                    serde_json::Value::Null if bytes.is_empty() => Bytes::new(),
+                    v => Bytes::from(serde_json::to_vec(v).map_err(Refused::bad_request)?),
+                };
+                ctx.headers.remove(header::TRANSFER_ENCODING);
+                ctx.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+                if !out.is_empty() {
+                    ctx.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                }
+                Either::Right(Full::new(out))
+            }
+            Some((_, BodyKind::Stream)) | Some((_, BodyKind::Json(_))) => Either::Left(body),
+            // dockerd reads no body here; one sent anyway is refused (old APIs applied a HostConfig
+            // sent to `start`, for instance).
+            _ => {
+                if !read_limited(body, 0).await?.is_empty() {
+                    return Err(Refused::bad_request(format!("{} {} takes no request body", parts.method, route.path)));
+                }
+                Either::Right(Full::new(Bytes::new()))
+            }
+        };
+        parts.uri = rebuild_uri(&route, &query)?;
+        Ok(Request::from_parts(parts, body))
+    }
+}
+
+impl Handler for ListenerHandler {
+    async fn call(&self, req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<ProxyBody> {
+        let pipeline = self.pipeline.load_full();
+        if pipeline.is_passthrough() {
+            return self.proxy.forward_or_502(req.map(Either::Left), &conn).await;
+        }
+        let identity = match auth::authenticate(&pipeline.auth, &conn.peer, req.headers()) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(
+                    target: "ctproxy::audit",
+                    listener = %conn.listener,
+                    peer = %conn.peer,
+                    method = %req.method(),
+                    path = %req.uri().path(),
+                    reason = %e,
+                    "request refused: not authenticated"
+                );
+                return respond::error(StatusCode::UNAUTHORIZED, &format!("ctproxy: {e}"));
+            }
+        };
+        tracing::Span::current().record("identity", &*identity.name);
+        let mut rsp = match self.admit(&pipeline, req, &conn, &identity).await {
+            Ok(req) => self.proxy.forward_or_502(req, &conn).await,
+            Err(r) => respond::error(r.status, &r.message),
+        };
+        rsp.extensions_mut().insert(AccessIdentity(identity.name.clone()));
+        rsp
+    }
+}
+
+/// Logs a policy refusal to the audit log and turns it into the client's answer.
+fn refusal(ctx: &RequestCtx<'_>, d: Denied) -> Refused {
+    let message = d.message();
+    tracing::warn!(
+        target: "ctproxy::audit",
+        identity = %ctx.identity.name,
+        listener = ctx.listener,
+        method = %ctx.method,
+        endpoint = ctx.route.endpoint.map_or("unknown", |e| e.name()),
+        path = %ctx.route.path,
+        policy = %d.policy,
+        reason = %d.refusal.what,
+        "request refused by policy"
+    );
+    Refused { status: d.refusal.status, message }
+}
+
+/// dockerd lets form-encoded bodies override query parameters; no Docker client sends them.
+fn refuse_form_bodies(headers: &HeaderMap) -> Result<(), Refused> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if media == "application/x-www-form-urlencoded" || media == "multipart/form-data" {
+        return Err(Refused::bad_request(format!("content type {media} is not accepted")));
+    }
+    Ok(())
+}
+
+/// Reads a whole body, refusing it with 413 past `limit` bytes.
+async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, Refused> {
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refused {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("ctproxy: request body larger than {limit} bytes"),
+        }),
+        Err(e) => Err(Refused::bad_request(format!("cannot read the request body: {e}"))),
+    }
+}
+
+/// Decodes a JSON body the way dockerd will (see `docker::json`). An empty body is no body.
+fn decode_json(bytes: &[u8], headers: &HeaderMap, schema: &'static crate::docker::json::Schema) -> Result<JsonBody, Refused> {
+    if bytes.is_empty() {
+        return Ok(JsonBody { value: serde_json::Value::Null, unknown: Vec::new() });
+    }
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if ct.split(';').next().unwrap_or("").trim() != "application/json" {
+        return Err(Refused::bad_request(format!("content type {ct:?} is not supported: expected application/json")));
+    }
+    let raw = Raw::parse(bytes).map_err(Refused::bad_request)?;
+    let c = canonicalize(raw, &Kind::Struct(schema)).map_err(Refused::bad_request)?;
+    Ok(JsonBody { value: c.value, unknown: c.unknown })
+}
+
+/// The request target forwarded to dockerd: the canonical path and the re-encoded query.
+fn rebuild_uri(route: &Route, query: &Query) -> Result<Uri, Refused> {
+    let mut pq = String::with_capacity(route.path.len() + 16);
+    if let Some(v) = route.version {
+        let _ = write!(pq, "/v{v}");
+    }
+    for b in route.path.bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~:@!$&'()*+,;=".contains(&b) {
+            pq.push(b as char);
+        } else {
+            let _ = write!(pq, "%{b:02X}");
+        }
+    }
+    if !query.is_empty() {
+        pq.push('?');
+        pq.push_str(&query.encode());
+    }
+    pq.parse().map_err(Refused::bad_request)
+}
+
 /// The protocol a client asks to switch to (`Upgrade: tcp`), if any. HTTP/1.0 cannot upgrade.
 fn requested_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 {
         return None;
     }
     req.headers().get(header::UPGRADE).cloned()
-}
-
-fn drop_upgrade_headers(headers: &mut HeaderMap) {
-    headers.remove(header::CONNECTION);
-    headers.remove(header::UPGRADE);
 }

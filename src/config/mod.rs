@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::plugin::policy::{ConservativeConfig, InjectConfig};
 use crate::transport::{ListenAddr, UpstreamAddr};
 
 /// The configuration ctproxy runs on when no `--config` is given.
@@ -38,6 +39,88 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// Authenticators by name, chained by listeners.
+    #[serde(default)]
+    pub auth: BTreeMap<String, AuthConfig>,
+    /// Policies by name, chained by listeners and identities.
+    #[serde(default)]
+    pub policy: BTreeMap<String, PolicyConfig>,
+    /// Per-identity settings.
+    #[serde(default)]
+    pub identity: BTreeMap<String, IdentityConfig>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// One authenticator.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum AuthConfig {
+    /// `SO_PEERCRED` of unix-socket clients: uid (or user name) → identity, gid (or group) → identity.
+    UnixPeer {
+        #[serde(default)]
+        uids: BTreeMap<String, String>,
+        #[serde(default)]
+        gids: BTreeMap<String, String>,
+    },
+    /// Verified TLS client certificates: common name or subjectAltName → identity.
+    TlsCert {
+        #[serde(default)]
+        subjects: BTreeMap<String, String>,
+        /// Without a mapping entry, the common name is the identity.
+        #[serde(default)]
+        cn_as_identity: bool,
+    },
+    /// `Authorization: Basic` (user → bcrypt hash) and `Bearer` (SHA-256 hex of the token → identity).
+    Http {
+        #[serde(default)]
+        users: BTreeMap<String, String>,
+        #[serde(default)]
+        tokens: BTreeMap<String, String>,
+    },
+}
+
+/// One policy. Each kind's settings include `dry_run`: log what would be refused, refuse nothing,
+/// rewrite nothing.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum PolicyConfig {
+    Conservative(ConservativeConfig),
+    Inject(Box<InjectConfig>),
+}
+
+impl PolicyConfig {
+    pub fn dry_run(&self) -> bool {
+        match self {
+            PolicyConfig::Conservative(c) => c.dry_run,
+            PolicyConfig::Inject(c) => c.dry_run,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Replaces the listener's policies for this identity.
+    pub policies: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// JSON bodies a policy must read are refused (413) past this size.
+    #[serde(default = "default_max_json")]
+    pub max_json_body_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { max_json_body_bytes: default_max_json() }
+    }
+}
+
+fn default_max_json() -> usize {
+    1 << 20
 }
 
 /// The dockerd that every listener forwards to.
@@ -79,6 +162,20 @@ pub struct ListenerConfig {
     /// Write one access-log line per request (default true).
     #[serde(default = "yes")]
     pub access_log: bool,
+    /// Authenticators tried in order (names of `[auth.NAME]` sections). None: everyone is `anonymous`.
+    #[serde(default)]
+    pub auth: Vec<String>,
+    /// Policies applied in order (names of `[policy.NAME]` sections).
+    #[serde(default)]
+    pub policies: Vec<String>,
+}
+
+impl ListenerConfig {
+    /// Do two configurations describe the same socket? (Then a reload keeps it open.)
+    pub fn same_socket(&self, other: &ListenerConfig) -> bool {
+        (&self.address, &self.mode, &self.owner, &self.group, &self.tls, self.access_log)
+            == (&other.address, &other.mode, &other.owner, &other.group, &other.tls, other.access_log)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -206,6 +303,8 @@ impl Config {
                         group: None,
                         tls: None,
                         access_log: true,
+                        auth: Vec::new(),
+                        policies: Vec::new(),
                     };
                     (format!("listen-{}", i + 1), l)
                 })
@@ -242,6 +341,36 @@ impl Config {
             }
             if let Some(other) = seen.insert(l.address.to_string(), name) {
                 return Err(invalid(key("address"), &format!("the same address as listener {other:?}")));
+            }
+            if let Some(a) = l.auth.iter().find(|a| !self.auth.contains_key(*a)) {
+                return Err(invalid(key("auth"), &format!("no [auth.{a}] section")));
+            }
+            if let Some(p) = l.policies.iter().find(|p| !self.policy.contains_key(*p)) {
+                return Err(invalid(key("policies"), &format!("no [policy.{p}] section")));
+            }
+        }
+        for (name, id) in &self.identity {
+            if let Some(p) = id.policies.iter().flatten().find(|p| !self.policy.contains_key(*p)) {
+                return Err(invalid(format!("identity.{name}.policies"), &format!("no [policy.{p}] section")));
+            }
+        }
+        for (name, p) in &self.policy {
+            if let PolicyConfig::Conservative(c) = p {
+                if let Err(e) = crate::plugin::policy::Conservative::new(name, c.clone()) {
+                    return Err(invalid(format!("policy.{name}.min_api_version"), &e));
+                }
+            }
+        }
+        for (name, a) in &self.auth {
+            if let AuthConfig::UnixPeer { uids, gids } = a {
+                for u in uids.keys() {
+                    crate::transport::listener::resolve_user(u)
+                        .map_err(|e| invalid(format!("auth.{name}.uids.{u}"), &e.to_string()))?;
+                }
+                for g in gids.keys() {
+                    crate::transport::listener::resolve_group(g)
+                        .map_err(|e| invalid(format!("auth.{name}.gids.{g}"), &e.to_string()))?;
+                }
             }
         }
         if let Some(tls) = &self.upstream.tls {
@@ -301,6 +430,44 @@ mod tests {
         let c = Config::parse("[listener.a]\naddress = \"tcp://127.0.0.1:1\"\nmode = \"0600\"\n", "t.toml").unwrap();
         let e = c.validate("t.toml").unwrap_err().to_string();
         assert!(e.contains("listener.a.mode"), "{e}");
+    }
+
+    #[test]
+    fn plugin_sections() {
+        let text = r#"
+            [listener.a]
+            address = "unix:///tmp/a.sock"
+            auth = ["peers", "web"]
+            policies = ["strict", "ci"]
+            [auth.peers]
+            kind = "unix-peer"
+            uids = { "0" = "root" }
+            [auth.web]
+            kind = "http"
+            tokens = { "abcd" = "bot" }
+            [policy.strict]
+            kind = "conservative"
+            dry_run = true
+            allowed_bind_paths = ["/srv"]
+            [policy.ci]
+            kind = "inject"
+            force = { env = { CI = "true" }, memory = "1g" }
+            [identity.root]
+            policies = []
+        "#;
+        let c = Config::parse(text, "t").unwrap();
+        c.validate("t").unwrap();
+        let PolicyConfig::Conservative(s) = &c.policy["strict"] else { panic!("kind") };
+        assert!(s.dry_run && c.policy["strict"].dry_run());
+        assert_eq!(s.allowed_bind_paths, [std::path::PathBuf::from("/srv")]);
+
+        let typo = text.replace("allowed_bind_paths", "allowed_bind_path");
+        assert!(Config::parse(&typo, "t").unwrap_err().to_string().contains("allowed_bind_path"));
+        let bad_kind = text.replace("kind = \"inject\"", "kind = \"injekt\"");
+        assert!(Config::parse(&bad_kind, "t").is_err());
+        let dangling = text.replace("\"strict\", \"ci\"", "\"strict\", \"nope\"");
+        let e = Config::parse(&dangling, "t").unwrap().validate("t").unwrap_err().to_string();
+        assert!(e.contains("listener.a.policies") && e.contains("nope"), "{e}");
     }
 
     #[test]

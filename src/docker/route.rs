@@ -63,7 +63,7 @@ fn parse_version(s: &str) -> Option<ApiVersion> {
     let mut parts = s.split('.');
     let major = parts.next()?.parse().ok()?;
     let minor = parts.next()?.parse().ok()?;
-    if parts.any(|p| p.parse::<u32>().map_or(true, |n| n != 0)) {
+    if parts.any(|p| p.parse::<u32>() != Ok(0)) {
         return None;
     }
     Some(ApiVersion { major, minor })

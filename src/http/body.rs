@@ -66,6 +66,7 @@ impl Body for ProxyBody {
 pub struct AccessRecord {
     pub listener: Arc<str>,
     pub peer: Arc<str>,
+    pub identity: Option<Arc<str>>,
     pub method: hyper::Method,
     pub path: String,
     pub status: u16,
@@ -80,6 +81,7 @@ impl AccessRecord {
             target: "ctproxy::access",
             listener = %self.listener,
             peer = %self.peer,
+            identity = self.identity.as_deref(),
             method = %self.method,
             path = %self.path,
             status = self.status,

@@ -15,4 +15,4 @@ pub mod server;
 
 pub use body::ProxyBody;
 pub use forward::{ForwardError, Forwarder, UpstreamBody};
-pub use server::{ConnCtx, Handler};
+pub use server::{AccessIdentity, ConnCtx, Handler};

@@ -30,6 +30,11 @@ pub trait Handler: Send + Sync + 'static {
     fn call(&self, req: Request<Incoming>, conn: Arc<ConnCtx>) -> impl Future<Output = Response<ProxyBody>> + Send;
 }
 
+/// Who made a request, as a handler established it: put in the response's extensions, it goes into
+/// the access-log line.
+#[derive(Debug, Clone)]
+pub struct AccessIdentity(pub Arc<str>);
+
 /// Per-connection facts shared with the handler.
 pub struct ConnCtx {
     pub listener: Arc<str>,
@@ -131,13 +136,21 @@ impl<H: Handler> hyper::service::Service<Request<Incoming>> for ConnService<H> {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let span = tracing::debug_span!("request", listener = %ctx.listener, peer = %ctx.peer_label, %method, %path);
+        let span = tracing::debug_span!(
+            "request",
+            listener = %ctx.listener,
+            peer = %ctx.peer_label,
+            %method,
+            %path,
+            identity = tracing::field::Empty
+        );
         Box::pin(
             async move {
                 let rsp = handler.call(req, ctx.clone()).await;
                 let record = ctx.access_log.then(|| AccessRecord {
                     listener: ctx.listener.clone(),
                     peer: ctx.peer_label.clone(),
+                    identity: rsp.extensions().get::<AccessIdentity>().map(|i| i.0.clone()),
                     method,
                     path,
                     status: rsp.status().as_u16(),

@@ -68,19 +68,38 @@ pub struct UnixSocketOptions {
 
 /// Who is on the other end of an accepted connection. Authentication plugins read this.
 #[derive(Debug, Clone)]
-pub enum PeerInfo {
+pub struct PeerInfo {
+    pub addr: PeerAddr,
+    /// The verified client certificate of a TLS connection, if one was presented.
+    pub tls_client: Option<TlsClientId>,
+}
+
+#[derive(Debug, Clone)]
+pub enum PeerAddr {
     /// Credentials from `SO_PEERCRED`, read at accept time (they cannot be forged by the client).
     Unix { uid: u32, gid: u32, pid: Option<i32> },
     Tcp { addr: SocketAddr },
 }
 
+/// The names in a client certificate that rustls has already verified against the configured CA.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsClientId {
+    pub common_name: Option<String>,
+    /// DNS names, e-mail addresses and URIs from the subjectAltName extension.
+    pub alt_names: Vec<String>,
+}
+
 impl fmt::Display for PeerInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PeerInfo::Unix { uid, gid, pid: Some(pid) } => write!(f, "uid={uid},gid={gid},pid={pid}"),
-            PeerInfo::Unix { uid, gid, pid: None } => write!(f, "uid={uid},gid={gid}"),
-            PeerInfo::Tcp { addr } => write!(f, "{addr}"),
+        match &self.addr {
+            PeerAddr::Unix { uid, gid, pid: Some(pid) } => write!(f, "uid={uid},gid={gid},pid={pid}")?,
+            PeerAddr::Unix { uid, gid, pid: None } => write!(f, "uid={uid},gid={gid}")?,
+            PeerAddr::Tcp { addr } => write!(f, "{addr}")?,
         }
+        if let Some(cn) = self.tls_client.as_ref().and_then(|c| c.common_name.as_deref()) {
+            write!(f, ",cn={cn}")?;
+        }
+        Ok(())
     }
 }
 
@@ -144,7 +163,7 @@ impl Listener {
             Inner::Unix(l) => {
                 let (s, _) = l.accept().await?;
                 let cred = s.peer_cred()?;
-                let peer = PeerInfo::Unix { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() };
+                let peer = PeerInfo { addr: PeerAddr::Unix { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() }, tls_client: None };
                 Ok(Accepted { raw: Raw::Unix(s), peer })
             }
             Inner::Tcp(l, tls) => {
@@ -155,7 +174,7 @@ impl Listener {
                     Some(acceptor) => Raw::Tls(s, acceptor.clone()),
                     None => Raw::Tcp(s),
                 };
-                Ok(Accepted { raw, peer: PeerInfo::Tcp { addr } })
+                Ok(Accepted { raw, peer: PeerInfo { addr: PeerAddr::Tcp { addr }, tls_client: None } })
             }
         }
     }
@@ -176,13 +195,20 @@ impl Drop for Listener {
 }
 
 impl Accepted {
-    /// Finishes the connection setup: the TLS handshake for TLS listeners, nothing otherwise.
-    pub async fn into_stream(self) -> std::io::Result<ClientStream> {
-        Ok(match self.raw {
+    /// Finishes the connection setup: the TLS handshake for TLS listeners (which also tells who
+    /// the client certificate names), nothing otherwise.
+    pub async fn into_stream(self) -> std::io::Result<(ClientStream, PeerInfo)> {
+        let mut peer = self.peer;
+        let stream = match self.raw {
             Raw::Unix(s) => ClientStream::Unix(s),
             Raw::Tcp(s) => ClientStream::Tcp(s),
-            Raw::Tls(s, acceptor) => ClientStream::TlsServer(Box::new(acceptor.accept(s).await?)),
-        })
+            Raw::Tls(s, acceptor) => {
+                let tls = acceptor.accept(s).await?;
+                peer.tls_client = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(super::tls::client_id);
+                ClientStream::TlsServer(Box::new(tls))
+            }
+        };
+        Ok((stream, peer))
     }
 }
 

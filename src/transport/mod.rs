@@ -9,7 +9,7 @@ pub mod stream;
 pub mod tls;
 pub mod upstream;
 
-pub use listener::{Accepted, ListenAddr, Listener, PeerInfo, UnixSocketOptions};
+pub use listener::{Accepted, ListenAddr, Listener, PeerAddr, PeerInfo, TlsClientId, UnixSocketOptions};
 pub use stream::ClientStream;
 pub use upstream::{Connector, UpstreamAddr};
 

@@ -81,3 +81,23 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, TransportError> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     ServerName::try_from(host.to_owned()).map_err(|_| TransportError::Address(host.to_owned()))
 }
+
+/// The names of a (verified) client certificate: subject common name and subjectAltNames.
+/// A certificate that cannot be parsed yields no names, so it can match no identity.
+pub fn client_id(cert: &CertificateDer<'_>) -> super::TlsClientId {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let Ok((_, x509)) = X509Certificate::from_der(cert.as_ref()) else {
+        return super::TlsClientId::default();
+    };
+    let common_name = x509.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
+    let mut alt_names = Vec::new();
+    if let Ok(Some(san)) = x509.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(n) | GeneralName::RFC822Name(n) | GeneralName::URI(n) => alt_names.push((*n).to_owned()),
+                _ => {}
+            }
+        }
+    }
+    super::TlsClientId { common_name, alt_names }
+}

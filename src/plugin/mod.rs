@@ -1,0 +1,71 @@
+//! Layer 3, plugins: who is calling ([`auth`]) and what they may do ([`policy`]).
+//!
+//! Both kinds sit behind one small trait each and are chained per listener from the configuration.
+//! They see requests only through the Docker-layer model (an [`Endpoint`], a Go-parsed [`Query`], a
+//! canonical JSON body), never raw bytes, so they judge exactly what dockerd will act on.
+
+pub mod auth;
+pub mod policy;
+
+use std::sync::Arc;
+
+use hyper::{HeaderMap, Method, StatusCode};
+
+use crate::docker::{Endpoint, Query, Route};
+
+pub use auth::{AuthError, Authenticator};
+pub use policy::{Policy, PolicyChain};
+
+/// Who made a request, as established by an authenticator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub name: Arc<str>,
+    /// Which authenticator established it (`unix-peer`, `tls-cert`, `http`, or `anonymous`).
+    pub via: &'static str,
+}
+
+impl Identity {
+    /// The identity of requests on a listener without authentication.
+    pub fn anonymous() -> Identity {
+        Identity { name: Arc::from("anonymous"), via: "anonymous" }
+    }
+}
+
+/// A request as policies see it and may rewrite it.
+pub struct RequestCtx<'a> {
+    pub identity: &'a Identity,
+    pub listener: &'a str,
+    pub method: &'a Method,
+    pub route: &'a Route,
+    /// The query as dockerd will read it; the forwarded query is re-encoded from this.
+    pub query: &'a mut Query,
+    pub headers: &'a mut HeaderMap,
+}
+
+impl RequestCtx<'_> {
+    pub fn endpoint(&self) -> Option<Endpoint> {
+        self.route.endpoint
+    }
+}
+
+/// A decoded JSON body, in its canonical form (see `docker::json`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonBody {
+    pub value: serde_json::Value,
+    /// Struct keys that match no known field: the daemon may know them even if ctproxy does not.
+    pub unknown: Vec<String>,
+}
+
+/// A policy's refusal. The client sees `ctproxy: <what> is not allowed by policy <name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    /// What was refused, phrased to complete "... is not allowed": `privileged mode (HostConfig.Privileged)`.
+    pub what: String,
+}
+
+impl Refusal {
+    pub fn forbidden(what: impl Into<String>) -> Refusal {
+        Refusal { status: StatusCode::FORBIDDEN, what: what.into() }
+    }
+}
