@@ -154,6 +154,9 @@ impl ListenerHandler {
             Some((endpoint, BodyKind::Json(schema))) if chain.reads_body(endpoint) => {
                 let bytes = read_limited(body, pipeline.max_json_body).await?;
                 let mut json = decode_json(&bytes, ctx.headers, schema)?;
+                if endpoint == crate::docker::Endpoint::ContainerCreate {
+                    crate::docker::schema::normalize_create(&mut json.value);
+                }
                 chain.check_body(&mut ctx, &mut json).map_err(|d| refusal(&ctx, d))?;
                 let out = match &json.value {
                     serde_json::Value::Null if bytes.is_empty() => Bytes::new(),

@@ -48,13 +48,22 @@ pub struct Schema {
 }
 
 impl Schema {
-    fn all_fields(&self) -> impl Iterator<Item = &'static (&'static str, Kind)> + '_ {
-        self.fields.iter().chain(self.embeds.iter().flat_map(|e| e.fields.iter()))
+    /// Own fields first, then embedded structs' fields, shallowest first (Go promotes the
+    /// shallowest field of a name). Two levels of embedding is as deep as Docker's types go.
+    fn all_fields(&'static self) -> impl Iterator<Item = &'static (&'static str, Kind)> {
+        let level1 = self.embeds.iter().flat_map(|e| e.fields.iter());
+        let level2 = self.embeds.iter().flat_map(|e| e.embeds.iter()).flat_map(|e| e.fields.iter());
+        self.fields.iter().chain(level1).chain(level2)
     }
 
     /// The field a JSON key decodes into: an exact match first, then a case-folded one (Go's order).
-    pub fn field(&self, key: &str) -> Option<&'static (&'static str, Kind)> {
+    pub fn field(&'static self, key: &str) -> Option<&'static (&'static str, Kind)> {
         self.all_fields().find(|(name, _)| *name == key).or_else(|| self.all_fields().find(|(name, _)| go_fold_eq(key, name)))
+    }
+
+    /// Every field name, embedded ones included.
+    pub fn field_names(&'static self) -> impl Iterator<Item = &'static str> {
+        self.all_fields().map(|(name, _)| *name)
     }
 }
 

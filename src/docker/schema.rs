@@ -191,12 +191,94 @@ pub static CONFIG: Schema = schema(
     ],
 );
 
-/// `POST /containers/create`: `*Config` embedded, plus HostConfig and NetworkingConfig.
+/// `POST /containers/create`: moby's `ContainerConfigWrapper`. Besides `*Config`, it embeds a
+/// deprecated `*HostConfig` whose fields are read from the *top level* of the body: when there is no
+/// `HostConfig` object, they are the container's host configuration (`{"Privileged": true}` at the
+/// top level gives a privileged container on dockerd 20.10). [`normalize_create`] folds them into
+/// the one `HostConfig` dockerd would use.
 pub static CONTAINER_CREATE: Schema = Schema {
     name: "ContainerCreate",
-    fields: &[("HostConfig", Kind::PtrStruct(&HOST_CONFIG)), ("NetworkingConfig", Kind::PtrStruct(&NETWORKING_CONFIG))],
-    embeds: &[&CONFIG],
+    fields: &[
+        ("HostConfig", Kind::PtrStruct(&HOST_CONFIG)),
+        ("NetworkingConfig", Kind::PtrStruct(&NETWORKING_CONFIG)),
+        ("Cpuset", S),
+    ],
+    embeds: &[&CONFIG, &HOST_CONFIG],
 };
+
+/// Rewrites a canonical create body so that the host configuration is only under `HostConfig`,
+/// as dockerd's `getHostConfig` computes it: the inner `HostConfig` if present (taking `Memory`,
+/// `MemorySwap`, `CpuShares` and `CpusetCpus` from the top level where its own are zero), else the
+/// top-level fields; then the deprecated `Cpuset`. The top-level copies are removed, so what the
+/// daemon reads is exactly what policies checked.
+pub fn normalize_create(body: &mut serde_json::Value) {
+    use serde_json::{Map, Value};
+    let Value::Object(top) = body else { return };
+    let mut outer = Map::new();
+    for name in HOST_CONFIG.field_names() {
+        if let Some(v) = top.remove(name) {
+            outer.insert(name.to_owned(), v);
+        }
+    }
+    let cpuset = top.remove("Cpuset");
+    let zero = |v: Option<&Value>| match v {
+        None | Some(Value::Null) => true,
+        Some(Value::Number(n)) => n.as_f64() == Some(0.0),
+        Some(Value::String(s)) => s.is_empty(),
+        _ => false,
+    };
+    let mut hc = match top.remove("HostConfig") {
+        Some(Value::Object(mut inner)) => {
+            for f in ["Memory", "MemorySwap", "CpuShares", "CpusetCpus"] {
+                if !zero(outer.get(f)) && zero(inner.get(f)) {
+                    if let Some(v) = outer.remove(f) {
+                        inner.insert(f.to_owned(), v);
+                    }
+                }
+            }
+            Some(inner)
+        }
+        _ if !outer.is_empty() => Some(outer),
+        _ => None,
+    };
+    if let (Some(hc), Some(Value::String(c))) = (hc.as_mut(), cpuset) {
+        if !c.is_empty() && zero(hc.get("CpusetCpus")) {
+            hc.insert("CpusetCpus".to_owned(), Value::String(c));
+        }
+    }
+    if let Some(hc) = hc {
+        top.insert("HostConfig".to_owned(), Value::Object(hc));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::json::{canonicalize, Raw};
+    use serde_json::json;
+
+    fn create(s: &str) -> serde_json::Value {
+        let mut v = canonicalize(Raw::parse(s.as_bytes()).unwrap(), &Kind::Struct(&CONTAINER_CREATE)).unwrap().value;
+        normalize_create(&mut v);
+        v
+    }
+
+    #[test]
+    fn top_level_host_config_is_folded_in() {
+        assert_eq!(
+            create(r#"{"Image":"x","privileged":true,"Binds":["/etc:/h"]}"#),
+            json!({"Image":"x","HostConfig":{"Privileged":true,"Binds":["/etc:/h"]}})
+        );
+        // With an inner HostConfig, top-level fields are ignored except the four memory/cpu ones.
+        assert_eq!(
+            create(r#"{"Image":"x","Privileged":true,"Memory":5,"Cpuset":"0","HostConfig":{"PidsLimit":3}}"#),
+            json!({"Image":"x","HostConfig":{"PidsLimit":3,"Memory":5,"CpusetCpus":"0"}})
+        );
+        assert_eq!(create(r#"{"Image":"x"}"#), json!({"Image":"x"}));
+        // Resources fields (two levels of embedding) are found at the top level too.
+        assert_eq!(create(r#"{"Image":"x","devices":[{"PathOnHost":"/dev/sda"}]}"#)["HostConfig"]["Devices"][0]["PathOnHost"], json!("/dev/sda"));
+    }
+}
 
 /// `POST /containers/{id}/update`.
 pub static CONTAINER_UPDATE: Schema =
