@@ -251,35 +251,6 @@ pub fn normalize_create(body: &mut serde_json::Value) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::docker::json::{canonicalize, Raw};
-    use serde_json::json;
-
-    fn create(s: &str) -> serde_json::Value {
-        let mut v = canonicalize(Raw::parse(s.as_bytes()).unwrap(), &Kind::Struct(&CONTAINER_CREATE)).unwrap().value;
-        normalize_create(&mut v);
-        v
-    }
-
-    #[test]
-    fn top_level_host_config_is_folded_in() {
-        assert_eq!(
-            create(r#"{"Image":"x","privileged":true,"Binds":["/etc:/h"]}"#),
-            json!({"Image":"x","HostConfig":{"Privileged":true,"Binds":["/etc:/h"]}})
-        );
-        // With an inner HostConfig, top-level fields are ignored except the four memory/cpu ones.
-        assert_eq!(
-            create(r#"{"Image":"x","Privileged":true,"Memory":5,"Cpuset":"0","HostConfig":{"PidsLimit":3}}"#),
-            json!({"Image":"x","HostConfig":{"PidsLimit":3,"Memory":5,"CpusetCpus":"0"}})
-        );
-        assert_eq!(create(r#"{"Image":"x"}"#), json!({"Image":"x"}));
-        // Resources fields (two levels of embedding) are found at the top level too.
-        assert_eq!(create(r#"{"Image":"x","devices":[{"PathOnHost":"/dev/sda"}]}"#)["HostConfig"]["Devices"][0]["PathOnHost"], json!("/dev/sda"));
-    }
-}
-
 /// `POST /containers/{id}/update`.
 pub static CONTAINER_UPDATE: Schema =
     Schema { name: "UpdateConfig", fields: &[("RestartPolicy", Kind::Struct(&RESTART_POLICY))], embeds: &[&RESOURCES] };
@@ -355,3 +326,32 @@ pub static AUTH_CONFIG: Schema = schema(
         ("registrytoken", S),
     ],
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::json::{canonicalize, Raw};
+    use serde_json::json;
+
+    fn create(s: &str) -> serde_json::Value {
+        let mut v = canonicalize(Raw::parse(s.as_bytes()).unwrap(), &Kind::Struct(&CONTAINER_CREATE)).unwrap().value;
+        normalize_create(&mut v);
+        v
+    }
+
+    #[test]
+    fn top_level_host_config_is_folded_in() {
+        assert_eq!(
+            create(r#"{"Image":"x","privileged":true,"Binds":["/etc:/h"]}"#),
+            json!({"Image":"x","HostConfig":{"Privileged":true,"Binds":["/etc:/h"]}})
+        );
+        // With an inner HostConfig, top-level fields are ignored except the four memory/cpu ones.
+        assert_eq!(
+            create(r#"{"Image":"x","Privileged":true,"Memory":5,"Cpuset":"0","HostConfig":{"PidsLimit":3}}"#),
+            json!({"Image":"x","HostConfig":{"PidsLimit":3,"Memory":5,"CpusetCpus":"0"}})
+        );
+        assert_eq!(create(r#"{"Image":"x"}"#), json!({"Image":"x"}));
+        // Resources fields (two levels of embedding) are found at the top level too.
+        assert_eq!(create(r#"{"Image":"x","devices":[{"PathOnHost":"/dev/sda"}]}"#)["HostConfig"]["Devices"][0]["PathOnHost"], json!("/dev/sda"));
+    }
+}
