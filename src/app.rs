@@ -285,6 +285,10 @@ impl Server {
         for running in self.listeners.values() {
             running.stop.cancel();
         }
+        // Each accept loop closes its socket (and removes a unix socket file) as it ends.
+        for running in self.listeners.into_values() {
+            let _ = running.task.await;
+        }
         self.draining.cancel();
         self.connections.close();
         let grace = self.config.grace();
