@@ -36,6 +36,34 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Read a password on stdin and print its bcrypt hash, for `users` of an `http` authenticator.
+    HashPassword,
+    /// Read a bearer token on stdin and print its SHA-256, for `tokens` of an `http` authenticator.
+    HashToken,
+}
+
+/// The first line of stdin, without its line ending.
+fn read_secret() -> Result<String, String> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).map_err(|e| format!("cannot read stdin: {e}"))?;
+    let secret = line.trim_end_matches(['\n', '\r']).to_owned();
+    if secret.is_empty() {
+        return Err("empty input".into());
+    }
+    Ok(secret)
+}
+
+fn print_hash(hash: impl FnOnce(&str) -> Result<String, String>) -> ExitCode {
+    match read_secret().and_then(|s| hash(&s)) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ctproxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn parse_listen(s: &str) -> Result<ListenAddr, String> {
@@ -49,6 +77,8 @@ fn parse_upstream(s: &str) -> Result<UpstreamAddr, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::HashPassword => print_hash(|s| bcrypt::hash(s, bcrypt::DEFAULT_COST).map_err(|e| e.to_string())),
+        Command::HashToken => print_hash(|s| Ok(ctproxy::plugin::auth::hash_token(s))),
         Command::Serve { config, listen, upstream, log_format, check } => {
             let source = ConfigSource { path: config, overrides: Overrides { listen, upstream, log_format } };
             let loaded = match source.load() {
