@@ -173,10 +173,13 @@ impl ListenerHandler {
             // dockerd reads no body here; one sent anyway is refused (old APIs applied a HostConfig
             // sent to `start`, for instance).
             _ => {
-                if !read_limited(body, 0).await?.is_empty() {
-                    return Err(Refused::bad_request(format!("{} {} takes no request body", parts.method, route.path)));
+                let no_body = || Refused::bad_request(format!("{} {} takes no request body", parts.method, route.path));
+                match read_limited(body, 0).await {
+                    Ok(b) if b.is_empty() => Either::Right(Full::new(Bytes::new())),
+                    Ok(_) => return Err(no_body()),
+                    Err(r) if r.status == StatusCode::PAYLOAD_TOO_LARGE => return Err(no_body()),
+                    Err(r) => return Err(r),
                 }
-                Either::Right(Full::new(Bytes::new()))
             }
         };
         parts.uri = rebuild_uri(&route, &query)?;
@@ -206,6 +209,11 @@ impl Handler for ListenerHandler {
             }
         };
         tracing::Span::current().record("identity", &*identity.name);
+        let mut req = req;
+        if !pipeline.auth.is_empty() {
+            // The credentials were for ctproxy; the daemon has no use for them.
+            req.headers_mut().remove(header::AUTHORIZATION);
+        }
         let mut rsp = match self.admit(&pipeline, req, &conn, &identity).await {
             Ok(req) => self.proxy.forward_or_502(req, &conn).await,
             Err(r) => respond::error(r.status, &r.message),

@@ -253,7 +253,9 @@ fn percent_decode(s: &str) -> Result<String, PathError> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+            // Two hex digits exactly: `u8::from_str_radix` alone would take `%+1` (Go refuses it).
+            let hex = b.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+            let hex = hex.and_then(|h| std::str::from_utf8(h).ok());
             out.push(hex.and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or(PathError::Escape)?);
             i += 3;
         } else {
@@ -355,5 +357,6 @@ mod tests {
             assert_eq!(Route::classify(&Method::GET, p), Err(PathError::NotClean), "{p}");
         }
         assert_eq!(Route::classify(&Method::GET, "/a%zz"), Err(PathError::Escape));
+        assert_eq!(Route::classify(&Method::GET, "/containers/%+a/json"), Err(PathError::Escape));
     }
 }

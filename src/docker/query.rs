@@ -98,7 +98,9 @@ fn unescape(s: &str) -> Result<String, QueryError> {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                // Two hex digits exactly: `u8::from_str_radix` alone would take `%+1` (Go refuses it).
+                let hex = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+                let hex = hex.and_then(|h| std::str::from_utf8(h).ok());
                 let byte = hex.and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(|| QueryError::Escape(s.to_owned()))?;
                 out.push(byte);
                 i += 2;
@@ -136,6 +138,7 @@ mod tests {
         assert_eq!(Query::parse("all=1;size=1"), Err(QueryError::Semicolon));
         assert!(Query::parse("a=%zz").is_err());
         assert!(Query::parse("a=%4").is_err());
+        assert!(Query::parse("a=%+1").is_err());
     }
 
     #[test]

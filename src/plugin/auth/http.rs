@@ -27,7 +27,7 @@ pub struct HttpAuth {
     verified: Mutex<HashMap<[u8; 32], Arc<str>>>,
 }
 
-/// The hex SHA-256 of a bearer token, as stored in the configuration (`ctproxy hash token`).
+/// The hex SHA-256 of a bearer token, as stored in the configuration (`ctproxy hash-token`).
 pub fn hash_token(token: &str) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()

@@ -287,9 +287,20 @@ impl Conservative {
             }
         }
         for field in ["NetworkMode", "PidMode", "IpcMode", "UTSMode", "UsernsMode", "CgroupnsMode"] {
-            if str_of(get(field)) == "host" {
-                return deny(format!("the host's {} namespace (HostConfig.{field})", field.trim_end_matches("Mode").to_lowercase()));
+            let mode = str_of(get(field));
+            let ns = field.trim_end_matches("Mode").to_lowercase();
+            if mode == "host" {
+                return deny(format!("the host's {ns} namespace (HostConfig.{field})"));
             }
+            // The other container may run in the host's namespace (or be privileged): its
+            // settings were never checked by this policy.
+            if mode.starts_with("container:") {
+                return deny(format!("joining another container's {ns} namespace (HostConfig.{field})"));
+            }
+        }
+        // Inherits the other container's mounts, host binds included, unchecked.
+        if is_set(get("VolumesFrom")) {
+            return self.deny_option("mounts of another container", "HostConfig.VolumesFrom");
         }
         for (i, bind) in string_list(get("Binds")).iter().enumerate() {
             self.check_bind(bind, i)?;
