@@ -293,7 +293,7 @@ fn escape_attempts_are_refused_and_have_no_effect() {
 fn a_refusal_on_a_keep_alive_connection_after_a_legitimate_request() {
     let p = Proxy::start_with_config(CONFIG, "d.sock");
     let name = unique("esc");
-    let mut both = format!("GET /v1.41/containers/json HTTP/1.1\r\nHost: d\r\n\r\n").into_bytes();
+    let mut both = b"GET /v1.41/containers/json HTTP/1.1\r\nHost: d\r\n\r\n".to_vec();
     both.extend(request("POST", &format!("/v1.41/containers/create?name={name}"), "application/json", format!(r#"{{"Image":"{BUSYBOX}","HostConfig":{{"Privileged":true}}}}"#).as_bytes(), false));
     let rsp = String::from_utf8_lossy(&raw_request(&p.sock, &both, Duration::from_secs(10))).into_owned();
     assert!(rsp.starts_with("HTTP/1.1 200"), "{rsp}");
