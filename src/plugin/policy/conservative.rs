@@ -413,7 +413,8 @@ impl Conservative {
         if !matches!(ipam_driver, "" | "default") {
             return deny(format!("IPAM driver {ipam_driver:?} (IPAM.Driver)"));
         }
-        for (field, what) in [("Ingress", "an ingress network"), ("ConfigOnly", "a config-only network"), ("ConfigFrom", "a network from a config"), ("Attachable", "a swarm-attachable network")] {
+        // `Attachable` only matters to swarm overlays; docker-compose sets it on every network.
+        for (field, what) in [("Ingress", "an ingress network"), ("ConfigOnly", "a config-only network"), ("ConfigFrom", "a network from a config")] {
             if is_set(v.get(field)) {
                 return self.deny_option(what, field);
             }
