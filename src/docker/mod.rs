@@ -6,6 +6,7 @@
 pub mod endpoint;
 pub mod json;
 pub mod query;
+pub mod reference;
 pub mod route;
 pub mod schema;
 
