@@ -214,9 +214,25 @@ impl Handler for ListenerHandler {
             // The credentials were for ctproxy; the daemon has no use for them.
             req.headers_mut().remove(header::AUTHORIZATION);
         }
+        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
         let mut rsp = match self.admit(&pipeline, req, &conn, &identity).await {
             Ok(req) => self.proxy.forward_or_502(req, &conn).await,
-            Err(r) => respond::error(r.status, &r.message),
+            Err(r) => {
+                // Policy refusals were logged with their policy; malformed and oversized ones here.
+                if r.status != StatusCode::FORBIDDEN {
+                    tracing::warn!(
+                        target: "ctproxy::audit",
+                        identity = %identity.name,
+                        listener = %conn.listener,
+                        %method,
+                        %path,
+                        status = r.status.as_u16(),
+                        reason = %r.message,
+                        "request refused: malformed"
+                    );
+                }
+                respond::error(r.status, &r.message)
+            }
         };
         rsp.extensions_mut().insert(AccessIdentity(identity.name.clone()));
         rsp

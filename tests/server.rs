@@ -246,3 +246,40 @@ fn json_logs_on_request() {
         assert!(v.get(field).is_some(), "{field} missing in {access}");
     }
 }
+
+/// A remote dockerd over TLS with a client certificate, as `DOCKER_HOST=tcp://host:2376` with
+/// `--tlsverify`: here the remote daemon is a second ctproxy serving TLS with `client_ca` in front of
+/// the real daemon, so both ends of ctproxy's TLS are exercised.
+#[test]
+fn upstream_over_tls_with_a_client_certificate() {
+    let pki = tempfile::tempdir().expect("tempdir");
+    let ca = certs::Ca::new("ctproxy-upstream-ca");
+    let server = ca.server(&pki.path().join("server"));
+    let client = ca.client(&pki.path().join("client"), "front-proxy", &[]);
+    let port = free_port();
+    let remote = format!(
+        "[listener.remote]\naddress = \"tcp://127.0.0.1:{port}\"\n[listener.remote.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n[listener.probe]\naddress = \"unix://{{dir}}/probe.sock\"\n",
+        server.cert.display(),
+        server.key.display(),
+        server.ca.display()
+    );
+    let remote = Proxy::start_with_config(&remote, "probe.sock");
+    let front = format!(
+        "[upstream]\nurl = \"tcp://localhost:{port}\"\n[upstream.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[listener.local]\naddress = \"unix://{{dir}}/d.sock\"\n",
+        client.ca.display(),
+        client.cert.display(),
+        client.key.display()
+    );
+    let front = Proxy::start_with_config(&front, "d.sock");
+    let version = ["version", "--format", "{{.Server.Version}}"];
+    assert_eq!(docker(&front.docker_host(), &version), docker(DIRECT, &version));
+    assert_eq!(docker(&front.docker_host(), &["run", "--rm", BUSYBOX, "echo", "via TLS"]), "via TLS\n");
+    assert!(remote.log_text().contains("listener=remote"), "the request must have crossed the TLS hop");
+
+    // Without the client certificate, the remote end refuses the handshake and the front answers 502.
+    let bare = format!("[upstream]\nurl = \"tcp://localhost:{port}\"\n[upstream.tls]\nca = \"{}\"\n[listener.local]\naddress = \"unix://{{dir}}/d.sock\"\n", client.ca.display());
+    let bare = Proxy::start_with_config(&bare, "d.sock");
+    let out = docker_output(&bare.docker_host(), &version);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the Docker daemon"), "{}", String::from_utf8_lossy(&out.stderr));
+}
