@@ -283,3 +283,19 @@ fn upstream_over_tls_with_a_client_certificate() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the Docker daemon"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Every API version the daemon accepts passes, with or without the prefix, spelled as dockerd
+/// reads it (`/v1.040/` is 1.40); the daemon's own answers for versions it refuses come through too.
+#[test]
+fn all_api_versions_pass_through() {
+    let p = Proxy::start();
+    for path in ["/_ping", "/v1.12/_ping", "/v1.24/version", "/v1.040/version", "/v1.41/version", "/containers/json", "/v1.41.0/_ping"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n");
+        let (via, direct) = (raw_unix(&p.sock, req.as_bytes()), raw_request(std::path::Path::new("/var/run/docker.sock"), req.as_bytes(), Duration::from_secs(10)));
+        let status = |r: &str| r.get(..12).map(str::to_owned);
+        assert_eq!(status(&via), status(&String::from_utf8_lossy(&direct)), "{path}");
+        assert!(via.starts_with("HTTP/1.1 200"), "{path}: {via}");
+    }
+    let too_new = raw_unix(&p.sock, b"GET /v1.99/version HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n");
+    assert!(too_new.starts_with("HTTP/1.1 400") && too_new.contains("is too new"), "{too_new}");
+}
