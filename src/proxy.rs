@@ -18,7 +18,8 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 
 use crate::docker::json::{canonicalize, Kind, Raw};
-use crate::docker::{ApiPath, BodyKind, Query, Route};
+use crate::docker::schema::normalize_create;
+use crate::docker::{ApiPath, BodyKind, Endpoint, Query, Route};
 use crate::http::{respond, AccessIdentity, ConnCtx, ForwardError, Forwarder, Handler, ProxyBody, UpstreamBody};
 use crate::plugin::auth::{self, Authenticator};
 use crate::plugin::policy::{Denied, PolicyChain};
@@ -154,8 +155,8 @@ impl ListenerHandler {
             Some((endpoint, BodyKind::Json(schema))) if chain.reads_body(endpoint) => {
                 let bytes = read_limited(body, pipeline.max_json_body).await?;
                 let mut json = decode_json(&bytes, ctx.headers, schema)?;
-                if endpoint == crate::docker::Endpoint::ContainerCreate {
-                    crate::docker::schema::normalize_create(&mut json.value);
+                if endpoint == Endpoint::ContainerCreate {
+                    normalize_create(&mut json.value);
                 }
                 chain.check_body(&mut ctx, &mut json).map_err(|d| refusal(&ctx, d))?;
                 let out = match &json.value {
@@ -188,7 +189,7 @@ impl ListenerHandler {
 }
 
 impl Handler for ListenerHandler {
-    async fn call(&self, req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<ProxyBody> {
+    async fn call(&self, mut req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<ProxyBody> {
         let pipeline = self.pipeline.load_full();
         if pipeline.is_passthrough() {
             return self.proxy.forward_or_502(req.map(Either::Left), &conn).await;
@@ -209,7 +210,6 @@ impl Handler for ListenerHandler {
             }
         };
         tracing::Span::current().record("identity", &*identity.name);
-        let mut req = req;
         if !pipeline.auth.is_empty() {
             // The credentials were for ctproxy; the daemon has no use for them.
             req.headers_mut().remove(header::AUTHORIZATION);
@@ -247,7 +247,7 @@ fn refusal(ctx: &RequestCtx<'_>, d: Denied) -> Refused {
         identity = %ctx.identity.name,
         listener = ctx.listener,
         method = %ctx.method,
-        endpoint = ctx.route.endpoint.map_or("unknown", |e| e.name()),
+        endpoint = ctx.route.endpoint.map_or("unknown", Endpoint::name),
         path = %ctx.route.path,
         policy = %d.policy,
         reason = %d.refusal.what,
