@@ -58,7 +58,14 @@ fn args() -> Result<Args, String> {
     Ok(out)
 }
 
-async fn worker(socket: String, path: String, n: usize, body: Option<String>, delete: bool, any_status: bool) -> Result<Vec<Duration>, String> {
+async fn worker(
+    socket: String,
+    path: String,
+    n: usize,
+    body: Option<String>,
+    delete: bool,
+    any_status: bool,
+) -> Result<Vec<Duration>, String> {
     let io = TokioIo::new(UnixStream::connect(&socket).await.map_err(|e| format!("{socket}: {e}"))?);
     let (mut send, conn) = http1::handshake(io).await.map_err(|e| e.to_string())?;
     tokio::spawn(conn);

@@ -106,18 +106,18 @@ fn build_pipelines(config: &Config) -> Result<BTreeMap<String, Pipeline>, AppErr
             AuthConfig::TlsCert { subjects, cn_as_identity } => {
                 Arc::new(TlsCertAuth::new(name, subjects.clone().into_iter().collect(), *cn_as_identity))
             }
-            AuthConfig::Http { users, tokens } => Arc::new(HttpAuth::new(
-                name,
-                users.clone().into_iter().collect(),
-                tokens.clone().into_iter().collect(),
-            )),
+            AuthConfig::Http { users, tokens } => {
+                Arc::new(HttpAuth::new(name, users.clone().into_iter().collect(), tokens.clone().into_iter().collect()))
+            }
         };
         auths.insert(name, auth);
     }
     let mut policies: BTreeMap<&str, (Arc<dyn Policy>, bool)> = BTreeMap::new();
     for (name, p) in &config.policy {
         let policy: Arc<dyn Policy> = match p {
-            PolicyConfig::Conservative(c) => Arc::new(Conservative::new(name, c.clone()).map_err(|e| plugin_err(format!("policy.{name}: {e}")))?),
+            PolicyConfig::Conservative(c) => {
+                Arc::new(Conservative::new(name, c.clone()).map_err(|e| plugin_err(format!("policy.{name}: {e}")))?)
+            }
             PolicyConfig::Inject(c) => Arc::new(Inject::new(name, (**c).clone())),
         };
         policies.insert(name, (policy, p.dry_run()));
@@ -131,11 +131,8 @@ fn build_pipelines(config: &Config) -> Result<BTreeMap<String, Pipeline>, AppErr
         }
         chain
     };
-    let per_identity: std::collections::HashMap<Arc<str>, PolicyChain> = config
-        .identity
-        .iter()
-        .filter_map(|(id, c)| c.policies.as_ref().map(|p| (Arc::from(id.as_str()), chain(p))))
-        .collect();
+    let per_identity: std::collections::HashMap<Arc<str>, PolicyChain> =
+        config.identity.iter().filter_map(|(id, c)| c.policies.as_ref().map(|p| (Arc::from(id.as_str()), chain(p)))).collect();
     Ok(config
         .listener
         .iter()
@@ -180,11 +177,7 @@ impl Server {
             Some(t) => Some(transport::tls::server_config(&t.cert, &t.key, t.client_ca.as_deref()).map_err(err)?),
             None => None,
         };
-        let unix = UnixSocketOptions {
-            mode: config.mode.map(|m| m.0),
-            owner: config.owner.clone(),
-            group: config.group.clone(),
-        };
+        let unix = UnixSocketOptions { mode: config.mode.map(|m| m.0), owner: config.owner.clone(), group: config.group.clone() };
         let listener = Listener::bind(&config.address, &unix, tls).await.map_err(err)?;
         let shown = listener.local_tcp_addr().map_or_else(|| config.address.to_string(), |a| format!("tcp://{a}"));
         tracing::info!(listener = name, address = %shown, tls = config.tls.is_some(), "listening");
@@ -192,14 +185,7 @@ impl Server {
         let opts = ServeOptions { listener: Arc::from(name), access_log: config.access_log };
         let pipeline = Arc::new(ArcSwap::from_pointee(pipeline));
         let handler = Arc::new(ListenerHandler { proxy: self.proxy.clone(), pipeline: pipeline.clone() });
-        let task = tokio::spawn(accept_loop(
-            listener,
-            opts,
-            handler,
-            self.connections.clone(),
-            self.draining.clone(),
-            stop.clone(),
-        ));
+        let task = tokio::spawn(accept_loop(listener, opts, handler, self.connections.clone(), self.draining.clone(), stop.clone()));
         self.listeners.insert(name.to_owned(), RunningListener { config: config.clone(), stop, task, pipeline });
         Ok(())
     }

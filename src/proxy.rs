@@ -270,10 +270,9 @@ fn refuse_form_bodies(headers: &HeaderMap) -> Result<(), Refused> {
 async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, Refused> {
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refused {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            message: format!("ctproxy: request body larger than {limit} bytes"),
-        }),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(Refused { status: StatusCode::PAYLOAD_TOO_LARGE, message: format!("ctproxy: request body larger than {limit} bytes") })
+        }
         Err(e) => Err(Refused::bad_request(format!("cannot read the request body: {e}"))),
     }
 }

@@ -2,9 +2,9 @@
 //! `Authorization` headers sent from the CLI's `config.json` (`http`), and unix peer credentials
 //! (`unix-peer`); plus per-identity policy overrides (`[identity.NAME] policies`).
 
-mod support;
 #[path = "support/certs.rs"]
 mod certs;
+mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -304,10 +304,7 @@ for h in headers:
     print(r.status, c.sock is first, json.loads(body).get("message", "") if r.status != 200 else "")
 "#;
     let headers = serde_json::json!([good, good, "", good, bad, bearer, good, good]);
-    let out = Command::new("python3")
-        .args(["-c", script, proxy.sock.to_str().unwrap(), &headers.to_string()])
-        .output()
-        .expect("python3");
+    let out = Command::new("python3").args(["-c", script, proxy.sock.to_str().unwrap(), &headers.to_string()]).output().expect("python3");
     assert!(out.status.success(), "{}", text(&out));
     let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
     let expect = [

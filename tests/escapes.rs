@@ -123,8 +123,14 @@ fn corpus(victim: &str, stopped: &str) -> Corpus {
     c.create("CapAdd as a string", r#"{"Image":"IMAGE","HostConfig":{"CapAdd":"SYS_PTRACE"}}"#);
     c.create("legacy Capabilities", r#"{"Image":"IMAGE","HostConfig":{"Capabilities":["CAP_SYS_ADMIN"]}}"#);
     // Devices.
-    c.create("Devices", r#"{"Image":"IMAGE","HostConfig":{"Devices":[{"PathOnHost":"/dev/sda","PathInContainer":"/dev/sda","CgroupPermissions":"rwm"}]}}"#);
-    c.create("DeviceRequests", r#"{"Image":"IMAGE","HostConfig":{"DeviceRequests":[{"Driver":"nvidia","Count":-1,"Capabilities":[["gpu"]]}]}}"#);
+    c.create(
+        "Devices",
+        r#"{"Image":"IMAGE","HostConfig":{"Devices":[{"PathOnHost":"/dev/sda","PathInContainer":"/dev/sda","CgroupPermissions":"rwm"}]}}"#,
+    );
+    c.create(
+        "DeviceRequests",
+        r#"{"Image":"IMAGE","HostConfig":{"DeviceRequests":[{"Driver":"nvidia","Count":-1,"Capabilities":[["gpu"]]}]}}"#,
+    );
     c.create("DeviceCgroupRules", r#"{"Image":"IMAGE","HostConfig":{"DeviceCgroupRules":["c *:* rwm"]}}"#);
     // Security options.
     c.create("seccomp=unconfined", r#"{"Image":"IMAGE","HostConfig":{"SecurityOpt":["seccomp=unconfined"]}}"#);
@@ -134,21 +140,43 @@ fn corpus(victim: &str, stopped: &str) -> Corpus {
     c.create("MaskedPaths emptied", r#"{"Image":"IMAGE","HostConfig":{"MaskedPaths":[]}}"#);
     c.create("ReadonlyPaths emptied", r#"{"Image":"IMAGE","HostConfig":{"ReadonlyPaths":[]}}"#);
     // Host namespaces.
-    for (field, value) in [("NetworkMode", "host"), ("PidMode", "host"), ("IpcMode", "host"), ("UTSMode", "host"), ("UsernsMode", "host"), ("CgroupnsMode", "host")] {
+    for (field, value) in [
+        ("NetworkMode", "host"),
+        ("PidMode", "host"),
+        ("IpcMode", "host"),
+        ("UTSMode", "host"),
+        ("UsernsMode", "host"),
+        ("CgroupnsMode", "host"),
+    ] {
         c.create(&format!("{field}={value}"), &format!(r#"{{"Image":"IMAGE","HostConfig":{{"{field}":"{value}"}}}}"#));
     }
     c.create("pidmode host, lower-case key", r#"{"Image":"IMAGE","HostConfig":{"pidmode":"host"}}"#);
-    c.create("joining another container's pid namespace", r#"{"Image":"IMAGE","HostConfig":{"PidMode":"container:VICTIM"}}"#.replace("VICTIM", victim).as_str());
+    c.create(
+        "joining another container's pid namespace",
+        r#"{"Image":"IMAGE","HostConfig":{"PidMode":"container:VICTIM"}}"#.replace("VICTIM", victim).as_str(),
+    );
     c.create("VolumesFrom another container", &r#"{"Image":"IMAGE","HostConfig":{"VolumesFrom":["VICTIM"]}}"#.replace("VICTIM", victim));
     c.create("EndpointsConfig host", r#"{"Image":"IMAGE","NetworkingConfig":{"EndpointsConfig":{"host":{}}}}"#);
     c.create("endpoint DriverOpts", r#"{"Image":"IMAGE","NetworkingConfig":{"EndpointsConfig":{"bridge":{"DriverOpts":{"com.docker.network.endpoint.sysctls":"net.ipv4.conf.all.forwarding=1"}}}}}"#);
     // Host paths.
-    for bind in ["/:/host", "/etc:/h", "/var/run/docker.sock:/var/run/docker.sock", "/run/docker.sock:/s", "/tmp/../etc:/h", "/tmp/ctproxy-allowed/../../etc:/h", "/tmp/ctproxy-allowed:/a:rshared", "/proc:/hp"] {
+    for bind in [
+        "/:/host",
+        "/etc:/h",
+        "/var/run/docker.sock:/var/run/docker.sock",
+        "/run/docker.sock:/s",
+        "/tmp/../etc:/h",
+        "/tmp/ctproxy-allowed/../../etc:/h",
+        "/tmp/ctproxy-allowed:/a:rshared",
+        "/proc:/hp",
+    ] {
         c.create(&format!("Binds {bind}"), &format!(r#"{{"Image":"IMAGE","HostConfig":{{"Binds":["{bind}"]}}}}"#));
     }
     c.create("Mounts bind", r#"{"Image":"IMAGE","HostConfig":{"Mounts":[{"Type":"bind","Source":"/etc","Target":"/h"}]}}"#);
     c.create("mounts bind, lower-case keys", r#"{"Image":"IMAGE","hostconfig":{"mounts":[{"type":"bind","source":"/","target":"/h"}]}}"#);
-    c.create("Mounts bind of the docker socket", r#"{"Image":"IMAGE","HostConfig":{"Mounts":[{"Type":"bind","Source":"/var/run/docker.sock","Target":"/s"}]}}"#);
+    c.create(
+        "Mounts bind of the docker socket",
+        r#"{"Image":"IMAGE","HostConfig":{"Mounts":[{"Type":"bind","Source":"/var/run/docker.sock","Target":"/s"}]}}"#,
+    );
     c.create("Mounts bind, propagation rshared", r#"{"Image":"IMAGE","HostConfig":{"Mounts":[{"Type":"bind","Source":"/tmp/ctproxy-allowed","Target":"/a","BindOptions":{"Propagation":"rshared"}}]}}"#);
     c.create("Mounts npipe", r#"{"Image":"IMAGE","HostConfig":{"Mounts":[{"Type":"npipe","Source":"/x","Target":"/x"}]}}"#);
     c.create("Mounts volume with o=bind options", r#"{"Image":"IMAGE","HostConfig":{"Mounts":[{"Type":"volume","Source":"escvol","Target":"/v","VolumeOptions":{"DriverConfig":{"Name":"local","Options":{"type":"none","o":"bind","device":"/etc"}}}}]}}"#);
@@ -164,7 +192,10 @@ fn corpus(victim: &str, stopped: &str) -> Corpus {
     c.create("realtime CPU", r#"{"Image":"IMAGE","HostConfig":{"CpuRealtimeRuntime":950000}}"#);
     c.create("ulimit rtprio", r#"{"Image":"IMAGE","HostConfig":{"Ulimits":[{"Name":"rtprio","Soft":99,"Hard":99}]}}"#);
     c.create("blkio device", r#"{"Image":"IMAGE","HostConfig":{"BlkioDeviceReadBps":[{"Path":"/dev/sda","Rate":1}]}}"#);
-    c.create("log driver syslog", r#"{"Image":"IMAGE","HostConfig":{"LogConfig":{"Type":"syslog","Config":{"syslog-address":"udp://10.0.0.1:514"}}}}"#);
+    c.create(
+        "log driver syslog",
+        r#"{"Image":"IMAGE","HostConfig":{"LogConfig":{"Type":"syslog","Config":{"syslog-address":"udp://10.0.0.1:514"}}}}"#,
+    );
     c.create("OCI annotations", r#"{"Image":"IMAGE","HostConfig":{"Annotations":{"io.kubernetes.cri.x":"y"}}}"#);
     c.create("unknown HostConfig field", r#"{"Image":"IMAGE","HostConfig":{"FutureEscapeHatch":true}}"#);
     // Malformed or oversized bodies (400 / 413: nothing unparseable is forwarded).
@@ -174,42 +205,180 @@ fn corpus(victim: &str, stopped: &str) -> Corpus {
     let big = format!(r#"{{"Image":"IMAGE","Env":["{}"],"HostConfig":{{"Privileged":true}}}}"#, "A".repeat(2 << 20));
     c.create_as("JSON body over the limit", &big, 413, false);
     let name = unique("esc");
-    c.raw("form-encoded body", "POST", &format!("/v1.41/containers/create?name={name}"), "application/x-www-form-urlencoded", "HostConfig=x", 400, Effect::NoContainer(name));
+    c.raw(
+        "form-encoded body",
+        "POST",
+        &format!("/v1.41/containers/create?name={name}"),
+        "application/x-www-form-urlencoded",
+        "HostConfig=x",
+        400,
+        Effect::NoContainer(name),
+    );
     let name = unique("esc");
-    c.raw("multipart body", "POST", &format!("/v1.41/containers/create?name={name}"), "multipart/form-data; boundary=x", "--x--", 400, Effect::NoContainer(name));
+    c.raw(
+        "multipart body",
+        "POST",
+        &format!("/v1.41/containers/create?name={name}"),
+        "multipart/form-data; boundary=x",
+        "--x--",
+        400,
+        Effect::NoContainer(name),
+    );
     let name = unique("esc");
-    c.raw("JSON body without a JSON content type", "POST", &format!("/v1.41/containers/create?name={name}"), "text/plain", r#"{"Image":"IMAGE","HostConfig":{"Privileged":true}}"#, 400, Effect::NoContainer(name));
+    c.raw(
+        "JSON body without a JSON content type",
+        "POST",
+        &format!("/v1.41/containers/create?name={name}"),
+        "text/plain",
+        r#"{"Image":"IMAGE","HostConfig":{"Privileged":true}}"#,
+        400,
+        Effect::NoContainer(name),
+    );
     // Other endpoints on the victim.
-    c.raw("start with a HostConfig body (API 1.23)", "POST", "/v1.23/containers/STOPPED/start", "application/json", r#"{"Binds":["/etc:/h"],"Privileged":true}"#, 403, Effect::VictimUntouched);
-    c.raw("start with a HostConfig body (API 1.12)", "POST", "/v1.12/containers/STOPPED/start", "application/json", r#"{"Privileged":true}"#, 403, Effect::VictimUntouched);
-    c.raw("start with a body on a current API", "POST", "/v1.41/containers/STOPPED/start", "application/json", r#"{"Privileged":true}"#, 400, Effect::VictimUntouched);
+    c.raw(
+        "start with a HostConfig body (API 1.23)",
+        "POST",
+        "/v1.23/containers/STOPPED/start",
+        "application/json",
+        r#"{"Binds":["/etc:/h"],"Privileged":true}"#,
+        403,
+        Effect::VictimUntouched,
+    );
+    c.raw(
+        "start with a HostConfig body (API 1.12)",
+        "POST",
+        "/v1.12/containers/STOPPED/start",
+        "application/json",
+        r#"{"Privileged":true}"#,
+        403,
+        Effect::VictimUntouched,
+    );
+    c.raw(
+        "start with a body on a current API",
+        "POST",
+        "/v1.41/containers/STOPPED/start",
+        "application/json",
+        r#"{"Privileged":true}"#,
+        400,
+        Effect::VictimUntouched,
+    );
     c.raw("start from a checkpoint", "POST", "/v1.41/containers/STOPPED/start?checkpoint=x", "", "", 403, Effect::VictimUntouched);
-    c.raw("privileged exec", "POST", "/v1.41/containers/VICTIM/exec", "application/json", r#"{"Cmd":["id"],"Privileged":true}"#, 403, Effect::VictimUntouched);
-    c.raw("privileged exec, lower-case", "POST", "/v1.41/containers/VICTIM/exec", "application/json", r#"{"cmd":["id"],"privileged":true}"#, 403, Effect::VictimUntouched);
-    c.raw("update CgroupParent", "POST", "/v1.41/containers/VICTIM/update", "application/json", r#"{"CgroupParent":"/"}"#, 403, Effect::VictimUntouched);
-    c.raw("update Devices", "POST", "/v1.41/containers/VICTIM/update", "application/json", r#"{"Devices":[{"PathOnHost":"/dev/mem","PathInContainer":"/dev/mem","CgroupPermissions":"rwm"}]}"#, 403, Effect::VictimUntouched);
+    c.raw(
+        "privileged exec",
+        "POST",
+        "/v1.41/containers/VICTIM/exec",
+        "application/json",
+        r#"{"Cmd":["id"],"Privileged":true}"#,
+        403,
+        Effect::VictimUntouched,
+    );
+    c.raw(
+        "privileged exec, lower-case",
+        "POST",
+        "/v1.41/containers/VICTIM/exec",
+        "application/json",
+        r#"{"cmd":["id"],"privileged":true}"#,
+        403,
+        Effect::VictimUntouched,
+    );
+    c.raw(
+        "update CgroupParent",
+        "POST",
+        "/v1.41/containers/VICTIM/update",
+        "application/json",
+        r#"{"CgroupParent":"/"}"#,
+        403,
+        Effect::VictimUntouched,
+    );
+    c.raw(
+        "update Devices",
+        "POST",
+        "/v1.41/containers/VICTIM/update",
+        "application/json",
+        r#"{"Devices":[{"PathOnHost":"/dev/mem","PathInContainer":"/dev/mem","CgroupPermissions":"rwm"}]}"#,
+        403,
+        Effect::VictimUntouched,
+    );
     // Volumes and networks.
     let vol = unique("escvol");
-    c.raw("volume with o=bind device=/etc", "POST", "/v1.41/volumes/create", "application/json", &format!(r#"{{"Name":"{vol}","DriverOpts":{{"type":"none","o":"bind","device":"/etc"}}}}"#), 403, Effect::NoVolume(vol));
+    c.raw(
+        "volume with o=bind device=/etc",
+        "POST",
+        "/v1.41/volumes/create",
+        "application/json",
+        &format!(r#"{{"Name":"{vol}","DriverOpts":{{"type":"none","o":"bind","device":"/etc"}}}}"#),
+        403,
+        Effect::NoVolume(vol),
+    );
     let vol = unique("escvol");
-    c.raw("volume with another driver", "POST", "/v1.41/volumes/create", "application/json", &format!(r#"{{"Name":"{vol}","Driver":"sshfs"}}"#), 403, Effect::NoVolume(vol));
+    c.raw(
+        "volume with another driver",
+        "POST",
+        "/v1.41/volumes/create",
+        "application/json",
+        &format!(r#"{{"Name":"{vol}","Driver":"sshfs"}}"#),
+        403,
+        Effect::NoVolume(vol),
+    );
     let net = unique("escnet");
-    c.raw("network on the host's docker0 bridge", "POST", "/v1.41/networks/create", "application/json", &format!(r#"{{"Name":"{net}","Options":{{"com.docker.network.bridge.name":"docker0"}}}}"#), 403, Effect::NoNetwork(net));
+    c.raw(
+        "network on the host's docker0 bridge",
+        "POST",
+        "/v1.41/networks/create",
+        "application/json",
+        &format!(r#"{{"Name":"{net}","Options":{{"com.docker.network.bridge.name":"docker0"}}}}"#),
+        403,
+        Effect::NoNetwork(net),
+    );
     let net = unique("escnet");
-    c.raw("macvlan network", "POST", "/v1.41/networks/create", "application/json", &format!(r#"{{"Name":"{net}","Driver":"macvlan","Options":{{"parent":"eth0"}}}}"#), 403, Effect::NoNetwork(net));
-    c.raw("connect to the host network", "POST", "/v1.41/networks/host/connect", "application/json", r#"{"Container":"VICTIM"}"#, 403, Effect::VictimUntouched);
+    c.raw(
+        "macvlan network",
+        "POST",
+        "/v1.41/networks/create",
+        "application/json",
+        &format!(r#"{{"Name":"{net}","Driver":"macvlan","Options":{{"parent":"eth0"}}}}"#),
+        403,
+        Effect::NoNetwork(net),
+    );
+    c.raw(
+        "connect to the host network",
+        "POST",
+        "/v1.41/networks/host/connect",
+        "application/json",
+        r#"{"Container":"VICTIM"}"#,
+        403,
+        Effect::VictimUntouched,
+    );
     // Builds and daemon-side fetches.
     c.raw("build with host network", "POST", "/v1.41/build?networkmode=host&t=esc", "application/x-tar", "", 403, Effect::Nothing);
     c.raw("build with a cgroup parent", "POST", "/v1.41/build?cgroupparent=/&t=esc", "application/x-tar", "", 403, Effect::Nothing);
     c.raw("build from a URL fetched by the daemon", "POST", "/v1.41/build?remote=http://10.0.0.1/x.tar", "", "", 403, Effect::Nothing);
-    c.raw("build outputs", "POST", "/v1.41/build?outputs=%5B%7B%22Type%22%3A%22local%22%7D%5D", "application/x-tar", "", 403, Effect::Nothing);
+    c.raw(
+        "build outputs",
+        "POST",
+        "/v1.41/build?outputs=%5B%7B%22Type%22%3A%22local%22%7D%5D",
+        "application/x-tar",
+        "",
+        403,
+        Effect::Nothing,
+    );
     c.raw("import from a URL", "POST", "/v1.41/images/create?fromSrc=http://10.0.0.1/rootfs.tar&repo=esc", "", "", 403, Effect::Nothing);
     // Endpoints outside the allowlist, and framing.
     for (method, path) in [
-        ("GET", "/v1.41/swarm"), ("POST", "/v1.41/swarm/init"), ("POST", "/v1.41/services/create"), ("GET", "/v1.41/secrets"),
-        ("POST", "/v1.41/configs/create"), ("GET", "/v1.41/nodes"), ("POST", "/v1.41/plugins/pull?remote=evil/plugin"),
-        ("GET", "/v1.41/plugins"), ("POST", "/v1.41/grpc"), ("GET", "/debug/vars"), ("GET", "/debug/pprof/heap"),
-        ("GET", "/v1.41/containers/VICTIM/checkpoints"), ("GET", "/v1.41/nonexistent/endpoint"), ("PUT", "/v1.41/volumes/x"),
+        ("GET", "/v1.41/swarm"),
+        ("POST", "/v1.41/swarm/init"),
+        ("POST", "/v1.41/services/create"),
+        ("GET", "/v1.41/secrets"),
+        ("POST", "/v1.41/configs/create"),
+        ("GET", "/v1.41/nodes"),
+        ("POST", "/v1.41/plugins/pull?remote=evil/plugin"),
+        ("GET", "/v1.41/plugins"),
+        ("POST", "/v1.41/grpc"),
+        ("GET", "/debug/vars"),
+        ("GET", "/debug/pprof/heap"),
+        ("GET", "/v1.41/containers/VICTIM/checkpoints"),
+        ("GET", "/v1.41/nonexistent/endpoint"),
+        ("PUT", "/v1.41/volumes/x"),
     ] {
         c.raw(&format!("endpoint {method} {path}"), method, path, "", "", 403, Effect::Nothing);
     }
@@ -294,7 +463,13 @@ fn a_refusal_on_a_keep_alive_connection_after_a_legitimate_request() {
     let p = Proxy::start_with_config(CONFIG, "d.sock");
     let name = unique("esc");
     let mut both = b"GET /v1.41/containers/json HTTP/1.1\r\nHost: d\r\n\r\n".to_vec();
-    both.extend(request("POST", &format!("/v1.41/containers/create?name={name}"), "application/json", format!(r#"{{"Image":"{BUSYBOX}","HostConfig":{{"Privileged":true}}}}"#).as_bytes(), false));
+    both.extend(request(
+        "POST",
+        &format!("/v1.41/containers/create?name={name}"),
+        "application/json",
+        format!(r#"{{"Image":"{BUSYBOX}","HostConfig":{{"Privileged":true}}}}"#).as_bytes(),
+        false,
+    ));
     let rsp = String::from_utf8_lossy(&raw_request(&p.sock, &both, Duration::from_secs(10))).into_owned();
     assert!(rsp.starts_with("HTTP/1.1 200"), "{rsp}");
     assert!(rsp.contains("HTTP/1.1 403"), "the second request on the connection must be checked too: {rsp}");

@@ -43,7 +43,10 @@ fn run_detached_then_logs_follow() {
     let mut c = Cleanup::new();
     let name = unique("logs");
     c.container(&name);
-    docker(&p.docker_host(), &["run", "-d", "--name", &name, BUSYBOX, "sh", "-c", "for i in $(seq 1 20); do echo line $i; sleep 0.05; done"]);
+    docker(
+        &p.docker_host(),
+        &["run", "-d", "--name", &name, BUSYBOX, "sh", "-c", "for i in $(seq 1 20); do echo line $i; sleep 0.05; done"],
+    );
     let followed = docker(&p.docker_host(), &["logs", "-f", &name]);
     let expected: String = (1..=20).map(|i| format!("line {i}\n")).collect();
     assert_eq!(followed, expected);
@@ -131,7 +134,11 @@ fn cp_both_ways() {
 
 fn build_context() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("Dockerfile"), format!("FROM {BUSYBOX}\nCOPY data.txt /data.txt\nRUN wc -c /data.txt > /size\nCMD cat /size\n")).expect("Dockerfile");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!("FROM {BUSYBOX}\nCOPY data.txt /data.txt\nRUN wc -c /data.txt > /size\nCMD cat /size\n"),
+    )
+    .expect("Dockerfile");
     std::fs::write(dir.path().join("data.txt"), vec![b'x'; 1_000_000]).expect("context");
     dir
 }
@@ -170,10 +177,11 @@ fn events_while_containers_start_and_stop() {
     let name = unique("events");
     c.container(&name);
     let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
-    let mut events = docker_cmd("docker", &p.docker_host(), &["events", "--filter", &format!("container={name}"), "--format", "{{.Action}}"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("docker events");
+    let mut events =
+        docker_cmd("docker", &p.docker_host(), &["events", "--filter", &format!("container={name}"), "--format", "{{.Action}}"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("docker events");
     std::thread::sleep(std::time::Duration::from_millis(500));
     docker(&p.docker_host(), &["run", "--name", &name, BUSYBOX, "true"]);
     docker(&p.docker_host(), &["rm", &name]);

@@ -228,12 +228,7 @@ fn number() -> BoxedStrategy<String> {
 }
 
 fn scalar() -> BoxedStrategy<Node> {
-    prop_oneof![
-        any::<bool>().prop_map(Node::Bool),
-        number().prop_map(Node::Num),
-        "(?s).{0,12}".prop_map(Node::Str),
-    ]
-    .boxed()
+    prop_oneof![any::<bool>().prop_map(Node::Bool), number().prop_map(Node::Num), "(?s).{0,12}".prop_map(Node::Str),].boxed()
 }
 
 /// Any JSON value, keys from the field names or random.
@@ -346,8 +341,7 @@ fn route_for(endpoint: Endpoint) -> Route {
     route
 }
 
-static STRICT: LazyLock<Conservative> =
-    LazyLock::new(|| Conservative::new("strict", ConservativeConfig::default()).expect("conservative"));
+static STRICT: LazyLock<Conservative> = LazyLock::new(|| Conservative::new("strict", ConservativeConfig::default()).expect("conservative"));
 
 const MEMORY_CAP: i64 = 1 << 30;
 const PIDS_CAP: i64 = 100;
@@ -369,8 +363,14 @@ fn run_policy(policy: &dyn Policy, endpoint: Endpoint, body: &mut JsonBody) -> O
     let identity = Identity::anonymous();
     let route = route_for(endpoint);
     let (mut query, mut headers) = (Query::default(), HeaderMap::new());
-    let mut ctx =
-        RequestCtx { identity: &identity, listener: "fuzz", method: &Method::POST, route: &route, query: &mut query, headers: &mut headers };
+    let mut ctx = RequestCtx {
+        identity: &identity,
+        listener: "fuzz",
+        method: &Method::POST,
+        route: &route,
+        query: &mut query,
+        headers: &mut headers,
+    };
     if let Err(r) = policy.check(&mut ctx) {
         return Some(r);
     }
@@ -403,8 +403,8 @@ fn exercise_body(bytes: &[u8]) {
 fn assert_idempotent(text: &str, index: usize) -> Result<(), TestCaseError> {
     let (s, endpoint) = ROOTS[index];
     let raw = Raw::parse(text.as_bytes()).map_err(|e| TestCaseError::fail(format!("generated JSON does not parse: {e}\n{text}")))?;
-    let c1 = canonicalize(raw, &Kind::Struct(s))
-        .map_err(|e| TestCaseError::fail(format!("a well-typed document was refused: {e}\n{text}")))?;
+    let c1 =
+        canonicalize(raw, &Kind::Struct(s)).map_err(|e| TestCaseError::fail(format!("a well-typed document was refused: {e}\n{text}")))?;
     let once = serde_json::to_vec(&c1.value).unwrap();
     let c2 = canon(&once, s).ok_or_else(|| TestCaseError::fail(format!("canonical form does not decode: {}", c1.value)))?;
     prop_assert_eq!(&c2.value, &c1.value, "canonicalisation is not idempotent for {}", text);

@@ -36,10 +36,37 @@ fn everyday_workflows_pass_the_conservative_policy() {
     let out = docker(
         &h,
         &[
-            "run", "--rm", "--network", &net, "-v", &format!("{vol}:/data"), "--tmpfs", "/scratch", "-p", "127.0.0.1::8080",
-            "-e", "A=1", "--cap-add", "NET_BIND_SERVICE", "--security-opt", "no-new-privileges", "--sysctl", "net.ipv4.ip_forward=1",
-            "--read-only", "--user", "65534", "--ulimit", "nofile=1024:1024", "--memory", "64m", "--pids-limit", "100",
-            BUSYBOX, "sh", "-c", "echo $A; id -u; ulimit -n",
+            "run",
+            "--rm",
+            "--network",
+            &net,
+            "-v",
+            &format!("{vol}:/data"),
+            "--tmpfs",
+            "/scratch",
+            "-p",
+            "127.0.0.1::8080",
+            "-e",
+            "A=1",
+            "--cap-add",
+            "NET_BIND_SERVICE",
+            "--security-opt",
+            "no-new-privileges",
+            "--sysctl",
+            "net.ipv4.ip_forward=1",
+            "--read-only",
+            "--user",
+            "65534",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--memory",
+            "64m",
+            "--pids-limit",
+            "100",
+            BUSYBOX,
+            "sh",
+            "-c",
+            "echo $A; id -u; ulimit -n",
         ],
     );
     assert_eq!(out, "1\n65534\n1024\n");
@@ -142,15 +169,37 @@ ulimits = [{{ name = "nofile", soft = 2048, hard = 2048 }}]
     assert!(fields[0].contains("CI=true") && fields[0].contains("LANG=C.UTF-8"), "{got}");
     assert_eq!(&fields[1..], ["42", "[cache.example:10.1.2.3]", "[10.9.9.9]", "134217728", "500000000", "64", "nofile=2048:2048", "65534"]);
     assert_eq!(docker(&h, &["exec", &plain, "cat", "/etc/ctproxy-ca/ca.pem"]), "injected\n");
-    assert!(docker_output(&h, &["exec", &plain, "sh", "-c", "echo x > /etc/ctproxy-ca/new"]).status.code() != Some(0), "the mount must be read-only");
+    assert!(
+        docker_output(&h, &["exec", &plain, "sh", "-c", "echo x > /etc/ctproxy-ca/new"]).status.code() != Some(0),
+        "the mount must be read-only"
+    );
     assert!(docker(&h, &["exec", &plain, "sh", "-c", "echo $CI"]).contains("true"), "exec gets the forced env");
 
     // The client tries to override forced values; defaults yield to the client.
     docker(
         &h,
         &[
-            "run", "-d", "--name", &greedy, "-e", "CI=false", "-e", "LANG=fr", "--label", "ci.job=spoofed", "--memory", "2g",
-            "--pids-limit", "-1", "--user", "0", "--add-host", "cache.example:6.6.6.6", BUSYBOX, "sleep", "300",
+            "run",
+            "-d",
+            "--name",
+            &greedy,
+            "-e",
+            "CI=false",
+            "-e",
+            "LANG=fr",
+            "--label",
+            "ci.job=spoofed",
+            "--memory",
+            "2g",
+            "--pids-limit",
+            "-1",
+            "--user",
+            "0",
+            "--add-host",
+            "cache.example:6.6.6.6",
+            BUSYBOX,
+            "sleep",
+            "300",
         ],
     );
     let got = docker(DIRECT, &["inspect", &greedy, "--format", fmt]);

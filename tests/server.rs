@@ -2,9 +2,9 @@
 //! reload and SIGTERM drain, and the answers to bad input (daemon down, unparseable HTTP), HTTP/1.0
 //! keep-alive and the legacy raw hijack.
 
-mod support;
 #[path = "support/certs.rs"]
 mod certs;
+mod support;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -126,7 +126,12 @@ fn sigterm_lets_in_flight_requests_finish() {
     c.container(&name);
     docker(DIRECT, &["run", "-d", "--name", &name, BUSYBOX, "sh", "-c", "sleep 2; exit 7"]);
     let waiter = docker_cmd("docker", &p.docker_host(), &["wait", &name]).stdout(Stdio::piped()).spawn().expect("docker wait");
-    assert!(p.wait_log("/wait", Duration::from_secs(5)) || { std::thread::sleep(Duration::from_millis(500)); true });
+    assert!(
+        p.wait_log("/wait", Duration::from_secs(5)) || {
+            std::thread::sleep(Duration::from_millis(500));
+            true
+        }
+    );
     std::thread::sleep(Duration::from_millis(300));
     p.signal("TERM");
     let out = waiter.wait_with_output().expect("wait");
@@ -181,7 +186,12 @@ fn daemon_down_gives_502_not_a_hang() {
 #[test]
 fn unparseable_http_gets_400() {
     let p = Proxy::start();
-    for garbage in [&b"\x16\x03\x01\x02\x00garbage\r\n\r\n"[..], b"GET\r\n\r\n", b"GET /_ping HTTP/9.9\r\n\r\n", b"GET /_ping HTTP/1.1\r\nBad Header\r\n\r\n"] {
+    for garbage in [
+        &b"\x16\x03\x01\x02\x00garbage\r\n\r\n"[..],
+        b"GET\r\n\r\n",
+        b"GET /_ping HTTP/9.9\r\n\r\n",
+        b"GET /_ping HTTP/1.1\r\nBad Header\r\n\r\n",
+    ] {
         let rsp = raw_unix(&p.sock, garbage);
         assert!(rsp.starts_with("HTTP/1.1 400") || rsp.starts_with("HTTP/1.0 400"), "{garbage:?} → {rsp:?}");
     }
@@ -291,7 +301,10 @@ fn all_api_versions_pass_through() {
     let p = Proxy::start();
     for path in ["/_ping", "/v1.12/_ping", "/v1.24/version", "/v1.040/version", "/v1.41/version", "/containers/json", "/v1.41.0/_ping"] {
         let req = format!("GET {path} HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n");
-        let (via, direct) = (raw_unix(&p.sock, req.as_bytes()), raw_request(std::path::Path::new("/var/run/docker.sock"), req.as_bytes(), Duration::from_secs(10)));
+        let (via, direct) = (
+            raw_unix(&p.sock, req.as_bytes()),
+            raw_request(std::path::Path::new("/var/run/docker.sock"), req.as_bytes(), Duration::from_secs(10)),
+        );
         let status = |r: &str| r.get(..12).map(str::to_owned);
         assert_eq!(status(&via), status(&String::from_utf8_lossy(&direct)), "{path}");
         assert!(via.starts_with("HTTP/1.1 200"), "{path}: {via}");

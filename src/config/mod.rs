@@ -273,8 +273,7 @@ impl Config {
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
         let (text, origin) = match path {
             Some(p) => (
-                std::fs::read_to_string(p)
-                    .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?,
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?,
                 p.display().to_string(),
             ),
             None => (DEFAULT_TOML.to_owned(), "embedded default configuration".to_owned()),
@@ -321,11 +320,7 @@ impl Config {
 
     /// Checks that span several keys. Each error names the key it is about.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let invalid = |key: String, message: &str| ConfigError::Invalid {
-            origin: origin.to_owned(),
-            key,
-            message: message.to_owned(),
-        };
+        let invalid = |key: String, message: &str| ConfigError::Invalid { origin: origin.to_owned(), key, message: message.to_owned() };
         if self.listener.is_empty() {
             return Err(invalid("listener".into(), "at least one listener is needed"));
         }
@@ -364,12 +359,10 @@ impl Config {
         for (name, a) in &self.auth {
             if let AuthConfig::UnixPeer { uids, gids } = a {
                 for u in uids.keys() {
-                    crate::transport::listener::resolve_user(u)
-                        .map_err(|e| invalid(format!("auth.{name}.uids.{u}"), &e.to_string()))?;
+                    crate::transport::listener::resolve_user(u).map_err(|e| invalid(format!("auth.{name}.uids.{u}"), &e.to_string()))?;
                 }
                 for g in gids.keys() {
-                    crate::transport::listener::resolve_group(g)
-                        .map_err(|e| invalid(format!("auth.{name}.gids.{g}"), &e.to_string()))?;
+                    crate::transport::listener::resolve_group(g).map_err(|e| invalid(format!("auth.{name}.gids.{g}"), &e.to_string()))?;
                 }
             }
         }

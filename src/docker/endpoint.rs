@@ -190,9 +190,10 @@ impl Endpoint {
             Auth => BodyKind::Json(&schema::AUTH_CONFIG),
             ContainerArchivePut | Build | ImageLoad | ImageCreate | PluginCreate | Session | Grpc => BodyKind::Stream,
             // Bodies of these are JSON the proxy does not model; policies refuse the endpoints.
-            PluginPull | PluginUpgrade | PluginSet | PluginPush | SwarmInit | SwarmJoin | SwarmUpdate | SwarmUnlock
-            | ServiceCreate | ServiceUpdate | NodeUpdate | SecretCreate | SecretUpdate | ConfigCreate | ConfigUpdate
-            | CheckpointCreate | VolumeUpdate => BodyKind::Stream,
+            PluginPull | PluginUpgrade | PluginSet | PluginPush | SwarmInit | SwarmJoin | SwarmUpdate | SwarmUnlock | ServiceCreate
+            | ServiceUpdate | NodeUpdate | SecretCreate | SecretUpdate | ConfigCreate | ConfigUpdate | CheckpointCreate | VolumeUpdate => {
+                BodyKind::Stream
+            }
             _ => BodyKind::None,
         }
     }

@@ -185,9 +185,9 @@ fn is_domain(d: &str) -> bool {
     };
     port.is_none_or(port_ok)
         && !host.is_empty()
-        && host.split('.').all(|c| {
-            !c.is_empty() && !c.starts_with('-') && !c.ends_with('-') && c.bytes().all(|x| x.is_ascii_alphanumeric() || x == b'-')
-        })
+        && host
+            .split('.')
+            .all(|c| !c.is_empty() && !c.starts_with('-') && !c.ends_with('-') && c.bytes().all(|x| x.is_ascii_alphanumeric() || x == b'-'))
 }
 
 /// `[\w][\w.-]{0,127}`

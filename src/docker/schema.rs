@@ -65,10 +65,8 @@ pub static BIND_OPTIONS: Schema = schema(
     &[("Propagation", S), ("NonRecursive", S), ("CreateMountpoint", S), ("ReadOnlyNonRecursive", S), ("ReadOnlyForceRecursive", S)],
 );
 pub static DRIVER_CONFIG: Schema = schema("Driver", &[("Name", S), ("Options", STRING_MAP)]);
-pub static VOLUME_OPTIONS: Schema = schema(
-    "VolumeOptions",
-    &[("NoCopy", S), ("Labels", STRING_MAP), ("DriverConfig", Kind::PtrStruct(&DRIVER_CONFIG)), ("Subpath", S)],
-);
+pub static VOLUME_OPTIONS: Schema =
+    schema("VolumeOptions", &[("NoCopy", S), ("Labels", STRING_MAP), ("DriverConfig", Kind::PtrStruct(&DRIVER_CONFIG)), ("Subpath", S)]);
 pub static TMPFS_OPTIONS: Schema = schema("TmpfsOptions", &[("SizeBytes", S), ("Mode", S), ("Options", ANY)]);
 
 pub static MOUNT: Schema = schema(
@@ -156,8 +154,7 @@ pub static ENDPOINT_SETTINGS: Schema = schema(
     ],
 );
 
-pub static NETWORKING_CONFIG: Schema =
-    schema("NetworkingConfig", &[("EndpointsConfig", Kind::Map(&Kind::PtrStruct(&ENDPOINT_SETTINGS)))]);
+pub static NETWORKING_CONFIG: Schema = schema("NetworkingConfig", &[("EndpointsConfig", Kind::Map(&Kind::PtrStruct(&ENDPOINT_SETTINGS)))]);
 
 /// `container.Config`: the top level of a create body, and the body of `commit`.
 pub static CONFIG: Schema = schema(
@@ -198,11 +195,7 @@ pub static CONFIG: Schema = schema(
 /// the one `HostConfig` dockerd would use.
 pub static CONTAINER_CREATE: Schema = Schema {
     name: "ContainerCreate",
-    fields: &[
-        ("HostConfig", Kind::PtrStruct(&HOST_CONFIG)),
-        ("NetworkingConfig", Kind::PtrStruct(&NETWORKING_CONFIG)),
-        ("Cpuset", S),
-    ],
+    fields: &[("HostConfig", Kind::PtrStruct(&HOST_CONFIG)), ("NetworkingConfig", Kind::PtrStruct(&NETWORKING_CONFIG)), ("Cpuset", S)],
     embeds: &[&CONFIG, &HOST_CONFIG],
 };
 
@@ -302,10 +295,8 @@ pub static NETWORK_CREATE: Schema = schema(
 );
 
 /// `POST /networks/{id}/connect` and `/disconnect`.
-pub static NETWORK_CONNECT: Schema = schema(
-    "NetworkConnect",
-    &[("Container", S), ("EndpointConfig", Kind::PtrStruct(&ENDPOINT_SETTINGS)), ("Force", S)],
-);
+pub static NETWORK_CONNECT: Schema =
+    schema("NetworkConnect", &[("Container", S), ("EndpointConfig", Kind::PtrStruct(&ENDPOINT_SETTINGS)), ("Force", S)]);
 
 /// `POST /volumes/create`.
 pub static VOLUME_CREATE: Schema = schema(
@@ -316,15 +307,7 @@ pub static VOLUME_CREATE: Schema = schema(
 /// `POST /auth`.
 pub static AUTH_CONFIG: Schema = schema(
     "AuthConfig",
-    &[
-        ("username", S),
-        ("password", S),
-        ("auth", S),
-        ("email", S),
-        ("serveraddress", S),
-        ("identitytoken", S),
-        ("registrytoken", S),
-    ],
+    &[("username", S), ("password", S), ("auth", S), ("email", S), ("serveraddress", S), ("identitytoken", S), ("registrytoken", S)],
 );
 
 #[cfg(test)]
@@ -352,6 +335,9 @@ mod tests {
         );
         assert_eq!(create(r#"{"Image":"x"}"#), json!({"Image":"x"}));
         // Resources fields (two levels of embedding) are found at the top level too.
-        assert_eq!(create(r#"{"Image":"x","devices":[{"PathOnHost":"/dev/sda"}]}"#)["HostConfig"]["Devices"][0]["PathOnHost"], json!("/dev/sda"));
+        assert_eq!(
+            create(r#"{"Image":"x","devices":[{"PathOnHost":"/dev/sda"}]}"#)["HostConfig"]["Devices"][0]["PathOnHost"],
+            json!("/dev/sda")
+        );
     }
 }

@@ -66,10 +66,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 impl Forwarder {
     pub fn new(connector: Connector) -> Self {
         let upstream = connector.addr().to_string();
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let client =
+            Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
         Forwarder { client, upstream }
     }
 
@@ -79,11 +77,7 @@ impl Forwarder {
 
     /// Sends `req` to the daemon. With `upgrade`, the request asks the daemon to switch to that
     /// protocol (`tcp`, `h2c`, `websocket`) whatever the client's own headers said.
-    pub async fn send(
-        &self,
-        req: Request<UpstreamBody>,
-        upgrade: Option<HeaderValue>,
-    ) -> Result<Response<Incoming>, ForwardError> {
+    pub async fn send(&self, req: Request<UpstreamBody>, upgrade: Option<HeaderValue>) -> Result<Response<Incoming>, ForwardError> {
         let (mut parts, body) = req.into_parts();
         let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         // The authority only names the pool; the connector always dials the configured daemon.
@@ -111,9 +105,7 @@ impl Forwarder {
 
     /// Takes over the daemon side of a `101 Switching Protocols` answer.
     pub async fn upgraded(&self, rsp: &mut Response<Incoming>) -> Result<hyper::upgrade::Upgraded, ForwardError> {
-        hyper::upgrade::on(rsp)
-            .await
-            .map_err(|e| ForwardError::Upgrade { upstream: self.upstream.clone(), cause: e.to_string() })
+        hyper::upgrade::on(rsp).await.map_err(|e| ForwardError::Upgrade { upstream: self.upstream.clone(), cause: e.to_string() })
     }
 }
 

@@ -77,8 +77,14 @@ pub struct PeerInfo {
 #[derive(Debug, Clone)]
 pub enum PeerAddr {
     /// Credentials from `SO_PEERCRED`, read at accept time (they cannot be forged by the client).
-    Unix { uid: u32, gid: u32, pid: Option<i32> },
-    Tcp { addr: SocketAddr },
+    Unix {
+        uid: u32,
+        gid: u32,
+        pid: Option<i32>,
+    },
+    Tcp {
+        addr: SocketAddr,
+    },
 }
 
 /// The names in a client certificate that rustls has already verified against the configured CA.
@@ -129,17 +135,12 @@ enum Raw {
 impl Listener {
     /// Binds `addr`. A stale unix socket file left by a crashed process is replaced; any other
     /// kind of file at that path is an error (we never delete what we did not create).
-    pub async fn bind(
-        addr: &ListenAddr,
-        unix: &UnixSocketOptions,
-        tls: Option<Arc<rustls::ServerConfig>>,
-    ) -> Result<Self, TransportError> {
+    pub async fn bind(addr: &ListenAddr, unix: &UnixSocketOptions, tls: Option<Arc<rustls::ServerConfig>>) -> Result<Self, TransportError> {
         let inner = match addr {
             ListenAddr::Unix(path) => Inner::Unix(bind_unix(path, unix)?),
             ListenAddr::Tcp(hostport) => {
-                let l = TcpListener::bind(hostport.as_str())
-                    .await
-                    .map_err(|source| TransportError::Bind { addr: addr.to_string(), source })?;
+                let l =
+                    TcpListener::bind(hostport.as_str()).await.map_err(|source| TransportError::Bind { addr: addr.to_string(), source })?;
                 Inner::Tcp(l, tls.map(TlsAcceptor::from))
             }
         };
@@ -217,9 +218,7 @@ fn is_socket(path: &Path) -> bool {
 }
 
 fn bind_unix(path: &Path, opts: &UnixSocketOptions) -> Result<UnixListener, TransportError> {
-    let err = |what: &'static str| {
-        move |source| TransportError::UnixSetup { path: path.display().to_string(), what, source }
-    };
+    let err = |what: &'static str| move |source| TransportError::UnixSetup { path: path.display().to_string(), what, source };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(err("create parent directory"))?;
     }

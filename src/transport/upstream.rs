@@ -68,11 +68,7 @@ struct ConnectorInner {
 }
 
 impl Connector {
-    pub fn new(
-        addr: UpstreamAddr,
-        tls: Option<Arc<rustls::ClientConfig>>,
-        connect_timeout: Duration,
-    ) -> Result<Self, TransportError> {
+    pub fn new(addr: UpstreamAddr, tls: Option<Arc<rustls::ClientConfig>>, connect_timeout: Duration) -> Result<Self, TransportError> {
         let tls = match (&addr, tls) {
             (UpstreamAddr::Tcp { host, .. }, Some(cfg)) => Some((TlsConnector::from(cfg), super::tls::server_name(host)?)),
             _ => None,
@@ -94,9 +90,7 @@ impl Connector {
                     let tcp = TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), *port)).await?;
                     tcp.set_nodelay(true)?;
                     match &inner.tls {
-                        Some((connector, name)) => {
-                            Ok(ClientStream::TlsClient(Box::new(connector.connect(name.clone(), tcp).await?)))
-                        }
+                        Some((connector, name)) => Ok(ClientStream::TlsClient(Box::new(connector.connect(name.clone(), tcp).await?))),
                         None => Ok(ClientStream::Tcp(tcp)),
                     }
                 }

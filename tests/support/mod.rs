@@ -31,10 +31,9 @@ pub fn require_docker() {
         let out = Command::new("docker").args(["image", "inspect", BUSYBOX, DOCKER_CLI_IMAGE]).env("DOCKER_HOST", DIRECT).output();
         match out {
             Ok(o) if o.status.success() => {}
-            Ok(o) => panic!(
-                "dockerd or the test images are missing ({}); run scripts/test-env first",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
+            Ok(o) => {
+                panic!("dockerd or the test images are missing ({}); run scripts/test-env first", String::from_utf8_lossy(&o.stderr).trim())
+            }
             Err(e) => panic!("cannot run the docker CLI ({e}); run scripts/test-env first"),
         }
     });

@@ -140,16 +140,12 @@ mod tests {
     #[test]
     fn basic_and_bearer() {
         let hash = bcrypt::hash("s3cret", 4).unwrap();
-        let a = HttpAuth::new(
-            "h",
-            [("alice".to_owned(), hash)].into(),
-            [(hash_token("tok-123"), "ci-bot".to_owned())].into(),
-        );
+        let a = HttpAuth::new("h", [("alice".to_owned(), hash)].into(), [(hash_token("tok-123"), "ci-bot".to_owned())].into());
         // "alice:s3cret"
         let ok = with_auth("Basic YWxpY2U6czNjcmV0");
         assert_eq!(a.authenticate(&peer(), &ok).unwrap().unwrap().name.as_ref(), "alice");
         assert_eq!(a.authenticate(&peer(), &ok).unwrap().unwrap().name.as_ref(), "alice"); // cached
-        // "alice:wrong"
+                                                                                           // "alice:wrong"
         assert_eq!(a.authenticate(&peer(), &with_auth("Basic YWxpY2U6d3Jvbmc=")), Err(AuthError::Invalid));
         assert_eq!(a.authenticate(&peer(), &with_auth("Bearer tok-123")).unwrap().unwrap().name.as_ref(), "ci-bot");
         assert_eq!(a.authenticate(&peer(), &with_auth("Bearer nope")), Err(AuthError::Invalid));

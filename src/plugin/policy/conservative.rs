@@ -60,14 +60,34 @@ fn strings(v: &[&str]) -> Vec<String> {
 }
 fn default_caps() -> Vec<String> {
     strings(&[
-        "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID", "SETFCAP", "SETPCAP",
-        "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FSETID",
+        "FOWNER",
+        "MKNOD",
+        "NET_RAW",
+        "SETGID",
+        "SETUID",
+        "SETFCAP",
+        "SETPCAP",
+        "NET_BIND_SERVICE",
+        "SYS_CHROOT",
+        "KILL",
+        "AUDIT_WRITE",
     ])
 }
 fn default_sysctls() -> Vec<String> {
     strings(&[
-        "kernel.shmmax", "kernel.shmall", "kernel.shmmni", "kernel.shm_rmid_forced", "kernel.msgmax", "kernel.msgmnb",
-        "kernel.msgmni", "kernel.sem", "fs.mqueue.*", "net.*",
+        "kernel.shmmax",
+        "kernel.shmall",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "fs.mqueue.*",
+        "net.*",
     ])
 }
 fn default_runtimes() -> Vec<String> {
@@ -106,19 +126,74 @@ pub fn allowed_endpoint(e: Endpoint) -> bool {
     use Endpoint::*;
     matches!(
         e,
-        Ping | PingHead | Version | Info | Events | SystemDf | Auth | Options
-            | ContainerList | ContainerCreate | ContainerPrune | ContainerInspect | ContainerTop | ContainerLogs
-            | ContainerChanges | ContainerExport | ContainerStats | ContainerAttachWs | ContainerArchiveGet
-            | ContainerArchiveHead | ContainerArchivePut | ContainerResize | ContainerStart | ContainerStop
-            | ContainerRestart | ContainerKill | ContainerPause | ContainerUnpause | ContainerUpdate | ContainerRename
-            | ContainerAttach | ContainerWait | ContainerExec | ContainerDelete
-            | ExecStart | ExecResize | ExecInspect | Commit
-            | ImageList | ImageSearch | ImageGetAll | ImageLoad | ImageCreate | ImagePrune | ImageGet | ImageHistory
-            | ImageInspect | ImageAttestations | ImagePush | ImageTag | ImageDelete | DistributionInspect
-            | Build | BuildPrune | BuildCancel | Session
-            | NetworkList | NetworkListSlash | NetworkCreate | NetworkPrune | NetworkInspect | NetworkConnect
-            | NetworkDisconnect | NetworkDelete
-            | VolumeList | VolumeCreate | VolumePrune | VolumeInspect | VolumeDelete
+        Ping | PingHead
+            | Version
+            | Info
+            | Events
+            | SystemDf
+            | Auth
+            | Options
+            | ContainerList
+            | ContainerCreate
+            | ContainerPrune
+            | ContainerInspect
+            | ContainerTop
+            | ContainerLogs
+            | ContainerChanges
+            | ContainerExport
+            | ContainerStats
+            | ContainerAttachWs
+            | ContainerArchiveGet
+            | ContainerArchiveHead
+            | ContainerArchivePut
+            | ContainerResize
+            | ContainerStart
+            | ContainerStop
+            | ContainerRestart
+            | ContainerKill
+            | ContainerPause
+            | ContainerUnpause
+            | ContainerUpdate
+            | ContainerRename
+            | ContainerAttach
+            | ContainerWait
+            | ContainerExec
+            | ContainerDelete
+            | ExecStart
+            | ExecResize
+            | ExecInspect
+            | Commit
+            | ImageList
+            | ImageSearch
+            | ImageGetAll
+            | ImageLoad
+            | ImageCreate
+            | ImagePrune
+            | ImageGet
+            | ImageHistory
+            | ImageInspect
+            | ImageAttestations
+            | ImagePush
+            | ImageTag
+            | ImageDelete
+            | DistributionInspect
+            | Build
+            | BuildPrune
+            | BuildCancel
+            | Session
+            | NetworkList
+            | NetworkListSlash
+            | NetworkCreate
+            | NetworkPrune
+            | NetworkInspect
+            | NetworkConnect
+            | NetworkDisconnect
+            | NetworkDelete
+            | VolumeList
+            | VolumeCreate
+            | VolumePrune
+            | VolumeInspect
+            | VolumeDelete
     )
 }
 
@@ -381,9 +456,21 @@ impl Conservative {
             return deny(format!("the unknown field {path} in an update"));
         }
         for field in [
-            "CgroupParent", "Devices", "DeviceCgroupRules", "DeviceRequests", "OomKillDisable", "CpuRealtimePeriod",
-            "CpuRealtimeRuntime", "BlkioWeightDevice", "BlkioDeviceReadBps", "BlkioDeviceWriteBps", "BlkioDeviceReadIOps",
-            "BlkioDeviceWriteIOps", "Ulimits", "KernelMemory", "KernelMemoryTCP",
+            "CgroupParent",
+            "Devices",
+            "DeviceCgroupRules",
+            "DeviceRequests",
+            "OomKillDisable",
+            "CpuRealtimePeriod",
+            "CpuRealtimeRuntime",
+            "BlkioWeightDevice",
+            "BlkioDeviceReadBps",
+            "BlkioDeviceWriteBps",
+            "BlkioDeviceReadIOps",
+            "BlkioDeviceWriteIOps",
+            "Ulimits",
+            "KernelMemory",
+            "KernelMemoryTCP",
         ] {
             if is_set(body.value.get(field)) {
                 return deny(format!("updating {field}"));
@@ -414,7 +501,9 @@ impl Conservative {
             return deny(format!("IPAM driver {ipam_driver:?} (IPAM.Driver)"));
         }
         // `Attachable` only matters to swarm overlays; docker-compose sets it on every network.
-        for (field, what) in [("Ingress", "an ingress network"), ("ConfigOnly", "a config-only network"), ("ConfigFrom", "a network from a config")] {
+        for (field, what) in
+            [("Ingress", "an ingress network"), ("ConfigOnly", "a config-only network"), ("ConfigFrom", "a network from a config")]
+        {
             if is_set(v.get(field)) {
                 return self.deny_option(what, field);
             }
@@ -510,9 +599,7 @@ impl Policy for Conservative {
         match req.endpoint() {
             Some(Endpoint::ContainerCreate) => self.check_create(body),
             Some(Endpoint::ContainerUpdate) => self.check_update(body),
-            Some(Endpoint::ContainerExec) if is_set(body.value.get("Privileged")) => {
-                self.deny_option("a privileged exec", "Privileged")
-            }
+            Some(Endpoint::ContainerExec) if is_set(body.value.get("Privileged")) => self.deny_option("a privileged exec", "Privileged"),
             Some(Endpoint::NetworkCreate) => self.check_network_create(body),
             Some(Endpoint::NetworkConnect) => match body.value.get("EndpointConfig") {
                 Some(es) if es.is_object() => self.check_endpoint_settings(es, "EndpointConfig"),
