@@ -296,3 +296,135 @@ pub fn run_ok(mut cmd: Command, what: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Runs `cmd` with `input` written to its stdin (then closed), collecting stdout and stderr; kills it
+/// and panics with what it printed so far if it has not exited within `timeout` (a hung stream must
+/// fail the test, not hang the suite). The exit status is the caller's to check.
+pub fn output_within(cmd: Command, input: Option<Vec<u8>>, timeout: Duration, what: &str) -> Output {
+    run_within(cmd, input, false, timeout, what)
+}
+
+/// Like [`output_within`], but stdin stays open after `input` until the command exits: what an
+/// interactive user does, and what `docker attach` needs (on stdin EOF, dockerd ends an attach that
+/// is not `StdinOnce` at once, dropping the output still to come).
+pub fn output_holding_stdin(cmd: Command, input: Vec<u8>, timeout: Duration, what: &str) -> Output {
+    run_within(cmd, Some(input), true, timeout, what)
+}
+
+fn run_within(mut cmd: Command, input: Option<Vec<u8>>, hold_stdin: bool, timeout: Duration, what: &str) -> Output {
+    use std::io::Write;
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{what}: cannot run: {e} (missing? run scripts/test-env)"));
+    let writer = child.stdin.take().zip(input).map(|(mut stdin, data)| {
+        std::thread::spawn(move || {
+            // The child may legitimately exit before reading everything; its status tells.
+            let _ = stdin.write_all(&data);
+            hold_stdin.then_some(stdin)
+        })
+    });
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let (o, e) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+            panic!(
+                "{what}: still running after {timeout:?}, killed\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&o[..o.len().min(4096)]),
+                String::from_utf8_lossy(&e[..e.len().min(4096)])
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    if let Some(w) = writer {
+        let _ = w.join(); // closes a held stdin
+    }
+    Output { status, stdout: out.join().expect("stdout reader"), stderr: err.join().expect("stderr reader") }
+}
+
+/// Like [`output_within`], but panics (with both streams) unless the command succeeded.
+pub fn ok_within(cmd: Command, input: Option<Vec<u8>>, timeout: Duration, what: &str) -> Output {
+    let out = output_within(cmd, input, timeout, what);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(4096)]),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Hex SHA-256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, data).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `n` bytes from the kernel's random generator.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).expect("read /dev/urandom");
+    buf
+}
+
+/// Seconds since the epoch, with nanoseconds, as `docker events --since/--until` accept them.
+pub fn timestamp_now() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+}
+
+/// A docker-compose (1.29) project in its own directory, under a unique project name. On drop it is
+/// taken down on the daemon's own socket (containers, networks, volumes), whatever happened.
+pub struct Compose {
+    pub dir: tempfile::TempDir,
+    pub project: String,
+}
+
+impl Compose {
+    /// Writes `yaml` as the project's `docker-compose.yml`.
+    pub fn new(yaml: &str) -> Compose {
+        require_docker();
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("docker-compose.yml"), yaml).expect("compose file");
+        Compose { dir, project: unique("compose") }
+    }
+
+    /// `docker-compose -p PROJECT ARGS` against `host`, stdin closed.
+    pub fn cmd(&self, host: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("docker-compose");
+        c.args(["--ansi", "never", "-p", &self.project])
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("DOCKER_HOST", host)
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_TLS_VERIFY")
+            .env_remove("COMPOSE_PROJECT_NAME")
+            .env_remove("COMPOSE_FILE");
+        c
+    }
+
+    /// Runs `docker-compose ARGS` against `host` (panics with its output unless it succeeds).
+    pub fn run(&self, host: &str, args: &[&str]) -> String {
+        let what = format!("docker-compose {}", args.join(" "));
+        let out = ok_within(self.cmd(host, args), None, Duration::from_secs(120), &what);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Compose {
+    fn drop(&mut self) {
+        let _ = self.cmd(DIRECT, &["down", "-v", "-t", "0", "--remove-orphans"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
