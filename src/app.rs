@@ -223,6 +223,17 @@ impl Server {
                 return;
             }
         };
+        // TLS material of the listeners about to be (re)started must load before any is stopped.
+        for (name, l) in &new.listener {
+            let unchanged = self.listeners.get(name).is_some_and(|running| l.same_socket(&running.config));
+            if let (false, Some(t)) = (unchanged, &l.tls) {
+                if let Err(source) = transport::tls::server_config(&t.cert, &t.key, t.client_ca.as_deref()) {
+                    let e = AppError::Listener { name: name.clone(), source };
+                    tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
+                    return;
+                }
+            }
+        }
         if new.upstream != self.config.upstream {
             match build_forwarder(&new) {
                 Ok(f) => self.proxy.set_forwarder(f),

@@ -258,7 +258,13 @@ fn refusal(ctx: &RequestCtx<'_>, d: Denied) -> Refused {
 
 /// dockerd lets form-encoded bodies override query parameters; no Docker client sends them.
 fn refuse_form_bodies(headers: &HeaderMap) -> Result<(), Refused> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    // Go lower-cases the media type with Unicode rules (`appl\u{130}cation/...` is a form) and reads
+    // the form even when a parameter is malformed (`; charset=\xff`): only plain ASCII is judged.
+    let ct = match headers.get(header::CONTENT_TYPE).map(HeaderValue::to_str) {
+        None => "",
+        Some(Ok(ct)) => ct,
+        Some(Err(_)) => return Err(Refused::bad_request("a content type that is not plain ASCII is not accepted")),
+    };
     let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if media == "application/x-www-form-urlencoded" || media == "multipart/form-data" {
         return Err(Refused::bad_request(format!("content type {media} is not accepted")));

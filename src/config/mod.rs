@@ -334,6 +334,14 @@ impl Config {
             if unix && l.tls.is_some() {
                 return Err(invalid(key("tls"), "TLS applies to tcp:// listeners only"));
             }
+            // Resolved here, not at bind time, so that a reload naming an unknown user or group is
+            // refused before any listener is stopped.
+            if let Some(owner) = &l.owner {
+                crate::transport::listener::resolve_user(owner).map_err(|e| invalid(key("owner"), &e.to_string()))?;
+            }
+            if let Some(group) = &l.group {
+                crate::transport::listener::resolve_group(group).map_err(|e| invalid(key("group"), &e.to_string()))?;
+            }
             if let Some(other) = seen.insert(l.address.to_string(), name) {
                 return Err(invalid(key("address"), &format!("the same address as listener {other:?}")));
             }

@@ -428,3 +428,205 @@ impl Drop for Compose {
         let _ = self.cmd(DIRECT, &["down", "-v", "-t", "0", "--remove-orphans"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// A raw HTTP/1.1 client for policy corpora: requests are built byte for byte (Content-Length or
+// chunked framing, any header, any body) and responses parsed by hand, pipelined ones included.
+
+/// How [`http_request`] frames a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// `Content-Length: N` (also for an empty body).
+    Length,
+    /// `Transfer-Encoding: chunked`, in chunks of 7 bytes (so keys are split across chunks).
+    Chunked,
+}
+
+/// One request, as bytes. `headers` come after `Host`; the framing header is added last.
+pub fn http_request(method: &str, target: &str, headers: &[(&str, &str)], body: &[u8], framing: BodyFraming) -> Vec<u8> {
+    let mut r = format!("{method} {target} HTTP/1.1\r\nHost: docker\r\n").into_bytes();
+    for (k, v) in headers {
+        r.extend_from_slice(k.as_bytes());
+        r.extend_from_slice(b": ");
+        r.extend_from_slice(v.as_bytes());
+        r.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        BodyFraming::Length => {
+            r.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+            r.extend_from_slice(body);
+        }
+        BodyFraming::Chunked => {
+            r.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+            for chunk in body.chunks(7) {
+                r.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                r.extend_from_slice(chunk);
+                r.extend_from_slice(b"\r\n");
+            }
+            r.extend_from_slice(b"0\r\n\r\n");
+        }
+    }
+    r
+}
+
+/// One parsed response of [`http_exchange`].
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The `message` of a Docker-style JSON error body, if it is one.
+    pub fn message(&self) -> Option<String> {
+        serde_json::from_slice::<serde_json::Value>(&self.body).ok()?.get("message")?.as_str().map(str::to_owned)
+    }
+}
+
+/// Writes `request` (possibly several pipelined requests) to the unix socket `sock` from a separate
+/// thread, so a peer that answers before reading everything (413) cannot deadlock the test, and
+/// reads up to `responses` responses. Stops early when the connection closes; a read that
+/// times out fails the test.
+pub fn http_exchange(sock: &Path, request: &[u8], responses: usize, timeout: Duration) -> Vec<HttpReply> {
+    use std::io::Write;
+    let stream = UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
+    stream.set_read_timeout(Some(timeout)).expect("read timeout");
+    stream.set_write_timeout(Some(timeout)).expect("write timeout");
+    let mut writer = stream.try_clone().expect("clone socket");
+    let data = request.to_vec();
+    // The peer may answer and close before the whole request is written: that is not an error here.
+    let w = std::thread::spawn(move || {
+        let _ = writer.write_all(&data);
+        let _ = writer.flush();
+    });
+    let mut reader = HttpReader { stream, buf: Vec::new() };
+    let mut out = Vec::new();
+    while out.len() < responses {
+        match reader.response() {
+            Some(r) => out.push(r),
+            None => break,
+        }
+    }
+    let _ = reader.stream.shutdown(std::net::Shutdown::Both);
+    let _ = w.join();
+    out
+}
+
+struct HttpReader {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+impl HttpReader {
+    /// More bytes into the buffer; false at EOF or reset.
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 65536];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                panic!("timed out waiting for a response; read so far: {:?}", String::from_utf8_lossy(&self.buf))
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn line(&mut self) -> Option<String> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line: Vec<u8> = self.buf.drain(..i + 2).collect();
+                return Some(String::from_utf8_lossy(&line[..i]).into_owned());
+            }
+            if !self.fill() {
+                return None;
+            }
+        }
+    }
+
+    fn exact(&mut self, n: usize) -> Option<Vec<u8>> {
+        while self.buf.len() < n {
+            if !self.fill() {
+                return None;
+            }
+        }
+        Some(self.buf.drain(..n).collect())
+    }
+
+    /// One response, or None if the connection closed before a status line.
+    fn response(&mut self) -> Option<HttpReply> {
+        let status_line = self.line()?;
+        let status =
+            status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let mut headers = Vec::new();
+        loop {
+            let l = self.line().unwrap_or_else(|| panic!("connection closed in the headers after {status_line:?}"));
+            if l.is_empty() {
+                break;
+            }
+            let (k, v) = l.split_once(':').unwrap_or_else(|| panic!("bad header line {l:?}"));
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+        let mut reply = HttpReply { status, headers, body: Vec::new() };
+        let chunked = reply.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        let length = reply.header("content-length").map(|v| v.parse::<usize>().expect("content-length"));
+        reply.body = if status == 204 || status == 304 || status / 100 == 1 {
+            Vec::new()
+        } else if chunked {
+            let mut body = Vec::new();
+            loop {
+                let size_line = self.line().expect("chunk size");
+                let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16).expect("chunk size");
+                if size == 0 {
+                    while !self.line().expect("trailer").is_empty() {}
+                    break;
+                }
+                body.extend(self.exact(size).expect("chunk data"));
+                assert_eq!(self.line().as_deref(), Some(""), "chunk not followed by CRLF");
+            }
+            body
+        } else if let Some(n) = length {
+            self.exact(n).expect("body")
+        } else {
+            while self.fill() {}
+            std::mem::take(&mut self.buf)
+        };
+        Some(reply)
+    }
+}
+
+/// Audit lines of a proxy's log that record a refusal: by a policy (`request refused by policy`),
+/// as malformed or oversized (`request refused: malformed`), or what a dry run would refuse.
+pub fn audit_refusals(p: &Proxy) -> usize {
+    p.log_text()
+        .lines()
+        .filter(|l| l.contains("ctproxy::audit") && (l.contains("request refused") || l.contains("would be refused")))
+        .count()
+}
+
+/// Waits (log lines are written asynchronously) until the proxy has logged more than `before`
+/// audit refusals; returns the new count, or None if none came within `timeout`.
+pub fn wait_audit_refusals(p: &Proxy, before: usize, timeout: Duration) -> Option<usize> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n = audit_refusals(p);
+        if n > before {
+            return Some(n);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

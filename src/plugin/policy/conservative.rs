@@ -11,7 +11,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::Policy;
-use crate::docker::{ApiVersion, Endpoint};
+use crate::docker::json::{canonicalize, Kind, Raw};
+use crate::docker::{schema, ApiVersion, Endpoint};
 use crate::plugin::{JsonBody, Refusal, RequestCtx};
 
 /// Settings of a `conservative` policy.
@@ -228,6 +229,19 @@ fn string_list(v: Option<&Value>) -> Vec<String> {
     }
 }
 
+/// Ulimits that reach beyond the container: realtime priority, locked memory, scheduling priority.
+/// dockerd names the rlimit `"RLIMIT_" + strings.ToUpper(name)`, with Unicode rules (`ı` is `I`,
+/// `ſ` is `S`), so `RTPRIO` and `rtprıo` are `rtprio` too.
+fn check_ulimits(ulimits: &[Value], field: &str) -> Check {
+    for u in ulimits {
+        let name = str_of(u.get("Name"));
+        if matches!(name.to_uppercase().as_str(), "RTPRIO" | "RTTIME" | "MEMLOCK" | "NICE" | "MSGQUEUE") {
+            return deny(format!("ulimit {name} ({field})"));
+        }
+    }
+    Ok(())
+}
+
 /// Lexically cleans an absolute path (`/a/../b` → `/b`), as dockerd does before mounting.
 fn clean(p: &str) -> PathBuf {
     let mut out = PathBuf::from("/");
@@ -256,6 +270,10 @@ impl Conservative {
         for p in [&lexical, &resolved] {
             if DOCKER_SOCKETS.iter().any(|s| p == Path::new(s)) {
                 return deny(format!("mounting the Docker socket {} ({field})", p.display()));
+            }
+            // A directory that holds it (`/run`, when the allowlist names it) exposes it just the same.
+            if DOCKER_SOCKETS.iter().any(|s| Path::new(s).starts_with(p)) {
+                return deny(format!("mounting {}, which holds the Docker socket ({field})", p.display()));
             }
             if !self.config.allowed_bind_paths.iter().any(|allowed| p.starts_with(allowed)) {
                 return deny(format!("bind mount of host path {} ({field})", p.display()));
@@ -411,12 +429,7 @@ impl Conservative {
             return self.deny_option("a negative OOM score adjustment", "HostConfig.OomScoreAdj");
         }
         if let Some(Value::Array(ulimits)) = get("Ulimits") {
-            for u in ulimits {
-                let name = str_of(u.get("Name"));
-                if matches!(name, "rtprio" | "rttime" | "memlock" | "nice" | "msgqueue") {
-                    return deny(format!("ulimit {name} (HostConfig.Ulimits)"));
-                }
-            }
+            check_ulimits(ulimits, "HostConfig.Ulimits")?;
         }
         let log = str_of(get("LogConfig").and_then(|l| l.get("Type")));
         if !log.is_empty() && !self.config.allowed_log_drivers.iter().any(|d| d == log) {
@@ -548,6 +561,14 @@ impl Conservative {
         }
         if q.get_all("securityopt").next().is_some() {
             return self.deny_option("build security options", "securityopt");
+        }
+        // The legacy builder gives every `RUN` container these ulimits; decoded as dockerd does.
+        if let Some(json) = q.get("ulimits").filter(|v| !v.is_empty()) {
+            const KIND: Kind = Kind::Slice(&Kind::PtrStruct(&schema::ULIMIT));
+            match Raw::parse(json.as_bytes()).and_then(|raw| canonicalize(raw, &KIND)) {
+                Ok(c) => check_ulimits(c.value.as_array().map_or(&[], Vec::as_slice), "ulimits")?,
+                Err(_) => return self.deny_option("build ulimits that are not a JSON list of ulimits", "ulimits"),
+            }
         }
         Ok(())
     }

@@ -177,7 +177,8 @@ impl Inject {
                 for entry in &values.extra_hosts {
                     let host = entry.split(':').next().unwrap_or("");
                     if force {
-                        hosts.retain(|h| h.as_str().and_then(|s| s.split(':').next()) != Some(host));
+                        // Host names match case-insensitively in /etc/hosts, and the first line wins.
+                        hosts.retain(|h| !h.as_str().and_then(|s| s.split(':').next()).is_some_and(|h| h.eq_ignore_ascii_case(host)));
                     }
                     hosts.push(Value::String(entry.clone()));
                 }
