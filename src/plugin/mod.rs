@@ -5,6 +5,7 @@
 //! canonical JSON body), never raw bytes, so they judge exactly what dockerd will act on.
 
 pub mod auth;
+pub mod namespace;
 pub mod policy;
 
 use std::sync::Arc;
