@@ -21,6 +21,7 @@ use crate::config::{AuthConfig, Config, ConfigError, ListenerConfig, Overrides, 
 use crate::http::server::{serve_connection, ServeOptions};
 use crate::http::Forwarder;
 use crate::plugin::auth::{Authenticator, HttpAuth, TlsCertAuth, UnixPeerAuth};
+use crate::plugin::namespace::{self, Namespace, NsName, RegistryTokens};
 use crate::plugin::policy::{Conservative, Inject, Policy, PolicyChain};
 use crate::proxy::{DockerProxy, ListenerHandler, Pipeline};
 use crate::transport::listener::{resolve_group, resolve_user};
@@ -74,6 +75,8 @@ pub struct Server {
     connections: TaskTracker,
     /// Cancelled on stop: connections finish their current request and close.
     draining: CancellationToken,
+    /// The registry proxy's token issuer, handed to namespaces.
+    tokens: Option<Arc<dyn RegistryTokens>>,
 }
 
 fn build_forwarder(config: &Config) -> Result<Arc<Forwarder>, AppError> {
@@ -89,7 +92,7 @@ fn build_forwarder(config: &Config) -> Result<Arc<Forwarder>, AppError> {
 }
 
 /// Every listener's pipeline, built from the `[auth]`, `[policy]` and `[identity]` sections.
-fn build_pipelines(config: &Config) -> Result<BTreeMap<String, Pipeline>, AppError> {
+fn build_pipelines(config: &Config, tokens: &Option<Arc<dyn RegistryTokens>>) -> Result<BTreeMap<String, Pipeline>, AppError> {
     let plugin_err = |what: String| AppError::Plugin(what);
     let mut auths: BTreeMap<&str, Arc<dyn Authenticator>> = BTreeMap::new();
     for (name, a) in &config.auth {
@@ -133,20 +136,39 @@ fn build_pipelines(config: &Config) -> Result<BTreeMap<String, Pipeline>, AppErr
     };
     let per_identity: std::collections::HashMap<Arc<str>, PolicyChain> =
         config.identity.iter().filter_map(|(id, c)| c.policies.as_ref().map(|p| (Arc::from(id.as_str()), chain(p)))).collect();
-    Ok(config
+    let ns_settings = Arc::new(namespace::Settings {
+        registry: config.namespaces.registry.clone(),
+        shared_images: config.namespaces.shared_images.clone(),
+        tokens: tokens.clone(),
+        max_response: config.namespaces.max_response_bytes,
+    });
+    let ns = |name: &str| -> Result<Namespace, AppError> {
+        let name = NsName::new(name).map_err(|e| plugin_err(e.to_string()))?;
+        Ok(Namespace::new(name, ns_settings.clone()))
+    };
+    let mut per_identity_ns = std::collections::HashMap::new();
+    for (id, c) in &config.identity {
+        if let Some(n) = &c.namespace {
+            per_identity_ns.insert(Arc::from(id.as_str()), ns(n)?);
+        }
+    }
+    config
         .listener
         .iter()
         .map(|(name, l)| {
+            let identified = !l.auth.is_empty();
             let pipeline = Pipeline {
                 auth: l.auth.iter().filter_map(|a| auths.get(a.as_str()).cloned()).collect(),
                 policies: chain(&l.policies),
                 // Identity overrides only matter where someone is identified.
-                per_identity: if l.auth.is_empty() { Default::default() } else { per_identity.clone() },
+                per_identity: if identified { per_identity.clone() } else { Default::default() },
                 max_json_body: config.limits.max_json_body_bytes,
+                namespace: l.namespace.as_deref().map(ns).transpose()?,
+                per_identity_ns: if identified { per_identity_ns.clone() } else { Default::default() },
             };
-            (name.clone(), pipeline)
+            Ok((name.clone(), pipeline))
         })
-        .collect())
+        .collect()
 }
 
 impl Server {
@@ -161,8 +183,9 @@ impl Server {
             listeners: BTreeMap::new(),
             connections: TaskTracker::new(),
             draining: CancellationToken::new(),
+            tokens: None,
         };
-        let mut pipelines = build_pipelines(&config)?;
+        let mut pipelines = build_pipelines(&config, &server.tokens)?;
         for (name, l) in &config.listener {
             let pipeline = pipelines.remove(name).unwrap_or_default();
             server.start_listener(name, l, pipeline).await?;
@@ -216,7 +239,7 @@ impl Server {
                 return;
             }
         };
-        let mut pipelines = match build_pipelines(&new) {
+        let mut pipelines = match build_pipelines(&new, &self.tokens) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "configuration reload refused; the running configuration stays");

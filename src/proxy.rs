@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
@@ -20,9 +20,11 @@ use hyper::{Request, Response, StatusCode, Uri, Version};
 use crate::docker::json::{canonicalize, Kind, Raw};
 use crate::docker::schema::normalize_create;
 use crate::docker::{ApiPath, BodyKind, Endpoint, Query, Route};
-use crate::http::{respond, AccessIdentity, ConnCtx, ForwardError, Forwarder, Handler, ProxyBody, UpstreamBody};
+use crate::http::{client_body, full_body, respond, AccessIdentity, ConnCtx, ForwardError, Forwarder, Handler, ProxyBody, UpstreamBody};
 use crate::plugin::auth::{self, Authenticator};
 use crate::plugin::policy::{Denied, PolicyChain};
+use crate::plugin::namespace::{self, After, Daemon, Namespace, NsError, NsRequest};
+use crate::plugin::namespace::request::Prepared;
 use crate::plugin::{Identity, JsonBody, RequestCtx};
 
 /// What a listener does with a request before forwarding it.
@@ -33,16 +35,31 @@ pub struct Pipeline {
     /// Identities with their own policy chain instead of the listener's.
     pub per_identity: HashMap<Arc<str>, PolicyChain>,
     pub max_json_body: usize,
+    /// The namespace every client of the listener works in.
+    pub namespace: Option<Namespace>,
+    /// Identities with a namespace of their own.
+    pub per_identity_ns: HashMap<Arc<str>, Namespace>,
 }
 
 impl Pipeline {
     fn is_passthrough(&self) -> bool {
-        self.auth.is_empty() && self.policies.is_empty() && self.per_identity.is_empty()
+        self.auth.is_empty() && self.policies.is_empty() && self.per_identity.is_empty() && self.namespace.is_none() && self.per_identity_ns.is_empty()
     }
 
     fn chain_for(&self, identity: &Identity) -> &PolicyChain {
         self.per_identity.get(&identity.name).unwrap_or(&self.policies)
     }
+
+    fn namespace_for(&self, identity: &Identity) -> Option<&Namespace> {
+        self.per_identity_ns.get(&identity.name).or(self.namespace.as_ref())
+    }
+}
+
+/// A request that passed the checks: forward it (and let its namespace rewrite the answer), or
+/// answer it here.
+enum Admitted {
+    Forward(Request<UpstreamBody>, Option<(Namespace, After)>),
+    Answer(Response<ProxyBody>),
 }
 
 /// Forwards to the daemon that the current configuration names. The forwarder is swapped as a whole
@@ -61,11 +78,13 @@ pub struct ListenerHandler {
 struct Refused {
     status: StatusCode,
     message: String,
+    /// Already in the audit log.
+    logged: bool,
 }
 
 impl Refused {
     fn bad_request(message: impl std::fmt::Display) -> Refused {
-        Refused { status: StatusCode::BAD_REQUEST, message: format!("ctproxy: {message}") }
+        Refused { status: StatusCode::BAD_REQUEST, message: format!("ctproxy: {message}"), logged: false }
     }
 }
 
@@ -76,6 +95,10 @@ impl DockerProxy {
 
     pub fn set_forwarder(&self, forwarder: Arc<Forwarder>) {
         self.forwarder.store(forwarder);
+    }
+
+    fn daemon(&self) -> Daemon {
+        Daemon::new(self.forwarder.load_full())
     }
 
     async fn forward(&self, req: Request<UpstreamBody>, conn: &ConnCtx) -> Result<Response<ProxyBody>, ForwardError> {
@@ -125,20 +148,21 @@ impl DockerProxy {
 }
 
 impl ListenerHandler {
-    /// Authentication, policies and body checks; returns the request to forward.
+    /// Policies, body checks and the namespace stage; returns what to do with the request.
     async fn admit(
         &self,
         pipeline: &Pipeline,
         req: Request<Incoming>,
         conn: &ConnCtx,
         identity: &Identity,
-    ) -> Result<Request<UpstreamBody>, Refused> {
+    ) -> Result<Admitted, Refused> {
         let chain = pipeline.chain_for(identity);
-        if chain.is_empty() {
-            return Ok(req.map(Either::Left));
+        let namespace = pipeline.namespace_for(identity);
+        if chain.is_empty() && namespace.is_none() {
+            return Ok(Admitted::Forward(req.map(client_body), None));
         }
         let (mut parts, body) = req.into_parts();
-        let route = Route::classify(&parts.method, parts.uri.path()).map_err(Refused::bad_request)?;
+        let mut route = Route::classify(&parts.method, parts.uri.path()).map_err(Refused::bad_request)?;
         let mut query = Query::parse(parts.uri.query().unwrap_or("")).map_err(Refused::bad_request)?;
         refuse_form_bodies(&parts.headers)?;
         let mut ctx = RequestCtx {
@@ -151,48 +175,94 @@ impl ListenerHandler {
         };
         chain.check(&mut ctx).map_err(|d| refusal(&ctx, d))?;
 
+        let ns_reads = |e| namespace.is_some() && namespace::request::reads_body(e);
+        let mut json = None;
         let body = match route.endpoint.map(|e| (e, e.body())) {
-            Some((endpoint, BodyKind::Json(schema))) if chain.reads_body(endpoint) => {
+            Some((endpoint, BodyKind::Json(schema))) if chain.reads_body(endpoint) || ns_reads(endpoint) => {
                 let bytes = read_limited(body, pipeline.max_json_body).await?;
-                let mut json = decode_json(&bytes, ctx.headers, schema)?;
+                let mut decoded = decode_json(&bytes, ctx.headers, schema)?;
                 if endpoint == Endpoint::ContainerCreate {
-                    normalize_create(&mut json.value);
+                    normalize_create(&mut decoded.value);
                 }
-                chain.check_body(&mut ctx, &mut json).map_err(|d| refusal(&ctx, d))?;
-                let out = match &json.value {
-                    serde_json::Value::Null if bytes.is_empty() => Bytes::new(),
-                    v => Bytes::from(serde_json::to_vec(v).map_err(Refused::bad_request)?),
-                };
-                ctx.headers.remove(header::TRANSFER_ENCODING);
-                ctx.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
-                if !out.is_empty() {
-                    ctx.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                }
-                Either::Right(Full::new(out))
+                chain.check_body(&mut ctx, &mut decoded).map_err(|d| refusal(&ctx, d))?;
+                json = Some((decoded.value, bytes.is_empty()));
+                None
             }
-            Some((_, BodyKind::Stream)) | Some((_, BodyKind::Json(_))) => Either::Left(body),
+            Some((_, BodyKind::Stream)) | Some((_, BodyKind::Json(_))) => Some(client_body(body)),
             // dockerd reads no body here; one sent anyway is refused (old APIs applied a HostConfig
             // sent to `start`, for instance).
             _ => {
                 let no_body = || Refused::bad_request(format!("{} {} takes no request body", parts.method, route.path));
                 match read_limited(body, 0).await {
-                    Ok(b) if b.is_empty() => Either::Right(Full::new(Bytes::new())),
+                    Ok(b) if b.is_empty() => Some(full_body(Bytes::new())),
                     Ok(_) => return Err(no_body()),
                     Err(r) if r.status == StatusCode::PAYLOAD_TOO_LARGE => return Err(no_body()),
                     Err(r) => return Err(r),
                 }
             }
         };
+
+        let mut after = None;
+        if let Some(ns) = namespace {
+            let ns_req = NsRequest {
+                method: &parts.method,
+                route: &mut route,
+                query: &mut query,
+                headers: &mut parts.headers,
+                body: json.as_mut().map(|(v, _)| v),
+            };
+            match ns.prepare(&self.proxy.daemon(), ns_req).await {
+                Ok(Prepared::Forward(a)) => after = Some((ns.clone(), a)),
+                Ok(Prepared::Answer(status, v)) => return Ok(Admitted::Answer(respond::json(status, &v))),
+                Err(e) => return Err(ns_refusal(identity, conn, &parts.method, &route, e)),
+            }
+        }
+
+        let body = match (body, json) {
+            (Some(b), _) => b,
+            (None, Some((value, was_empty))) => {
+                let out = match &value {
+                    serde_json::Value::Null if was_empty => Bytes::new(),
+                    v => Bytes::from(serde_json::to_vec(v).map_err(Refused::bad_request)?),
+                };
+                parts.headers.remove(header::TRANSFER_ENCODING);
+                parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+                if !out.is_empty() {
+                    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                }
+                full_body(out)
+            }
+            (None, None) => full_body(Bytes::new()),
+        };
         parts.uri = rebuild_uri(&route, &query)?;
-        Ok(Request::from_parts(parts, body))
+        Ok(Admitted::Forward(Request::from_parts(parts, body), after))
     }
+}
+
+/// A namespace's answer in place of the daemon's. Refusals are audit-logged; not-found answers are
+/// the daemon's own and are not refusals.
+fn ns_refusal(identity: &Identity, conn: &ConnCtx, method: &hyper::Method, route: &Route, e: NsError) -> Refused {
+    if !matches!(e, NsError::NotFound(_)) {
+        tracing::warn!(
+            target: "ctproxy::audit",
+            identity = %identity.name,
+            listener = %conn.listener,
+            %method,
+            endpoint = route.endpoint.map_or("unknown", Endpoint::name),
+            path = %route.path,
+            status = e.status().as_u16(),
+            reason = %e,
+            "request refused by namespace"
+        );
+    }
+    Refused { status: e.status(), message: e.to_string(), logged: !matches!(e, NsError::NotFound(_)) }
 }
 
 impl Handler for ListenerHandler {
     async fn call(&self, mut req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<ProxyBody> {
         let pipeline = self.pipeline.load_full();
         if pipeline.is_passthrough() {
-            return self.proxy.forward_or_502(req.map(Either::Left), &conn).await;
+            return self.proxy.forward_or_502(req.map(client_body), &conn).await;
         }
         let identity = match auth::authenticate(&pipeline.auth, &conn.peer, req.headers()) {
             Ok(id) => id,
@@ -216,10 +286,15 @@ impl Handler for ListenerHandler {
         }
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
         let mut rsp = match self.admit(&pipeline, req, &conn, &identity).await {
-            Ok(req) => self.proxy.forward_or_502(req, &conn).await,
+            Ok(Admitted::Forward(req, None)) => self.proxy.forward_or_502(req, &conn).await,
+            Ok(Admitted::Forward(req, Some((ns, after)))) => {
+                let rsp = self.proxy.forward_or_502(req, &conn).await;
+                ns.finish(&self.proxy.daemon(), after, rsp).await
+            }
+            Ok(Admitted::Answer(rsp)) => rsp,
             Err(r) => {
-                // Policy refusals were logged with their policy; malformed and oversized ones here.
-                if r.status != StatusCode::FORBIDDEN {
+                // Policy and namespace refusals were logged already; malformed and oversized ones here.
+                if r.status != StatusCode::FORBIDDEN && r.status != StatusCode::NOT_FOUND && !r.logged {
                     tracing::warn!(
                         target: "ctproxy::audit",
                         identity = %identity.name,
@@ -253,7 +328,7 @@ fn refusal(ctx: &RequestCtx<'_>, d: Denied) -> Refused {
         reason = %d.refusal.what,
         "request refused by policy"
     );
-    Refused { status: d.refusal.status, message }
+    Refused { status: d.refusal.status, message, logged: true }
 }
 
 /// dockerd lets form-encoded bodies override query parameters; no Docker client sends them.
@@ -277,7 +352,7 @@ async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, Refused> {
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(Refused { status: StatusCode::PAYLOAD_TOO_LARGE, message: format!("ctproxy: request body larger than {limit} bytes") })
+            Err(Refused { status: StatusCode::PAYLOAD_TOO_LARGE, message: format!("ctproxy: request body larger than {limit} bytes"), logged: false })
         }
         Err(e) => Err(Refused::bad_request(format!("cannot read the request body: {e}"))),
     }

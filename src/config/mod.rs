@@ -50,6 +50,38 @@ pub struct Config {
     pub identity: BTreeMap<String, IdentityConfig>,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub namespaces: NamespacesConfig,
+}
+
+/// What every namespace shares.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespacesConfig {
+    /// Repository names (glob, `*` matches anything, `ctproxy-test/*`) of images every namespace may
+    /// use read-only under their real names.
+    #[serde(default)]
+    pub shared_images: Vec<String>,
+    /// The registry proxy's address: the domain of every namespace image (`127.0.0.1:5001`).
+    #[serde(default = "default_registry")]
+    pub registry: String,
+    /// Answers larger than this are not rewritten (lists of a very busy daemon).
+    #[serde(default = "default_max_response")]
+    pub max_response_bytes: usize,
+}
+
+impl Default for NamespacesConfig {
+    fn default() -> Self {
+        NamespacesConfig { shared_images: Vec::new(), registry: default_registry(), max_response_bytes: default_max_response() }
+    }
+}
+
+fn default_registry() -> String {
+    "127.0.0.1:5001".into()
+}
+
+fn default_max_response() -> usize {
+    64 << 20
 }
 
 /// One authenticator.
@@ -103,6 +135,8 @@ impl PolicyConfig {
 pub struct IdentityConfig {
     /// Replaces the listener's policies for this identity.
     pub policies: Option<Vec<String>>,
+    /// Puts this identity in a namespace (overrides the listener's).
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -168,6 +202,8 @@ pub struct ListenerConfig {
     /// Policies applied in order (names of `[policy.NAME]` sections).
     #[serde(default)]
     pub policies: Vec<String>,
+    /// Every client of this listener works in this namespace (unless its identity names another).
+    pub namespace: Option<String>,
 }
 
 impl ListenerConfig {
@@ -304,6 +340,7 @@ impl Config {
                         access_log: true,
                         auth: Vec::new(),
                         policies: Vec::new(),
+                        namespace: None,
                     };
                     (format!("listen-{}", i + 1), l)
                 })
@@ -351,8 +388,14 @@ impl Config {
             if let Some(p) = l.policies.iter().find(|p| !self.policy.contains_key(*p)) {
                 return Err(invalid(key("policies"), &format!("no [policy.{p}] section")));
             }
+            if let Some(ns) = &l.namespace {
+                crate::plugin::namespace::NsName::new(ns).map_err(|e| invalid(key("namespace"), &e.to_string()))?;
+            }
         }
         for (name, id) in &self.identity {
+            if let Some(ns) = &id.namespace {
+                crate::plugin::namespace::NsName::new(ns).map_err(|e| invalid(format!("identity.{name}.namespace"), &e.to_string()))?;
+            }
             if let Some(p) = id.policies.iter().flatten().find(|p| !self.policy.contains_key(*p)) {
                 return Err(invalid(format!("identity.{name}.policies"), &format!("no [policy.{p}] section")));
             }

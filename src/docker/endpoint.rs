@@ -243,6 +243,21 @@ impl Route {
     pub fn target(&self) -> Option<&str> {
         self.params.first().map(String::as_str)
     }
+
+    /// Replaces the first path parameter (a name resolved to an ID, a name mangled) and rebuilds
+    /// `path` from the endpoint's pattern.
+    pub fn set_target(&mut self, value: &str) {
+        let Some(endpoint) = self.endpoint else { return };
+        let Some((_, pattern, _)) = ROUTES.iter().find(|(_, _, e)| *e == endpoint) else { return };
+        match self.params.first_mut() {
+            Some(first) => *first = value.to_owned(),
+            None => return,
+        }
+        let mut params = self.params.iter();
+        let segments: Vec<&str> =
+            pattern.split('/').map(|seg| if seg.starts_with('{') { params.next().map_or("", String::as_str) } else { seg }).collect();
+        self.path = segments.join("/");
+    }
 }
 
 fn percent_decode(s: &str) -> Result<String, PathError> {

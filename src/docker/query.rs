@@ -62,6 +62,11 @@ impl Query {
         self.pairs.push((key.to_owned(), value.to_owned()));
     }
 
+    /// Adds one more value (repeatable parameters such as `t`).
+    pub fn push(&mut self, key: &str, value: &str) {
+        self.pairs.push((key.to_owned(), value.to_owned()));
+    }
+
     pub fn pairs(&self) -> &[(String, String)] {
         &self.pairs
     }

@@ -14,10 +14,18 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+/// The error of a body that is not hyper's own (a rewriter that met bad input, for instance).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body rewritten on its way (namespace de-mangling of a stream, for instance).
+pub type BoxedBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
 /// What was answered: a passthrough stream from dockerd, or a body made here.
 pub enum ProxyBody {
     Upstream(Incoming),
     Full(Option<Bytes>),
+    /// A stream transformed by a higher layer.
+    Boxed(BoxedBody),
     /// No bytes and *no framing*: with an HTTP/1.0 response this leaves the socket raw after the head,
     /// which is how dockerd answers a legacy (no `Upgrade` header) attach before hijacking it.
     Unframed,
@@ -31,15 +39,25 @@ impl ProxyBody {
     pub fn empty() -> Self {
         ProxyBody::Full(None)
     }
+
+    pub fn boxed<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        use http_body_util::BodyExt;
+        ProxyBody::Boxed(body.map_err(Into::into).boxed_unsync())
+    }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ProxyBody::Boxed(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
             ProxyBody::Unframed => Poll::Ready(None),
         }
@@ -48,6 +66,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Upstream(b) => b.is_end_stream(),
+            ProxyBody::Boxed(b) => b.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Unframed => false,
         }
@@ -56,6 +75,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Upstream(b) => b.size_hint(),
+            ProxyBody::Boxed(b) => b.size_hint(),
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Unframed => SizeHint::default(),
         }
@@ -107,9 +127,9 @@ impl LoggedBody {
 
 impl Body for LoggedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {

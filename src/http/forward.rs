@@ -17,8 +17,24 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::transport::Connector;
 
-/// A request body on its way to the daemon: the client's stream, or bytes a policy re-serialised.
-pub type UpstreamBody = http_body_util::Either<Incoming, Full<Bytes>>;
+/// A request body on its way to the daemon: the client's stream, bytes a policy re-serialised, or
+/// the client's stream transformed (a build context whose Dockerfile a namespace rewrote).
+pub type UpstreamBody = http_body_util::Either<Incoming, http_body_util::Either<Full<Bytes>, super::body::BoxedBody>>;
+
+/// The client's body, forwarded as it comes.
+pub fn client_body(body: Incoming) -> UpstreamBody {
+    http_body_util::Either::Left(body)
+}
+
+/// A body made here.
+pub fn full_body(bytes: impl Into<Bytes>) -> UpstreamBody {
+    http_body_util::Either::Right(http_body_util::Either::Left(Full::new(bytes.into())))
+}
+
+/// A transformed body.
+pub fn boxed_body(body: super::body::BoxedBody) -> UpstreamBody {
+    http_body_util::Either::Right(http_body_util::Either::Right(body))
+}
 
 /// Why a request could not be forwarded. Each one becomes a 502 with a message naming the daemon.
 #[derive(Debug, thiserror::Error)]

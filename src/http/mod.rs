@@ -13,6 +13,6 @@ pub mod hijack;
 pub mod respond;
 pub mod server;
 
-pub use body::ProxyBody;
-pub use forward::{ForwardError, Forwarder, UpstreamBody};
+pub use body::{BoxError, BoxedBody, ProxyBody};
+pub use forward::{boxed_body, client_body, full_body, ForwardError, Forwarder, UpstreamBody};
 pub use server::{AccessIdentity, ConnCtx, Handler};

@@ -10,7 +10,12 @@ use super::ProxyBody;
 
 /// A Docker-style JSON error response.
 pub fn error(status: StatusCode, message: &str) -> Response<ProxyBody> {
-    let body = serde_json::json!({ "message": message }).to_string() + "\n";
+    json(status, &serde_json::json!({ "message": message }))
+}
+
+/// A JSON answer made here (as dockerd writes them: one line).
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
+    let body = value.to_string() + "\n";
     let mut rsp = Response::new(ProxyBody::full(body));
     *rsp.status_mut() = status;
     rsp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

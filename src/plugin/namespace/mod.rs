@@ -1,9 +1,153 @@
 //! Namespaces: many users on one daemon, each seeing only their own containers, volumes, networks,
 //! exec instances and images.
 //!
-//! Names are mangled on the way in and de-mangled on the way out ([`names`]); ownership is recorded
-//! on the daemon itself (labels, image tags) so that a restarted ctproxy rebuilds nothing.
+//! Unlike a policy, a namespace has to ask the daemon (who owns `db`? which container runs exec
+//! `3f…`?) and to rewrite answers (lists, inspect, events, progress streams), so it is an async stage
+//! of its own with two halves: [`Namespace::prepare`] rewrites a request that passed the policies
+//! and says what to do with the answer ([`After`]); [`Namespace::finish`] does it.
+//!
+//! - [`names`]: how names are mangled (`ctp.<ns>.<name>`, `<registry proxy>/<ns>/<domain>/<path>`);
+//! - [`daemon`]: the few internal requests the stage makes to dockerd;
+//! - [`resolve`]: a client's reference (name, ID, ID prefix) to an object the namespace owns, or the
+//!   daemon's own not-found answer;
+//! - [`request`]: per-endpoint rewriting of paths, queries, headers and JSON bodies;
+//! - [`response`]: de-mangling and filtering of answers, buffered or streamed line by line.
+//!
+//! Ownership lives on the daemon (the [`NS_LABEL`] label, image tags under the namespace's prefix),
+//! so a restarted ctproxy needs no state of its own to give every namespace exactly its own world.
 
+pub mod daemon;
+pub mod filters;
 pub mod names;
+pub mod request;
+pub mod resolve;
+pub mod response;
+pub mod text;
 
+use std::sync::Arc;
+
+use hyper::header::HeaderValue;
+use hyper::StatusCode;
+
+pub use daemon::Daemon;
 pub use names::{NameError, NsName, MARKER, NS_LABEL};
+pub use request::NsRequest;
+pub use response::After;
+
+/// Hands out the registry credentials dockerd presents to ctproxy's registry proxy.
+///
+/// Implemented by the registry proxy (a higher layer): a pull or push of a namespace image carries a
+/// one-time token that names the namespace and, inside ctproxy only, the client's own credentials
+/// for the real registry.
+pub trait RegistryTokens: Send + Sync {
+    /// The `X-Registry-Auth` value to send to dockerd instead of the client's (`client`).
+    fn issue(&self, namespace: &NsName, client: Option<&HeaderValue>) -> HeaderValue;
+}
+
+/// What every namespace on this server shares.
+#[derive(Clone)]
+pub struct Settings {
+    /// The registry proxy's address (`127.0.0.1:5001`): the domain of every namespace image.
+    pub registry: String,
+    /// Images every namespace may use read-only under their real names (`ctproxy-test/*`).
+    pub shared_images: Vec<String>,
+    pub tokens: Option<Arc<dyn RegistryTokens>>,
+    /// The largest answer buffered for rewriting (lists, inspect).
+    pub max_response: usize,
+}
+
+/// One namespace, as a request sees it.
+#[derive(Clone)]
+pub struct Namespace {
+    pub name: NsName,
+    pub settings: Arc<Settings>,
+}
+
+/// Why a request was answered by the namespace stage instead of the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum NsError {
+    /// Exactly the daemon's answer for an object that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    #[error("ctproxy: {0}")]
+    BadName(#[from] NameError),
+    #[error("ctproxy: {0}")]
+    Malformed(String),
+    #[error("ctproxy: {0}")]
+    Refused(String),
+    #[error("ctproxy: {0}")]
+    Daemon(String),
+}
+
+impl NsError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            NsError::NotFound(_) => StatusCode::NOT_FOUND,
+            NsError::BadName(_) | NsError::Malformed(_) => StatusCode::BAD_REQUEST,
+            NsError::Refused(_) => StatusCode::FORBIDDEN,
+            NsError::Daemon(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    pub fn no_container(what: &str) -> NsError {
+        NsError::NotFound(format!("No such container: {what}"))
+    }
+
+    pub fn no_image(what: &str) -> NsError {
+        NsError::NotFound(format!("No such image: {what}"))
+    }
+
+    pub fn no_network(what: &str) -> NsError {
+        NsError::NotFound(format!("network {what} not found"))
+    }
+
+    pub fn no_volume(what: &str) -> NsError {
+        NsError::NotFound(format!("get {what}: no such volume"))
+    }
+
+    pub fn no_exec(what: &str) -> NsError {
+        NsError::NotFound(format!("No such exec instance: {what}"))
+    }
+}
+
+impl Namespace {
+    pub fn new(name: NsName, settings: Arc<Settings>) -> Namespace {
+        Namespace { name, settings }
+    }
+
+    /// The label filter that selects this namespace's containers, volumes and networks.
+    pub fn label_filter(&self) -> String {
+        format!("{NS_LABEL}={}", self.name)
+    }
+
+    /// Whether the administrator shares `familiar` (a repository name without tag: `ctproxy-test/busybox`).
+    pub fn is_shared(&self, familiar_repo: &str) -> bool {
+        self.settings.shared_images.iter().any(|p| glob(p, familiar_repo))
+    }
+}
+
+/// `*` matches any run of characters (`/` included); everything else matches itself.
+fn glob(pattern: &str, s: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == s,
+        Some((head, rest)) => {
+            let Some(s) = s.strip_prefix(head) else { return false };
+            (0..=s.len()).filter(|&i| s.is_char_boundary(i)).any(|i| glob(rest, &s[i..]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn globs() {
+        assert!(glob("ctproxy-test/*", "ctproxy-test/busybox"));
+        assert!(glob("busybox", "busybox"));
+        assert!(!glob("busybox", "busybox2"));
+        assert!(glob("*", "a/b"));
+        assert!(glob("a*c", "abbbc"));
+        assert!(!glob("a*c", "abbb"));
+    }
+}

@@ -1,0 +1,72 @@
+//! The internal requests a namespace makes to dockerd: inspect and list calls that tell who owns
+//! what, and the few writes it makes on the client's behalf (untagging every tag of an image).
+//!
+//! They go through the same pooled client as forwarded requests, without a version prefix (the
+//! fields read here have not changed across the versions dockerd 20.10 and later serve).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::{Method, Request, StatusCode};
+use serde_json::Value;
+
+use super::NsError;
+use crate::http::{full_body, Forwarder};
+
+/// Answers larger than this are not read (an internal list of a busy daemon is far smaller).
+const MAX_INTERNAL: usize = 64 << 20;
+
+/// dockerd, as the namespace stage asks it.
+#[derive(Clone)]
+pub struct Daemon {
+    forwarder: Arc<Forwarder>,
+}
+
+impl Daemon {
+    pub fn new(forwarder: Arc<Forwarder>) -> Daemon {
+        Daemon { forwarder }
+    }
+
+    /// Sends one request; returns the status and the whole body.
+    pub async fn call(&self, method: Method, path_and_query: &str, body: Option<&Value>) -> Result<(StatusCode, Bytes), NsError> {
+        let bytes = match body {
+            Some(v) => Bytes::from(serde_json::to_vec(v).map_err(|e| NsError::Daemon(e.to_string()))?),
+            None => Bytes::new(),
+        };
+        let mut req = Request::builder().method(method).uri(path_and_query);
+        if body.is_some() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req.body(full_body(bytes)).map_err(|e| NsError::Daemon(e.to_string()))?;
+        let rsp = self.forwarder.send(req, None).await.map_err(|e| NsError::Daemon(e.to_string()))?;
+        let status = rsp.status();
+        let body = Limited::new(rsp.into_body(), MAX_INTERNAL).collect().await.map_err(|e| NsError::Daemon(e.to_string()))?;
+        Ok((status, body.to_bytes()))
+    }
+
+    /// A GET whose JSON answer is wanted; `None` when the daemon says 404.
+    pub async fn get(&self, path_and_query: &str) -> Result<Option<Value>, NsError> {
+        let (status, body) = self.call(Method::GET, path_and_query, None).await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(NsError::Daemon(format!("{path_and_query}: {status}: {}", String::from_utf8_lossy(&body).trim())));
+        }
+        serde_json::from_slice(&body).map(Some).map_err(|e| NsError::Daemon(format!("{path_and_query}: {e}")))
+    }
+}
+
+/// Percent-encodes one path segment or query value.
+pub fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

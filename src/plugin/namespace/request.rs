@@ -1,0 +1,706 @@
+//! Per-endpoint rewriting of a request for one namespace.
+//!
+//! Every endpoint a namespace may use is listed here; anything else is refused (swarm, plugins,
+//! BuildKit's gRPC tunnels, daemon-wide prunes that cannot be scoped). References in the path are
+//! resolved to objects the namespace owns (or answered with the daemon's not-found); names in
+//! queries and JSON bodies are mangled; ownership labels are set on everything created.
+
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::Method;
+use serde_json::{Map, Value};
+
+use super::filters::{Filters, NameMatch};
+use super::resolve::ImageRef;
+use super::response::{After, ListKind};
+use super::{Daemon, Namespace, NsError, NS_LABEL};
+use crate::docker::reference::Reference;
+use crate::docker::{Endpoint, Query, Route};
+
+/// A request that passed authentication and the policies, on its way to the namespace stage.
+pub struct NsRequest<'a> {
+    pub method: &'a Method,
+    pub route: &'a mut Route,
+    pub query: &'a mut Query,
+    pub headers: &'a mut HeaderMap,
+    /// The canonical JSON body, for the endpoints [`reads_body`] names.
+    pub body: Option<&'a mut Value>,
+}
+
+/// What the stage decided about a request.
+pub enum Prepared {
+    /// Forward the rewritten request; then treat the answer as said.
+    Forward(After),
+    /// Answer here (a synthetic answer dockerd would have given for the namespace's own view).
+    Answer(hyper::StatusCode, Value),
+}
+
+/// The endpoints whose JSON body the namespace stage rewrites.
+pub fn reads_body(e: Endpoint) -> bool {
+    use Endpoint::*;
+    matches!(e, ContainerCreate | Commit | NetworkCreate | NetworkConnect | NetworkDisconnect | VolumeCreate)
+}
+
+const X_REGISTRY_AUTH: HeaderName = HeaderName::from_static("x-registry-auth");
+const X_REGISTRY_CONFIG: HeaderName = HeaderName::from_static("x-registry-config");
+
+impl Namespace {
+    /// Rewrites `req` for this namespace.
+    pub async fn prepare(&self, daemon: &Daemon, req: NsRequest<'_>) -> Result<Prepared, NsError> {
+        use Endpoint::*;
+        let Some(endpoint) = req.route.endpoint else {
+            return Err(NsError::Refused("this endpoint is not available in a namespace".into()));
+        };
+        let typed = req.route.target().unwrap_or("").to_owned();
+        let after = match endpoint {
+            Ping | PingHead | Version | Options => After::Pass,
+            Info => After::Info,
+            SystemDf => After::SystemDf,
+            Events => self.events_query(daemon, req.query).await?,
+            Auth | ImageSearch | DistributionInspect => After::Pass,
+
+            ContainerList => self.list_query(req.query, ListKind::Containers, daemon).await?,
+            ContainerCreate => {
+                let name = match req.query.get("name").filter(|n| !n.is_empty()) {
+                    Some(n) => n.to_owned(),
+                    None => generated_name(),
+                };
+                req.query.set("name", &self.name.object(&name)?);
+                if let Some(body) = req.body {
+                    self.create_body(daemon, body, &name).await?;
+                }
+                After::Json
+            }
+            ContainerPrune => {
+                self.scope_prune(req.query)?;
+                After::Json
+            }
+            ContainerInspect | ContainerTop | ContainerChanges | ContainerResize | ContainerStart | ContainerStop | ContainerRestart
+            | ContainerKill | ContainerPause | ContainerUnpause | ContainerUpdate | ContainerDelete | ContainerExec => {
+                let id = self.container(daemon, &typed).await?;
+                req.route.set_target(&id);
+                After::Json
+            }
+            // Streams: `wait` sends its head at once and its body when the container stops.
+            ContainerLogs | ContainerAttach | ContainerAttachWs | ContainerWait | ContainerArchiveGet | ContainerArchiveHead
+            | ContainerArchivePut | ContainerExport => {
+                let id = self.container(daemon, &typed).await?;
+                req.route.set_target(&id);
+                After::Pass
+            }
+            ContainerStats => {
+                let id = self.container(daemon, &typed).await?;
+                req.route.set_target(&id);
+                After::Lines
+            }
+            ContainerRename => {
+                let id = self.container(daemon, &typed).await?;
+                req.route.set_target(&id);
+                let new = req.query.get("name").unwrap_or("").to_owned();
+                req.query.set("name", &self.name.object(&new)?);
+                After::Json
+            }
+            ExecStart | ExecResize | ExecInspect => {
+                self.exec(daemon, &typed).await?;
+                if endpoint == ExecStart {
+                    After::Pass
+                } else {
+                    After::Json
+                }
+            }
+            Commit => {
+                let id = self.container(daemon, req.query.get("container").unwrap_or("")).await?;
+                req.query.set("container", &id);
+                self.mangle_repo_tag(req.query)?;
+                if let Some(Value::Object(cfg)) = req.body {
+                    strip_reserved_labels(cfg.get_mut("Labels"));
+                }
+                After::Json
+            }
+
+            ImageList => self.list_query(req.query, ListKind::Images, daemon).await?,
+            ImageInspect | ImageHistory => {
+                let img = self.image(daemon, &typed).await?;
+                req.route.set_target(img.daemon_name());
+                After::Json
+            }
+            ImageTag => {
+                let img = self.image(daemon, &typed).await?;
+                req.route.set_target(img.daemon_name());
+                self.mangle_repo_tag(req.query)?;
+                After::Json
+            }
+            ImageDelete => {
+                return match self.image(daemon, &typed).await? {
+                    ImageRef::Shared(_) => Err(NsError::Refused(format!("image {typed} is shared by the administrator and read-only"))),
+                    ImageRef::Owned(name) => {
+                        req.route.set_target(&name);
+                        Ok(Prepared::Forward(After::Json))
+                    }
+                    // By ID: untag the namespace's own tags of it (the daemon would also remove other
+                    // namespaces' tags, or refuse because they exist).
+                    ImageRef::Id { tags, .. } => self.untag_all(daemon, &tags, req.query).await,
+                };
+            }
+            ImagePush => {
+                let r = Reference::parse(&typed).map_err(|_| NsError::no_image(&typed))?;
+                let r = match req.query.get("tag").filter(|t| !t.is_empty()) {
+                    Some(t) => Reference { tag: Some(t.to_owned()), ..r },
+                    None => r,
+                };
+                let repo = Reference { tag: None, digest: None, ..r.clone() }.familiar();
+                if self.is_shared(&repo) {
+                    return Err(NsError::Refused(format!("image {typed} is shared by the administrator and cannot be pushed; tag it first")));
+                }
+                let m = self.name.image(&self.settings.registry, &Reference { tag: None, digest: None, ..r })?;
+                req.route.set_target(&m.to_string());
+                self.registry_auth(req.headers, &X_REGISTRY_AUTH)?;
+                After::Lines
+            }
+            ImageCreate => return self.image_create(daemon, req.query, req.headers).await,
+            ImagePrune => return self.image_prune(daemon, req.query).await,
+            Build => {
+                if req.query.get("version") == Some("2") {
+                    return Err(NsError::Refused(
+                        "BuildKit builds are not available in a namespace (its gRPC session cannot be scoped): use the classic builder (DOCKER_BUILDKIT=0)".into(),
+                    ));
+                }
+                if req.query.get("remote").is_some_and(|r| !r.is_empty()) {
+                    return Err(NsError::Refused("builds from a remote context are not available in a namespace".into()));
+                }
+                let tags: Vec<String> = req.query.get_all("t").map(str::to_owned).collect();
+                req.query.remove("t");
+                for t in tags {
+                    let r = Reference::parse(&t).map_err(|e| NsError::Malformed(format!("invalid tag {t:?}: {e}")))?;
+                    req.query.push("t", &self.name.image(&self.settings.registry, &r.with_default_tag())?.to_string());
+                }
+                if let Some(cf) = req.query.get("cachefrom").filter(|c| !c.is_empty()) {
+                    let refs: Vec<String> = serde_json::from_str(cf).map_err(|e| NsError::Malformed(format!("invalid cachefrom: {e}")))?;
+                    let mut out = Vec::new();
+                    for r in refs {
+                        if let Ok(parsed) = Reference::parse(&r) {
+                            out.push(self.image_name(&parsed)?);
+                        }
+                    }
+                    req.query.set("cachefrom", &serde_json::to_string(&out).unwrap_or_default());
+                }
+                for key in ["buildid", "session"] {
+                    if let Some(v) = req.query.get(key).filter(|v| !v.is_empty()) {
+                        let scoped = format!("{}-{v}", self.name);
+                        req.query.set(key, &scoped);
+                    }
+                }
+                self.registry_config(req.headers)?;
+                After::Build
+            }
+            BuildCancel => {
+                if let Some(v) = req.query.get("id").filter(|v| !v.is_empty()) {
+                    let scoped = format!("{}-{v}", self.name);
+                    req.query.set("id", &scoped);
+                }
+                After::Pass
+            }
+            BuildPrune => {
+                return Ok(Prepared::Answer(hyper::StatusCode::OK, serde_json::json!({"CachesDeleted": null, "SpaceReclaimed": 0})));
+            }
+
+            NetworkList | NetworkListSlash => self.list_query(req.query, ListKind::Networks, daemon).await?,
+            NetworkInspect => {
+                let name = self.network(daemon, &typed).await?;
+                req.route.set_target(&name);
+                After::NetworkInspect
+            }
+            NetworkDelete => {
+                let name = self.network(daemon, &typed).await?;
+                req.route.set_target(&name);
+                After::Json
+            }
+            NetworkCreate => {
+                if let Some(Value::Object(body)) = req.body {
+                    let name = body.get("Name").and_then(Value::as_str).unwrap_or("").to_owned();
+                    body.insert("Name".into(), Value::String(self.name.object(&name)?));
+                    self.set_label(body.entry("Labels").or_insert(Value::Null));
+                    if let Some(Value::Object(from)) = body.get_mut("ConfigFrom") {
+                        if let Some(n) = from.get("Network").and_then(Value::as_str).filter(|n| !n.is_empty()).map(str::to_owned) {
+                            from.insert("Network".into(), Value::String(self.network(daemon, &n).await?));
+                        }
+                    }
+                }
+                After::Json
+            }
+            NetworkConnect | NetworkDisconnect => {
+                let net = self.network(daemon, &typed).await?;
+                req.route.set_target(&net);
+                if let Some(Value::Object(body)) = req.body {
+                    let c = body.get("Container").and_then(Value::as_str).unwrap_or("").to_owned();
+                    let id = self.container(daemon, &c).await?;
+                    body.insert("Container".into(), Value::String(id));
+                    if let Some(Value::Object(ep)) = body.get_mut("EndpointConfig") {
+                        self.mangle_links(ep.get_mut("Links"))?;
+                    }
+                    if endpoint == NetworkConnect && !is_predefined(&net) && self.name.object(&c).is_ok() {
+                        // The container answers to the name its namespace knows it by.
+                        let ep = body.entry("EndpointConfig").or_insert_with(|| Value::Object(Map::new()));
+                        add_alias(ep, &c);
+                    }
+                }
+                After::Json
+            }
+            NetworkPrune | VolumePrune => {
+                self.scope_prune(req.query)?;
+                After::Json
+            }
+
+            VolumeList => self.list_query(req.query, ListKind::Volumes, daemon).await?,
+            VolumeCreate => {
+                if let Some(Value::Object(body)) = req.body {
+                    let name = body.get("Name").and_then(Value::as_str).filter(|n| !n.is_empty()).map(str::to_owned);
+                    // An anonymous volume still needs a name of the namespace: a random one, as the
+                    // daemon would make.
+                    let name = name.unwrap_or_else(random_hex64);
+                    body.insert("Name".into(), Value::String(self.name.object(&name)?));
+                    self.set_label(body.entry("Labels").or_insert(Value::Null));
+                }
+                After::Json
+            }
+            VolumeInspect | VolumeDelete => {
+                let name = self.volume(daemon, &typed).await?;
+                req.route.set_target(&name);
+                After::Json
+            }
+
+            ImageGet | ImageGetAll | ImageLoad => {
+                return Err(NsError::Refused("image save and load are not available in a namespace yet".into()));
+            }
+            _ => return Err(NsError::Refused(format!("{} is not available in a namespace", endpoint.name()))),
+        };
+        Ok(Prepared::Forward(after))
+    }
+
+    /// Labels a namespace object as its own (and drops any reserved label the client set).
+    fn set_label(&self, labels: &mut Value) {
+        if !labels.is_object() {
+            *labels = Value::Object(Map::new());
+        }
+        strip_reserved_labels(Some(labels));
+        if let Value::Object(m) = labels {
+            m.insert(NS_LABEL.into(), Value::String(self.name.to_string()));
+        }
+    }
+
+    /// `repo` and `tag` of commit, tag and import: the target image name.
+    fn mangle_repo_tag(&self, q: &mut Query) -> Result<(), NsError> {
+        let Some(repo) = q.get("repo").filter(|r| !r.is_empty()).map(str::to_owned) else { return Ok(()) };
+        let r = Reference::parse(&repo).map_err(|e| NsError::Malformed(format!("invalid reference {repo:?}: {e}")))?;
+        let tag = q.get("tag").filter(|t| !t.is_empty()).map(str::to_owned).or(r.tag.clone());
+        let m = self.name.image(&self.settings.registry, &Reference { tag: None, digest: None, ..r })?;
+        q.set("repo", &m.name());
+        if let Some(t) = tag {
+            q.set("tag", &t);
+        }
+        Ok(())
+    }
+
+    /// Replaces the client's registry credentials by a token of the registry proxy that carries them.
+    fn registry_auth(&self, headers: &mut HeaderMap, name: &HeaderName) -> Result<(), NsError> {
+        let tokens = self.settings.tokens.as_ref().ok_or_else(|| NsError::Refused("no registry proxy is configured".into()))?;
+        let value = tokens.issue(&self.name, headers.get(name));
+        headers.insert(name.clone(), value);
+        Ok(())
+    }
+
+    /// Builds pull their base images through the registry proxy with a token of the namespace.
+    fn registry_config(&self, headers: &mut HeaderMap) -> Result<(), NsError> {
+        headers.remove(X_REGISTRY_CONFIG);
+        let Some(tokens) = &self.settings.tokens else { return Ok(()) };
+        let token = tokens.issue(&self.name, None);
+        // The token value is base64url JSON of an AuthConfig; the build header wants a map of them.
+        let auth: Value = decode_b64_json(token.as_bytes()).unwrap_or(Value::Null);
+        let map = serde_json::json!({ self.settings.registry.clone(): auth });
+        let encoded = b64url(serde_json::to_vec(&map).unwrap_or_default().as_slice());
+        if let Ok(v) = HeaderValue::from_str(&encoded) {
+            headers.insert(X_REGISTRY_CONFIG, v);
+        }
+        Ok(())
+    }
+
+    /// Prune endpoints: only the namespace's objects.
+    fn scope_prune(&self, q: &mut Query) -> Result<(), NsError> {
+        let mut f = Filters::parse(q.get("filters"))?;
+        f.take("label");
+        f.add("label", self.label_filter());
+        q.set("filters", &f.encode());
+        Ok(())
+    }
+
+    /// List endpoints: the namespace's label as a filter, and the filters on names (which the daemon
+    /// would match against mangled names) applied here instead.
+    async fn list_query(&self, q: &mut Query, kind: ListKind, daemon: &Daemon) -> Result<After, NsError> {
+        let mut f = Filters::parse(q.get("filters"))?;
+        let names = NameMatch::new(&f.take("name"))?;
+        let mut refs = Vec::new();
+        match kind {
+            ListKind::Containers => {
+                f.add("label", self.label_filter());
+                for key in ["before", "since"] {
+                    let values = f.take(key);
+                    for v in values {
+                        f.add(key, self.container(daemon, &v).await?);
+                    }
+                }
+                for v in f.take("network") {
+                    f.add("network", self.network(daemon, &v).await?);
+                }
+                for v in f.take("volume") {
+                    let mapped = if v.starts_with('/') { v } else { self.name.object(&v)? };
+                    f.add("volume", mapped);
+                }
+                for v in f.take("ancestor") {
+                    match self.image(daemon, &v).await {
+                        Ok(img) => f.add("ancestor", img.daemon_name().to_owned()),
+                        Err(_) => f.add("ancestor", v),
+                    }
+                }
+            }
+            ListKind::Volumes => f.add("label", self.label_filter()),
+            // Predefined networks have no label: ownership is judged on the answer.
+            ListKind::Networks => {}
+            ListKind::Images => {
+                refs = f.take("reference");
+                for key in ["before", "since"] {
+                    for v in f.take(key) {
+                        f.add(key, self.image(daemon, &v).await?.daemon_name().to_owned());
+                    }
+                }
+            }
+        }
+        // `limit` counts before filtering by name: apply it here too when names are filtered.
+        let mut limit = None;
+        if kind == ListKind::Containers && !names.is_empty() {
+            limit = q.get("limit").and_then(|l| l.parse::<i64>().ok()).filter(|&l| l > 0).map(|l| l as usize);
+            q.remove("limit");
+        }
+        q.set("filters", &f.encode());
+        Ok(After::List { kind, names, limit, refs })
+    }
+
+    /// `GET /events`: the filters on objects are mangled; ownership is judged per event.
+    async fn events_query(&self, daemon: &Daemon, q: &mut Query) -> Result<After, NsError> {
+        let mut f = Filters::parse(q.get("filters"))?;
+        for key in ["container", "volume", "network"] {
+            for v in f.take(key) {
+                match self.name.object(&v) {
+                    Ok(m) => f.add(key, m),
+                    Err(_) => f.add(key, v),
+                }
+            }
+        }
+        for v in f.take("image") {
+            match self.image(daemon, &v).await {
+                Ok(img) => f.add("image", img.daemon_name().to_owned()),
+                Err(_) => f.add("image", v),
+            }
+        }
+        if !f.0.is_empty() {
+            q.set("filters", &f.encode());
+        }
+        Ok(After::Events)
+    }
+
+    /// `POST /images/create`: a pull (through the registry proxy) or an import (`fromSrc=-`).
+    async fn image_create(&self, daemon: &Daemon, q: &mut Query, headers: &mut HeaderMap) -> Result<Prepared, NsError> {
+        if q.get("fromSrc").is_some_and(|s| !s.is_empty()) {
+            self.mangle_repo_tag(q)?;
+            return Ok(Prepared::Forward(After::Lines));
+        }
+        let from = q.get("fromImage").unwrap_or("").to_owned();
+        let r = Reference::parse(from.trim_end_matches(':')).map_err(|e| NsError::Malformed(format!("invalid reference format: {e}")))?;
+        let r = match q.get("tag").filter(|t| !t.is_empty()) {
+            Some(t) if t.contains(':') => Reference { digest: Some(t.to_owned()), ..r },
+            Some(t) => Reference { tag: Some(t.to_owned()), ..r },
+            None => r,
+        };
+        let repo = Reference { tag: None, digest: None, ..r.clone() }.familiar();
+        if self.is_shared(&repo) {
+            // Shared images are the administrator's: a namespace uses the local copy, never refreshes it.
+            let r = r.with_default_tag();
+            return match daemon.get(&format!("/images/{}/json", super::daemon::enc(&r.to_string()))).await? {
+                Some(_) => Ok(Prepared::Answer(
+                    hyper::StatusCode::OK,
+                    serde_json::json!({"status": format!("Status: Image is up to date for {}", r.familiar())}),
+                )),
+                None => Err(NsError::Refused(format!("image {} is shared by the administrator but not present", r.familiar()))),
+            };
+        }
+        let m = self.name.image(&self.settings.registry, &Reference { tag: None, digest: None, ..r.clone() })?;
+        q.set("fromImage", &m.name());
+        self.registry_auth(headers, &X_REGISTRY_AUTH)?;
+        Ok(Prepared::Forward(After::Lines))
+    }
+
+    /// `DELETE /images/{id}` by ID: each of the namespace's tags is removed; the daemon deletes the
+    /// image when its last tag goes.
+    async fn untag_all(&self, daemon: &Daemon, tags: &[String], q: &Query) -> Result<Prepared, NsError> {
+        let mut out = Vec::new();
+        for t in tags {
+            let path = format!("/images/{}?force={}&noprune={}", super::daemon::enc(t), q.bool("force"), q.bool("noprune"));
+            let (status, body) = daemon.call(Method::DELETE, &path, None).await?;
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            if !status.is_success() {
+                return Ok(Prepared::Answer(status, v));
+            }
+            out.extend(v.as_array().cloned().unwrap_or_default());
+        }
+        Ok(Prepared::Answer(hyper::StatusCode::OK, Value::Array(out)))
+    }
+
+    /// `POST /images/prune`: the daemon would prune every namespace's images, so it is done here.
+    /// Untagged images belong to no namespace; with `dangling=false`, the namespace's images that no
+    /// container uses are untagged.
+    async fn image_prune(&self, daemon: &Daemon, q: &Query) -> Result<Prepared, NsError> {
+        let f = Filters::parse(q.get("filters"))?;
+        let dangling_only = f.0.get("dangling").is_none_or(|v| v.iter().any(|d| crate::docker::query::go_bool(d)));
+        if dangling_only {
+            return Ok(Prepared::Answer(hyper::StatusCode::OK, serde_json::json!({"ImagesDeleted": null, "SpaceReclaimed": 0})));
+        }
+        let used: Vec<String> =
+            self.own_containers(daemon).await?.iter().filter_map(|c| c.get("ImageID").and_then(Value::as_str).map(str::to_owned)).collect();
+        let images = daemon.get("/images/json").await?.and_then(|v| v.as_array().cloned()).unwrap_or_default();
+        let mut deleted = Vec::new();
+        for img in &images {
+            let id = img.get("Id").and_then(Value::as_str).unwrap_or("");
+            if used.iter().any(|u| u == id) {
+                continue;
+            }
+            for t in self.own_tags(img) {
+                let (status, body) = daemon.call(Method::DELETE, &format!("/images/{}", super::daemon::enc(&t)), None).await?;
+                if status.is_success() {
+                    deleted.extend(serde_json::from_slice::<Value>(&body).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default());
+                }
+            }
+        }
+        let deleted = if deleted.is_empty() { Value::Null } else { Value::Array(deleted) };
+        Ok(Prepared::Answer(hyper::StatusCode::OK, serde_json::json!({"ImagesDeleted": deleted, "SpaceReclaimed": 0})))
+    }
+
+    /// `POST /containers/create`: every name in the body, and the ownership label.
+    async fn create_body(&self, daemon: &Daemon, body: &mut Value, name: &str) -> Result<(), NsError> {
+        let Value::Object(body) = body else { return Ok(()) };
+        self.set_label(body.entry("Labels").or_insert(Value::Null));
+        if let Some(img) = body.get("Image").and_then(Value::as_str).filter(|i| !i.is_empty()).map(str::to_owned) {
+            let daemon_name = match Reference::parse(&img) {
+                // An ID (or ID prefix) the namespace owns, else the (possibly missing) own name.
+                _ if img.starts_with("sha256:") || (img.len() == 64 && img.bytes().all(|b| b.is_ascii_hexdigit())) => {
+                    self.image(daemon, &img).await?.daemon_name().to_owned()
+                }
+                Ok(r) => match self.image(daemon, &img).await {
+                    Ok(found) => found.daemon_name().to_owned(),
+                    Err(_) => self.image_name(&r)?,
+                },
+                Err(e) => return Err(NsError::Malformed(format!("invalid reference format: {e}"))),
+            };
+            body.insert("Image".into(), Value::String(daemon_name));
+        }
+        let Some(Value::Object(host)) = body.get_mut("HostConfig") else { return self.endpoints(daemon, body, None, name).await };
+        if let Some(Value::Array(binds)) = host.get_mut("Binds") {
+            for b in binds.iter_mut() {
+                let Some(s) = b.as_str() else { continue };
+                let (src, rest) = s.split_once(':').unwrap_or((s, ""));
+                if !src.is_empty() && !src.starts_with('/') {
+                    let m = self.name.object(src)?;
+                    *b = Value::String(if rest.is_empty() { m } else { format!("{m}:{rest}") });
+                }
+            }
+        }
+        if let Some(Value::Array(mounts)) = host.get_mut("Mounts") {
+            for m in mounts.iter_mut() {
+                let Value::Object(m) = m else { continue };
+                if m.get("Type").and_then(Value::as_str) != Some("volume") {
+                    continue;
+                }
+                if let Some(src) = m.get("Source").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned) {
+                    m.insert("Source".into(), Value::String(self.name.object(&src)?));
+                    // A volume created by this mount is the namespace's too.
+                    let opts = m.entry("VolumeOptions").or_insert_with(|| Value::Object(Map::new()));
+                    if !opts.is_object() {
+                        *opts = Value::Object(Map::new());
+                    }
+                    if let Value::Object(o) = opts {
+                        self.set_label(o.entry("Labels").or_insert(Value::Null));
+                    }
+                }
+            }
+        }
+        if let Some(Value::Array(from)) = host.get_mut("VolumesFrom") {
+            for v in from.iter_mut() {
+                let Some(s) = v.as_str().map(str::to_owned) else { continue };
+                let (c, mode) = s.split_once(':').map_or((s.as_str(), None), |(c, m)| (c, Some(m)));
+                let id = self.container(daemon, c).await?;
+                *v = Value::String(mode.map_or(id.clone(), |m| format!("{id}:{m}")));
+            }
+        }
+        for key in ["PidMode", "IpcMode", "Cgroup"] {
+            if let Some(c) = host.get(key).and_then(Value::as_str).and_then(|m| m.strip_prefix("container:")).map(str::to_owned) {
+                let id = self.container(daemon, &c).await?;
+                host.insert(key.into(), Value::String(format!("container:{id}")));
+            }
+        }
+        self.mangle_links(host.get_mut("Links"))?;
+        let mode = host.get("NetworkMode").and_then(Value::as_str).unwrap_or("").to_owned();
+        let network = if let Some(c) = mode.strip_prefix("container:") {
+            let id = self.container(daemon, c).await?;
+            host.insert("NetworkMode".into(), Value::String(format!("container:{id}")));
+            None
+        } else if mode.is_empty() || is_predefined(&mode) {
+            None
+        } else {
+            let net = self.network(daemon, &mode).await?;
+            host.insert("NetworkMode".into(), Value::String(net.clone()));
+            Some((mode, net))
+        };
+        self.endpoints(daemon, body, network, name).await
+    }
+
+    /// `NetworkingConfig.EndpointsConfig`: network names as keys, links, and the container's own
+    /// name as an alias on the namespace's networks (its daemon-side name is the mangled one).
+    async fn endpoints(&self, daemon: &Daemon, body: &mut Map<String, Value>, mode: Option<(String, String)>, name: &str) -> Result<(), NsError> {
+        let mut eps = match body.get_mut("NetworkingConfig").and_then(|n| n.get_mut("EndpointsConfig")) {
+            Some(Value::Object(m)) => std::mem::take(m),
+            _ => Map::new(),
+        };
+        let mut out = Map::new();
+        for (net, mut ep) in std::mem::take(&mut eps) {
+            let resolved = match &mode {
+                Some((typed, resolved)) if *typed == net => resolved.clone(),
+                _ => self.network(daemon, &net).await?,
+            };
+            if let Value::Object(e) = &mut ep {
+                self.mangle_links(e.get_mut("Links"))?;
+            }
+            if !is_predefined(&resolved) {
+                add_alias(&mut ep, name);
+            }
+            out.insert(resolved, ep);
+        }
+        if let Some((_, resolved)) = mode {
+            if !out.contains_key(&resolved) {
+                let mut ep = Value::Object(Map::new());
+                add_alias(&mut ep, name);
+                out.insert(resolved, ep);
+            }
+        }
+        if !out.is_empty() {
+            let nc = body.entry("NetworkingConfig").or_insert_with(|| Value::Object(Map::new()));
+            if !nc.is_object() {
+                *nc = Value::Object(Map::new());
+            }
+            if let Value::Object(nc) = nc {
+                nc.insert("EndpointsConfig".into(), Value::Object(out));
+            }
+        }
+        Ok(())
+    }
+
+    /// `Links` entries `name[:alias]`: the target is the namespace's container; the alias defaults
+    /// to the name the client typed.
+    fn mangle_links(&self, links: Option<&mut Value>) -> Result<(), NsError> {
+        let Some(Value::Array(links)) = links else { return Ok(()) };
+        for l in links.iter_mut() {
+            let Some(s) = l.as_str() else { continue };
+            let (target, alias) = s.split_once(':').unwrap_or((s, s));
+            let target = target.trim_start_matches('/');
+            let alias = alias.rsplit('/').next().unwrap_or(alias);
+            *l = Value::String(format!("{}:{alias}", self.name.object(target)?));
+        }
+        Ok(())
+    }
+}
+
+fn is_predefined(net: &str) -> bool {
+    matches!(net, "bridge" | "host" | "none" | "default")
+}
+
+fn add_alias(ep: &mut Value, alias: &str) {
+    if !ep.is_object() {
+        *ep = Value::Object(Map::new());
+    }
+    let Value::Object(e) = ep else { return };
+    let aliases = e.entry("Aliases").or_insert_with(|| Value::Array(Vec::new()));
+    if !aliases.is_array() {
+        *aliases = Value::Array(Vec::new());
+    }
+    if let Value::Array(a) = aliases {
+        if !strings_in(a).any(|x| x == alias) {
+            a.push(Value::String(alias.to_owned()));
+        }
+    }
+}
+
+fn strings_in(a: &[Value]) -> impl Iterator<Item = &str> {
+    a.iter().filter_map(Value::as_str)
+}
+
+/// Drops labels in ctproxy's reserved key space (`io.ctproxy.`), which only ctproxy sets.
+fn strip_reserved_labels(labels: Option<&mut Value>) {
+    if let Some(Value::Object(m)) = labels {
+        m.retain(|k, _| !k.to_ascii_lowercase().starts_with("io.ctproxy."));
+    }
+}
+
+/// A name for a container created without one: the daemon's own names would not carry the
+/// namespace, and the client must be able to use the name it is shown.
+fn generated_name() -> String {
+    const LEFT: [&str; 12] = ["brave", "calm", "eager", "fervent", "gifted", "happy", "jolly", "keen", "lucid", "nifty", "quirky", "zen"];
+    const RIGHT: [&str; 12] =
+        ["babbage", "curie", "darwin", "euler", "fermat", "gauss", "hopper", "lovelace", "noether", "pascal", "turing", "wozniak"];
+    let mut b = [0u8; 6];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    let suffix: String = b[2..].iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}_{}_{suffix}", LEFT[b[0] as usize % LEFT.len()], RIGHT[b[1] as usize % RIGHT.len()])
+}
+
+fn random_hex64() -> String {
+    let mut b = [0u8; 32];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+const B64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+fn b64url(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64URL[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn decode_b64_json(s: &[u8]) -> Option<Value> {
+    let mut bits = 0u32;
+    let mut nbits = 0;
+    let mut out = Vec::new();
+    for &c in s {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            b'=' => break,
+            _ => return None,
+        };
+        bits = (bits << 6) | u32::from(v);
+        nbits += 6;
+        if nbits >= 8 {
+            nbits -= 8;
+            out.push((bits >> nbits) as u8);
+        }
+    }
+    serde_json::from_slice(&out).ok()
+}

@@ -1,0 +1,202 @@
+//! From what a client typed (a name, a full ID, an ID prefix) to an object its namespace owns.
+//!
+//! The daemon would resolve a reference against every namespace's objects, so it is never asked
+//! with the client's string. Names are mangled first (a client can only ever name its own
+//! objects); IDs and ID prefixes are matched against the namespace's own list. Whatever is not
+//! found, or not owned, gets exactly the daemon's not-found answer with the client's own string in
+//! it, so nothing about another namespace (not even its existence) leaks.
+
+use serde_json::Value;
+
+use super::daemon::enc;
+use super::filters::Filters;
+use super::{Daemon, Namespace, NsError, NS_LABEL};
+use crate::docker::reference::Reference;
+
+/// An image as the daemon should be asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageRef {
+    /// The namespace's own tag (mangled reference string).
+    Owned(String),
+    /// An image shared by the administrator, under its real name or ID.
+    Shared(String),
+    /// An image ID (`sha256:…`) that carries one of the namespace's tags.
+    Id { id: String, tags: Vec<String> },
+}
+
+impl ImageRef {
+    pub fn daemon_name(&self) -> &str {
+        match self {
+            ImageRef::Owned(s) | ImageRef::Shared(s) => s,
+            ImageRef::Id { id, .. } => id,
+        }
+    }
+}
+
+fn is_hex_prefix(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn owned_by(labels: Option<&Value>, ns: &Namespace) -> bool {
+    labels.and_then(|l| l.get(NS_LABEL)).and_then(Value::as_str) == Some(ns.name.as_str())
+}
+
+impl Namespace {
+    fn own_filter(&self) -> String {
+        let mut f = Filters::default();
+        f.add("label", self.label_filter());
+        enc(&f.encode())
+    }
+
+    /// The namespace's containers (all states), as the daemon lists them.
+    pub async fn own_containers(&self, daemon: &Daemon) -> Result<Vec<Value>, NsError> {
+        let list = daemon.get(&format!("/containers/json?all=1&filters={}", self.own_filter())).await?;
+        Ok(list.and_then(|v| v.as_array().cloned()).unwrap_or_default())
+    }
+
+    /// A container reference → the container's full ID.
+    pub async fn container(&self, daemon: &Daemon, typed: &str) -> Result<String, NsError> {
+        if let Ok(name) = self.name.object(typed) {
+            if let Some(c) = daemon.get(&format!("/containers/{}/json", enc(&name))).await? {
+                if owned_by(c.pointer("/Config/Labels"), self) {
+                    return id_of(&c).ok_or_else(|| NsError::no_container(typed));
+                }
+            }
+        }
+        if is_hex_prefix(typed) {
+            let ids: Vec<String> = self
+                .own_containers(daemon)
+                .await?
+                .iter()
+                .filter_map(|c| c.get("Id").and_then(Value::as_str))
+                .filter(|id| id.starts_with(typed))
+                .map(str::to_owned)
+                .collect();
+            return unique(ids, typed, NsError::no_container);
+        }
+        Err(NsError::no_container(typed))
+    }
+
+    /// A network reference → the name to give the daemon: a mangled name, or a predefined network
+    /// (`bridge`, `host`, `none`) that every namespace may use.
+    pub async fn network(&self, daemon: &Daemon, typed: &str) -> Result<String, NsError> {
+        if matches!(typed, "bridge" | "host" | "none" | "default") {
+            return Ok(typed.to_owned());
+        }
+        if let Ok(name) = self.name.object(typed) {
+            if let Some(n) = daemon.get(&format!("/networks/{}", enc(&name))).await? {
+                if owned_by(n.get("Labels"), self) {
+                    return Ok(name);
+                }
+            }
+        }
+        if is_hex_prefix(typed) {
+            let f = self.own_filter();
+            let list = daemon.get(&format!("/networks?filters={f}")).await?.and_then(|v| v.as_array().cloned()).unwrap_or_default();
+            let names: Vec<String> = list
+                .iter()
+                .filter(|n| n.get("Id").and_then(Value::as_str).is_some_and(|id| id.starts_with(typed)))
+                .filter_map(|n| n.get("Name").and_then(Value::as_str).map(str::to_owned))
+                .collect();
+            return unique(names, typed, NsError::no_network);
+        }
+        Err(NsError::no_network(typed))
+    }
+
+    /// A volume name → the mangled name (volumes have no IDs). Ownership is checked on the daemon.
+    pub async fn volume(&self, daemon: &Daemon, typed: &str) -> Result<String, NsError> {
+        let name = self.name.object(typed).map_err(|_| NsError::no_volume(typed))?;
+        match daemon.get(&format!("/volumes/{}", enc(&name))).await? {
+            Some(v) if owned_by(v.get("Labels"), self) => Ok(name),
+            _ => Err(NsError::no_volume(typed)),
+        }
+    }
+
+    /// An exec instance: allowed only if it runs in one of the namespace's containers.
+    pub async fn exec(&self, daemon: &Daemon, typed: &str) -> Result<(), NsError> {
+        let Some(e) = daemon.get(&format!("/exec/{}/json", enc(typed))).await? else { return Err(NsError::no_exec(typed)) };
+        let Some(cid) = e.get("ContainerID").and_then(Value::as_str) else { return Err(NsError::no_exec(typed)) };
+        match daemon.get(&format!("/containers/{}/json", enc(cid))).await? {
+            Some(c) if owned_by(c.pointer("/Config/Labels"), self) => Ok(()),
+            _ => Err(NsError::no_exec(typed)),
+        }
+    }
+
+    /// The reference a client names an image by → the daemon-side reference (for images that may
+    /// not exist yet: create, pull, tag targets). Shared images keep their real names.
+    pub fn image_name(&self, r: &Reference) -> Result<String, NsError> {
+        let repo = Reference { tag: None, digest: None, ..r.clone() }.familiar();
+        if self.is_shared(&repo) {
+            return Ok(r.to_string());
+        }
+        Ok(self.name.image(&self.settings.registry, r)?.to_string())
+    }
+
+    /// An existing image the client names (reference, ID, ID prefix) → how to ask the daemon.
+    pub async fn image(&self, daemon: &Daemon, typed: &str) -> Result<ImageRef, NsError> {
+        if let Ok(r) = Reference::parse(typed) {
+            let r = r.with_default_tag();
+            let repo = Reference { tag: None, digest: None, ..r.clone() }.familiar();
+            if self.is_shared(&repo) {
+                if daemon.get(&format!("/images/{}/json", enc(&r.to_string()))).await?.is_some() {
+                    return Ok(ImageRef::Shared(r.to_string()));
+                }
+            } else {
+                let m = self.name.image(&self.settings.registry, &r).map_err(|_| NsError::no_image(typed))?.to_string();
+                if daemon.get(&format!("/images/{}/json", enc(&m))).await?.is_some() {
+                    return Ok(ImageRef::Owned(m));
+                }
+            }
+        }
+        let hex = typed.strip_prefix("sha256:").unwrap_or(typed);
+        if is_hex_prefix(hex) {
+            let images = daemon.get("/images/json").await?.and_then(|v| v.as_array().cloned()).unwrap_or_default();
+            let mut found: Vec<ImageRef> = Vec::new();
+            for img in &images {
+                let Some(id) = img.get("Id").and_then(Value::as_str) else { continue };
+                if !id.strip_prefix("sha256:").unwrap_or(id).starts_with(hex) {
+                    continue;
+                }
+                let tags = self.own_tags(img);
+                if !tags.is_empty() {
+                    found.push(ImageRef::Id { id: id.to_owned(), tags });
+                } else if self.shared_tags(img).next().is_some() {
+                    found.push(ImageRef::Shared(id.to_owned()));
+                }
+            }
+            if found.len() == 1 {
+                return Ok(found.remove(0));
+            }
+        }
+        Err(NsError::no_image(typed))
+    }
+
+    /// The namespace's tags of an image summary or inspect answer (daemon-side strings).
+    pub fn own_tags(&self, img: &Value) -> Vec<String> {
+        let reg = &self.settings.registry;
+        strings(img.get("RepoTags")).filter(|t| self.name.unimage_str(reg, t).is_some()).map(str::to_owned).collect()
+    }
+
+    /// The tags of an image that the administrator shares.
+    pub fn shared_tags<'v>(&'v self, img: &'v Value) -> impl Iterator<Item = &'v str> + 'v {
+        strings(img.get("RepoTags")).filter(|t| {
+            Reference::parse(t).is_ok_and(|r| self.is_shared(&Reference { tag: None, digest: None, ..r }.familiar()))
+        })
+    }
+}
+
+pub fn strings(v: Option<&Value>) -> impl Iterator<Item = &str> {
+    v.and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str)
+}
+
+fn id_of(v: &Value) -> Option<String> {
+    v.get("Id").and_then(Value::as_str).map(str::to_owned)
+}
+
+fn unique(mut found: Vec<String>, typed: &str, not_found: fn(&str) -> NsError) -> Result<String, NsError> {
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(not_found(typed)),
+        _ => Err(NsError::Malformed(format!("multiple IDs found with provided prefix: {typed}"))),
+    }
+}

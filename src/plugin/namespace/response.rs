@@ -1,0 +1,368 @@
+//! What a namespace does to the daemon's answer: filter lists to its own objects, de-mangle every
+//! name, drop other namespaces' events.
+//!
+//! Small JSON answers (lists, inspect, errors) are read whole, up to a limit, and re-encoded.
+//! Streams of JSON lines (events, stats, pull/push/build progress) are rewritten line by line as
+//! they flow; a line with nothing to rewrite is passed on as the same bytes.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Limited};
+use hyper::header::{self, HeaderValue};
+use hyper::{Response, StatusCode};
+use serde_json::Value;
+
+use super::filters::NameMatch;
+use super::resolve::strings;
+use super::text::Demangler;
+use super::{Daemon, Namespace, NsError, MARKER, NS_LABEL};
+use crate::docker::reference::Reference;
+use crate::http::{BoxError, ProxyBody};
+
+/// Which list endpoint an answer comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListKind {
+    Containers,
+    Images,
+    Networks,
+    Volumes,
+}
+
+/// What to do with the daemon's answer.
+pub enum After {
+    /// Streams and hijacks: passed on untouched (errors are still de-mangled).
+    Pass,
+    /// A JSON answer: de-mangled.
+    Json,
+    /// JSON lines (stats, progress): de-mangled line by line.
+    Lines,
+    /// Build output: JSON lines, de-mangled.
+    Build,
+    /// The event stream: other namespaces' events dropped, the rest de-mangled.
+    Events,
+    Info,
+    SystemDf,
+    NetworkInspect,
+    List { kind: ListKind, names: NameMatch, limit: Option<usize>, refs: Vec<String> },
+}
+
+/// The longest JSON line a stream rewriter holds; longer ones are passed on as they are.
+const MAX_LINE: usize = 1 << 20;
+
+impl Namespace {
+    /// Applies `after` to the daemon's answer.
+    pub async fn finish(&self, daemon: &Daemon, after: After, rsp: Response<ProxyBody>) -> Response<ProxyBody> {
+        let status = rsp.status();
+        if status == StatusCode::SWITCHING_PROTOCOLS || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            return rsp;
+        }
+        if !status.is_success() {
+            return self.rewrite_whole(rsp, |_, v| Ok(v)).await;
+        }
+        match after {
+            After::Pass => rsp,
+            After::Json => self.rewrite_whole(rsp, |_, v| Ok(v)).await,
+            After::Lines | After::Build => self.rewrite_lines(rsp, false),
+            After::Events => self.rewrite_lines(rsp, true),
+            After::Info => {
+                let counts = self.counts(daemon).await;
+                self.rewrite_whole(rsp, move |_, mut v| {
+                    if let (Ok((all, running, paused, stopped, images)), Value::Object(m)) = (&counts, &mut v) {
+                        m.insert("Containers".into(), (*all).into());
+                        m.insert("ContainersRunning".into(), (*running).into());
+                        m.insert("ContainersPaused".into(), (*paused).into());
+                        m.insert("ContainersStopped".into(), (*stopped).into());
+                        m.insert("Images".into(), (*images).into());
+                    }
+                    Ok(v)
+                })
+                .await
+            }
+            After::SystemDf => {
+                self.rewrite_whole(rsp, |ns, mut v| {
+                    if let Value::Object(m) = &mut v {
+                        if let Some(Value::Array(images)) = m.get_mut("Images") {
+                            images.retain_mut(|img| ns.keep_image(img, &[]));
+                        }
+                        for key in ["Containers", "Volumes"] {
+                            if let Some(Value::Array(items)) = m.get_mut(key) {
+                                items.retain(|c| ns.owns_labels(c.get("Labels")));
+                            }
+                        }
+                        m.insert("BuildCache".into(), Value::Array(Vec::new()));
+                    }
+                    Ok(v)
+                })
+                .await
+            }
+            After::NetworkInspect => {
+                let own: Vec<String> = match self.own_containers(daemon).await {
+                    Ok(list) => list.iter().filter_map(|c| c.get("Id").and_then(Value::as_str).map(str::to_owned)).collect(),
+                    Err(_) => Vec::new(),
+                };
+                self.rewrite_whole(rsp, move |_, mut v| {
+                    if let Some(Value::Object(cs)) = v.get_mut("Containers") {
+                        cs.retain(|id, _| own.iter().any(|o| o == id));
+                    }
+                    Ok(v)
+                })
+                .await
+            }
+            After::List { kind, names, limit, refs } => self.rewrite_whole(rsp, move |ns, v| ns.filter_list(kind, &names, limit, &refs, v)).await,
+        }
+    }
+
+    fn owns_labels(&self, labels: Option<&Value>) -> bool {
+        labels.and_then(|l| l.get(NS_LABEL)).and_then(Value::as_str) == Some(self.name.as_str())
+    }
+
+    /// Keeps an image summary if the namespace may see it, with only the tags it may see.
+    fn keep_image(&self, img: &mut Value, refs: &[String]) -> bool {
+        let reg = self.settings.registry.clone();
+        let visible = |t: &str| -> bool {
+            self.name.unimage_str(&reg, t).is_some()
+                || Reference::parse(t).is_ok_and(|r| self.is_shared(&Reference { tag: None, digest: None, ..r }.familiar()))
+        };
+        let tags: Vec<Value> = strings(img.get("RepoTags")).filter(|t| visible(t)).map(|t| Value::String(t.to_owned())).collect();
+        if tags.is_empty() {
+            return false;
+        }
+        let digests: Vec<Value> = strings(img.get("RepoDigests")).filter(|t| visible(t)).map(|t| Value::String(t.to_owned())).collect();
+        if !refs.is_empty() {
+            let d = Demangler::new(&self.name, &reg);
+            let matches = tags.iter().filter_map(Value::as_str).any(|t| {
+                let t = d.text(t);
+                let repo = t.rsplit_once(':').map_or(t.as_ref(), |(r, _)| r);
+                refs.iter().any(|p| super::glob(p, &t) || super::glob(p, repo))
+            });
+            if !matches {
+                return false;
+            }
+        }
+        if let Value::Object(m) = img {
+            m.insert("RepoTags".into(), Value::Array(tags));
+            m.insert("RepoDigests".into(), Value::Array(digests));
+        }
+        true
+    }
+
+    fn filter_list(&self, kind: ListKind, names: &NameMatch, limit: Option<usize>, refs: &[String], mut v: Value) -> Result<Value, NsError> {
+        let d = Demangler::new(&self.name, &self.settings.registry);
+        let items = match (&kind, &mut v) {
+            (ListKind::Volumes, Value::Object(m)) => match m.get_mut("Volumes") {
+                Some(Value::Array(a)) => a,
+                _ => return Ok(v),
+            },
+            (_, Value::Array(a)) => a,
+            _ => return Ok(v),
+        };
+        match kind {
+            ListKind::Containers => {
+                items.retain(|c| {
+                    self.owns_labels(c.get("Labels"))
+                        && (names.is_empty()
+                            || strings(c.get("Names")).any(|n| {
+                                let n = d.text(n);
+                                names.matches(&n) || names.matches(n.trim_start_matches('/'))
+                            }))
+                });
+                if let Some(l) = limit {
+                    items.truncate(l);
+                }
+            }
+            ListKind::Images => items.retain_mut(|img| self.keep_image(img, refs)),
+            ListKind::Networks => {
+                items.retain_mut(|n| {
+                    let name = n.get("Name").and_then(Value::as_str).unwrap_or("").to_owned();
+                    let own = self.owns_labels(n.get("Labels"));
+                    let predefined = matches!(name.as_str(), "bridge" | "host" | "none");
+                    if predefined {
+                        if let Some(Value::Object(cs)) = n.get_mut("Containers") {
+                            cs.clear();
+                        }
+                    }
+                    (own || predefined) && names.matches(&d.text(&name))
+                });
+            }
+            ListKind::Volumes => {
+                items.retain(|vol| {
+                    self.owns_labels(vol.get("Labels")) && names.matches(&d.text(vol.get("Name").and_then(Value::as_str).unwrap_or("")))
+                });
+            }
+        }
+        Ok(v)
+    }
+
+    /// The namespace's own counts for `GET /info`.
+    async fn counts(&self, daemon: &Daemon) -> Result<(usize, usize, usize, usize, usize), NsError> {
+        let cs = self.own_containers(daemon).await?;
+        let state = |s: &str| cs.iter().filter(|c| c.get("State").and_then(Value::as_str) == Some(s)).count();
+        let (running, paused) = (state("running"), state("paused"));
+        let mut images = daemon.get("/images/json").await?.and_then(|v| v.as_array().cloned()).unwrap_or_default();
+        images.retain_mut(|img| self.keep_image(img, &[]));
+        Ok((cs.len(), running, paused, cs.len() - running - paused, images.len()))
+    }
+
+    /// Reads a JSON answer whole (up to the limit), applies `f`, de-mangles and re-encodes it.
+    async fn rewrite_whole<F>(&self, rsp: Response<ProxyBody>, f: F) -> Response<ProxyBody>
+    where
+        F: FnOnce(&Namespace, Value) -> Result<Value, NsError>,
+    {
+        let (mut parts, body) = rsp.into_parts();
+        let bytes = match Limited::new(body, self.settings.max_response).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                tracing::warn!(error = %e, "answer not rewritten: unreadable or too large");
+                return crate::http::respond::error(StatusCode::BAD_GATEWAY, "ctproxy: the daemon's answer could not be read");
+            }
+        };
+        let d = Demangler::new(&self.name, &self.settings.registry);
+        let out = match serde_json::from_slice::<Value>(&bytes) {
+            Ok(v) => match f(self, v) {
+                Ok(mut v) => {
+                    d.value(&mut v);
+                    let mut b = serde_json::to_vec(&v).unwrap_or_default();
+                    if bytes.ends_with(b"\n") {
+                        b.push(b'\n');
+                    }
+                    Bytes::from(b)
+                }
+                Err(e) => return crate::http::respond::error(e.status(), &e.to_string()),
+            },
+            // Not JSON (a plain-text error, an empty body): the text is de-mangled.
+            Err(_) => match std::str::from_utf8(&bytes) {
+                Ok(s) => Bytes::from(d.text(s).into_owned()),
+                Err(_) => bytes,
+            },
+        };
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+        Response::from_parts(parts, ProxyBody::full(out))
+    }
+
+    fn rewrite_lines(&self, rsp: Response<ProxyBody>, events: bool) -> Response<ProxyBody> {
+        let (mut parts, body) = rsp.into_parts();
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let ns = self.clone();
+        let image_prefix = format!("{}/{}/", self.settings.registry, self.name);
+        let map = move |line: &[u8]| -> Option<Bytes> {
+            let trimmed = trim_ascii(line);
+            if trimmed.is_empty() {
+                return (!events).then(|| Bytes::copy_from_slice(line));
+            }
+            let plain = !contains(line, MARKER.as_bytes()) && !contains(line, image_prefix.as_bytes());
+            if plain && !events {
+                return Some(Bytes::copy_from_slice(line));
+            }
+            let Ok(mut v) = serde_json::from_slice::<Value>(trimmed) else {
+                return (!events).then(|| Bytes::copy_from_slice(line));
+            };
+            if events && !ns.sees_event(&v) {
+                return None;
+            }
+            Demangler::new(&ns.name, &ns.settings.registry).value(&mut v);
+            let mut out = serde_json::to_vec(&v).ok()?;
+            // Keep the line's own terminator (`\n`, `\r\n`).
+            let end = line.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(line.len(), |i| i + 1);
+            out.extend_from_slice(&line[end..]);
+            Some(Bytes::from(out))
+        };
+        Response::from_parts(parts, ProxyBody::boxed(LineBody::new(body, Box::new(map))))
+    }
+
+    /// Whether an event concerns one of the namespace's objects (`docker-api.md` §9).
+    fn sees_event(&self, e: &Value) -> bool {
+        let attrs = e.pointer("/Actor/Attributes");
+        let attr = |k: &str| attrs.and_then(|a| a.get(k)).and_then(Value::as_str);
+        let id = e.pointer("/Actor/ID").and_then(Value::as_str).unwrap_or("");
+        let reg = &self.settings.registry;
+        match e.get("Type").and_then(Value::as_str).unwrap_or("") {
+            "container" => attr(NS_LABEL) == Some(self.name.as_str()),
+            "network" => attr("name").is_some_and(|n| self.name.unobject(n).is_some()),
+            "volume" => self.name.unobject(id).is_some(),
+            "image" => attr("name").or(Some(id)).is_some_and(|n| self.name.unimage_str(reg, n).is_some()),
+            _ => false,
+        }
+    }
+}
+
+fn trim_ascii(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |i| i + 1);
+    &b[start..end]
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+type LineMap = Box<dyn FnMut(&[u8]) -> Option<Bytes> + Send>;
+
+/// A body rewritten one `\n`-terminated line at a time.
+struct LineBody {
+    inner: ProxyBody,
+    partial: BytesMut,
+    map: LineMap,
+    done: bool,
+}
+
+impl LineBody {
+    fn new(inner: ProxyBody, map: LineMap) -> LineBody {
+        LineBody { inner, partial: BytesMut::new(), map, done: false }
+    }
+
+    /// Rewrites every complete line held; `all` also flushes an unterminated last line.
+    fn drain(&mut self, all: bool) -> Bytes {
+        let mut out = BytesMut::new();
+        while let Some(nl) = self.partial.iter().position(|&c| c == b'\n') {
+            let line = self.partial.split_to(nl + 1);
+            if let Some(b) = (self.map)(&line) {
+                out.extend_from_slice(&b);
+            }
+        }
+        if self.partial.len() > MAX_LINE || (all && !self.partial.is_empty()) {
+            let line = self.partial.split();
+            if let Some(b) = (self.map)(&line) {
+                out.extend_from_slice(&b);
+            }
+        }
+        out.freeze()
+    }
+}
+
+impl Body for LineBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    this.partial.extend_from_slice(&data);
+                    let out = this.drain(false);
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    let out = this.drain(true);
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+}
