@@ -3,6 +3,7 @@
 //! No policy lives here, only facts about the API as dockerd implements it (route shapes, version
 //! prefixes, which endpoints hijack their connection). Higher layers decide what to do with them.
 
+pub mod buildctx;
 pub mod endpoint;
 pub mod json;
 pub mod query;
