@@ -23,6 +23,7 @@ use crate::http::Forwarder;
 use crate::plugin::auth::{Authenticator, HttpAuth, TlsCertAuth, UnixPeerAuth};
 use crate::plugin::policy::{Conservative, Inject, Policy, PolicyChain};
 use crate::proxy::{DockerProxy, ListenerHandler, Pipeline};
+use crate::registry::{RegistryError, RegistryProxy, TokenStore};
 use crate::transport::listener::{resolve_group, resolve_user};
 use crate::transport::{self, Connector, Listener, TransportError, UnixSocketOptions};
 
@@ -41,6 +42,8 @@ pub enum AppError {
     Signal(std::io::Error),
     #[error("{0}")]
     Plugin(String),
+    #[error("registry proxy: {0}")]
+    Registry(#[from] RegistryError),
 }
 
 /// Where the configuration comes from, kept for reloads.
@@ -74,6 +77,11 @@ pub struct Server {
     connections: TaskTracker,
     /// Cancelled on stop: connections finish their current request and close.
     draining: CancellationToken,
+    /// Registry-proxy tokens; exists (empty) even without a registry proxy, so the Docker side can
+    /// be wired the same way either way.
+    tokens: TokenStore,
+    /// The registry proxy, when `[registry_proxy]` is configured.
+    registry: Option<RegistryProxy>,
 }
 
 fn build_forwarder(config: &Config) -> Result<Arc<Forwarder>, AppError> {
@@ -154,6 +162,11 @@ impl Server {
     pub async fn start(source: ConfigSource) -> Result<Server, AppError> {
         let config = source.load()?;
         let proxy = Arc::new(DockerProxy::new(build_forwarder(&config)?));
+        let tokens = TokenStore::new();
+        let registry = match &config.registry_proxy {
+            Some(rp) => Some(RegistryProxy::start(rp, tokens.clone()).await?),
+            None => None,
+        };
         let mut server = Server {
             source,
             config: config.clone(),
@@ -161,6 +174,8 @@ impl Server {
             listeners: BTreeMap::new(),
             connections: TaskTracker::new(),
             draining: CancellationToken::new(),
+            tokens,
+            registry,
         };
         let mut pipelines = build_pipelines(&config)?;
         for (name, l) in &config.listener {
@@ -169,6 +184,18 @@ impl Server {
         }
         tracing::info!(upstream = %config.upstream.url, "ctproxy started");
         Ok(server)
+    }
+
+    /// The token store of the registry proxy: tokens issued from it (or a clone) are what dockerd
+    /// presents to the registry proxy.
+    pub fn tokens(&self) -> TokenStore {
+        self.tokens.clone()
+    }
+
+    /// The registry proxy's address (`127.0.0.1:5001`), the registry part of namespace image names;
+    /// `None` without a `[registry_proxy]` section.
+    pub fn registry_address(&self) -> Option<std::net::SocketAddr> {
+        self.registry.as_ref().map(RegistryProxy::local_addr)
     }
 
     async fn start_listener(&mut self, name: &str, config: &ListenerConfig, pipeline: Pipeline) -> Result<(), AppError> {
@@ -273,6 +300,12 @@ impl Server {
                 }
             }
         }
+        let mut new = new;
+        if new.registry_proxy != self.config.registry_proxy {
+            tracing::warn!("[registry_proxy] changed: the change takes effect at the next restart");
+            // The running configuration keeps saying what actually runs.
+            new.registry_proxy = self.config.registry_proxy.clone();
+        }
         self.config = new;
         tracing::info!("configuration reloaded");
     }
@@ -289,10 +322,17 @@ impl Server {
         self.draining.cancel();
         self.connections.close();
         let grace = self.config.grace();
+        // The registry proxy drains alongside the Docker connections, within the same grace time.
+        let registry = tokio::spawn(async move {
+            if let Some(registry) = self.registry {
+                registry.stop(grace).await;
+            }
+        });
         tracing::info!(connections = self.connections.len(), grace_ms = grace.as_millis() as u64, "stopping");
         if tokio::time::timeout(grace, self.connections.wait()).await.is_err() {
             tracing::warn!(connections = self.connections.len(), "grace time over; cutting the remaining connections");
         }
+        let _ = registry.await;
         tracing::info!("stopped");
     }
 }
