@@ -24,6 +24,7 @@ use crate::plugin::auth::{Authenticator, HttpAuth, TlsCertAuth, UnixPeerAuth};
 use crate::plugin::namespace::{self, Namespace, NsName, RegistryTokens};
 use crate::plugin::policy::{Conservative, Inject, Policy, PolicyChain};
 use crate::proxy::{DockerProxy, ListenerHandler, Pipeline};
+use crate::registry::{RegistryError, RegistryProxy, TokenStore};
 use crate::transport::listener::{resolve_group, resolve_user};
 use crate::transport::{self, Connector, Listener, TransportError, UnixSocketOptions};
 
@@ -42,6 +43,8 @@ pub enum AppError {
     Signal(std::io::Error),
     #[error("{0}")]
     Plugin(String),
+    #[error("registry proxy: {0}")]
+    Registry(#[from] RegistryError),
 }
 
 /// Where the configuration comes from, kept for reloads.
@@ -75,8 +78,11 @@ pub struct Server {
     connections: TaskTracker,
     /// Cancelled on stop: connections finish their current request and close.
     draining: CancellationToken,
-    /// The registry proxy's token issuer, handed to namespaces.
-    tokens: Option<Arc<dyn RegistryTokens>>,
+    /// Registry-proxy tokens; exists (empty) even without a registry proxy, so the Docker side can
+    /// be wired the same way either way.
+    tokens: TokenStore,
+    /// The registry proxy, when `[registry_proxy]` is configured.
+    registry: Option<RegistryProxy>,
 }
 
 fn build_forwarder(config: &Config) -> Result<Arc<Forwarder>, AppError> {
@@ -137,7 +143,7 @@ fn build_pipelines(config: &Config, tokens: &Option<Arc<dyn RegistryTokens>>) ->
     let per_identity: std::collections::HashMap<Arc<str>, PolicyChain> =
         config.identity.iter().filter_map(|(id, c)| c.policies.as_ref().map(|p| (Arc::from(id.as_str()), chain(p)))).collect();
     let ns_settings = Arc::new(namespace::Settings {
-        registry: config.namespaces.registry.clone(),
+        registry: config.registry_proxy.as_ref().map_or_else(|| "127.0.0.1:5001".to_owned(), |r| r.address.to_string()),
         shared_images: config.namespaces.shared_images.clone(),
         tokens: tokens.clone(),
         max_response: config.namespaces.max_response_bytes,
@@ -172,10 +178,20 @@ fn build_pipelines(config: &Config, tokens: &Option<Arc<dyn RegistryTokens>>) ->
 }
 
 impl Server {
+    /// The token issuer namespaces hand to dockerd, when a registry proxy runs to honour them.
+    fn registry_tokens(&self) -> Option<Arc<dyn RegistryTokens>> {
+        self.registry.as_ref().map(|_| Arc::new(self.tokens.clone()) as Arc<dyn RegistryTokens>)
+    }
+
     /// Loads the configuration and binds every listener; nothing is served until [`Server::run`].
     pub async fn start(source: ConfigSource) -> Result<Server, AppError> {
         let config = source.load()?;
         let proxy = Arc::new(DockerProxy::new(build_forwarder(&config)?));
+        let tokens = TokenStore::new();
+        let registry = match &config.registry_proxy {
+            Some(rp) => Some(RegistryProxy::start(rp, tokens.clone()).await?),
+            None => None,
+        };
         let mut server = Server {
             source,
             config: config.clone(),
@@ -183,15 +199,28 @@ impl Server {
             listeners: BTreeMap::new(),
             connections: TaskTracker::new(),
             draining: CancellationToken::new(),
-            tokens: None,
+            tokens,
+            registry,
         };
-        let mut pipelines = build_pipelines(&config, &server.tokens)?;
+        let mut pipelines = build_pipelines(&config, &server.registry_tokens())?;
         for (name, l) in &config.listener {
             let pipeline = pipelines.remove(name).unwrap_or_default();
             server.start_listener(name, l, pipeline).await?;
         }
         tracing::info!(upstream = %config.upstream.url, "ctproxy started");
         Ok(server)
+    }
+
+    /// The token store of the registry proxy: tokens issued from it (or a clone) are what dockerd
+    /// presents to the registry proxy.
+    pub fn tokens(&self) -> TokenStore {
+        self.tokens.clone()
+    }
+
+    /// The registry proxy's address (`127.0.0.1:5001`), the registry part of namespace image names;
+    /// `None` without a `[registry_proxy]` section.
+    pub fn registry_address(&self) -> Option<std::net::SocketAddr> {
+        self.registry.as_ref().map(RegistryProxy::local_addr)
     }
 
     async fn start_listener(&mut self, name: &str, config: &ListenerConfig, pipeline: Pipeline) -> Result<(), AppError> {
@@ -239,7 +268,7 @@ impl Server {
                 return;
             }
         };
-        let mut pipelines = match build_pipelines(&new, &self.tokens) {
+        let mut pipelines = match build_pipelines(&new, &self.registry_tokens()) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
@@ -296,6 +325,12 @@ impl Server {
                 }
             }
         }
+        let mut new = new;
+        if new.registry_proxy != self.config.registry_proxy {
+            tracing::warn!("[registry_proxy] changed: the change takes effect at the next restart");
+            // The running configuration keeps saying what actually runs.
+            new.registry_proxy = self.config.registry_proxy.clone();
+        }
         self.config = new;
         tracing::info!("configuration reloaded");
     }
@@ -312,10 +347,17 @@ impl Server {
         self.draining.cancel();
         self.connections.close();
         let grace = self.config.grace();
+        // The registry proxy drains alongside the Docker connections, within the same grace time.
+        let registry = tokio::spawn(async move {
+            if let Some(registry) = self.registry {
+                registry.stop(grace).await;
+            }
+        });
         tracing::info!(connections = self.connections.len(), grace_ms = grace.as_millis() as u64, "stopping");
         if tokio::time::timeout(grace, self.connections.wait()).await.is_err() {
             tracing::warn!(connections = self.connections.len(), "grace time over; cutting the remaining connections");
         }
+        let _ = registry.await;
         tracing::info!("stopped");
     }
 }

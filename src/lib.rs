@@ -5,6 +5,7 @@
 //! - [`http`]: serving connections, the pooled client to dockerd, hijacked streams, error responses;
 //! - [`docker`]: facts about the Engine API (routes, versions, hijacking endpoints);
 //! - [`proxy`]: the Docker proxy handler that puts the layers together;
+//! - [`registry`]: the registry proxy dockerd pushes and pulls namespace images through;
 //! - [`app`]: the running server (configuration, signals, reload, graceful stop).
 //!
 //! [`config`] and [`telemetry`] are used by every layer.
@@ -15,5 +16,6 @@ pub mod docker;
 pub mod http;
 pub mod plugin;
 pub mod proxy;
+pub mod registry;
 pub mod telemetry;
 pub mod transport;

@@ -5,6 +5,7 @@
 //! involve several keys live in [`Config::validate`] and name the key they are about.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -52,6 +53,52 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub namespaces: NamespacesConfig,
+    /// The registry proxy that namespace images are pushed and pulled through; off when absent.
+    pub registry_proxy: Option<RegistryProxyConfig>,
+}
+
+/// `[registry_proxy]`: the Registry API v2 server dockerd pushes and pulls namespace images through.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryProxyConfig {
+    /// Where it listens. A loopback address, because dockerd speaks plain HTTP only to registries it
+    /// considers insecure, and `127.0.0.0/8` is insecure by default.
+    #[serde(default = "default_registry_address")]
+    pub address: SocketAddr,
+    /// Registries (`host` or `host:port`) reached over plain `http://`; they may also be on
+    /// private or loopback addresses.
+    #[serde(default)]
+    pub insecure: Vec<String>,
+    /// Registries (`host` or `host:port`) reached over HTTPS although they are on private, loopback
+    /// or link-local addresses. Anything else on such an address is refused (SSRF).
+    #[serde(default)]
+    pub allow_private: Vec<String>,
+    /// PEM files of extra CA certificates trusted for upstream registries, on top of the system's.
+    #[serde(default)]
+    pub ca: Vec<PathBuf>,
+}
+
+fn default_registry_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5001))
+}
+
+/// Is `s` a registry domain as distribution/reference writes one: a host name or IPv4 address
+/// (lower case), optionally with `:port`? IPv6 literals are refused: namespace image names cannot
+/// spell them.
+pub fn valid_registry_domain(s: &str) -> bool {
+    let (host, port) = match s.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (s, None),
+    };
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok());
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    port_ok && !host.is_empty() && host.len() <= 253 && host.split('.').all(label_ok)
 }
 
 /// What every namespace shares.
@@ -62,9 +109,6 @@ pub struct NamespacesConfig {
     /// use read-only under their real names.
     #[serde(default)]
     pub shared_images: Vec<String>,
-    /// The registry proxy's address: the domain of every namespace image (`127.0.0.1:5001`).
-    #[serde(default = "default_registry")]
-    pub registry: String,
     /// Answers larger than this are not rewritten (lists of a very busy daemon).
     #[serde(default = "default_max_response")]
     pub max_response_bytes: usize,
@@ -72,12 +116,8 @@ pub struct NamespacesConfig {
 
 impl Default for NamespacesConfig {
     fn default() -> Self {
-        NamespacesConfig { shared_images: Vec::new(), registry: default_registry(), max_response_bytes: default_max_response() }
+        NamespacesConfig { shared_images: Vec::new(), max_response_bytes: default_max_response() }
     }
-}
-
-fn default_registry() -> String {
-    "127.0.0.1:5001".into()
 }
 
 fn default_max_response() -> usize {
@@ -425,6 +465,19 @@ impl Config {
                 return Err(invalid("upstream.tls".into(), "cert and key go together"));
             }
         }
+        if let Some(rp) = &self.registry_proxy {
+            for (key, list) in [("insecure", &rp.insecure), ("allow_private", &rp.allow_private)] {
+                if let Some(bad) = list.iter().find(|d| !valid_registry_domain(d)) {
+                    return Err(invalid(
+                        format!("registry_proxy.{key}"),
+                        &format!("{bad:?} is not a registry domain: write host or host:port, lower case, no scheme"),
+                    ));
+                }
+            }
+            for path in &rp.ca {
+                crate::transport::tls::load_roots(path).map_err(|e| invalid("registry_proxy.ca".into(), &e.to_string()))?;
+            }
+        }
         if self.upstream.connect_timeout_ms == 0 {
             return Err(invalid("upstream.connect_timeout_ms".into(), "must be more than 0"));
         }
@@ -512,6 +565,31 @@ mod tests {
         let dangling = text.replace("\"strict\", \"ci\"", "\"strict\", \"nope\"");
         let e = Config::parse(&dangling, "t").unwrap().validate("t").unwrap_err().to_string();
         assert!(e.contains("listener.a.policies") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn registry_proxy_section() {
+        let base = "[listener.a]\naddress = \"unix:///tmp/a.sock\"\n";
+        let c = Config::parse(base, "t").unwrap();
+        assert!(c.registry_proxy.is_none());
+        let c = Config::parse(&format!("{base}[registry_proxy]\n"), "t").unwrap();
+        c.validate("t").unwrap();
+        let rp = c.registry_proxy.unwrap();
+        assert_eq!(rp.address, "127.0.0.1:5001".parse().unwrap());
+        let text = format!("{base}[registry_proxy]\naddress = \"127.0.0.1:6000\"\ninsecure = [\"localhost:5000\", \"reg.lan\"]\nallow_private = [\"10.1.2.3:443\"]\n");
+        let c = Config::parse(&text, "t").unwrap();
+        c.validate("t").unwrap();
+        assert_eq!(c.registry_proxy.as_ref().unwrap().insecure, ["localhost:5000", "reg.lan"]);
+        let e = Config::parse(&format!("{base}[registry_proxy]\ninsecur = []\n"), "t").unwrap_err().to_string();
+        assert!(e.contains("insecur"), "{e}");
+        assert!(Config::parse(&format!("{base}[registry_proxy]\naddress = \"nohost\"\n"), "t").is_err());
+        for bad in ["http://reg.io", "Reg.io", "reg.io:99999", "reg.io/x", "[::1]:5000", ""] {
+            let c = Config::parse(&format!("{base}[registry_proxy]\ninsecure = [\"{bad}\"]\n"), "t").unwrap();
+            let e = c.validate("t").unwrap_err().to_string();
+            assert!(e.contains("registry_proxy.insecure"), "{bad}: {e}");
+        }
+        let c = Config::parse(&format!("{base}[registry_proxy]\nca = [\"/nonexistent/ca.pem\"]\n"), "t").unwrap();
+        assert!(c.validate("t").unwrap_err().to_string().contains("registry_proxy.ca"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! No policy lives here, only facts about the API as dockerd implements it (route shapes, version
 //! prefixes, which endpoints hijack their connection). Higher layers decide what to do with them.
 
+pub mod auth_config;
 pub mod buildctx;
 pub mod endpoint;
 pub mod json;
@@ -11,6 +12,7 @@ pub mod reference;
 pub mod route;
 pub mod schema;
 
+pub use auth_config::AuthConfig;
 pub use endpoint::{BodyKind, Endpoint, Route};
 pub use query::Query;
 pub use route::{ApiPath, ApiVersion};

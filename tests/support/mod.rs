@@ -250,14 +250,33 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Registry {
+        Self::start_with_users(&[])
+    }
+
+    /// With `users` (name, password), the registry requires HTTP Basic auth against an htpasswd
+    /// file (bcrypt, written here); without, it is open.
+    pub fn start_with_users(users: &[(&str, &str)]) -> Registry {
         let dir = tempfile::tempdir().expect("tempdir");
+        let mut auth = String::new();
+        if !users.is_empty() {
+            let htpasswd = dir.path().join("htpasswd");
+            let lines: String = users
+                .iter()
+                .map(|(u, p)| {
+                    let hash = bcrypt::hash_with_result(p, 5).expect("bcrypt").format_for_version(bcrypt::Version::TwoY);
+                    format!("{u}:{hash}\n")
+                })
+                .collect();
+            std::fs::write(&htpasswd, lines).expect("htpasswd");
+            auth = format!("auth:\n  htpasswd:\n    realm: ctproxy-test\n    path: {}\n", htpasswd.display());
+        }
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth}",
                 dir.path().join("data").display()
             ),
         )
