@@ -20,11 +20,13 @@ use hyper::{Request, Response, StatusCode, Uri, Version};
 use crate::docker::json::{canonicalize, Kind, Raw};
 use crate::docker::schema::normalize_create;
 use crate::docker::{ApiPath, BodyKind, Endpoint, Query, Route};
-use crate::http::{client_body, full_body, respond, AccessIdentity, ConnCtx, ForwardError, Forwarder, Handler, ProxyBody, UpstreamBody};
+use crate::http::{
+    boxed_body, client_body, full_body, respond, AccessIdentity, ConnCtx, ForwardError, Forwarder, Handler, ProxyBody, UpstreamBody,
+};
 use crate::plugin::auth::{self, Authenticator};
-use crate::plugin::policy::{Denied, PolicyChain};
-use crate::plugin::namespace::{self, After, Daemon, Namespace, NsError, NsRequest};
 use crate::plugin::namespace::request::Prepared;
+use crate::plugin::namespace::{self, After, Daemon, Namespace, NsError, NsRequest};
+use crate::plugin::policy::{Denied, PolicyChain};
 use crate::plugin::{Identity, JsonBody, RequestCtx};
 
 /// What a listener does with a request before forwarding it.
@@ -43,7 +45,11 @@ pub struct Pipeline {
 
 impl Pipeline {
     fn is_passthrough(&self) -> bool {
-        self.auth.is_empty() && self.policies.is_empty() && self.per_identity.is_empty() && self.namespace.is_none() && self.per_identity_ns.is_empty()
+        self.auth.is_empty()
+            && self.policies.is_empty()
+            && self.per_identity.is_empty()
+            && self.namespace.is_none()
+            && self.per_identity_ns.is_empty()
     }
 
     fn chain_for(&self, identity: &Identity) -> &PolicyChain {
@@ -58,7 +64,7 @@ impl Pipeline {
 /// A request that passed the checks: forward it (and let its namespace rewrite the answer), or
 /// answer it here.
 enum Admitted {
-    Forward(Request<UpstreamBody>, Option<(Namespace, After)>),
+    Forward(Request<UpstreamBody>, Option<Box<(Namespace, After)>>),
     Answer(Response<ProxyBody>),
 }
 
@@ -149,13 +155,7 @@ impl DockerProxy {
 
 impl ListenerHandler {
     /// Policies, body checks and the namespace stage; returns what to do with the request.
-    async fn admit(
-        &self,
-        pipeline: &Pipeline,
-        req: Request<Incoming>,
-        conn: &ConnCtx,
-        identity: &Identity,
-    ) -> Result<Admitted, Refused> {
+    async fn admit(&self, pipeline: &Pipeline, req: Request<Incoming>, conn: &ConnCtx, identity: &Identity) -> Result<Admitted, Refused> {
         let chain = pipeline.chain_for(identity);
         let namespace = pipeline.namespace_for(identity);
         if chain.is_empty() && namespace.is_none() {
@@ -177,6 +177,7 @@ impl ListenerHandler {
 
         let ns_reads = |e| namespace.is_some() && namespace::request::reads_body(e);
         let mut json = None;
+        let mut stream = None;
         let body = match route.endpoint.map(|e| (e, e.body())) {
             Some((endpoint, BodyKind::Json(schema))) if chain.reads_body(endpoint) || ns_reads(endpoint) => {
                 let bytes = read_limited(body, pipeline.max_json_body).await?;
@@ -188,7 +189,10 @@ impl ListenerHandler {
                 json = Some((decoded.value, bytes.is_empty()));
                 None
             }
-            Some((_, BodyKind::Stream)) | Some((_, BodyKind::Json(_))) => Some(client_body(body)),
+            Some((_, BodyKind::Stream)) | Some((_, BodyKind::Json(_))) => {
+                stream = Some(body);
+                None
+            }
             // dockerd reads no body here; one sent anyway is refused (old APIs applied a HostConfig
             // sent to `start`, for instance).
             _ => {
@@ -203,6 +207,7 @@ impl ListenerHandler {
         };
 
         let mut after = None;
+        let mut stream_rewritten = None;
         if let Some(ns) = namespace {
             let ns_req = NsRequest {
                 method: &parts.method,
@@ -213,6 +218,12 @@ impl ListenerHandler {
             };
             match ns.prepare(&self.proxy.daemon(), ns_req).await {
                 Ok(Prepared::Forward(a)) => after = Some((ns.clone(), a)),
+                Ok(Prepared::ForwardBody(a, rewrite)) => {
+                    after = Some((ns.clone(), a));
+                    if let Some(b) = stream.take() {
+                        stream_rewritten = Some(rewrite(b).map_err(|e| ns_refusal(identity, conn, &parts.method, &route, e))?);
+                    }
+                }
                 Ok(Prepared::Answer(status, v)) => return Ok(Admitted::Answer(respond::json(status, &v))),
                 Err(e) => return Err(ns_refusal(identity, conn, &parts.method, &route, e)),
             }
@@ -220,6 +231,8 @@ impl ListenerHandler {
 
         let body = match (body, json) {
             (Some(b), _) => b,
+            (None, _) if stream_rewritten.is_some() => stream_rewritten.map(boxed_body).unwrap_or_else(|| full_body(Bytes::new())),
+            (None, _) if stream.is_some() => stream.map(client_body).unwrap_or_else(|| full_body(Bytes::new())),
             (None, Some((value, was_empty))) => {
                 let out = match &value {
                     serde_json::Value::Null if was_empty => Bytes::new(),
@@ -235,7 +248,7 @@ impl ListenerHandler {
             (None, None) => full_body(Bytes::new()),
         };
         parts.uri = rebuild_uri(&route, &query)?;
-        Ok(Admitted::Forward(Request::from_parts(parts, body), after))
+        Ok(Admitted::Forward(Request::from_parts(parts, body), after.map(Box::new)))
     }
 }
 
@@ -287,7 +300,8 @@ impl Handler for ListenerHandler {
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
         let mut rsp = match self.admit(&pipeline, req, &conn, &identity).await {
             Ok(Admitted::Forward(req, None)) => self.proxy.forward_or_502(req, &conn).await,
-            Ok(Admitted::Forward(req, Some((ns, after)))) => {
+            Ok(Admitted::Forward(req, Some(plan))) => {
+                let (ns, after) = *plan;
                 let rsp = self.proxy.forward_or_502(req, &conn).await;
                 ns.finish(&self.proxy.daemon(), after, rsp).await
             }
@@ -351,9 +365,11 @@ fn refuse_form_bodies(headers: &HeaderMap) -> Result<(), Refused> {
 async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, Refused> {
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(Refused { status: StatusCode::PAYLOAD_TOO_LARGE, message: format!("ctproxy: request body larger than {limit} bytes"), logged: false })
-        }
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refused {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("ctproxy: request body larger than {limit} bytes"),
+            logged: false,
+        }),
         Err(e) => Err(Refused::bad_request(format!("cannot read the request body: {e}"))),
     }
 }

@@ -26,10 +26,15 @@ pub struct NsRequest<'a> {
     pub body: Option<&'a mut Value>,
 }
 
+/// A transformation of the client's request body (a build context whose Dockerfile is rewritten).
+pub type BodyRewrite = Box<dyn FnOnce(hyper::body::Incoming) -> Result<crate::http::BoxedBody, NsError> + Send>;
+
 /// What the stage decided about a request.
 pub enum Prepared {
     /// Forward the rewritten request; then treat the answer as said.
     Forward(After),
+    /// The same, with the request body transformed on its way.
+    ForwardBody(After, BodyRewrite),
     /// Answer here (a synthetic answer dockerd would have given for the namespace's own view).
     Answer(hyper::StatusCode, Value),
 }
@@ -149,7 +154,9 @@ impl Namespace {
                 };
                 let repo = Reference { tag: None, digest: None, ..r.clone() }.familiar();
                 if self.is_shared(&repo) {
-                    return Err(NsError::Refused(format!("image {typed} is shared by the administrator and cannot be pushed; tag it first")));
+                    return Err(NsError::Refused(format!(
+                        "image {typed} is shared by the administrator and cannot be pushed; tag it first"
+                    )));
                 }
                 let m = self.name.image(&self.settings.registry, &Reference { tag: None, digest: None, ..r })?;
                 req.route.set_target(&m.to_string());
@@ -190,7 +197,11 @@ impl Namespace {
                     }
                 }
                 self.registry_config(req.headers)?;
-                After::Build
+                let rewrite = self.dockerfile_rewrite(daemon, req.query).await?;
+                // The context may shrink, grow or be decompressed: it goes on chunked.
+                req.headers.remove(hyper::header::CONTENT_LENGTH);
+                req.headers.remove(hyper::header::CONTENT_ENCODING);
+                return Ok(Prepared::ForwardBody(After::Build, rewrite));
             }
             BuildCancel => {
                 if let Some(v) = req.query.get("id").filter(|v| !v.is_empty()) {
@@ -268,12 +279,55 @@ impl Namespace {
                 After::Json
             }
 
+            // `docker inspect X` tries every object type in turn and wants a not-found from each.
+            PluginInspect => return Err(NsError::NotFound(format!("plugin {typed:?} not found"))),
             ImageGet | ImageGetAll | ImageLoad => {
                 return Err(NsError::Refused("image save and load are not available in a namespace yet".into()));
             }
             _ => return Err(NsError::Refused(format!("{} is not available in a namespace", endpoint.name()))),
         };
         Ok(Prepared::Forward(after))
+    }
+
+    /// The build context's Dockerfile, with every image it names (`FROM`, `COPY --from`) turned
+    /// into the namespace's own reference: the daemon would resolve them against every namespace's
+    /// images, by name and by ID prefix.
+    async fn dockerfile_rewrite(&self, daemon: &Daemon, q: &Query) -> Result<BodyRewrite, NsError> {
+        use crate::docker::buildctx::{rewrite_dockerfile, RewrittenContext};
+        let build_args: std::collections::HashMap<String, Option<String>> = match q.get("buildargs").filter(|b| !b.is_empty()) {
+            Some(b) => serde_json::from_str(b).map_err(|e| NsError::Malformed(format!("invalid buildargs: {e}")))?,
+            None => Default::default(),
+        };
+        // Image IDs the namespace may name: those of its own and of shared images.
+        let images = daemon.get("/images/json").await?.and_then(|v| v.as_array().cloned()).unwrap_or_default();
+        let ids: Vec<String> = images
+            .iter()
+            .filter(|img| !self.own_tags(img).is_empty() || self.shared_tags(img).next().is_some())
+            .filter_map(|img| img.get("Id").and_then(Value::as_str).map(str::to_owned))
+            .collect();
+        let ns = self.clone();
+        let resolve = move |typed: &str| -> Result<String, String> {
+            let hex = typed.strip_prefix("sha256:");
+            if hex.is_some() || (typed.len() == 64 && typed.bytes().all(|b| b.is_ascii_hexdigit())) {
+                let full = format!("sha256:{}", hex.unwrap_or(typed));
+                return ids.iter().find(|id| **id == full).cloned().ok_or_else(|| format!("No such image: {typed}"));
+            }
+            let r = Reference::parse(typed).map_err(|e| format!("{typed}: {e}"))?;
+            let repo = Reference { tag: None, digest: None, ..r.clone() }.familiar();
+            if ns.is_shared(&repo) {
+                return Ok(r.familiar());
+            }
+            ns.name.image(&ns.settings.registry, &r).map(|m| m.to_string()).map_err(|e| e.to_string())
+        };
+        let dockerfile = q.get("dockerfile").map(str::to_owned);
+        Ok(Box::new(move |body| {
+            let mut resolve = resolve;
+            let rewrite: crate::docker::buildctx::RewriteFn =
+                Box::new(move |text: &str| rewrite_dockerfile(text, &build_args, &mut resolve).map_err(|e| e.to_string()));
+            let ctx =
+                RewrittenContext::new(body, dockerfile.as_deref(), 1 << 20, rewrite).map_err(|e| NsError::Malformed(e.to_string()))?;
+            Ok(http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(ctx, |e| Box::new(e) as crate::http::BoxError)))
+        }))
     }
 
     /// Labels a namespace object as its own (and drops any reserved label the client set).
@@ -313,10 +367,10 @@ impl Namespace {
         headers.remove(X_REGISTRY_CONFIG);
         let Some(tokens) = &self.settings.tokens else { return Ok(()) };
         let token = tokens.issue(&self.name, None);
-        // The token value is base64url JSON of an AuthConfig; the build header wants a map of them.
-        let auth: Value = decode_b64_json(token.as_bytes()).unwrap_or(Value::Null);
+        // The token is an encoded AuthConfig; the build header wants a map of them by registry.
+        let auth = crate::docker::auth_config::decode_header(&token).unwrap_or_default();
         let map = serde_json::json!({ self.settings.registry.clone(): auth });
-        let encoded = b64url(serde_json::to_vec(&map).unwrap_or_default().as_slice());
+        let encoded = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE, serde_json::to_vec(&map).unwrap_or_default());
         if let Ok(v) = HeaderValue::from_str(&encoded) {
             headers.insert(X_REGISTRY_CONFIG, v);
         }
@@ -562,7 +616,13 @@ impl Namespace {
 
     /// `NetworkingConfig.EndpointsConfig`: network names as keys, links, and the container's own
     /// name as an alias on the namespace's networks (its daemon-side name is the mangled one).
-    async fn endpoints(&self, daemon: &Daemon, body: &mut Map<String, Value>, mode: Option<(String, String)>, name: &str) -> Result<(), NsError> {
+    async fn endpoints(
+        &self,
+        daemon: &Daemon,
+        body: &mut Map<String, Value>,
+        mode: Option<(String, String)>,
+        name: &str,
+    ) -> Result<(), NsError> {
         let mut eps = match body.get_mut("NetworkingConfig").and_then(|n| n.get_mut("EndpointsConfig")) {
             Some(Value::Object(m)) => std::mem::take(m),
             _ => Map::new(),
@@ -662,45 +722,4 @@ fn random_hex64() -> String {
     let mut b = [0u8; 32];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-const B64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-fn b64url(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64URL[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn decode_b64_json(s: &[u8]) -> Option<Value> {
-    let mut bits = 0u32;
-    let mut nbits = 0;
-    let mut out = Vec::new();
-    for &c in s {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' | b'+' => 62,
-            b'_' | b'/' => 63,
-            b'=' => break,
-            _ => return None,
-        };
-        bits = (bits << 6) | u32::from(v);
-        nbits += 6;
-        if nbits >= 8 {
-            nbits -= 8;
-            out.push((bits >> nbits) as u8);
-        }
-    }
-    serde_json::from_slice(&out).ok()
 }

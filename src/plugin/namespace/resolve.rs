@@ -127,7 +127,7 @@ impl Namespace {
     pub fn image_name(&self, r: &Reference) -> Result<String, NsError> {
         let repo = Reference { tag: None, digest: None, ..r.clone() }.familiar();
         if self.is_shared(&repo) {
-            return Ok(r.to_string());
+            return Ok(r.familiar());
         }
         Ok(self.name.image(&self.settings.registry, r)?.to_string())
     }
@@ -139,7 +139,7 @@ impl Namespace {
             let repo = Reference { tag: None, digest: None, ..r.clone() }.familiar();
             if self.is_shared(&repo) {
                 if daemon.get(&format!("/images/{}/json", enc(&r.to_string()))).await?.is_some() {
-                    return Ok(ImageRef::Shared(r.to_string()));
+                    return Ok(ImageRef::Shared(r.familiar()));
                 }
             } else {
                 let m = self.name.image(&self.settings.registry, &r).map_err(|_| NsError::no_image(typed))?.to_string();
@@ -179,9 +179,8 @@ impl Namespace {
 
     /// The tags of an image that the administrator shares.
     pub fn shared_tags<'v>(&'v self, img: &'v Value) -> impl Iterator<Item = &'v str> + 'v {
-        strings(img.get("RepoTags")).filter(|t| {
-            Reference::parse(t).is_ok_and(|r| self.is_shared(&Reference { tag: None, digest: None, ..r }.familiar()))
-        })
+        strings(img.get("RepoTags"))
+            .filter(|t| Reference::parse(t).is_ok_and(|r| self.is_shared(&Reference { tag: None, digest: None, ..r }.familiar())))
     }
 }
 

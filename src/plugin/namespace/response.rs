@@ -46,7 +46,12 @@ pub enum After {
     Info,
     SystemDf,
     NetworkInspect,
-    List { kind: ListKind, names: NameMatch, limit: Option<usize>, refs: Vec<String> },
+    List {
+        kind: ListKind,
+        names: NameMatch,
+        limit: Option<usize>,
+        refs: Vec<String>,
+    },
 }
 
 /// The longest JSON line a stream rewriter holds; longer ones are passed on as they are.
@@ -111,7 +116,9 @@ impl Namespace {
                 })
                 .await
             }
-            After::List { kind, names, limit, refs } => self.rewrite_whole(rsp, move |ns, v| ns.filter_list(kind, &names, limit, &refs, v)).await,
+            After::List { kind, names, limit, refs } => {
+                self.rewrite_whole(rsp, move |ns, v| ns.filter_list(kind, &names, limit, &refs, v)).await
+            }
         }
     }
 
@@ -149,7 +156,14 @@ impl Namespace {
         true
     }
 
-    fn filter_list(&self, kind: ListKind, names: &NameMatch, limit: Option<usize>, refs: &[String], mut v: Value) -> Result<Value, NsError> {
+    fn filter_list(
+        &self,
+        kind: ListKind,
+        names: &NameMatch,
+        limit: Option<usize>,
+        refs: &[String],
+        mut v: Value,
+    ) -> Result<Value, NsError> {
         let d = Demangler::new(&self.name, &self.settings.registry);
         let items = match (&kind, &mut v) {
             (ListKind::Volumes, Value::Object(m)) => match m.get_mut("Volumes") {
