@@ -433,3 +433,30 @@ fn a_restarted_proxy_gives_every_namespace_exactly_its_own_world() {
     ok(&p.a, &["exec", "db", "true"]);
     drop(restarted);
 }
+
+#[test]
+fn save_and_load_stay_in_the_namespace() {
+    let p = pair("");
+    ok(&p.a, &["tag", BUSYBOX, "mine:1"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tar = dir.path().join("mine.tar");
+    ok(&p.a, &["save", "-o", &tar.display().to_string(), "mine:1"]);
+    // The tar names the image as the user knows it.
+    let manifest = Command::new("tar").args(["-xOf", &tar.display().to_string(), "manifest.json"]).output().expect("tar");
+    let manifest = String::from_utf8_lossy(&manifest.stdout);
+    assert!(manifest.contains("\"mine:1\"") && !manifest.contains(&p.rp), "{manifest}");
+    // b loads it into its own namespace; a's tag and the daemon's real names are untouched.
+    let out = ok(&p.b, &["load", "-i", &tar.display().to_string()]);
+    assert!(out.contains("Loaded image: mine:1"), "{out}");
+    assert!(lines(&ok(&p.b, &["images", "--format", "{{.Repository}}:{{.Tag}}"])).contains(&"mine:1".to_owned()));
+    let on_daemon = ok(DIRECT, &["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(on_daemon.contains(&format!("{}/{}/docker.io/library/mine:1", p.rp, p.ns_b)), "{on_daemon}");
+    assert!(!lines(&on_daemon).contains(&"mine:1".to_owned()), "a load must never create a real name");
+    // Loading a tar that names a shared image does not replace the shared image.
+    let shared = dir.path().join("shared.tar");
+    ok(&p.a, &["save", "-o", &shared.display().to_string(), BUSYBOX]);
+    let before = ok(DIRECT, &["image", "inspect", BUSYBOX, "--format", "{{.Id}}"]);
+    ok(&p.b, &["load", "-i", &shared.display().to_string()]);
+    assert_eq!(before, ok(DIRECT, &["image", "inspect", BUSYBOX, "--format", "{{.Id}}"]));
+    assert!(ok(DIRECT, &["images", "--format", "{{.Repository}}"]).contains(&format!("{}/{}/docker.io/ctproxy-test/busybox", p.rp, p.ns_b)));
+}

@@ -281,8 +281,24 @@ impl Namespace {
 
             // `docker inspect X` tries every object type in turn and wants a not-found from each.
             PluginInspect => return Err(NsError::NotFound(format!("plugin {typed:?} not found"))),
-            ImageGet | ImageGetAll | ImageLoad => {
-                return Err(NsError::Refused("image save and load are not available in a namespace yet".into()));
+            ImageGet => {
+                let img = self.image(daemon, &typed).await?;
+                req.route.set_target(img.daemon_name());
+                After::SaveTar
+            }
+            ImageGetAll => {
+                let names: Vec<String> = req.query.get_all("names").map(str::to_owned).collect();
+                req.query.remove("names");
+                for n in names {
+                    let img = self.image(daemon, &n).await?;
+                    req.query.push("names", img.daemon_name());
+                }
+                After::SaveTar
+            }
+            ImageLoad => {
+                req.headers.remove(hyper::header::CONTENT_LENGTH);
+                req.headers.remove(hyper::header::CONTENT_ENCODING);
+                return Ok(Prepared::ForwardBody(After::Lines, self.load_rewrite()));
             }
             _ => return Err(NsError::Refused(format!("{} is not available in a namespace", endpoint.name()))),
         };
@@ -328,6 +344,42 @@ impl Namespace {
                 RewrittenContext::new(body, dockerfile.as_deref(), 1 << 20, rewrite).map_err(|e| NsError::Malformed(e.to_string()))?;
             Ok(http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(ctx, |e| Box::new(e) as crate::http::BoxError)))
         }))
+    }
+
+    /// `docker load`: the image names inside the tar (`manifest.json` tags, `repositories` keys)
+    /// become the namespace's, so a load can never create or overwrite a name outside it.
+    fn load_rewrite(&self) -> BodyRewrite {
+        let ns = self.clone();
+        Box::new(move |body| {
+            let (m, r) = (ns.clone(), ns.clone());
+            let manifest = tar_member(body, "manifest.json", move |text| {
+                let mut v: Value = serde_json::from_str(text).map_err(|e| format!("manifest.json: {e}"))?;
+                for entry in v.as_array_mut().into_iter().flatten() {
+                    if let Some(Value::Array(tags)) = entry.get_mut("RepoTags") {
+                        for t in tags.iter_mut() {
+                            let typed = t.as_str().unwrap_or("").to_owned();
+                            *t = Value::String(m.load_name(&typed)?.to_string());
+                        }
+                    }
+                }
+                serde_json::to_string(&v).map_err(|e| e.to_string())
+            })?;
+            let repositories = tar_member(manifest, "repositories", move |text| {
+                let v: Map<String, Value> = serde_json::from_str(text).map_err(|e| format!("repositories: {e}"))?;
+                let mut out = Map::new();
+                for (repo, tags) in v {
+                    out.insert(r.load_name(&repo)?.name(), tags);
+                }
+                serde_json::to_string(&out).map_err(|e| e.to_string())
+            })?;
+            Ok(http_body_util::BodyExt::boxed_unsync(repositories))
+        })
+    }
+
+    /// A name inside a loaded tar: always the namespace's (even a shared image's name).
+    fn load_name(&self, typed: &str) -> Result<Reference, String> {
+        let r = Reference::parse(typed).map_err(|e| format!("{typed}: {e}"))?;
+        self.name.image(&self.settings.registry, &r).map_err(|e| e.to_string())
     }
 
     /// Labels a namespace object as its own (and drops any reserved label the client set).
@@ -673,6 +725,21 @@ impl Namespace {
         }
         Ok(())
     }
+}
+
+/// `body` with its tar member `name` (a small JSON file) rewritten by `f`.
+pub fn tar_member<B>(
+    body: B,
+    name: &str,
+    f: impl FnMut(&str) -> Result<String, String> + Send + 'static,
+) -> Result<http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, crate::http::BoxError>, NsError>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<crate::http::BoxError>,
+{
+    let ctx = crate::docker::buildctx::RewrittenContext::new(body, Some(name), 16 << 20, Box::new(f))
+        .map_err(|e| NsError::Malformed(e.to_string()))?;
+    Ok(http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(ctx, |e| Box::new(e) as crate::http::BoxError)))
 }
 
 fn is_predefined(net: &str) -> bool {

@@ -41,6 +41,8 @@ pub enum After {
     Lines,
     /// Build output: JSON lines, de-mangled.
     Build,
+    /// `docker save`: the image names inside the tar de-mangled.
+    SaveTar,
     /// The event stream: other namespaces' events dropped, the rest de-mangled.
     Events,
     Info,
@@ -72,6 +74,7 @@ impl Namespace {
             After::Json => self.rewrite_whole(rsp, |_, v| Ok(v)).await,
             After::Lines | After::Build => self.rewrite_lines(rsp, false),
             After::Events => self.rewrite_lines(rsp, true),
+            After::SaveTar => self.rewrite_save(rsp),
             After::Info => {
                 let counts = self.counts(daemon).await;
                 self.rewrite_whole(rsp, move |_, mut v| {
@@ -285,6 +288,24 @@ impl Namespace {
             Some(Bytes::from(out))
         };
         Response::from_parts(parts, ProxyBody::boxed(LineBody::new(body, Box::new(map))))
+    }
+
+    fn rewrite_save(&self, rsp: Response<ProxyBody>) -> Response<ProxyBody> {
+        let (mut parts, body) = rsp.into_parts();
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let demangle = |ns: Namespace| {
+            move |text: &str| -> Result<String, String> {
+                let mut v: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+                Demangler::new(&ns.name, &ns.settings.registry).value(&mut v);
+                serde_json::to_string(&v).map_err(|e| e.to_string())
+            }
+        };
+        let rewritten = super::request::tar_member(body, "manifest.json", demangle(self.clone()))
+            .and_then(|b| super::request::tar_member(b, "repositories", demangle(self.clone())));
+        match rewritten {
+            Ok(b) => Response::from_parts(parts, ProxyBody::Boxed(b)),
+            Err(e) => crate::http::respond::error(e.status(), &e.to_string()),
+        }
     }
 
     /// Whether an event concerns one of the namespace's objects (`docker-api.md` §9).
