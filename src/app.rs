@@ -17,9 +17,11 @@ use tokio_util::task::TaskTracker;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{AuthConfig, Config, ConfigError, ListenerConfig, Overrides, PolicyConfig};
+use crate::config::{AuthConfig, Config, ConfigError, JobsConfig, ListenerConfig, Overrides, PolicyConfig};
 use crate::http::server::{serve_connection, ServeOptions};
 use crate::http::Forwarder;
+use crate::http::Handler;
+use crate::jobs::{ControlHandler, JobManager};
 use crate::plugin::auth::{Authenticator, HttpAuth, TlsCertAuth, UnixPeerAuth};
 use crate::plugin::namespace::{self, Namespace, NsName, RegistryTokens};
 use crate::plugin::policy::{Conservative, Inject, Policy, PolicyChain};
@@ -83,6 +85,16 @@ pub struct Server {
     tokens: TokenStore,
     /// The registry proxy, when `[registry_proxy]` is configured.
     registry: Option<RegistryProxy>,
+    /// Temporary job listeners, when `[jobs]` is configured.
+    jobs: Option<RunningJobs>,
+}
+
+struct RunningJobs {
+    manager: Arc<JobManager>,
+    /// Stops the control socket and the reaper.
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    reaper: tokio::task::JoinHandle<()>,
 }
 
 fn build_forwarder(config: &Config) -> Result<Arc<Forwarder>, AppError> {
@@ -142,12 +154,7 @@ fn build_pipelines(config: &Config, tokens: &Option<Arc<dyn RegistryTokens>>) ->
     };
     let per_identity: std::collections::HashMap<Arc<str>, PolicyChain> =
         config.identity.iter().filter_map(|(id, c)| c.policies.as_ref().map(|p| (Arc::from(id.as_str()), chain(p)))).collect();
-    let ns_settings = Arc::new(namespace::Settings {
-        registry: config.registry_proxy.as_ref().map_or_else(|| "127.0.0.1:5001".to_owned(), |r| r.address.to_string()),
-        shared_images: config.namespaces.shared_images.clone(),
-        tokens: tokens.clone(),
-        max_response: config.namespaces.max_response_bytes,
-    });
+    let ns_settings = namespace_settings(config, tokens);
     let ns = |name: &str| -> Result<Namespace, AppError> {
         let name = NsName::new(name).map_err(|e| plugin_err(e.to_string()))?;
         Ok(Namespace::new(name, ns_settings.clone()))
@@ -177,6 +184,33 @@ fn build_pipelines(config: &Config, tokens: &Option<Arc<dyn RegistryTokens>>) ->
         .collect()
 }
 
+fn namespace_settings(config: &Config, tokens: &Option<Arc<dyn RegistryTokens>>) -> Arc<namespace::Settings> {
+    Arc::new(namespace::Settings {
+        registry: config.registry_proxy.as_ref().map_or_else(|| "127.0.0.1:5001".to_owned(), |r| r.address.to_string()),
+        shared_images: config.namespaces.shared_images.clone(),
+        tokens: tokens.clone(),
+        max_response: config.namespaces.max_response_bytes,
+    })
+}
+
+/// The pipeline of job listeners: the `[jobs]` policies (each job adds its own namespace).
+fn job_pipeline(config: &Config, jobs: &JobsConfig, tokens: &Option<Arc<dyn RegistryTokens>>) -> Result<Pipeline, AppError> {
+    let mut c = config.clone();
+    let listener = ListenerConfig {
+        address: transport::ListenAddr::Unix(jobs.dir.join("docker.sock")),
+        mode: None,
+        owner: None,
+        group: None,
+        tls: None,
+        access_log: true,
+        auth: Vec::new(),
+        policies: jobs.policies.clone(),
+        namespace: None,
+    };
+    c.listener = BTreeMap::from([("jobs".to_owned(), listener)]);
+    Ok(build_pipelines(&c, tokens)?.remove("jobs").unwrap_or_default())
+}
+
 impl Server {
     /// The token issuer namespaces hand to dockerd, when a registry proxy runs to honour them.
     fn registry_tokens(&self) -> Option<Arc<dyn RegistryTokens>> {
@@ -201,11 +235,15 @@ impl Server {
             draining: CancellationToken::new(),
             tokens,
             registry,
+            jobs: None,
         };
         let mut pipelines = build_pipelines(&config, &server.registry_tokens())?;
         for (name, l) in &config.listener {
             let pipeline = pipelines.remove(name).unwrap_or_default();
             server.start_listener(name, l, pipeline).await?;
+        }
+        if let Some(jobs) = &config.jobs {
+            server.start_jobs(jobs).await?;
         }
         tracing::info!(upstream = %config.upstream.url, "ctproxy started");
         Ok(server)
@@ -221,6 +259,32 @@ impl Server {
     /// `None` without a `[registry_proxy]` section.
     pub fn registry_address(&self) -> Option<std::net::SocketAddr> {
         self.registry.as_ref().map(RegistryProxy::local_addr)
+    }
+
+    /// The job manager, its control socket and its reaper; live jobs' listeners are restored.
+    async fn start_jobs(&mut self, jobs: &JobsConfig) -> Result<(), AppError> {
+        let tokens = self.registry_tokens();
+        let manager = Arc::new(JobManager::new(
+            jobs.clone(),
+            self.proxy.clone(),
+            job_pipeline(&self.config, jobs, &tokens)?,
+            namespace_settings(&self.config, &tokens),
+            self.connections.clone(),
+            self.draining.clone(),
+        ));
+        std::fs::create_dir_all(&jobs.dir).map_err(|e| AppError::Plugin(format!("jobs.dir {}: {e}", jobs.dir.display())))?;
+        manager.restore().await;
+        let err = |source| AppError::Listener { name: "control".into(), source };
+        let unix = UnixSocketOptions { mode: Some(0o600), owner: None, group: None };
+        let listener = Listener::bind(&transport::ListenAddr::Unix(jobs.control_socket.clone()), &unix, None).await.map_err(err)?;
+        tracing::info!(socket = %jobs.control_socket.display(), jobs = %jobs.dir.display(), "control socket listening");
+        let stop = CancellationToken::new();
+        let opts = ServeOptions { listener: Arc::from("control"), access_log: true };
+        let handler = Arc::new(ControlHandler { jobs: manager.clone() });
+        let task = tokio::spawn(accept_loop(listener, opts, handler, self.connections.clone(), self.draining.clone(), stop.clone()));
+        let reaper = tokio::spawn(manager.clone().reaper(stop.clone()));
+        self.jobs = Some(RunningJobs { manager, stop, task, reaper });
+        Ok(())
     }
 
     async fn start_listener(&mut self, name: &str, config: &ListenerConfig, pipeline: Pipeline) -> Result<(), AppError> {
@@ -336,7 +400,14 @@ impl Server {
     }
 
     /// Stops accepting, then waits up to the grace time for connections to finish.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
+        // Job listeners close with the rest; their records restore them at the next start.
+        if let Some(jobs) = self.jobs.take() {
+            jobs.stop.cancel();
+            let _ = jobs.task.await;
+            let _ = jobs.reaper.await;
+            jobs.manager.stop_listeners().await;
+        }
         for running in self.listeners.values() {
             running.stop.cancel();
         }
@@ -362,10 +433,11 @@ impl Server {
     }
 }
 
-async fn accept_loop(
+/// Accepts connections on `listener` and serves each with `handler` until `stop`.
+pub(crate) async fn accept_loop<H: Handler>(
     listener: Listener,
     opts: ServeOptions,
-    handler: Arc<ListenerHandler>,
+    handler: Arc<H>,
     connections: TaskTracker,
     draining: CancellationToken,
     stop: CancellationToken,

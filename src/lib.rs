@@ -14,6 +14,7 @@ pub mod app;
 pub mod config;
 pub mod docker;
 pub mod http;
+pub mod jobs;
 pub mod plugin;
 pub mod proxy;
 pub mod registry;

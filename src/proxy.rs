@@ -103,7 +103,8 @@ impl DockerProxy {
         self.forwarder.store(forwarder);
     }
 
-    fn daemon(&self) -> Daemon {
+    /// dockerd, for the internal requests of namespaces and jobs.
+    pub fn daemon(&self) -> Daemon {
         Daemon::new(self.forwarder.load_full())
     }
 

@@ -55,6 +55,60 @@ pub struct Config {
     pub namespaces: NamespacesConfig,
     /// The registry proxy that namespace images are pushed and pulled through; off when absent.
     pub registry_proxy: Option<RegistryProxyConfig>,
+    /// Temporary per-job listeners and their control socket; off when absent.
+    pub jobs: Option<JobsConfig>,
+}
+
+/// `[jobs]`: temporary listeners, one per CI job, each in a namespace of its own.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    /// The root-only control socket the executor stages talk to.
+    #[serde(default = "default_control_socket")]
+    pub control_socket: PathBuf,
+    /// Where job sockets and records live (`<dir>/<id>/docker.sock`, `job.json`).
+    #[serde(default = "default_jobs_dir")]
+    pub dir: PathBuf,
+    /// Policies of every job listener (names of `[policy.NAME]` sections).
+    #[serde(default)]
+    pub policies: Vec<String>,
+    /// A job's lifetime when its creator gives none.
+    #[serde(default = "default_job_timeout")]
+    pub timeout_s: u64,
+    /// Added to a job's timeout before it is reaped (cleanup may run late).
+    #[serde(default = "default_job_grace")]
+    pub grace_s: u64,
+    /// How often expired jobs and orphaned job namespaces are looked for.
+    #[serde(default = "default_reap_interval")]
+    pub reap_interval_s: u64,
+    /// Job namespaces are `<prefix>-<job id>`. The reaper only ever touches namespaces with this
+    /// prefix: two ctproxy servers sharing a daemon need different prefixes.
+    #[serde(default = "default_job_prefix")]
+    pub namespace_prefix: String,
+}
+
+fn default_job_prefix() -> String {
+    "job".into()
+}
+
+fn default_control_socket() -> PathBuf {
+    PathBuf::from("/run/ctproxy/control.sock")
+}
+
+fn default_jobs_dir() -> PathBuf {
+    PathBuf::from("/run/ctproxy/jobs")
+}
+
+fn default_job_timeout() -> u64 {
+    3600
+}
+
+fn default_job_grace() -> u64 {
+    300
+}
+
+fn default_reap_interval() -> u64 {
+    60
 }
 
 /// `[registry_proxy]`: the Registry API v2 server dockerd pushes and pulls namespace images through.
@@ -430,6 +484,13 @@ impl Config {
             }
             if let Some(ns) = &l.namespace {
                 crate::plugin::namespace::NsName::new(ns).map_err(|e| invalid(key("namespace"), &e.to_string()))?;
+            }
+        }
+        if let Some(j) = &self.jobs {
+            crate::plugin::namespace::NsName::new(&format!("{}-x", j.namespace_prefix))
+                .map_err(|_| invalid("jobs.namespace_prefix".into(), "use lower-case letters, digits and single dashes"))?;
+            if let Some(p) = j.policies.iter().find(|p| !self.policy.contains_key(*p)) {
+                return Err(invalid("jobs.policies".into(), &format!("no [policy.{p}] section")));
             }
         }
         for (name, id) in &self.identity {

@@ -17,6 +17,7 @@
 //! so a restarted ctproxy needs no state of its own to give every namespace exactly its own world.
 
 pub mod daemon;
+pub mod destroy;
 pub mod filters;
 pub mod names;
 pub mod request;

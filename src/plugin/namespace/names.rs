@@ -32,7 +32,7 @@ pub enum NameError {
     Namespace(String),
     #[error("names starting with {MARKER:?} are reserved")]
     Reserved,
-    #[error("invalid name {0:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")]
+    #[error("invalid name {0:?}: only \"[a-zA-Z0-9][a-zA-Z0-9_.-]+\" are allowed")]
     Invalid(String),
     #[error("name too long")]
     TooLong,

@@ -1,0 +1,315 @@
+//! Temporary listeners: one unix socket per CI job, bound to a namespace of its own, owned by the
+//! long-running `ctproxy serve` and driven over a root-only control socket.
+//!
+//! A job's socket (`<dir>/<id>/docker.sock`) is what the job container mounts as
+//! `/var/run/docker.sock`; everything created through it lives in the namespace `job-<id>` (the
+//! prefix is configurable). Removing
+//! the job stops the listener and destroys that namespace. Nothing is lost on a crash: each job has a
+//! record (`<dir>/<id>/job.json`, with its deadline) from which a restarted ctproxy restores the
+//! listeners of live jobs, and a reaper removes jobs past their deadline and any `job-*` namespace
+//! (of this server's prefix) on the daemon that no live job owns (a job whose runner never called cleanup, or whose record was
+//! lost).
+//!
+//! Control API (HTTP/1.1 on the control socket, mode 0600, peers other than uid 0 refused):
+//! `PUT /jobs/{id}` (`{"timeout_s": N}`, idempotent) → `{"id","socket","namespace","deadline"}`;
+//! `DELETE /jobs/{id}` → `{"removed": {...}}` (idempotent); `GET /jobs` → the live jobs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::JobsConfig;
+use crate::http::server::ServeOptions;
+use crate::http::{respond, ConnCtx, Handler, ProxyBody};
+use crate::plugin::namespace::destroy::{namespaces_on_daemon, Removed};
+use crate::plugin::namespace::{self, Namespace, NsName};
+use crate::proxy::{DockerProxy, ListenerHandler, Pipeline};
+use crate::transport::{ListenAddr, Listener, PeerAddr, UnixSocketOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("invalid job id {0:?}: use lower-case letters, digits and single dashes (at most 40)")]
+    Id(String),
+    #[error("cannot create the job's socket: {0}")]
+    Listener(String),
+    #[error("cannot write the job record: {0}")]
+    Record(#[from] std::io::Error),
+    #[error("{0}")]
+    Namespace(#[from] namespace::NsError),
+}
+
+/// What is kept on disk for a job, so a restarted ctproxy can restore or reap it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    id: String,
+    /// Seconds since the epoch after which the job is reaped.
+    deadline: u64,
+}
+
+/// A job as the control API reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobInfo {
+    pub id: String,
+    pub socket: PathBuf,
+    pub namespace: String,
+    pub deadline: u64,
+}
+
+struct Job {
+    record: Record,
+    socket: PathBuf,
+    namespace: Namespace,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The live jobs of this server.
+pub struct JobManager {
+    config: JobsConfig,
+    proxy: Arc<DockerProxy>,
+    /// The policies every job listener applies (the namespace is added per job).
+    pipeline: Pipeline,
+    settings: Arc<namespace::Settings>,
+    connections: TaskTracker,
+    draining: CancellationToken,
+    jobs: Mutex<HashMap<String, Job>>,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl JobManager {
+    pub fn new(
+        config: JobsConfig,
+        proxy: Arc<DockerProxy>,
+        pipeline: Pipeline,
+        settings: Arc<namespace::Settings>,
+        connections: TaskTracker,
+        draining: CancellationToken,
+    ) -> JobManager {
+        JobManager { config, proxy, pipeline, settings, connections, draining, jobs: Mutex::new(HashMap::new()) }
+    }
+
+    /// A job's namespace: `<prefix>-<id>`.
+    fn job_namespace(&self, id: &str) -> Result<NsName, JobError> {
+        if id.is_empty() || id.len() > 40 {
+            return Err(JobError::Id(id.to_owned()));
+        }
+        NsName::new(&format!("{}-{id}", self.config.namespace_prefix)).map_err(|_| JobError::Id(id.to_owned()))
+    }
+
+    fn job_dir(&self, id: &str) -> PathBuf {
+        self.config.dir.join(id)
+    }
+
+    /// Creates the job's listener, or returns the existing one (prepare may run three times).
+    pub async fn create(&self, id: &str, timeout: Option<Duration>) -> Result<JobInfo, JobError> {
+        let name = self.job_namespace(id)?;
+        let timeout = timeout.unwrap_or(Duration::from_secs(self.config.timeout_s));
+        let deadline = now() + timeout.as_secs() + self.config.grace_s;
+        let mut jobs = self.jobs.lock().await;
+        if let Some(job) = jobs.get_mut(id) {
+            job.record.deadline = job.record.deadline.max(deadline);
+            write_record(&self.job_dir(id), &job.record)?;
+            return Ok(info(job));
+        }
+        let job = self.start(Record { id: id.to_owned(), deadline }, name).await?;
+        let out = info(&job);
+        jobs.insert(id.to_owned(), job);
+        Ok(out)
+    }
+
+    async fn start(&self, record: Record, name: NsName) -> Result<Job, JobError> {
+        let dir = self.job_dir(&record.id);
+        std::fs::create_dir_all(&dir)?;
+        write_record(&dir, &record)?;
+        let socket = dir.join("docker.sock");
+        // Any user inside the job container may use the job's own socket.
+        let unix = UnixSocketOptions { mode: Some(0o666), owner: None, group: None };
+        let listener =
+            Listener::bind(&ListenAddr::Unix(socket.clone()), &unix, None).await.map_err(|e| JobError::Listener(e.to_string()))?;
+        let namespace = Namespace::new(name, self.settings.clone());
+        let pipeline = Pipeline { namespace: Some(namespace.clone()), ..self.pipeline.clone() };
+        let listener_name = format!("job-{}", record.id);
+        let handler = Arc::new(ListenerHandler { proxy: self.proxy.clone(), pipeline: Arc::new(ArcSwap::from_pointee(pipeline)) });
+        let opts = ServeOptions { listener: Arc::from(listener_name.as_str()), access_log: true };
+        let stop = CancellationToken::new();
+        let task =
+            tokio::spawn(crate::app::accept_loop(listener, opts, handler, self.connections.clone(), self.draining.clone(), stop.clone()));
+        tracing::info!(job = %record.id, socket = %socket.display(), namespace = %namespace.name, deadline = record.deadline, "job listener started");
+        Ok(Job { record, socket, namespace, stop, task })
+    }
+
+    /// Stops the job's listener and destroys everything its namespace holds. Idempotent.
+    pub async fn remove(&self, id: &str) -> Result<Removed, JobError> {
+        let name = self.job_namespace(id)?;
+        let job = self.jobs.lock().await.remove(id);
+        if let Some(job) = job {
+            job.stop.cancel();
+            let _ = job.task.await;
+        }
+        let removed = Namespace::new(name, self.settings.clone()).destroy(&self.proxy.daemon()).await?;
+        let _ = std::fs::remove_dir_all(self.job_dir(id));
+        tracing::info!(job = id, ?removed, "job removed");
+        Ok(removed)
+    }
+
+    pub async fn list(&self) -> Vec<JobInfo> {
+        self.jobs.lock().await.values().map(info).collect()
+    }
+
+    /// At start: restores the listeners of live jobs from their records, removes expired ones.
+    pub async fn restore(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.config.dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path().join("job.json");
+            let record: Option<Record> = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let Some(record) = record else { continue };
+            let Ok(name) = self.job_namespace(&record.id) else { continue };
+            if record.deadline <= now() {
+                let id = record.id.clone();
+                if let Err(e) = self.remove(&id).await {
+                    tracing::warn!(job = %id, error = %e, "expired job not removed");
+                }
+                continue;
+            }
+            let id = record.id.clone();
+            match self.start(record, name).await {
+                Ok(job) => {
+                    self.jobs.lock().await.insert(id, job);
+                }
+                Err(e) => tracing::warn!(job = %id, error = %e, "job listener not restored"),
+            }
+        }
+    }
+
+    /// Removes expired jobs, and job namespaces on the daemon that no live job owns.
+    pub async fn reap(&self) {
+        let expired: Vec<String> =
+            self.jobs.lock().await.values().filter(|j| j.record.deadline <= now()).map(|j| j.record.id.clone()).collect();
+        for id in expired {
+            tracing::warn!(job = %id, "job past its deadline: reaping it");
+            if let Err(e) = self.remove(&id).await {
+                tracing::warn!(job = %id, error = %e, "reaping failed");
+            }
+        }
+        let daemon = self.proxy.daemon();
+        let on_daemon = match namespaces_on_daemon(&daemon, &self.settings.registry).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list namespaces on the daemon");
+                return;
+            }
+        };
+        for ns in on_daemon {
+            let Some(id) = ns.as_str().strip_prefix(&self.config.namespace_prefix).and_then(|r| r.strip_prefix('-')) else { continue };
+            if self.jobs.lock().await.contains_key(id) || self.job_dir(id).join("job.json").exists() {
+                continue;
+            }
+            tracing::warn!(namespace = %ns, "no live job owns this namespace: destroying it");
+            if let Err(e) = Namespace::new(ns.clone(), self.settings.clone()).destroy(&daemon).await {
+                tracing::warn!(namespace = %ns, error = %e, "destroy failed");
+            }
+        }
+    }
+
+    /// Runs [`JobManager::reap`] every `reap_interval_s` until `stop`.
+    pub async fn reaper(self: Arc<Self>, stop: CancellationToken) {
+        let every = Duration::from_secs(self.config.reap_interval_s.max(1));
+        loop {
+            self.reap().await;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    /// Stops every job listener (on shutdown; the jobs stay, their records restore them).
+    pub async fn stop_listeners(&self) {
+        let mut jobs = self.jobs.lock().await;
+        for job in jobs.values() {
+            job.stop.cancel();
+        }
+        for (_, job) in jobs.drain() {
+            let _ = job.task.await;
+        }
+    }
+}
+
+fn info(job: &Job) -> JobInfo {
+    JobInfo {
+        id: job.record.id.clone(),
+        socket: job.socket.clone(),
+        namespace: job.namespace.name.to_string(),
+        deadline: job.record.deadline,
+    }
+}
+
+fn write_record(dir: &Path, record: &Record) -> std::io::Result<()> {
+    let tmp = dir.join("job.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(record).map_err(std::io::Error::other)?)?;
+    std::fs::rename(tmp, dir.join("job.json"))
+}
+
+/// The control socket's handler.
+pub struct ControlHandler {
+    pub jobs: Arc<JobManager>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    timeout_s: Option<u64>,
+}
+
+impl Handler for ControlHandler {
+    async fn call(&self, req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<ProxyBody> {
+        // The socket is 0600 root's; this is the second lock on the door.
+        if !matches!(conn.peer.addr, PeerAddr::Unix { uid: 0, .. }) {
+            tracing::warn!(target: "ctproxy::audit", peer = %conn.peer, "control request refused: not root");
+            return respond::error(StatusCode::FORBIDDEN, "ctproxy: the control socket is for root only");
+        }
+        let path = req.uri().path().to_owned();
+        let id = path.strip_prefix("/jobs/").map(str::to_owned);
+        match (req.method().clone(), id) {
+            (Method::GET, None) if path == "/jobs" => respond::json(StatusCode::OK, &serde_json::json!(self.jobs.list().await)),
+            (Method::PUT, Some(id)) => {
+                let body = match Limited::new(req.into_body(), 4096).collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) => return respond::error(StatusCode::BAD_REQUEST, &format!("ctproxy: {e}")),
+                };
+                let parsed: CreateBody = if body.is_empty() {
+                    CreateBody::default()
+                } else {
+                    match serde_json::from_slice(&body) {
+                        Ok(b) => b,
+                        Err(e) => return respond::error(StatusCode::BAD_REQUEST, &format!("ctproxy: invalid job: {e}")),
+                    }
+                };
+                match self.jobs.create(&id, parsed.timeout_s.map(Duration::from_secs)).await {
+                    Ok(info) => respond::json(StatusCode::OK, &serde_json::json!(info)),
+                    Err(e @ JobError::Id(_)) => respond::error(StatusCode::BAD_REQUEST, &format!("ctproxy: {e}")),
+                    Err(e) => respond::error(StatusCode::INTERNAL_SERVER_ERROR, &format!("ctproxy: {e}")),
+                }
+            }
+            (Method::DELETE, Some(id)) => match self.jobs.remove(&id).await {
+                Ok(removed) => respond::json(StatusCode::OK, &serde_json::json!({ "removed": removed })),
+                Err(e @ JobError::Id(_)) => respond::error(StatusCode::BAD_REQUEST, &format!("ctproxy: {e}")),
+                Err(e) => respond::error(StatusCode::INTERNAL_SERVER_ERROR, &format!("ctproxy: {e}")),
+            },
+            _ => respond::error(StatusCode::NOT_FOUND, "ctproxy: unknown control request"),
+        }
+    }
+}
