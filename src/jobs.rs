@@ -24,6 +24,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -312,4 +313,34 @@ impl Handler for ControlHandler {
             _ => respond::error(StatusCode::NOT_FOUND, "ctproxy: unknown control request"),
         }
     }
+}
+
+/// Why a control request from a stage process failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("ctproxy serve is not running (no control socket at {path}): {source}")]
+    NotRunning { path: String, source: std::io::Error },
+    #[error("control request failed: {0}")]
+    Http(String),
+}
+
+/// One request to the control socket of a running `ctproxy serve` (what the executor stages use).
+pub async fn control_request(socket: &Path, method: Method, path: &str, body: Option<Value>) -> Result<(StatusCode, Value), ControlError> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|source| ControlError::NotRunning { path: socket.display().to_string(), source })?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| ControlError::Http(e.to_string()))?;
+    tokio::spawn(conn);
+    let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, "ctproxy")
+        .body(http_body_util::Full::new(bytes::Bytes::from(bytes)))
+        .map_err(|e| ControlError::Http(e.to_string()))?;
+    let rsp = send.send_request(req).await.map_err(|e| ControlError::Http(e.to_string()))?;
+    let status = rsp.status();
+    let body = Limited::new(rsp.into_body(), 1 << 20).collect().await.map_err(|e| ControlError::Http(e.to_string()))?.to_bytes();
+    Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
 }

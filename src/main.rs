@@ -36,10 +36,67 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Manage the temporary job listeners of a running `ctproxy serve` (its control socket).
+    Job {
+        /// The control socket (`[jobs] control_socket`).
+        #[arg(long, default_value = "/run/ctproxy/control.sock")]
+        control: PathBuf,
+        #[command(subcommand)]
+        action: JobAction,
+    },
     /// Read a password on stdin and print its bcrypt hash, for `users` of an `http` authenticator.
     HashPassword,
     /// Read a bearer token on stdin and print its SHA-256, for `tokens` of an `http` authenticator.
     HashToken,
+}
+
+#[derive(Subcommand)]
+enum JobAction {
+    /// Create the job's socket and namespace (idempotent); prints the job as JSON.
+    Create {
+        id: String,
+        /// The job's timeout in seconds (the reaper adds the configured grace).
+        #[arg(long)]
+        timeout_s: Option<u64>,
+    },
+    /// Remove the job's socket and everything the job created (idempotent).
+    Remove { id: String },
+    /// List the live jobs as JSON.
+    List,
+}
+
+/// Runs one job command against the control socket. Exit status: 0 done, 1 refused, 2 ctproxy
+/// not reachable (a system failure for a CI stage).
+fn job_command(control: PathBuf, action: JobAction) -> ExitCode {
+    use hyper::Method;
+    let (method, path, body) = match action {
+        JobAction::Create { id, timeout_s } => {
+            (Method::PUT, format!("/jobs/{id}"), timeout_s.map(|t| serde_json::json!({ "timeout_s": t })))
+        }
+        JobAction::Remove { id } => (Method::DELETE, format!("/jobs/{id}"), None),
+        JobAction::List => (Method::GET, "/jobs".to_owned(), None),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ctproxy: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(ctproxy::jobs::control_request(&control, method, &path, body)) {
+        Ok((status, v)) if status.is_success() => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, v)) => {
+            eprintln!("ctproxy: {status}: {}", v.get("message").and_then(|m| m.as_str()).unwrap_or(""));
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("ctproxy: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// The first line of stdin, without its line ending.
@@ -79,6 +136,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::HashPassword => print_hash(|s| bcrypt::hash(s, bcrypt::DEFAULT_COST).map_err(|e| e.to_string())),
         Command::HashToken => print_hash(|s| Ok(ctproxy::plugin::auth::hash_token(s))),
+        Command::Job { control, action } => job_command(control, action),
         Command::Serve { config, listen, upstream, log_format, check } => {
             let source = ConfigSource { path: config, overrides: Overrides { listen, upstream, log_format } };
             let loaded = match source.load() {

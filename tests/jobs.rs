@@ -147,3 +147,30 @@ fn jobs_survive_a_crash_of_ctproxy_and_dead_ones_are_reaped() {
     control(&state_dir, "DELETE", &format!("/jobs/{live}"), "");
     assert!(in_namespace(&format!("{}-{live}", prefix())).is_empty());
 }
+
+#[test]
+fn the_job_command_talks_to_the_control_socket_and_says_when_ctproxy_is_not_running() {
+    let p = Proxy::start_with_config(&config("{dir}", ""), "control.sock");
+    let control = p.dir().join("control.sock");
+    let id = job_id();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ctproxy"))
+            .arg("job")
+            .arg("--control")
+            .arg(&control)
+            .args(args)
+            .output()
+            .expect("ctproxy job")
+    };
+    let out = run(&["create", &id, "--timeout-s", "600"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let job: Value = serde_json::from_slice(&out.stdout).expect("job JSON");
+    assert_eq!(job["namespace"], format!("{}-{id}", prefix()));
+    let list: Value = serde_json::from_slice(&run(&["list"]).stdout).expect("list JSON");
+    assert!(list.as_array().is_some_and(|l| l.iter().any(|j| j["id"] == id.as_str())));
+    assert!(run(&["remove", &id]).status.success());
+    drop(p);
+    let out = run(&["create", &id]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ctproxy serve is not running"));
+}
