@@ -173,6 +173,7 @@ impl ListenerHandler {
             route: &route,
             query: &mut query,
             headers: &mut parts.headers,
+            namespaced: namespace.is_some(),
         };
         chain.check(&mut ctx).map_err(|d| refusal(&ctx, d))?;
 

@@ -370,6 +370,7 @@ fn run_policy(policy: &dyn Policy, endpoint: Endpoint, body: &mut JsonBody) -> O
         route: &route,
         query: &mut query,
         headers: &mut headers,
+        namespaced: false,
     };
     if let Err(r) = policy.check(&mut ctx) {
         return Some(r);

@@ -460,3 +460,52 @@ fn save_and_load_stay_in_the_namespace() {
     assert_eq!(before, ok(DIRECT, &["image", "inspect", BUSYBOX, "--format", "{{.Id}}"]));
     assert!(ok(DIRECT, &["images", "--format", "{{.Repository}}"]).contains(&format!("{}/{}/docker.io/ctproxy-test/busybox", p.rp, p.ns_b)));
 }
+
+#[test]
+fn own_containers_can_be_joined_when_the_policy_allows_it_in_a_namespace() {
+    let ns = ns_name("own");
+    let proxy = Proxy::start_with_config(
+        &format!(
+            r#"
+[listener.ns]
+address = "unix://{{dir}}/ns.sock"
+namespace = "{ns}"
+policies = ["conservative"]
+[listener.plain]
+address = "unix://{{dir}}/plain.sock"
+policies = ["conservative"]
+[policy.conservative]
+kind = "conservative"
+allow_namespace_containers = true
+[namespaces]
+shared_images = ["ctproxy-test/*"]
+"#
+        ),
+        "plain.sock",
+    );
+    let host = format!("unix://{}/ns.sock", proxy.dir().display());
+    let plain = format!("unix://{}/plain.sock", proxy.dir().display());
+    let _cleanup = NsCleanup(ns.clone());
+    ok(&host, &["run", "-d", "--name", "db", "-v", "/data", BUSYBOX, "sleep", "300"]);
+    ok(&host, &["run", "--rm", "--volumes-from", "db", BUSYBOX, "ls", "/data"]);
+    ok(&host, &["run", "--rm", "--network", "container:db", BUSYBOX, "true"]);
+    // Without a namespace, the same policy still refuses them.
+    let out = cli(&plain, &["run", "--rm", "--volumes-from", "x", BUSYBOX, "true"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("policy"));
+}
+
+/// Removes a namespace's containers at the end of a test.
+struct NsCleanup(String);
+
+impl Drop for NsCleanup {
+    fn drop(&mut self) {
+        let label = format!("label=io.ctproxy.namespace={}", self.0);
+        let out = docker_cmd("docker", DIRECT, &["ps", "-aq", "--filter", &label])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for c in out.split_whitespace() {
+            let _ = docker_cmd("docker", DIRECT, &["rm", "-f", "-v", c]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+    }
+}

@@ -41,6 +41,9 @@ pub struct RequestCtx<'a> {
     /// The query as dockerd will read it; the forwarded query is re-encoded from this.
     pub query: &'a mut Query,
     pub headers: &'a mut HeaderMap,
+    /// A namespace stage runs after the policies: container references resolve to the namespace's
+    /// own containers only.
+    pub namespaced: bool,
 }
 
 impl RequestCtx<'_> {

@@ -40,6 +40,11 @@ pub struct ConservativeConfig {
     /// HostConfig sent to `start`).
     #[serde(default = "default_min_api")]
     pub min_api_version: String,
+    /// On a namespaced listener, allow `--volumes-from` and `container:` network/pid/ipc modes: the
+    /// namespace resolves them to its own containers only, which were created through this policy.
+    /// Leave it off if a namespace is also served by a listener without this policy.
+    #[serde(default)]
+    pub allow_namespace_containers: bool,
 }
 
 impl Default for ConservativeConfig {
@@ -52,6 +57,7 @@ impl Default for ConservativeConfig {
             allowed_runtimes: default_runtimes(),
             allowed_log_drivers: default_log_drivers(),
             min_api_version: default_min_api(),
+            allow_namespace_containers: false,
         }
     }
 }
@@ -333,7 +339,7 @@ impl Conservative {
         }
     }
 
-    fn check_host_config(&self, hc: &Value) -> Check {
+    fn check_host_config(&self, hc: &Value, own_containers: bool) -> Check {
         let get = |k: &str| hc.get(k);
         if is_set(get("Privileged")) {
             return self.deny_option("privileged mode", "HostConfig.Privileged");
@@ -387,12 +393,12 @@ impl Conservative {
             }
             // The other container may run in the host's namespace (or be privileged): its
             // settings were never checked by this policy.
-            if mode.starts_with("container:") {
+            if mode.starts_with("container:") && !own_containers {
                 return deny(format!("joining another container's {ns} namespace (HostConfig.{field})"));
             }
         }
         // Inherits the other container's mounts, host binds included, unchecked.
-        if is_set(get("VolumesFrom")) {
+        if is_set(get("VolumesFrom")) && !own_containers {
             return self.deny_option("mounts of another container", "HostConfig.VolumesFrom");
         }
         for (i, bind) in string_list(get("Binds")).iter().enumerate() {
@@ -445,12 +451,13 @@ impl Conservative {
         Ok(())
     }
 
-    fn check_create(&self, body: &JsonBody) -> Check {
+    fn check_create(&self, body: &JsonBody, namespaced: bool) -> Check {
+        let own_containers = namespaced && self.config.allow_namespace_containers;
         if let Some(path) = body.unknown.iter().find(|p| p.starts_with("HostConfig.") || p.starts_with("NetworkingConfig.")) {
             return deny(format!("the unknown field {path}"));
         }
         if let Some(hc) = body.value.get("HostConfig").filter(|v| v.is_object()) {
-            self.check_host_config(hc)?;
+            self.check_host_config(hc, own_containers)?;
         }
         let endpoints = body.value.get("NetworkingConfig").and_then(|n| n.get("EndpointsConfig"));
         if let Some(Value::Object(eps)) = endpoints {
@@ -618,7 +625,7 @@ impl Policy for Conservative {
 
     fn check_body(&self, req: &mut RequestCtx<'_>, body: &mut JsonBody) -> Check {
         match req.endpoint() {
-            Some(Endpoint::ContainerCreate) => self.check_create(body),
+            Some(Endpoint::ContainerCreate) => self.check_create(body, req.namespaced),
             Some(Endpoint::ContainerUpdate) => self.check_update(body),
             Some(Endpoint::ContainerExec) if is_set(body.value.get("Privileged")) => self.deny_option("a privileged exec", "Privileged"),
             Some(Endpoint::NetworkCreate) => self.check_network_create(body),
