@@ -13,6 +13,7 @@
 pub mod app;
 pub mod config;
 pub mod docker;
+pub mod executor;
 pub mod http;
 pub mod jobs;
 pub mod plugin;

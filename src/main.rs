@@ -44,6 +44,14 @@ enum Command {
         #[command(subcommand)]
         action: JobAction,
     },
+    /// A GitLab Runner custom-executor stage (`config_exec`, `cleanup_exec` of `[runners.custom]`).
+    Executor {
+        /// The control socket of the running `ctproxy serve` (`[jobs] control_socket`).
+        #[arg(long, default_value = "/run/ctproxy/control.sock")]
+        control: PathBuf,
+        #[command(subcommand)]
+        stage: Stage,
+    },
     /// Read a password on stdin and print its bcrypt hash, for `users` of an `http` authenticator.
     HashPassword,
     /// Read a bearer token on stdin and print its SHA-256, for `tokens` of an `http` authenticator.
@@ -63,6 +71,51 @@ enum JobAction {
     Remove { id: String },
     /// List the live jobs as JSON.
     List,
+}
+
+#[derive(Subcommand)]
+enum Stage {
+    /// Prints the job's settings for gitlab-runner (one JSON object on stdout, nothing else).
+    Config,
+    /// Removes the job's socket and everything the job created.
+    Cleanup,
+}
+
+fn executor_command(control: PathBuf, stage: Stage) -> ExitCode {
+    let codes = ctproxy::executor::ExitCodes::from_env();
+    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    match stage {
+        Stage::Config => match ctproxy::executor::config(&env, &control).and_then(|c| serde_json::to_string(&c).map_err(|e| e.to_string()))
+        {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ctproxy executor config: {e}");
+                ExitCode::from(codes.system_failure)
+            }
+        },
+        Stage::Cleanup => {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("ctproxy executor cleanup: cannot start the runtime: {e}");
+                    return ExitCode::from(codes.system_failure);
+                }
+            };
+            match runtime.block_on(ctproxy::executor::cleanup(&env, &control)) {
+                Ok(msg) => {
+                    eprintln!("ctproxy executor cleanup: {msg}");
+                    ExitCode::SUCCESS
+                }
+                Err((_, msg)) => {
+                    eprintln!("ctproxy executor cleanup: {msg}");
+                    ExitCode::from(codes.system_failure)
+                }
+            }
+        }
+    }
 }
 
 /// Runs one job command against the control socket. Exit status: 0 done, 1 refused, 2 ctproxy
@@ -137,6 +190,7 @@ fn main() -> ExitCode {
         Command::HashPassword => print_hash(|s| bcrypt::hash(s, bcrypt::DEFAULT_COST).map_err(|e| e.to_string())),
         Command::HashToken => print_hash(|s| Ok(ctproxy::plugin::auth::hash_token(s))),
         Command::Job { control, action } => job_command(control, action),
+        Command::Executor { control, stage } => executor_command(control, stage),
         Command::Serve { config, listen, upstream, log_format, check } => {
             let source = ConfigSource { path: config, overrides: Overrides { listen, upstream, log_format } };
             let loaded = match source.load() {

@@ -174,3 +174,38 @@ fn the_job_command_talks_to_the_control_socket_and_says_when_ctproxy_is_not_runn
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ctproxy serve is not running"));
 }
+
+#[test]
+fn executor_config_prints_one_json_object_and_cleanup_removes_the_job() {
+    let p = Proxy::start_with_config(&config("{dir}", ""), "control.sock");
+    let control_sock = p.dir().join("control.sock");
+    let job = format!("{}", std::process::id());
+    let stage = |stage: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ctproxy"))
+            .args(["executor", "--control"])
+            .arg(&control_sock)
+            .arg(stage)
+            .env("CUSTOM_ENV_CI_JOB_ID", &job)
+            .env("CUSTOM_ENV_CI_RUNNER_ID", "9")
+            .env("SYSTEM_FAILURE_EXIT_CODE", "2")
+            .output()
+            .expect("ctproxy executor")
+    };
+    let out = stage("config");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("exactly one JSON value on stdout");
+    assert_eq!(v["job_env"]["CTPROXY_JOB"], format!("r9-{job}"));
+    let key = format!("r9-{job}");
+    control(p.dir(), "PUT", &format!("/jobs/{key}"), "");
+    let host = format!("unix://{}", p.dir().join("jobs").join(&key).join("docker.sock").display());
+    docker(&host, &["run", "-d", "--name", "svc", BUSYBOX, "sleep", "300"]);
+    let out = stage("cleanup");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(in_namespace(&format!("{}-{key}", prefix())).is_empty());
+    // Again (cleanup is idempotent), and with ctproxy gone: a system failure, said plainly.
+    assert!(stage("cleanup").status.success());
+    drop(p);
+    let out = stage("cleanup");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
+}
