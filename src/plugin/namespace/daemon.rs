@@ -58,6 +58,16 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// A GET of a list endpoint: its items (none on 404 or a non-list answer), without copying them.
+    pub async fn list(&self, path_and_query: &str) -> Result<Vec<Value>, NsError> {
+        match self.get(path_and_query).await? {
+            Some(Value::Array(items)) => Ok(items),
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
 /// Percent-encodes one path segment or query value.
 pub fn enc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -27,18 +27,14 @@ impl Namespace {
     /// can be run again.
     pub async fn destroy(&self, daemon: &Daemon) -> Result<Removed, NsError> {
         let mut removed = Removed::default();
-        let filter = {
-            let mut f = Filters::default();
-            f.add("label", self.label_filter());
-            enc(&f.encode())
-        };
+        let filter = self.own_filter();
         for c in self.own_containers(daemon).await? {
             let Some(id) = c.get("Id").and_then(Value::as_str) else { continue };
             if delete(daemon, &format!("/containers/{id}?force=1&v=1")).await {
                 removed.containers += 1;
             }
         }
-        let nets = daemon.get(&format!("/networks?filters={filter}")).await?.and_then(|v| v.as_array().cloned()).unwrap_or_default();
+        let nets = daemon.list(&format!("/networks?filters={filter}")).await?;
         for n in &nets {
             let Some(id) = n.get("Id").and_then(Value::as_str) else { continue };
             if delete(daemon, &format!("/networks/{id}")).await {
@@ -52,7 +48,7 @@ impl Namespace {
                 removed.volumes += 1;
             }
         }
-        let images = daemon.get("/images/json").await?.and_then(|v| v.as_array().cloned()).unwrap_or_default();
+        let images = daemon.list("/images/json").await?;
         for img in &images {
             for tag in self.own_tags(img) {
                 if delete(daemon, &format!("/images/{}?force=1", enc(&tag))).await {
@@ -73,10 +69,10 @@ pub async fn namespaces_on_daemon(daemon: &Daemon, registry: &str) -> Result<Vec
         f.add("label", NS_LABEL.to_owned());
         enc(&f.encode())
     };
-    for c in daemon.get(&format!("/containers/json?all=1&filters={f}")).await?.and_then(|v| v.as_array().cloned()).unwrap_or_default() {
+    for c in daemon.list(&format!("/containers/json?all=1&filters={f}")).await? {
         found.extend(label(&c, "/Labels"));
     }
-    for n in daemon.get(&format!("/networks?filters={f}")).await?.and_then(|v| v.as_array().cloned()).unwrap_or_default() {
+    for n in daemon.list(&format!("/networks?filters={f}")).await? {
         found.extend(label(&n, "/Labels"));
     }
     if let Some(vols) = daemon.get(&format!("/volumes?filters={f}")).await? {
@@ -85,7 +81,7 @@ pub async fn namespaces_on_daemon(daemon: &Daemon, registry: &str) -> Result<Vec
         }
     }
     let prefix = format!("{registry}/");
-    for img in daemon.get("/images/json").await?.and_then(|v| v.as_array().cloned()).unwrap_or_default() {
+    for img in daemon.list("/images/json").await? {
         for t in strings(img.get("RepoTags")) {
             if let Some(rest) = t.strip_prefix(&prefix) {
                 found.extend(rest.split('/').next().map(str::to_owned));

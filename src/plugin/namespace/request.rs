@@ -315,7 +315,7 @@ impl Namespace {
             None => Default::default(),
         };
         // Image IDs the namespace may name: those of its own and of shared images.
-        let images = daemon.get("/images/json").await?.and_then(|v| v.as_array().cloned()).unwrap_or_default();
+        let images = daemon.list("/images/json").await?;
         let ids: Vec<String> = images
             .iter()
             .filter(|img| !self.own_tags(img).is_empty() || self.shared_tags(img).next().is_some())
@@ -554,7 +554,9 @@ impl Namespace {
             if !status.is_success() {
                 return Ok(Prepared::Answer(status, v));
             }
-            out.extend(v.as_array().cloned().unwrap_or_default());
+            if let Value::Array(items) = v {
+                out.extend(items);
+            }
         }
         Ok(Prepared::Answer(hyper::StatusCode::OK, Value::Array(out)))
     }
@@ -570,7 +572,7 @@ impl Namespace {
         }
         let used: Vec<String> =
             self.own_containers(daemon).await?.iter().filter_map(|c| c.get("ImageID").and_then(Value::as_str).map(str::to_owned)).collect();
-        let images = daemon.get("/images/json").await?.and_then(|v| v.as_array().cloned()).unwrap_or_default();
+        let images = daemon.list("/images/json").await?;
         let mut deleted = Vec::new();
         for img in &images {
             let id = img.get("Id").and_then(Value::as_str).unwrap_or("");
@@ -580,7 +582,9 @@ impl Namespace {
             for t in self.own_tags(img) {
                 let (status, body) = daemon.call(Method::DELETE, &format!("/images/{}", super::daemon::enc(&t)), None).await?;
                 if status.is_success() {
-                    deleted.extend(serde_json::from_slice::<Value>(&body).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default());
+                    if let Ok(Value::Array(items)) = serde_json::from_slice::<Value>(&body) {
+                        deleted.extend(items);
+                    }
                 }
             }
         }
@@ -756,14 +760,10 @@ fn add_alias(ep: &mut Value, alias: &str) {
         *aliases = Value::Array(Vec::new());
     }
     if let Value::Array(a) = aliases {
-        if !strings_in(a).any(|x| x == alias) {
+        if !a.iter().any(|x| x.as_str() == Some(alias)) {
             a.push(Value::String(alias.to_owned()));
         }
     }
-}
-
-fn strings_in(a: &[Value]) -> impl Iterator<Item = &str> {
-    a.iter().filter_map(Value::as_str)
 }
 
 /// Drops labels in ctproxy's reserved key space (`io.ctproxy.`), which only ctproxy sets.

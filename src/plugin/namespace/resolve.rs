@@ -42,7 +42,8 @@ fn owned_by(labels: Option<&Value>, ns: &Namespace) -> bool {
 }
 
 impl Namespace {
-    fn own_filter(&self) -> String {
+    /// The `filters` query value (encoded) selecting the namespace's objects by label.
+    pub(super) fn own_filter(&self) -> String {
         let mut f = Filters::default();
         f.add("label", self.label_filter());
         enc(&f.encode())
@@ -50,8 +51,7 @@ impl Namespace {
 
     /// The namespace's containers (all states), as the daemon lists them.
     pub async fn own_containers(&self, daemon: &Daemon) -> Result<Vec<Value>, NsError> {
-        let list = daemon.get(&format!("/containers/json?all=1&filters={}", self.own_filter())).await?;
-        Ok(list.and_then(|v| v.as_array().cloned()).unwrap_or_default())
+        daemon.list(&format!("/containers/json?all=1&filters={}", self.own_filter())).await
     }
 
     /// A container reference → the container's full ID.
@@ -92,7 +92,7 @@ impl Namespace {
         }
         if is_hex_prefix(typed) {
             let f = self.own_filter();
-            let list = daemon.get(&format!("/networks?filters={f}")).await?.and_then(|v| v.as_array().cloned()).unwrap_or_default();
+            let list = daemon.list(&format!("/networks?filters={f}")).await?;
             let names: Vec<String> = list
                 .iter()
                 .filter(|n| n.get("Id").and_then(Value::as_str).is_some_and(|id| id.starts_with(typed)))
@@ -150,7 +150,7 @@ impl Namespace {
         }
         let hex = typed.strip_prefix("sha256:").unwrap_or(typed);
         if is_hex_prefix(hex) {
-            let images = daemon.get("/images/json").await?.and_then(|v| v.as_array().cloned()).unwrap_or_default();
+            let images = daemon.list("/images/json").await?;
             let mut found: Vec<ImageRef> = Vec::new();
             for img in &images {
                 let Some(id) = img.get("Id").and_then(Value::as_str) else { continue };

@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::filters::NameMatch;
 use super::resolve::strings;
 use super::text::Demangler;
-use super::{Daemon, Namespace, NsError, MARKER, NS_LABEL};
+use super::{Daemon, Namespace, NsError, NS_LABEL};
 use crate::docker::reference::Reference;
 use crate::http::{BoxError, ProxyBody};
 
@@ -131,9 +131,9 @@ impl Namespace {
 
     /// Keeps an image summary if the namespace may see it, with only the tags it may see.
     fn keep_image(&self, img: &mut Value, refs: &[String]) -> bool {
-        let reg = self.settings.registry.clone();
+        let reg = self.settings.registry.as_str();
         let visible = |t: &str| -> bool {
-            self.name.unimage_str(&reg, t).is_some()
+            self.name.unimage_str(reg, t).is_some()
                 || Reference::parse(t).is_ok_and(|r| self.is_shared(&Reference { tag: None, digest: None, ..r }.familiar()))
         };
         let tags: Vec<Value> = strings(img.get("RepoTags")).filter(|t| visible(t)).map(|t| Value::String(t.to_owned())).collect();
@@ -142,7 +142,7 @@ impl Namespace {
         }
         let digests: Vec<Value> = strings(img.get("RepoDigests")).filter(|t| visible(t)).map(|t| Value::String(t.to_owned())).collect();
         if !refs.is_empty() {
-            let d = Demangler::new(&self.name, &reg);
+            let d = Demangler::new(&self.name, reg);
             let matches = tags.iter().filter_map(Value::as_str).any(|t| {
                 let t = d.text(t);
                 let repo = t.rsplit_once(':').map_or(t.as_ref(), |(r, _)| r);
@@ -218,7 +218,7 @@ impl Namespace {
         let cs = self.own_containers(daemon).await?;
         let state = |s: &str| cs.iter().filter(|c| c.get("State").and_then(Value::as_str) == Some(s)).count();
         let (running, paused) = (state("running"), state("paused"));
-        let mut images = daemon.get("/images/json").await?.and_then(|v| v.as_array().cloned()).unwrap_or_default();
+        let mut images = daemon.list("/images/json").await?;
         images.retain_mut(|img| self.keep_image(img, &[]));
         Ok((cs.len(), running, paused, cs.len() - running - paused, images.len()))
     }
@@ -264,14 +264,13 @@ impl Namespace {
         let (mut parts, body) = rsp.into_parts();
         parts.headers.remove(header::CONTENT_LENGTH);
         let ns = self.clone();
-        let image_prefix = format!("{}/{}/", self.settings.registry, self.name);
+        let demangler = Demangler::new(&self.name, &self.settings.registry);
         let map = move |line: &[u8]| -> Option<Bytes> {
             let trimmed = trim_ascii(line);
             if trimmed.is_empty() {
                 return (!events).then(|| Bytes::copy_from_slice(line));
             }
-            let plain = !contains(line, MARKER.as_bytes()) && !contains(line, image_prefix.as_bytes());
-            if plain && !events {
+            if !events && !demangler.may_contain(line) {
                 return Some(Bytes::copy_from_slice(line));
             }
             let Ok(mut v) = serde_json::from_slice::<Value>(trimmed) else {
@@ -280,7 +279,7 @@ impl Namespace {
             if events && !ns.sees_event(&v) {
                 return None;
             }
-            Demangler::new(&ns.name, &ns.settings.registry).value(&mut v);
+            demangler.value(&mut v);
             let mut out = serde_json::to_vec(&v).ok()?;
             // Keep the line's own terminator (`\n`, `\r\n`).
             let end = line.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(line.len(), |i| i + 1);
@@ -328,10 +327,6 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
     let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
     let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |i| i + 1);
     &b[start..end]
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 type LineMap = Box<dyn FnMut(&[u8]) -> Option<Bytes> + Send>;

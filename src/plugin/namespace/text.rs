@@ -12,16 +12,23 @@ use serde_json::{Map, Value};
 use super::names::{NsName, MARKER, NS_LABEL};
 
 /// Rewrites one namespace's mangled names back to the client's.
-pub struct Demangler<'a> {
-    ns: &'a NsName,
+/// Owns what it needs, so a stream rewriter builds one for the whole stream.
+pub struct Demangler {
+    ns: NsName,
     object_prefix: String,
     image_prefix: String,
-    registry: &'a str,
+    registry: String,
 }
 
-impl<'a> Demangler<'a> {
-    pub fn new(ns: &'a NsName, registry: &'a str) -> Demangler<'a> {
-        Demangler { ns, object_prefix: ns.prefix(), image_prefix: format!("{registry}/{ns}/"), registry }
+impl Demangler {
+    pub fn new(ns: &NsName, registry: &str) -> Demangler {
+        Demangler { ns: ns.clone(), object_prefix: ns.prefix(), image_prefix: format!("{registry}/{ns}/"), registry: registry.to_owned() }
+    }
+
+    /// Whether `line` may hold a mangled name at all (most stream lines do not).
+    pub fn may_contain(&self, line: &[u8]) -> bool {
+        let has = |needle: &[u8]| line.windows(needle.len()).any(|w| w == needle);
+        has(MARKER.as_bytes()) || has(self.image_prefix.as_bytes())
     }
 
     /// Free text: every mangled object name and image reference in it.
@@ -33,7 +40,7 @@ impl<'a> Demangler<'a> {
         while let Some(start) = out.find(&self.image_prefix) {
             let end = out[start..].find(|c: char| !is_ref_char(c)).map_or(out.len(), |i| start + i);
             let token = &out[start..end];
-            let familiar = self.ns.unimage_str(self.registry, token).unwrap_or_else(|| {
+            let familiar = self.ns.unimage_str(&self.registry, token).unwrap_or_else(|| {
                 // Not a complete reference (a repository being pushed, a progress id): drop the prefix.
                 let rest = &token[self.image_prefix.len()..];
                 match rest.split_once('/') {
