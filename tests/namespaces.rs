@@ -65,30 +65,34 @@ address = "{rp}"
 impl Drop for Pair {
     /// Removes everything either namespace created, on the daemon's own socket.
     fn drop(&mut self) {
-        for ns in [&self.ns_a, &self.ns_b] {
-            let label = format!("label=io.ctproxy.namespace={ns}");
-            let quiet = |args: &[&str]| {
-                let out = docker_cmd("docker", DIRECT, args)
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default();
-                out.split_whitespace().map(str::to_owned).collect::<Vec<_>>()
-            };
-            for c in quiet(&["ps", "-aq", "--filter", &label]) {
-                let _ = docker_cmd("docker", DIRECT, &["rm", "-f", "-v", &c]).stdout(Stdio::null()).stderr(Stdio::null()).status();
-            }
-            for n in quiet(&["network", "ls", "-q", "--filter", &label]) {
-                let _ = docker_cmd("docker", DIRECT, &["network", "rm", &n]).stdout(Stdio::null()).stderr(Stdio::null()).status();
-            }
-            for v in quiet(&["volume", "ls", "-q", "--filter", &label]) {
-                let _ = docker_cmd("docker", DIRECT, &["volume", "rm", "-f", &v]).stdout(Stdio::null()).stderr(Stdio::null()).status();
-            }
-            let prefix = format!("{}/{ns}/", self.rp);
-            for i in quiet(&["images", "--format", "{{.Repository}}:{{.Tag}}"]) {
-                if i.starts_with(&prefix) {
-                    let _ = docker_cmd("docker", DIRECT, &["rmi", "-f", &i]).stdout(Stdio::null()).stderr(Stdio::null()).status();
-                }
-            }
+        remove_namespace(&self.ns_a, &self.rp);
+        remove_namespace(&self.ns_b, &self.rp);
+    }
+}
+
+/// Removes a namespace's containers, networks, volumes and image tags (registry proxy `rp`).
+fn remove_namespace(ns: &str, rp: &str) {
+    let label = format!("label=io.ctproxy.namespace={ns}");
+    let quiet = |args: &[&str]| {
+        let out = docker_cmd("docker", DIRECT, args).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        out.split_whitespace().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let rm = |args: &[&str]| {
+        let _ = docker_cmd("docker", DIRECT, args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    };
+    for c in quiet(&["ps", "-aq", "--filter", &label]) {
+        rm(&["rm", "-f", "-v", &c]);
+    }
+    for n in quiet(&["network", "ls", "-q", "--filter", &label]) {
+        rm(&["network", "rm", &n]);
+    }
+    for v in quiet(&["volume", "ls", "-q", "--filter", &label]) {
+        rm(&["volume", "rm", "-f", &v]);
+    }
+    let prefix = format!("{rp}/{ns}/");
+    for i in quiet(&["images", "--format", "{{.Repository}}:{{.Tag}}"]) {
+        if i.starts_with(&prefix) {
+            rm(&["rmi", "-f", &i]);
         }
     }
 }
@@ -347,6 +351,28 @@ fn reserved_and_invalid_names_are_refused_clearly() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("invalid name"));
     let out = cli(&p.a, &["run", "--rm", "--name", "x", BUSYBOX, "true"]);
     assert!(!out.status.success(), "a one-character name is refused, as dockerd does");
+    // BuildKit's build and session are refused in a namespace, with a reason.
+    let sock = p.proxy.dir().join("a.sock");
+    let raw = raw_request(
+        &sock,
+        b"POST /v1.41/build?version=2&t=bk HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        LIMIT,
+    );
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 403") && text.contains("{\"message\":") && text.contains("BuildKit"), "{text}");
+    // Every refusal above is in the audit log, and none had an effect on the daemon.
+    assert!(wait_audit_refusals(&p.proxy, 6, Duration::from_secs(5)).is_some(), "{}", p.proxy.log_text());
+    for ns in [&p.ns_a, &p.ns_b] {
+        let label = format!("label=io.ctproxy.namespace={ns}");
+        for args in [
+            vec!["ps", "-aq", "--filter", &label],
+            vec!["volume", "ls", "-q", "--filter", &label],
+            vec!["network", "ls", "-q", "--filter", &label],
+        ] {
+            assert!(ok(DIRECT, &args).trim().is_empty(), "{args:?} on the daemon");
+        }
+    }
+    assert!(!ok(DIRECT, &["images", "--format", "{{.Repository}}"]).contains(&format!("{}/{}/docker.io/library/bk", p.rp, p.ns_a)));
 }
 
 #[test]
@@ -401,33 +427,22 @@ fn a_restarted_proxy_gives_every_namespace_exactly_its_own_world() {
     ok(&p.a, &["network", "create", "n1"]);
     ok(&p.b, &["volume", "create", "v1"]);
     ok(&p.a, &["tag", BUSYBOX, "mine:1"]);
-    let before: Vec<_> = [&p.a, &p.b]
-        .iter()
-        .map(|h| {
-            [
-                lines(&ok(h, &["ps", "-a", "--format", "{{.ID}} {{.Names}}"])),
-                lines(&ok(h, &["volume", "ls", "-q"])),
-                lines(&ok(h, &["network", "ls", "--format", "{{.Name}}"])),
-                lines(&ok(h, &["images", "--format", "{{.Repository}}:{{.Tag}}"])),
-            ]
-        })
-        .collect();
+    // What each namespace sees: containers (ID and name), volumes, networks, images.
+    let world = |h: &str| {
+        [
+            lines(&ok(h, &["ps", "-a", "--format", "{{.ID}} {{.Names}}"])),
+            lines(&ok(h, &["volume", "ls", "-q"])),
+            lines(&ok(h, &["network", "ls", "--format", "{{.Name}}"])),
+            lines(&ok(h, &["images", "--format", "{{.Repository}}:{{.Tag}}"])),
+        ]
+    };
+    let before = [world(&p.a), world(&p.b)];
     // Killed, not stopped: nothing is written anywhere on the way out.
     p.proxy.signal("KILL");
     p.proxy.wait_exit(Duration::from_secs(10));
     let restarted =
         Proxy::spawn(tempfile::tempdir().expect("tempdir"), p.proxy.dir().join("b.sock"), &["--config", p.config.to_str().expect("utf-8")]);
-    let after: Vec<_> = [&p.a, &p.b]
-        .iter()
-        .map(|h| {
-            [
-                lines(&ok(h, &["ps", "-a", "--format", "{{.ID}} {{.Names}}"])),
-                lines(&ok(h, &["volume", "ls", "-q"])),
-                lines(&ok(h, &["network", "ls", "--format", "{{.Name}}"])),
-                lines(&ok(h, &["images", "--format", "{{.Repository}}:{{.Tag}}"])),
-            ]
-        })
-        .collect();
+    let after = [world(&p.a), world(&p.b)];
     assert_eq!(before, after);
     assert_ne!(before[0][0], before[1][0], "each namespace has its own db");
     ok(&p.a, &["exec", "db", "true"]);
@@ -494,18 +509,11 @@ shared_images = ["ctproxy-test/*"]
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("policy"));
 }
 
-/// Removes a namespace's containers at the end of a test.
+/// Removes a namespace's objects at the end of a test, whatever happened.
 struct NsCleanup(String);
 
 impl Drop for NsCleanup {
     fn drop(&mut self) {
-        let label = format!("label=io.ctproxy.namespace={}", self.0);
-        let out = docker_cmd("docker", DIRECT, &["ps", "-aq", "--filter", &label])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        for c in out.split_whitespace() {
-            let _ = docker_cmd("docker", DIRECT, &["rm", "-f", "-v", c]).stdout(Stdio::null()).stderr(Stdio::null()).status();
-        }
+        remove_namespace(&self.0, "127.0.0.1:5001");
     }
 }
