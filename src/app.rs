@@ -178,6 +178,7 @@ fn build_pipelines(config: &Config, tokens: &Option<Arc<dyn RegistryTokens>>) ->
                 max_json_body: config.limits.max_json_body_bytes,
                 namespace: l.namespace.as_deref().map(ns).transpose()?,
                 per_identity_ns: if identified { per_identity_ns.clone() } else { Default::default() },
+                own_socket: None,
             };
             Ok((name.clone(), pipeline))
         })

@@ -1,8 +1,12 @@
 //! Temporary listeners: one unix socket per CI job, bound to a namespace of its own, owned by the
 //! long-running `ctproxy serve` and driven over a root-only control socket.
 //!
-//! A job's socket (`<dir>/<id>/docker.sock`) is what the job container mounts as
-//! `/var/run/docker.sock`; everything created through it lives in the namespace `job-<id>` (the
+//! A job's socket (`<dir>/<id>/sock/docker.sock`) is what the job container mounts as
+//! `/var/run/docker.sock`. It sits alone in its own directory so that the container can also mount
+//! the directory: a socket re-created by a restarted ctproxy is a new file, which a bind mount of the
+//! old file would never see, but a directory mount does. The job's listener redirects binds of the
+//! Docker socket to this socket (a nested container that mounts `/var/run/docker.sock` gets the job's
+//! socket, never the host's); everything created through it lives in the namespace `job-<id>` (the
 //! prefix is configurable). Removing
 //! the job stops the listener and destroys that namespace. Nothing is lost on a crash: each job has a
 //! record (`<dir>/<id>/job.json`, with its deadline) from which a restarted ctproxy restores the
@@ -12,7 +16,8 @@
 //!
 //! Control API (HTTP/1.1 on the control socket, mode 0600, peers other than uid 0 refused):
 //! `PUT /jobs/{id}` (`{"timeout_s": N}`, idempotent) → `{"id","socket","namespace","deadline"}`;
-//! `DELETE /jobs/{id}` → `{"removed": {...}}` (idempotent); `GET /jobs` → the live jobs.
+//! `GET /jobs/{id}` → the same (404 when there is no such job); `DELETE /jobs/{id}` →
+//! `{"removed": {...}}` (idempotent); `GET /jobs` → the live jobs.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -135,13 +140,16 @@ impl JobManager {
         let dir = self.job_dir(&record.id);
         std::fs::create_dir_all(&dir)?;
         write_record(&dir, &record)?;
-        let socket = dir.join("docker.sock");
+        let sock_dir = dir.join("sock");
+        std::fs::create_dir_all(&sock_dir)?;
+        let socket = sock_dir.join("docker.sock");
         // Any user inside the job container may use the job's own socket.
         let unix = UnixSocketOptions { mode: Some(0o666), owner: None, group: None };
         let listener =
             Listener::bind(&ListenAddr::Unix(socket.clone()), &unix, None).await.map_err(|e| JobError::Listener(e.to_string()))?;
         let namespace = Namespace::new(name, self.settings.clone());
-        let pipeline = Pipeline { namespace: Some(namespace.clone()), ..self.pipeline.clone() };
+        let pipeline =
+            Pipeline { namespace: Some(namespace.clone()), own_socket: Some(Arc::from(socket.as_path())), ..self.pipeline.clone() };
         let listener_name = format!("job-{}", record.id);
         let handler = Arc::new(ListenerHandler { proxy: self.proxy.clone(), pipeline: Arc::new(ArcSwap::from_pointee(pipeline)) });
         let opts = ServeOptions { listener: Arc::from(listener_name.as_str()), access_log: true };
@@ -164,6 +172,11 @@ impl JobManager {
         let _ = std::fs::remove_dir_all(self.job_dir(id));
         tracing::info!(job = id, ?removed, "job removed");
         Ok(removed)
+    }
+
+    /// The live job `id`, if there is one.
+    pub async fn get(&self, id: &str) -> Option<JobInfo> {
+        self.jobs.lock().await.get(id).map(info)
     }
 
     pub async fn list(&self) -> Vec<JobInfo> {
@@ -286,6 +299,10 @@ impl Handler for ControlHandler {
         let id = path.strip_prefix("/jobs/").map(str::to_owned);
         match (req.method().clone(), id) {
             (Method::GET, None) if path == "/jobs" => respond::json(StatusCode::OK, &serde_json::json!(self.jobs.list().await)),
+            (Method::GET, Some(id)) => match self.jobs.get(&id).await {
+                Some(info) => respond::json(StatusCode::OK, &serde_json::json!(info)),
+                None => respond::error(StatusCode::NOT_FOUND, &format!("ctproxy: no live job {id:?}")),
+            },
             (Method::PUT, Some(id)) => {
                 let body = match Limited::new(req.into_body(), 4096).collect().await {
                     Ok(b) => b.to_bytes(),

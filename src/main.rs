@@ -44,11 +44,18 @@ enum Command {
         #[command(subcommand)]
         action: JobAction,
     },
-    /// A GitLab Runner custom-executor stage (`config_exec`, `cleanup_exec` of `[runners.custom]`).
+    /// A GitLab Runner custom-executor stage (`*_exec` and `*_args` of `[runners.custom]`).
     Executor {
         /// The control socket of the running `ctproxy serve` (`[jobs] control_socket`).
         #[arg(long, default_value = "/run/ctproxy/control.sock")]
         control: PathBuf,
+        /// The image of jobs that name none (prepare).
+        #[arg(long)]
+        default_image: Option<String>,
+        /// A helper image (git, git-lfs, gitlab-runner) for the stages that fetch sources and handle
+        /// caches and artifacts (prepare); without it every stage runs in the job image.
+        #[arg(long)]
+        helper_image: Option<String>,
         #[command(subcommand)]
         stage: Stage,
     },
@@ -77,14 +84,37 @@ enum JobAction {
 enum Stage {
     /// Prints the job's settings for gitlab-runner (one JSON object on stdout, nothing else).
     Config,
+    /// Creates the job's socket, network, services and job container (idempotent).
+    Prepare,
+    /// Runs one stage script in the job's container.
+    Run {
+        /// The script gitlab-runner wrote.
+        script: PathBuf,
+        /// The stage's name (any: unknown stages run in the job container).
+        stage: String,
+    },
     /// Removes the job's socket and everything the job created.
     Cleanup,
 }
 
-fn executor_command(control: PathBuf, stage: Stage) -> ExitCode {
+fn executor_command(opts: ctproxy::executor::Options, stage: Stage) -> ExitCode {
     let codes = ctproxy::executor::ExitCodes::from_env();
     let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let control = opts.control.clone();
+    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let staged = |name: &str, r: Result<(), ctproxy::executor::StageError>| match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => ExitCode::from(e.exit_code(name, &codes)),
+    };
     match stage {
+        Stage::Prepare => match runtime() {
+            Ok(rt) => staged("prepare", rt.block_on(ctproxy::executor::prepare(&env, &opts))),
+            Err(e) => staged("prepare", Err(ctproxy::executor::StageError::system(format!("cannot start the runtime: {e}")))),
+        },
+        Stage::Run { script, stage } => match runtime() {
+            Ok(rt) => staged("run", rt.block_on(ctproxy::executor::run(&env, &opts, &script, &stage))),
+            Err(e) => staged("run", Err(ctproxy::executor::StageError::system(format!("cannot start the runtime: {e}")))),
+        },
         Stage::Config => match ctproxy::executor::config(&env, &control).and_then(|c| serde_json::to_string(&c).map_err(|e| e.to_string()))
         {
             Ok(json) => {
@@ -97,7 +127,7 @@ fn executor_command(control: PathBuf, stage: Stage) -> ExitCode {
             }
         },
         Stage::Cleanup => {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let runtime = match runtime() {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("ctproxy executor cleanup: cannot start the runtime: {e}");
@@ -190,7 +220,9 @@ fn main() -> ExitCode {
         Command::HashPassword => print_hash(|s| bcrypt::hash(s, bcrypt::DEFAULT_COST).map_err(|e| e.to_string())),
         Command::HashToken => print_hash(|s| Ok(ctproxy::plugin::auth::hash_token(s))),
         Command::Job { control, action } => job_command(control, action),
-        Command::Executor { control, stage } => executor_command(control, stage),
+        Command::Executor { control, default_image, helper_image, stage } => {
+            executor_command(ctproxy::executor::Options { control, default_image, helper_image }, stage)
+        }
         Command::Serve { config, listen, upstream, log_format, check } => {
             let source = ConfigSource { path: config, overrides: Overrides { listen, upstream, log_format } };
             let loaded = match source.load() {

@@ -41,6 +41,9 @@ pub struct Pipeline {
     pub namespace: Option<Namespace>,
     /// Identities with a namespace of their own.
     pub per_identity_ns: HashMap<Arc<str>, Namespace>,
+    /// The listener's own Docker socket (a job's): binds of the host's Docker socket in container
+    /// configs are redirected to it, and policies let containers mount it.
+    pub own_socket: Option<Arc<std::path::Path>>,
 }
 
 impl Pipeline {
@@ -174,6 +177,7 @@ impl ListenerHandler {
             query: &mut query,
             headers: &mut parts.headers,
             namespaced: namespace.is_some(),
+            own_socket: pipeline.own_socket.as_deref(),
         };
         chain.check(&mut ctx).map_err(|d| refusal(&ctx, d))?;
 
@@ -186,6 +190,9 @@ impl ListenerHandler {
                 let mut decoded = decode_json(&bytes, ctx.headers, schema)?;
                 if endpoint == Endpoint::ContainerCreate {
                     normalize_create(&mut decoded.value);
+                    if let Some(own) = &pipeline.own_socket {
+                        redirect_docker_socket(&mut decoded.value, own);
+                    }
                 }
                 chain.check_body(&mut ctx, &mut decoded).map_err(|d| refusal(&ctx, d))?;
                 json = Some((decoded.value, bytes.is_empty()));
@@ -251,6 +258,55 @@ impl ListenerHandler {
         };
         parts.uri = rebuild_uri(&route, &query)?;
         Ok(Admitted::Forward(Request::from_parts(parts, body), after.map(Box::new)))
+    }
+}
+
+/// The paths under which clients expect the host's Docker socket.
+const DOCKER_SOCKETS: [&str; 2] = ["/var/run/docker.sock", "/run/docker.sock"];
+
+/// Whether a bind source names the host's Docker socket (lexically, or through symlinks).
+fn is_docker_socket(source: &str) -> bool {
+    if !source.starts_with('/') {
+        return false;
+    }
+    let mut lexical = std::path::PathBuf::from("/");
+    for c in std::path::Path::new(source).components() {
+        match c {
+            std::path::Component::Normal(n) => lexical.push(n),
+            std::path::Component::ParentDir => {
+                lexical.pop();
+            }
+            _ => {}
+        }
+    }
+    let resolved = std::fs::canonicalize(&lexical).ok();
+    DOCKER_SOCKETS.iter().any(|s| lexical == std::path::Path::new(s) || resolved.as_deref() == Some(std::path::Path::new(s)))
+}
+
+/// In a container config (canonical field names), points every bind of the host's Docker socket
+/// at `own` instead: a CI job's nested container (Testcontainers' Ryuk, a `docker` client) that
+/// mounts `/var/run/docker.sock` gets the job's socket, with the job's namespace and policies.
+fn redirect_docker_socket(body: &mut serde_json::Value, own: &std::path::Path) {
+    use serde_json::Value;
+    let Some(Value::Object(host)) = body.get_mut("HostConfig") else { return };
+    let own = own.display().to_string();
+    if let Some(Value::Array(binds)) = host.get_mut("Binds") {
+        for bind in binds.iter_mut() {
+            let Some(s) = bind.as_str() else { continue };
+            let (source, rest) = s.split_once(':').unwrap_or((s, ""));
+            if is_docker_socket(source) {
+                *bind = Value::String(if rest.is_empty() { own.clone() } else { format!("{own}:{rest}") });
+            }
+        }
+    }
+    if let Some(Value::Array(mounts)) = host.get_mut("Mounts") {
+        for m in mounts.iter_mut() {
+            let is_bind = m.get("Type").and_then(Value::as_str) == Some("bind");
+            let source = m.get("Source").and_then(Value::as_str).unwrap_or("");
+            if is_bind && is_docker_socket(source) {
+                m["Source"] = Value::String(own.clone());
+            }
+        }
     }
 }
 

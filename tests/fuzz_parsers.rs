@@ -371,6 +371,7 @@ fn run_policy(policy: &dyn Policy, endpoint: Endpoint, body: &mut JsonBody) -> O
         query: &mut query,
         headers: &mut headers,
         namespaced: false,
+        own_socket: None,
     };
     if let Err(r) = policy.check(&mut ctx) {
         return Some(r);

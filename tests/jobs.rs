@@ -83,7 +83,7 @@ fn a_job_gets_its_own_socket_and_namespace_and_cleanup_removes_everything() {
     let (status, again) = control(&dir, "PUT", &format!("/jobs/{a}"), "");
     assert_eq!((status, &again["socket"]), (200, &job["socket"]));
     control(&dir, "PUT", &format!("/jobs/{b}"), "");
-    let host = |id: &str| format!("unix://{}", dir.join("jobs").join(id).join("docker.sock").display());
+    let host = |id: &str| format!("unix://{}", dir.join("jobs").join(id).join("sock").join("docker.sock").display());
     // Both jobs use the same names, without seeing each other.
     for id in [&a, &b] {
         docker(&host(id), &["run", "-d", "--name", "db", BUSYBOX, "sleep", "300"]);
@@ -128,7 +128,7 @@ fn jobs_survive_a_crash_of_ctproxy_and_dead_ones_are_reaped() {
     control(&state_dir, "PUT", &format!("/jobs/{live}"), r#"{"timeout_s": 600}"#);
     control(&state_dir, "PUT", &format!("/jobs/{short}"), r#"{"timeout_s": 3}"#);
     control(&state_dir, "PUT", &format!("/jobs/{orphan}"), r#"{"timeout_s": 600}"#);
-    let host = |id: &str| format!("unix://{}", state_dir.join("jobs").join(id).join("docker.sock").display());
+    let host = |id: &str| format!("unix://{}", state_dir.join("jobs").join(id).join("sock").join("docker.sock").display());
     for id in [&live, &short, &orphan] {
         docker(&host(id), &["run", "-d", "--name", "db", BUSYBOX, "sleep", "300"]);
     }
@@ -138,7 +138,9 @@ fn jobs_survive_a_crash_of_ctproxy_and_dead_ones_are_reaped() {
     std::fs::remove_dir_all(state_dir.join("jobs").join(&orphan)).expect("remove record");
     let _p = start();
     // The live job's socket works again, with its namespace intact.
-    wait_until("the live job's socket", Duration::from_secs(10), || state_dir.join("jobs").join(&live).join("docker.sock").exists());
+    wait_until("the live job's socket", Duration::from_secs(10), || {
+        state_dir.join("jobs").join(&live).join("sock").join("docker.sock").exists()
+    });
     assert_eq!(docker(&host(&live), &["ps", "--format", "{{.Names}}"]).trim(), "db");
     // The orphan (no record) and the expired job are reaped.
     wait_until("the orphaned namespace reaped", Duration::from_secs(30), || in_namespace(&format!("{}-{orphan}", prefix())).is_empty());
@@ -197,7 +199,7 @@ fn executor_config_prints_one_json_object_and_cleanup_removes_the_job() {
     assert_eq!(v["job_env"]["CTPROXY_JOB"], format!("r9-{job}"));
     let key = format!("r9-{job}");
     control(p.dir(), "PUT", &format!("/jobs/{key}"), "");
-    let host = format!("unix://{}", p.dir().join("jobs").join(&key).join("docker.sock").display());
+    let host = format!("unix://{}", p.dir().join("jobs").join(&key).join("sock").join("docker.sock").display());
     docker(&host, &["run", "-d", "--name", "svc", BUSYBOX, "sleep", "300"]);
     let out = stage("cleanup");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

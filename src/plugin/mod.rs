@@ -44,6 +44,9 @@ pub struct RequestCtx<'a> {
     /// A namespace stage runs after the policies: container references resolve to the namespace's
     /// own containers only.
     pub namespaced: bool,
+    /// The listener's own Docker socket (a CI job's), which its containers may mount: binds of the
+    /// host's socket have already been redirected to it.
+    pub own_socket: Option<&'a std::path::Path>,
 }
 
 impl RequestCtx<'_> {

@@ -270,9 +270,18 @@ impl Conservative {
 
     /// A host path may be mounted only inside the allowlist, after `..` and symlinks are resolved,
     /// and never the Docker socket.
-    fn check_host_path(&self, source: &str, field: &str) -> Check {
+    fn check_host_path(&self, source: &str, field: &str, own_socket: Option<&Path>) -> Check {
         let lexical = clean(source);
         let resolved = std::fs::canonicalize(&lexical).unwrap_or_else(|_| lexical.clone());
+        // A job's own socket, and the directory that holds only it, are the client's own.
+        if let Some(own) = own_socket {
+            let own_dir = own.parent().unwrap_or(own);
+            let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+            let mine = [own.to_path_buf(), own_dir.to_path_buf(), canonical(own), canonical(own_dir)];
+            if mine.contains(&lexical) && mine.contains(&resolved) {
+                return Ok(());
+            }
+        }
         for p in [&lexical, &resolved] {
             if DOCKER_SOCKETS.iter().any(|s| p == Path::new(s)) {
                 return deny(format!("mounting the Docker socket {} ({field})", p.display()));
@@ -295,13 +304,13 @@ impl Conservative {
         Ok(())
     }
 
-    fn check_bind(&self, bind: &str, i: usize) -> Check {
+    fn check_bind(&self, bind: &str, i: usize, own_socket: Option<&Path>) -> Check {
         let field = format!("HostConfig.Binds[{i}]");
         let mut parts = bind.split(':');
         let source = parts.next().unwrap_or("");
         let _target = parts.next();
         if source.starts_with('/') {
-            self.check_host_path(source, &field)?;
+            self.check_host_path(source, &field, own_socket)?;
             if let Some(opts) = parts.next() {
                 for opt in opts.split(',') {
                     self.check_propagation(opt, &field)?;
@@ -314,12 +323,12 @@ impl Conservative {
         Ok(())
     }
 
-    fn check_mount(&self, m: &Value, i: usize) -> Check {
+    fn check_mount(&self, m: &Value, i: usize, own_socket: Option<&Path>) -> Check {
         let field = format!("HostConfig.Mounts[{i}]");
         let source = str_of(m.get("Source"));
         match str_of(m.get("Type")) {
             "bind" => {
-                self.check_host_path(source, &field)?;
+                self.check_host_path(source, &field, own_socket)?;
                 let propagation = str_of(m.get("BindOptions").and_then(|b| b.get("Propagation")));
                 self.check_propagation(propagation, &field)
             }
@@ -339,7 +348,7 @@ impl Conservative {
         }
     }
 
-    fn check_host_config(&self, hc: &Value, own_containers: bool) -> Check {
+    fn check_host_config(&self, hc: &Value, own_containers: bool, own_socket: Option<&Path>) -> Check {
         let get = |k: &str| hc.get(k);
         if is_set(get("Privileged")) {
             return self.deny_option("privileged mode", "HostConfig.Privileged");
@@ -402,11 +411,11 @@ impl Conservative {
             return self.deny_option("mounts of another container", "HostConfig.VolumesFrom");
         }
         for (i, bind) in string_list(get("Binds")).iter().enumerate() {
-            self.check_bind(bind, i)?;
+            self.check_bind(bind, i, own_socket)?;
         }
         if let Some(Value::Array(mounts)) = get("Mounts") {
             for (i, m) in mounts.iter().enumerate() {
-                self.check_mount(m, i)?;
+                self.check_mount(m, i, own_socket)?;
             }
         }
         let driver = str_of(get("VolumeDriver"));
@@ -451,13 +460,13 @@ impl Conservative {
         Ok(())
     }
 
-    fn check_create(&self, body: &JsonBody, namespaced: bool) -> Check {
+    fn check_create(&self, body: &JsonBody, namespaced: bool, own_socket: Option<&Path>) -> Check {
         let own_containers = namespaced && self.config.allow_namespace_containers;
         if let Some(path) = body.unknown.iter().find(|p| p.starts_with("HostConfig.") || p.starts_with("NetworkingConfig.")) {
             return deny(format!("the unknown field {path}"));
         }
         if let Some(hc) = body.value.get("HostConfig").filter(|v| v.is_object()) {
-            self.check_host_config(hc, own_containers)?;
+            self.check_host_config(hc, own_containers, own_socket)?;
         }
         let endpoints = body.value.get("NetworkingConfig").and_then(|n| n.get("EndpointsConfig"));
         if let Some(Value::Object(eps)) = endpoints {
@@ -625,7 +634,7 @@ impl Policy for Conservative {
 
     fn check_body(&self, req: &mut RequestCtx<'_>, body: &mut JsonBody) -> Check {
         match req.endpoint() {
-            Some(Endpoint::ContainerCreate) => self.check_create(body, req.namespaced),
+            Some(Endpoint::ContainerCreate) => self.check_create(body, req.namespaced, req.own_socket),
             Some(Endpoint::ContainerUpdate) => self.check_update(body),
             Some(Endpoint::ContainerExec) if is_set(body.value.get("Privileged")) => self.deny_option("a privileged exec", "Privileged"),
             Some(Endpoint::NetworkCreate) => self.check_network_create(body),

@@ -1,21 +1,121 @@
-//! The GitLab Runner custom-executor stages (`ctproxy executor config|cleanup`), run by
+//! The GitLab Runner custom-executor stages (`ctproxy executor config|prepare|run|cleanup`), run by
 //! gitlab-runner once per stage of every job (protocol: `gitlab-custom-executor.md` of the design
 //! docs).
 //!
 //! A stage process never keeps anything alive itself: the job's socket and namespace belong to the
 //! long-running `ctproxy serve`, which the stages drive over its control socket ([`crate::jobs`]).
+//! Everything else (network, services, job container, pulls, execs) goes through the job's own
+//! socket, so it lives in the job's namespace, under the job's policies, and goes when the job does.
 //! Exit codes follow the protocol: 0 done, `BUILD_FAILURE_EXIT_CODE` for the job's own failures,
 //! `SYSTEM_FAILURE_EXIT_CODE` for the infrastructure's (gitlab-runner retries those).
-//!
-//! `prepare` and `run` are not implemented yet.
+
+pub mod docker;
+pub mod job_response;
+mod prepare;
+mod run;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use hyper::{Method, StatusCode};
 use serde::Serialize;
 
 use crate::jobs::{control_request, ControlError};
+
+pub use prepare::prepare;
+pub use run::run;
+
+/// What prepare creates in the job's namespace (the job sees these names, unmangled).
+pub const BUILD_CONTAINER: &str = "ctproxy-build";
+pub const HELPER_CONTAINER: &str = "ctproxy-helper";
+pub const NETWORK: &str = "ctproxy-job";
+pub const BUILDS_VOLUME: &str = "ctproxy-builds";
+pub const CACHE_VOLUME: &str = "ctproxy-cache";
+/// Where the job container sees the directory holding its socket (see [`crate::jobs`] for why a
+/// directory); `DOCKER_HOST` points there.
+pub const SOCKET_DIR_IN_CONTAINER: &str = "/run/ctproxy";
+pub const BUILDS_DIR: &str = "/builds";
+pub const CACHE_DIR: &str = "/cache";
+
+/// The stage options given on the command line (`[runners.custom] *_args`).
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The control socket of the running `ctproxy serve`.
+    pub control: PathBuf,
+    /// The image of jobs that name none.
+    pub default_image: Option<String>,
+    /// An image with git, git-lfs and `gitlab-runner` (the runner's helper image) for the stages
+    /// that fetch sources and handle caches and artifacts; without it they run in the job image.
+    pub helper_image: Option<String>,
+}
+
+/// How a stage failed, which decides its exit code.
+#[derive(Debug)]
+pub enum StageError {
+    /// The job's own doing (its script, its image): `BUILD_FAILURE_EXIT_CODE`, with the script's
+    /// exit status in `BUILD_EXIT_CODE_FILE` when there is one.
+    Build { message: String, exit_code: Option<i64> },
+    /// The infrastructure's: `SYSTEM_FAILURE_EXIT_CODE` (gitlab-runner retries prepare).
+    System(String),
+}
+
+impl StageError {
+    pub fn build(message: impl Into<String>) -> StageError {
+        StageError::Build { message: message.into(), exit_code: None }
+    }
+
+    pub fn system(message: impl Into<String>) -> StageError {
+        StageError::System(message.into())
+    }
+
+    /// Reports the failure on stderr (the job log), writes the exit-code file, and returns the code
+    /// the stage exits with.
+    pub fn exit_code(&self, stage: &str, codes: &ExitCodes) -> u8 {
+        match self {
+            StageError::Build { message, exit_code } => {
+                if !message.is_empty() {
+                    eprintln!("ctproxy executor {stage}: {message}");
+                }
+                if let (Some(code), Ok(file)) = (exit_code, std::env::var("BUILD_EXIT_CODE_FILE")) {
+                    // A bare integer, as gitlab-runner's strconv.Atoi wants it.
+                    if let Err(e) = std::fs::write(&file, format!("{code}\n")) {
+                        eprintln!("ctproxy executor {stage}: cannot write {file}: {e}");
+                    }
+                }
+                codes.build_failure
+            }
+            StageError::System(message) => {
+                eprintln!("ctproxy executor {stage}: {message}");
+                codes.system_failure
+            }
+        }
+    }
+}
+
+/// The job's key: the one config handed over in `job_env`, else derived again.
+fn current_job(env: &BTreeMap<String, String>) -> Result<String, StageError> {
+    env.get("CTPROXY_JOB")
+        .filter(|k| !k.is_empty())
+        .cloned()
+        .or_else(|| job_key(env))
+        .ok_or_else(|| StageError::system("no CTPROXY_JOB and no CUSTOM_ENV_CI_JOB_ID: not run by gitlab-runner?"))
+}
+
+/// The socket of a live job, from the control socket.
+async fn job_socket(control: &Path, key: &str) -> Result<PathBuf, StageError> {
+    match control_request(control, Method::GET, &format!("/jobs/{key}"), None).await {
+        Ok((StatusCode::OK, v)) => v
+            .get("socket")
+            .and_then(|s| s.as_str())
+            .map(PathBuf::from)
+            .ok_or_else(|| StageError::system("the control socket answered without a job socket")),
+        Ok((status, v)) => Err(StageError::system(format!(
+            "job {key} is not live in ctproxy ({status}: {}): was prepare run, or was the job reaped?",
+            v.get("message").and_then(|m| m.as_str()).unwrap_or("")
+        ))),
+        Err(e) => Err(StageError::system(e.to_string())),
+    }
+}
 
 /// The protocol's exit codes, from the environment gitlab-runner gives every stage.
 pub struct ExitCodes {
@@ -62,8 +162,8 @@ pub fn config(env: &BTreeMap<String, String>, control: &Path) -> Result<ConfigOu
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
     let job_env = BTreeMap::from([("CTPROXY_JOB".to_owned(), key), ("CTPROXY_CONTROL".to_owned(), control.display().to_string())]);
     Ok(ConfigOutput {
-        builds_dir: "/builds",
-        cache_dir: "/cache",
+        builds_dir: BUILDS_DIR,
+        cache_dir: CACHE_DIR,
         builds_dir_is_shared: false,
         hostname,
         driver: Driver { name: "ctproxy", version: env!("CARGO_PKG_VERSION") },

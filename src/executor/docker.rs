@@ -1,0 +1,282 @@
+//! The executor's Docker client: the job's own socket, so that everything prepare creates (network,
+//! services, the job container, pulled images) belongs to the job's namespace, is checked by the
+//! job's policies and is destroyed with the job.
+//!
+//! Built on the proxy's own upstream client ([`Forwarder`]); adds what a stage needs: JSON calls,
+//! a streamed pull that reports progress lines, and an exec whose stdin is a file and whose output
+//! is demultiplexed onto the stage's stdout and stderr as it comes.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::http::{full_body, Forwarder};
+use crate::plugin::namespace::daemon::enc;
+use crate::transport::{Connector, UpstreamAddr};
+
+/// Why a Docker call failed: the daemon (or the proxy) could not be reached, or it said no.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("the job's Docker socket does not answer: {0}")]
+    Unreachable(String),
+    #[error("{status}: {message}")]
+    Refused { status: StatusCode, message: String },
+}
+
+impl DockerError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, DockerError::Refused { status: StatusCode::NOT_FOUND, .. })
+    }
+}
+
+/// A pull that failed: the daemon's own words about the image.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error("{0}")]
+    Docker(#[from] DockerError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub struct JobDocker {
+    forwarder: Forwarder,
+}
+
+fn message_of(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned())
+}
+
+impl JobDocker {
+    pub fn new(socket: &Path) -> Result<JobDocker, DockerError> {
+        let addr = UpstreamAddr::Unix(socket.to_path_buf());
+        let connector = Connector::new(addr, None, Duration::from_secs(10)).map_err(|e| DockerError::Unreachable(e.to_string()))?;
+        Ok(JobDocker { forwarder: Forwarder::new(connector) })
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        auth: Option<&HeaderValue>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, DockerError> {
+        let bytes = match body {
+            Some(v) => Bytes::from(v.to_string()),
+            None => Bytes::new(),
+        };
+        let mut req = Request::builder().method(method).uri(path);
+        if body.is_some() {
+            req = req.header(CONTENT_TYPE, "application/json");
+        }
+        if let Some(a) = auth {
+            req = req.header("X-Registry-Auth", a.clone());
+        }
+        let req = req.body(full_body(bytes)).map_err(|e| DockerError::Unreachable(e.to_string()))?;
+        self.forwarder.send(req, None).await.map_err(|e| DockerError::Unreachable(e.to_string()))
+    }
+
+    /// One call whose whole (small) answer is wanted; non-2xx answers are errors.
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, DockerError> {
+        let rsp = self.send(method, path, body, None).await?;
+        let status = rsp.status();
+        let bytes =
+            Limited::new(rsp.into_body(), 16 << 20).collect().await.map_err(|e| DockerError::Unreachable(e.to_string()))?.to_bytes();
+        if !status.is_success() {
+            return Err(DockerError::Refused { status, message: message_of(&bytes) });
+        }
+        Ok(if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) })
+    }
+
+    /// An inspect: `None` when there is no such object.
+    pub async fn inspect(&self, path: &str) -> Result<Option<Value>, DockerError> {
+        match self.call(Method::GET, path, None).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Pulls `image`, writing one line per layer event worth reading to `out` (the job log).
+    pub async fn pull(&self, image: &str, auth: Option<&HeaderValue>, out: &mut impl Write) -> Result<(), PullError> {
+        let (from, tag) = split_tag(image);
+        let mut path = format!("/images/create?fromImage={}", enc(from));
+        if let Some(t) = tag {
+            path.push_str(&format!("&tag={}", enc(t)));
+        }
+        let rsp = self.send(Method::POST, &path, None, auth).await?;
+        let status = rsp.status();
+        let mut body = rsp.into_body();
+        if !status.is_success() {
+            let bytes = Limited::new(body, 1 << 20).collect().await.map_err(|e| DockerError::Unreachable(e.to_string()))?.to_bytes();
+            return Err(PullError::Failed(message_of(&bytes)));
+        }
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| DockerError::Unreachable(e.to_string()))?;
+            let Ok(data) = frame.into_data() else { continue };
+            pending.extend_from_slice(&data);
+            while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=nl).collect();
+                report_progress(&line, out)?;
+            }
+        }
+        report_progress(&pending, out)
+    }
+
+    /// Runs `cmd` in `container` with `stdin` (then end of input) and the stage's stdout and stderr;
+    /// returns its exit status. `env` is added to the container's environment.
+    pub async fn exec(
+        &self,
+        container: &str,
+        cmd: &[&str],
+        env: &[String],
+        user: Option<&str>,
+        stdin: Option<tokio::fs::File>,
+    ) -> Result<i64, DockerError> {
+        let mut spec = json!({
+            "AttachStdin": stdin.is_some(), "AttachStdout": true, "AttachStderr": true, "Tty": false,
+            "Cmd": cmd, "Env": env,
+        });
+        if let Some(u) = user {
+            spec["User"] = json!(u);
+        }
+        let created = self.call(Method::POST, &format!("/containers/{}/exec", enc(container)), Some(&spec)).await?;
+        let id = created.get("Id").and_then(Value::as_str).unwrap_or("").to_owned();
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(format!("/exec/{}/start", enc(&id)))
+            .header(CONTENT_TYPE, "application/json")
+            .body(full_body(Bytes::from_static(br#"{"Detach":false,"Tty":false}"#)))
+            .map_err(|e| DockerError::Unreachable(e.to_string()))?;
+        let mut rsp =
+            self.forwarder.send(req, Some(HeaderValue::from_static("tcp"))).await.map_err(|e| DockerError::Unreachable(e.to_string()))?;
+        let status = rsp.status();
+        if status != StatusCode::SWITCHING_PROTOCOLS && !status.is_success() {
+            let bytes =
+                Limited::new(rsp.into_body(), 1 << 20).collect().await.map_err(|e| DockerError::Unreachable(e.to_string()))?.to_bytes();
+            return Err(DockerError::Refused { status, message: message_of(&bytes) });
+        }
+        let upgraded = self.forwarder.upgraded(&mut rsp).await.map_err(|e| DockerError::Unreachable(e.to_string()))?;
+        let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
+        let feeder = async move {
+            if let Some(mut file) = stdin {
+                tokio::io::copy(&mut file, &mut wr).await?;
+            }
+            // End of input: the shell reads the script to its end and exits.
+            wr.shutdown().await
+        };
+        let (fed, demuxed) = tokio::join!(feeder, demux(&mut rd));
+        demuxed.map_err(|e| DockerError::Unreachable(format!("exec output: {e}")))?;
+        if let Err(e) = fed {
+            // The process may exit without reading all its input (`exit 0` early): not an error.
+            tracing::debug!(error = %e, "exec stdin not fully written");
+        }
+        // The stream ends when the process does; its exit code may lag a moment behind.
+        for _ in 0..100 {
+            let v = self.call(Method::GET, &format!("/exec/{}/json", enc(&id)), None).await?;
+            if v.get("Running").and_then(Value::as_bool) != Some(true) {
+                return Ok(v.get("ExitCode").and_then(Value::as_i64).unwrap_or(-1));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(DockerError::Unreachable("the exec's output ended but it is still running".into()))
+    }
+}
+
+/// `name:tag` → (`name`, `tag`); a digest stays with the name.
+fn split_tag(image: &str) -> (&str, Option<&str>) {
+    if image.contains('@') {
+        return (image, None);
+    }
+    let last_slash = image.rfind('/').map_or(0, |i| i + 1);
+    match image[last_slash..].rfind(':') {
+        Some(i) => (&image[..last_slash + i], Some(&image[last_slash + i + 1..])),
+        None => (image, None),
+    }
+}
+
+/// One line of pull progress: errors end the pull, status lines without a progress bar are shown.
+fn report_progress(line: &[u8], out: &mut impl Write) -> Result<(), PullError> {
+    let trimmed = line.trim_ascii();
+    if trimmed.is_empty() {
+        return Ok(());
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(trimmed) else { return Ok(()) };
+    if let Some(e) = v.get("error").and_then(Value::as_str) {
+        return Err(PullError::Failed(e.to_owned()));
+    }
+    if v.get("progressDetail").and_then(|p| p.get("current")).is_some() {
+        return Ok(());
+    }
+    if let Some(status) = v.get("status").and_then(Value::as_str) {
+        let _ = match v.get("id").and_then(Value::as_str) {
+            Some(id) => writeln!(out, "{id}: {status}"),
+            None => writeln!(out, "{status}"),
+        };
+    }
+    Ok(())
+}
+
+/// Copies Docker's multiplexed stream (8-byte frame headers: stream, 0, 0, 0, big-endian length)
+/// to this process's stdout and stderr, frame by frame, with one reused buffer.
+async fn demux(rd: &mut (impl tokio::io::AsyncRead + Unpin)) -> std::io::Result<()> {
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    let mut header = [0u8; 8];
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match rd.read_exact(&mut header).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let mut left = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        while left > 0 {
+            let n = left.min(buf.len());
+            rd.read_exact(&mut buf[..n]).await?;
+            if header[0] == 2 {
+                stderr.write_all(&buf[..n]).await?;
+            } else {
+                stdout.write_all(&buf[..n]).await?;
+            }
+            left -= n;
+        }
+        stdout.flush().await?;
+        stderr.flush().await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_split_like_the_cli() {
+        assert_eq!(split_tag("busybox"), ("busybox", None));
+        assert_eq!(split_tag("localhost:5000/a/b:1.2"), ("localhost:5000/a/b", Some("1.2")));
+        assert_eq!(split_tag("localhost:5000/a"), ("localhost:5000/a", None));
+        assert_eq!(split_tag("a@sha256:00"), ("a@sha256:00", None));
+    }
+
+    #[test]
+    fn progress_errors_end_the_pull() {
+        let mut out = Vec::new();
+        report_progress(br#"{"status":"Pulling from team/app","id":"1"}"#, &mut out).unwrap();
+        report_progress(br#"{"status":"Downloading","progressDetail":{"current":1,"total":2},"id":"l"}"#, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "1: Pulling from team/app\n");
+        assert!(
+            matches!(report_progress(br#"{"error":"manifest unknown"}"#, &mut Vec::new()), Err(PullError::Failed(m)) if m == "manifest unknown")
+        );
+    }
+}

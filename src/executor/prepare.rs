@@ -1,0 +1,314 @@
+//! The prepare stage: the job's socket and namespace (from `ctproxy serve`), then, through that
+//! socket, the job's network, its services under the host names the Docker executor gives them, and
+//! the job container that the run stages exec into.
+//!
+//! Idempotent, as gitlab-runner's three preparation attempts need: whatever an earlier attempt
+//! left is destroyed first. Images come from the job's own namespace: an image the administrator
+//! shares is used as it is on the host; any other is pulled with the job's own credentials into the
+//! job's namespace, so no job is handed a private image another job fetched.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use base64::Engine as _;
+use hyper::header::HeaderValue;
+use hyper::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use super::docker::{DockerError, JobDocker, PullError};
+use super::job_response::{Credential, ImageSpec, JobResponse};
+use super::{current_job, Options, StageError};
+use super::{BUILDS_DIR, BUILDS_VOLUME, BUILD_CONTAINER, CACHE_DIR, CACHE_VOLUME, HELPER_CONTAINER, NETWORK, SOCKET_DIR_IN_CONTAINER};
+use crate::docker::auth_config::{encode_header, AuthConfig};
+use crate::docker::reference::Reference;
+use crate::jobs::{control_request, ControlError};
+use crate::plugin::namespace::daemon::enc;
+
+/// Keeps a container alive without work, and ends at once on `docker stop`.
+const KEEPALIVE: &str = "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done";
+
+/// The label that tells what a container is to the executor.
+const ROLE_LABEL: &str = "io.ctproxy.executor.role";
+
+fn system(e: DockerError) -> StageError {
+    StageError::system(e.to_string())
+}
+
+pub async fn prepare(env: &BTreeMap<String, String>, opts: &Options) -> Result<(), StageError> {
+    let key = current_job(env)?;
+    let response_file = env.get("JOB_RESPONSE_FILE").ok_or_else(|| StageError::system("JOB_RESPONSE_FILE is not set"))?;
+    let raw = std::fs::read(response_file).map_err(|e| StageError::system(format!("cannot read {response_file}: {e}")))?;
+    let job = JobResponse::parse(&raw).map_err(|e| StageError::system(format!("cannot parse {response_file}: {e}")))?;
+
+    // An earlier attempt's leftovers go first; then a fresh socket and namespace.
+    control(opts, Method::DELETE, &key, None).await?;
+    let created = control(opts, Method::PUT, &key, Some(json!({ "timeout_s": job.timeout_s() }))).await?;
+    let socket = created.get("socket").and_then(Value::as_str).map(std::path::PathBuf::from);
+    let socket = socket.ok_or_else(|| StageError::system("the control socket answered without a job socket"))?;
+    let socket_dir = socket.parent().map(|d| d.display().to_string()).unwrap_or_default();
+    println!(
+        "Job {key}: Docker socket {} (namespace {})",
+        socket.display(),
+        created.get("namespace").and_then(Value::as_str).unwrap_or("")
+    );
+
+    let docker = JobDocker::new(&socket).map_err(system)?;
+    let auth = Credentials::new(&job.credentials, env.get("CUSTOM_ENV_DOCKER_AUTH_CONFIG").map(String::as_str));
+
+    let mut image = job.image.clone();
+    if image.name.is_empty() {
+        image.name =
+            opts.default_image.clone().ok_or_else(|| StageError::build("the job names no image and the runner has no default image"))?;
+    }
+    let mut pulled = Vec::new();
+    ensure_image(&docker, &image, &auth, &mut pulled).await?;
+    for service in &job.services {
+        ensure_image(&docker, service, &auth, &mut pulled).await?;
+    }
+
+    docker
+        .call(
+            Method::POST,
+            "/networks/create",
+            Some(&json!({ "Name": NETWORK, "CheckDuplicate": true, "Labels": { ROLE_LABEL: "network" } })),
+        )
+        .await
+        .map_err(system)?;
+    for name in [BUILDS_VOLUME, CACHE_VOLUME] {
+        docker
+            .call(Method::POST, "/volumes/create", Some(&json!({ "Name": name, "Labels": { ROLE_LABEL: "volume" } })))
+            .await
+            .map_err(system)?;
+    }
+
+    let variables: Vec<String> = job.variables.iter().map(|v| format!("{}={}", v.key, v.value)).collect();
+    for (i, service) in job.services.iter().enumerate() {
+        start_service(&docker, i, service, &variables).await?;
+    }
+
+    let mut binds = vec![
+        // Redirected by the job's listener to the job's own socket.
+        "/var/run/docker.sock:/var/run/docker.sock".to_owned(),
+        format!("{socket_dir}:{SOCKET_DIR_IN_CONTAINER}:ro"),
+        format!("{BUILDS_VOLUME}:{BUILDS_DIR}"),
+        format!("{CACHE_VOLUME}:{CACHE_DIR}"),
+    ];
+    binds.dedup();
+    let containers = [(BUILD_CONTAINER, &image)];
+    let helper = opts.helper_image.as_ref().map(|name| ImageSpec {
+        name: name.clone(),
+        pull_policy: vec!["if-not-present".into()],
+        ..Default::default()
+    });
+    if let Some(h) = &helper {
+        ensure_image(&docker, h, &auth, &mut pulled).await?;
+    }
+    for (name, spec) in containers.into_iter().chain(helper.as_ref().map(|h| (HELPER_CONTAINER, h))) {
+        start_job_container(&docker, name, spec, &binds).await?;
+    }
+    println!("Job container {BUILD_CONTAINER} ready (image {})", image.name);
+    Ok(())
+}
+
+/// One control request; ctproxy not running is a system failure that says so.
+async fn control(opts: &Options, method: Method, key: &str, body: Option<Value>) -> Result<Value, StageError> {
+    match control_request(&opts.control, method.clone(), &format!("/jobs/{key}"), body).await {
+        Ok((StatusCode::OK, v)) => Ok(v),
+        Ok((status, v)) => Err(StageError::system(format!(
+            "ctproxy refused {method} of job {key}: {status}: {}",
+            v.get("message").and_then(Value::as_str).unwrap_or("")
+        ))),
+        Err(e @ ControlError::NotRunning { .. }) => Err(StageError::system(format!("{e}; start it (systemctl start ctproxy)"))),
+        Err(e) => Err(StageError::system(e.to_string())),
+    }
+}
+
+/// The registry credentials of the job: the runner's `credentials`, then `DOCKER_AUTH_CONFIG`.
+struct Credentials {
+    by_domain: Vec<(String, AuthConfig)>,
+}
+
+/// `registry.example.com`, `https://registry.example.com/v1/`, `docker.io` → the domain a
+/// reference has.
+fn domain_of(url: &str) -> String {
+    let host = url.trim_start_matches("https://").trim_start_matches("http://");
+    let host = host.split('/').next().unwrap_or(host).to_ascii_lowercase();
+    match host.as_str() {
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => "docker.io".into(),
+        _ => host,
+    }
+}
+
+impl Credentials {
+    fn new(list: &[Credential], docker_auth_config: Option<&str>) -> Credentials {
+        let mut by_domain = Vec::new();
+        for c in list.iter().filter(|c| c.kind.eq_ignore_ascii_case("registry")) {
+            let auth = AuthConfig {
+                username: c.username.clone(),
+                password: c.password.clone(),
+                serveraddress: c.url.clone(),
+                ..Default::default()
+            };
+            by_domain.push((domain_of(&c.url), auth));
+        }
+        let parsed: Option<Value> = docker_auth_config.and_then(|s| serde_json::from_str(s).ok());
+        if let Some(Value::Object(auths)) = parsed.as_ref().and_then(|v| v.get("auths")) {
+            for (server, entry) in auths {
+                let field = |k: &str| entry.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+                let (mut username, mut password) = (field("username"), field("password"));
+                if let Some(decoded) =
+                    base64::engine::general_purpose::STANDARD.decode(field("auth")).ok().and_then(|b| String::from_utf8(b).ok())
+                {
+                    if let Some((u, p)) = decoded.split_once(':') {
+                        (username, password) = (u.to_owned(), p.to_owned());
+                    }
+                }
+                by_domain.push((domain_of(server), AuthConfig { username, password, serveraddress: server.clone(), ..Default::default() }));
+            }
+        }
+        Credentials { by_domain }
+    }
+
+    fn header_for(&self, image: &str) -> Option<HeaderValue> {
+        let domain = Reference::parse(image).ok()?.domain;
+        self.by_domain.iter().find(|(d, _)| *d == domain).map(|(_, a)| encode_header(a))
+    }
+}
+
+/// Makes `spec`'s image usable in the job's namespace. In a fresh namespace an image that is
+/// already visible is one the administrator shares: it is used as it is. Any other is pulled (its
+/// pull policy permitting) with the job's credentials. A missing or unpullable image is the job's
+/// failure and names the image; an unreachable daemon is the system's.
+async fn ensure_image(docker: &JobDocker, spec: &ImageSpec, auth: &Credentials, done: &mut Vec<String>) -> Result<(), StageError> {
+    let name = spec.name.as_str();
+    if done.iter().any(|d| d == name) {
+        return Ok(());
+    }
+    if Reference::parse(name).is_err() {
+        return Err(StageError::build(format!("image {name:?} is not a valid image reference")));
+    }
+    if docker.inspect(&format!("/images/{}/json", enc(name))).await.map_err(system)?.is_some() {
+        println!("Using image {name} as available on this host");
+        done.push(name.to_owned());
+        return Ok(());
+    }
+    if !spec.may_pull() {
+        return Err(StageError::build(format!("image {name} is not available on this host and its pull policy is \"never\"")));
+    }
+    println!("Pulling image {name} ...");
+    let mut out = std::io::stdout().lock();
+    match docker.pull(name, auth.header_for(name).as_ref(), &mut out).await {
+        Ok(()) => {}
+        Err(PullError::Docker(e @ DockerError::Unreachable(_))) => return Err(system(e)),
+        Err(e) => return Err(StageError::build(format!("image {name} cannot be pulled: {e}"))),
+    }
+    let _ = out.flush();
+    done.push(name.to_owned());
+    Ok(())
+}
+
+/// A service: its image with its own entrypoint and command, the job's variables and its own, on
+/// the job network under its host names.
+async fn start_service(docker: &JobDocker, i: usize, spec: &ImageSpec, job_vars: &[String]) -> Result<(), StageError> {
+    let name = format!("ctproxy-service-{i}");
+    let mut env = job_vars.to_vec();
+    env.extend(spec.variables.iter().map(|v| format!("{}={}", v.key, v.value)));
+    let aliases = spec.host_names();
+    let mut body = json!({
+        "Image": spec.name,
+        "Env": env,
+        "Labels": { ROLE_LABEL: "service" },
+        "HostConfig": { "NetworkMode": NETWORK, "RestartPolicy": { "Name": "no" } },
+        "NetworkingConfig": { "EndpointsConfig": { NETWORK: { "Aliases": aliases } } },
+    });
+    if let Some(e) = &spec.entrypoint {
+        body["Entrypoint"] = json!(e);
+    }
+    if let Some(c) = &spec.command {
+        body["Cmd"] = json!(c);
+    }
+    if !spec.executor_opts.docker.user.is_empty() {
+        body["User"] = json!(spec.executor_opts.docker.user);
+    }
+    create_and_start(docker, &name, &body, &spec.name).await?;
+    println!("Service {} started as {}", spec.name, aliases.join(", "));
+    Ok(())
+}
+
+/// The container the run stages exec into: the job image, kept alive, with the builds and cache
+/// volumes, the job's socket at `/var/run/docker.sock` and its directory for `DOCKER_HOST`.
+async fn start_job_container(docker: &JobDocker, name: &str, spec: &ImageSpec, binds: &[String]) -> Result<(), StageError> {
+    let mut body = json!({
+        "Image": spec.name,
+        "Cmd": ["sh", "-c", KEEPALIVE],
+        "Env": [format!("DOCKER_HOST=unix://{SOCKET_DIR_IN_CONTAINER}/docker.sock")],
+        "WorkingDir": BUILDS_DIR,
+        "Labels": { ROLE_LABEL: name },
+        "HostConfig": { "Binds": binds, "NetworkMode": NETWORK, "Init": true, "RestartPolicy": { "Name": "no" } },
+    });
+    // The Docker executor runs the image's own entrypoint with the shell as its command; an
+    // entrypoint that is not a wrapper needs `entrypoint: [""]` there as here.
+    if let Some(e) = &spec.entrypoint {
+        body["Entrypoint"] = json!(e);
+    }
+    let user = spec.executor_opts.docker.user.as_str();
+    if !user.is_empty() {
+        body["User"] = json!(user);
+    }
+    create_and_start(docker, name, &body, &spec.name).await?;
+    // Give it a moment to fail: an entrypoint that exits at once would fail every stage later.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let state = docker.inspect(&format!("/containers/{}/json", enc(name))).await.map_err(system)?;
+    let running = state.as_ref().and_then(|s| s.pointer("/State/Running")).and_then(Value::as_bool) == Some(true);
+    if !running {
+        let code = state.as_ref().and_then(|s| s.pointer("/State/ExitCode")).and_then(Value::as_i64).unwrap_or(-1);
+        return Err(StageError::build(format!(
+            "the job container of image {} exited at once (status {code}): does its entrypoint run its command? (set `entrypoint: [\"\"]`)",
+            spec.name
+        )));
+    }
+    // A non-root job user must be able to write the builds and cache directories.
+    if !user.is_empty() {
+        let chmod = ["chmod", "0777", BUILDS_DIR, CACHE_DIR];
+        docker.exec(name, &chmod, &[], Some("0"), None).await.map_err(system)?;
+    }
+    Ok(())
+}
+
+async fn create_and_start(docker: &JobDocker, name: &str, body: &Value, image: &str) -> Result<(), StageError> {
+    let created = docker.call(Method::POST, &format!("/containers/create?name={}", enc(name)), Some(body)).await;
+    match created {
+        Ok(_) => {}
+        Err(DockerError::Refused { status, message }) if status == StatusCode::FORBIDDEN => {
+            return Err(StageError::build(format!("the job's policies refuse the container of image {image}: {message}")))
+        }
+        Err(e) => return Err(system(e)),
+    }
+    match docker.call(Method::POST, &format!("/containers/{}/start", enc(name)), None).await {
+        Ok(_) => Ok(()),
+        // The image's fault (no such command, bad user): the job's.
+        Err(DockerError::Refused { status, message }) if status.is_client_error() || message.contains("OCI runtime") => {
+            Err(StageError::build(format!("the container of image {image} does not start: {message}")))
+        }
+        Err(e) => Err(system(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_match_the_image_registry() {
+        let list =
+            [Credential { kind: "registry".into(), url: "registry.example.com:5000".into(), username: "u".into(), password: "p".into() }];
+        let cfg = r#"{"auths":{"https://index.docker.io/v1/":{"auth":"YTpi"}}}"#;
+        let c = Credentials::new(&list, Some(cfg));
+        assert!(c.header_for("registry.example.com:5000/team/app:1").is_some());
+        assert!(c.header_for("other.example.com/team/app").is_none());
+        let hub = c.header_for("busybox").unwrap();
+        let decoded = crate::docker::auth_config::decode_header(&hub).unwrap();
+        assert_eq!((decoded.username.as_str(), decoded.password.as_str()), ("a", "b"));
+    }
+}
