@@ -69,6 +69,9 @@ pub struct JobInfo {
     pub socket: PathBuf,
     pub namespace: String,
     pub deadline: u64,
+    /// The daemon's own socket when it is local (`unix://...`): the executor runs stage scripts
+    /// there, so that a running stage survives a restart of ctproxy.
+    pub daemon: Option<String>,
 }
 
 struct Job {
@@ -128,10 +131,10 @@ impl JobManager {
         if let Some(job) = jobs.get_mut(id) {
             job.record.deadline = job.record.deadline.max(deadline);
             write_record(&self.job_dir(id), &job.record)?;
-            return Ok(info(job));
+            return Ok(self.info(job));
         }
         let job = self.start(Record { id: id.to_owned(), deadline }, name).await?;
-        let out = info(&job);
+        let out = self.info(&job);
         jobs.insert(id.to_owned(), job);
         Ok(out)
     }
@@ -176,11 +179,11 @@ impl JobManager {
 
     /// The live job `id`, if there is one.
     pub async fn get(&self, id: &str) -> Option<JobInfo> {
-        self.jobs.lock().await.get(id).map(info)
+        self.jobs.lock().await.get(id).map(|j| self.info(j))
     }
 
     pub async fn list(&self) -> Vec<JobInfo> {
-        self.jobs.lock().await.values().map(info).collect()
+        self.jobs.lock().await.values().map(|j| self.info(j)).collect()
     }
 
     /// At start: restores the listeners of live jobs from their records, removes expired ones.
@@ -262,12 +265,16 @@ impl JobManager {
     }
 }
 
-fn info(job: &Job) -> JobInfo {
-    JobInfo {
-        id: job.record.id.clone(),
-        socket: job.socket.clone(),
-        namespace: job.namespace.name.to_string(),
-        deadline: job.record.deadline,
+impl JobManager {
+    fn info(&self, job: &Job) -> JobInfo {
+        let upstream = self.proxy.upstream();
+        JobInfo {
+            id: job.record.id.clone(),
+            socket: job.socket.clone(),
+            namespace: job.namespace.name.to_string(),
+            deadline: job.record.deadline,
+            daemon: upstream.starts_with("unix://").then_some(upstream),
+        }
     }
 }
 

@@ -107,6 +107,11 @@ impl DockerProxy {
     }
 
     /// dockerd, for the internal requests of namespaces and jobs.
+    /// The daemon's address (`unix:///var/run/docker.sock`, `tcp://host:2376`).
+    pub fn upstream(&self) -> String {
+        self.forwarder.load().upstream().to_owned()
+    }
+
     pub fn daemon(&self) -> Daemon {
         Daemon::new(self.forwarder.load_full())
     }

@@ -409,6 +409,12 @@ impl Config {
             None => (DEFAULT_TOML.to_owned(), "embedded default configuration".to_owned()),
         };
         let mut config = Self::parse(&text, &origin)?;
+        if path.is_none() && !overrides.listen.is_empty() {
+            // `serve --listen X` without a file asks for a plain proxy on X: the embedded default's
+            // job service and registry proxy (fixed sockets and ports) are not started.
+            config.jobs = None;
+            config.registry_proxy = None;
+        }
         config.apply(overrides);
         config.validate(&origin)?;
         Ok(config)
@@ -564,6 +570,17 @@ mod tests {
         assert_eq!(c.upstream.url, UpstreamAddr::Unix("/var/run/docker.sock".into()));
         assert_eq!(c.listener["default"].address, ListenAddr::Unix("/run/ctproxy/docker.sock".into()));
         assert_eq!(c.listener["default"].mode, Some(FileMode(0o660)));
+        assert!(c.jobs.is_some() && c.registry_proxy.is_some());
+        let plain = Config::load(None, &Overrides { listen: vec![ListenAddr::Unix("/tmp/x.sock".into())], ..Default::default() }).unwrap();
+        assert!(plain.jobs.is_none() && plain.registry_proxy.is_none());
+    }
+
+    #[test]
+    fn runner_config_is_valid() {
+        let text = include_str!("../../runner-config/ctproxy-runner.toml");
+        let c = Config::parse(text, "runner-config/ctproxy-runner.toml").unwrap();
+        c.validate("runner-config/ctproxy-runner.toml").unwrap();
+        assert!(c.jobs.is_some());
     }
 
     #[test]

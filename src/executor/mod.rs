@@ -101,19 +101,37 @@ fn current_job(env: &BTreeMap<String, String>) -> Result<String, StageError> {
         .ok_or_else(|| StageError::system("no CTPROXY_JOB and no CUSTOM_ENV_CI_JOB_ID: not run by gitlab-runner?"))
 }
 
-/// The socket of a live job, from the control socket.
-async fn job_socket(control: &Path, key: &str) -> Result<PathBuf, StageError> {
-    match control_request(control, Method::GET, &format!("/jobs/{key}"), None).await {
-        Ok((StatusCode::OK, v)) => v
-            .get("socket")
-            .and_then(|s| s.as_str())
-            .map(PathBuf::from)
-            .ok_or_else(|| StageError::system("the control socket answered without a job socket")),
-        Ok((status, v)) => Err(StageError::system(format!(
+/// A live job as the control socket describes it.
+struct LiveJob {
+    socket: PathBuf,
+    /// The daemon's own socket, when it is local.
+    daemon: Option<PathBuf>,
+}
+
+/// The live job `key`. A ctproxy that is restarting (its control socket missing for a moment) is
+/// waited for, up to 15 s: a restart must not fail the stages of running jobs.
+async fn live_job(control: &Path, key: &str) -> Result<LiveJob, StageError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let answer = loop {
+        match control_request(control, Method::GET, &format!("/jobs/{key}"), None).await {
+            Err(ControlError::NotRunning { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(StageError::system(e.to_string())),
+            Ok(a) => break a,
+        }
+    };
+    match answer {
+        (StatusCode::OK, v) => {
+            let socket = v.get("socket").and_then(|s| s.as_str()).map(PathBuf::from);
+            let socket = socket.ok_or_else(|| StageError::system("the control socket answered without a job socket"))?;
+            let daemon = v.get("daemon").and_then(|d| d.as_str()).and_then(|d| d.strip_prefix("unix://")).map(PathBuf::from);
+            Ok(LiveJob { socket, daemon })
+        }
+        (status, v) => Err(StageError::system(format!(
             "job {key} is not live in ctproxy ({status}: {}): was prepare run, or was the job reaped?",
             v.get("message").and_then(|m| m.as_str()).unwrap_or("")
         ))),
-        Err(e) => Err(StageError::system(e.to_string())),
     }
 }
 

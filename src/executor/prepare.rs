@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::time::Duration;
 
 use base64::Engine as _;
 use hyper::header::HeaderValue;
@@ -257,8 +256,7 @@ async fn start_job_container(docker: &JobDocker, name: &str, spec: &ImageSpec, b
         body["User"] = json!(user);
     }
     create_and_start(docker, name, &body, &spec.name).await?;
-    // Give it a moment to fail: an entrypoint that exits at once would fail every stage later.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // An entrypoint that exits at once would fail every stage later: say why now.
     let state = docker.inspect(&format!("/containers/{}/json", enc(name))).await.map_err(system)?;
     let running = state.as_ref().and_then(|s| s.pointer("/State/Running")).and_then(Value::as_bool) == Some(true);
     if !running {

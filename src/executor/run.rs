@@ -13,7 +13,7 @@ use hyper::StatusCode;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::docker::{DockerError, JobDocker};
-use super::{current_job, job_socket, Options, StageError, BUILD_CONTAINER, HELPER_CONTAINER};
+use super::{current_job, live_job, Options, StageError, BUILD_CONTAINER, HELPER_CONTAINER};
 use crate::plugin::namespace::daemon::enc;
 
 /// Runs the script read on stdin with bash if there is one, else sh.
@@ -77,19 +77,34 @@ pub async fn run(env: &BTreeMap<String, String>, opts: &Options, script: &Path, 
     let mut term = signal(SignalKind::terminate()).map_err(|e| StageError::system(format!("cannot handle SIGTERM: {e}")))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| StageError::system(format!("cannot handle SIGINT: {e}")))?;
     let key = current_job(env)?;
-    let socket = job_socket(&opts.control, &key).await?;
-    let docker = JobDocker::new(&socket).map_err(|e| StageError::system(e.to_string()))?;
-    let container = if is_predefined(stage)
-        && docker
-            .inspect(&format!("/containers/{}/json", enc(HELPER_CONTAINER)))
-            .await
-            .map_err(|e| StageError::system(e.to_string()))?
-            .is_some()
-    {
-        HELPER_CONTAINER
-    } else {
-        BUILD_CONTAINER
+    let job = live_job(&opts.control, &key).await?;
+    let sys = |e: DockerError| StageError::system(e.to_string());
+    let via_job = JobDocker::new(&job.socket).map_err(sys)?;
+    let inspect = |name: &'static str| {
+        let path = format!("/containers/{}/json", enc(name));
+        let via_job = &via_job;
+        async move { via_job.inspect(&path).await }
     };
+    let mut target = None;
+    if is_predefined(stage) {
+        target = inspect(HELPER_CONTAINER).await.map_err(sys)?;
+    }
+    if target.is_none() {
+        target = inspect(BUILD_CONTAINER).await.map_err(sys)?;
+    }
+    let container = target
+        .as_ref()
+        .and_then(|c| c.get("Id"))
+        .and_then(|i| i.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| StageError::system(format!("the job container {BUILD_CONTAINER} is gone: was prepare run?")))?;
+    // The script runs on the daemon's own socket when it is local: a stage in flight then survives
+    // a restart of ctproxy. The container was found through the job's socket, so it is the job's.
+    let docker = match &job.daemon {
+        Some(daemon) => JobDocker::new(daemon).map_err(sys)?,
+        None => via_job,
+    };
+    let container = container.as_str();
     let file =
         tokio::fs::File::open(script).await.map_err(|e| StageError::system(format!("cannot open the script {}: {e}", script.display())))?;
     let marker = nonce();

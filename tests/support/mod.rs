@@ -20,6 +20,8 @@ pub const DIRECT: &str = "unix:///var/run/docker.sock";
 pub const BUSYBOX: &str = "ctproxy-test/busybox:latest";
 /// busybox plus the static docker CLI: a CI job image.
 pub const DOCKER_CLI_IMAGE: &str = "ctproxy-test/docker-cli:latest";
+/// busybox, the docker CLI and Debian's docker-compose: the image of CI jobs in the executor tests.
+pub const CI_IMAGE: &str = "ctproxy-test/ci:latest";
 /// Debian's docker 20.10 CLI (the static 28.x one is first on PATH as `docker`).
 pub const DOCKER_2010: &str = "/usr/bin/docker";
 
@@ -28,7 +30,8 @@ static ENV_CHECK: Once = Once::new();
 /// Fails loudly unless the daemon and the test images are there.
 pub fn require_docker() {
     ENV_CHECK.call_once(|| {
-        let out = Command::new("docker").args(["image", "inspect", BUSYBOX, DOCKER_CLI_IMAGE]).env("DOCKER_HOST", DIRECT).output();
+        let out =
+            Command::new("docker").args(["image", "inspect", BUSYBOX, DOCKER_CLI_IMAGE, CI_IMAGE]).env("DOCKER_HOST", DIRECT).output();
         match out {
             Ok(o) if o.status.success() => {}
             Ok(o) => {

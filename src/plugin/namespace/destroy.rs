@@ -26,36 +26,46 @@ impl Namespace {
     /// image tags. Errors on single objects are logged and skipped: a destroy does what it can and
     /// can be run again.
     pub async fn destroy(&self, daemon: &Daemon) -> Result<Removed, NsError> {
-        let mut removed = Removed::default();
         let filter = self.own_filter();
-        for c in self.own_containers(daemon).await? {
-            let Some(id) = c.get("Id").and_then(Value::as_str) else { continue };
-            if delete(daemon, &format!("/containers/{id}?force=1&v=1")).await {
-                removed.containers += 1;
-            }
-        }
-        let nets = daemon.list(&format!("/networks?filters={filter}")).await?;
-        for n in &nets {
-            let Some(id) = n.get("Id").and_then(Value::as_str) else { continue };
-            if delete(daemon, &format!("/networks/{id}")).await {
-                removed.networks += 1;
-            }
-        }
+        // Containers first (they hold networks and volumes); the rest in parallel after them.
+        let containers: Vec<String> = self
+            .own_containers(daemon)
+            .await?
+            .iter()
+            .filter_map(|c| c.get("Id").and_then(Value::as_str))
+            .map(|id| format!("/containers/{id}?force=1&v=1"))
+            .collect();
+        let containers = delete_all(daemon, containers).await;
+        let nets: Vec<String> = daemon
+            .list(&format!("/networks?filters={filter}"))
+            .await?
+            .iter()
+            .filter_map(|n| n.get("Id").and_then(Value::as_str))
+            .map(|id| format!("/networks/{id}"))
+            .collect();
         let vols = daemon.get(&format!("/volumes?filters={filter}")).await?;
-        for v in vols.as_ref().and_then(|v| v.get("Volumes")).and_then(Value::as_array).into_iter().flatten() {
-            let Some(name) = v.get("Name").and_then(Value::as_str) else { continue };
-            if delete(daemon, &format!("/volumes/{}?force=1", enc(name))).await {
-                removed.volumes += 1;
-            }
-        }
+        let vols: Vec<String> = vols
+            .as_ref()
+            .and_then(|v| v.get("Volumes"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.get("Name").and_then(Value::as_str))
+            .map(|name| format!("/volumes/{}?force=1", enc(name)))
+            .collect();
         let images = daemon.list("/images/json").await?;
-        for img in &images {
-            for tag in self.own_tags(img) {
-                if delete(daemon, &format!("/images/{}?force=1", enc(&tag))).await {
-                    removed.images += 1;
-                }
+        let tags: Vec<String> =
+            images.iter().flat_map(|img| self.own_tags(img)).map(|tag| format!("/images/{}?force=1", enc(&tag))).collect();
+        // Tags one by one: untagging one image from several tasks at once races with itself.
+        let untag = async {
+            let mut n = 0;
+            for t in &tags {
+                n += usize::from(delete(daemon, t).await);
             }
-        }
+            n
+        };
+        let (networks, volumes, images) = tokio::join!(delete_all(daemon, nets), delete_all(daemon, vols), untag);
+        let removed = Removed { containers, networks, volumes, images };
         Ok(removed)
     }
 }
@@ -89,6 +99,16 @@ pub async fn namespaces_on_daemon(daemon: &Daemon, registry: &str) -> Result<Vec
         }
     }
     Ok(found.into_iter().filter_map(|n| NsName::new(&n).ok()).collect())
+}
+
+/// Deletes every path at once; returns how many are gone.
+async fn delete_all(daemon: &Daemon, paths: Vec<String>) -> usize {
+    let mut set = tokio::task::JoinSet::new();
+    for path in paths {
+        let daemon = daemon.clone();
+        set.spawn(async move { delete(&daemon, &path).await });
+    }
+    set.join_all().await.into_iter().filter(|gone| *gone).count()
 }
 
 async fn delete(daemon: &Daemon, path: &str) -> bool {

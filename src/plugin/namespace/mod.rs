@@ -122,8 +122,11 @@ impl Namespace {
     }
 
     /// Whether the administrator shares `familiar` (a repository name without tag: `ctproxy-test/busybox`).
+    /// Namespaced images (under the registry proxy's name) are never shared, whatever the patterns
+    /// say: `*` must not hand one namespace's images to another.
     pub fn is_shared(&self, familiar_repo: &str) -> bool {
-        self.settings.shared_images.iter().any(|p| glob(p, familiar_repo))
+        let namespaced = familiar_repo.strip_prefix(self.settings.registry.as_str()).is_some_and(|rest| rest.starts_with('/'));
+        !namespaced && self.settings.shared_images.iter().any(|p| glob(p, familiar_repo))
     }
 }
 
