@@ -1,0 +1,384 @@
+//! The GitLab custom executor end to end: the runner emulator (`support::runner`, gitlab-runner's
+//! side of the protocol) drives `ctproxy executor config|prepare|run|cleanup` against a real
+//! `ctproxy serve` with `[jobs]` and the real daemon. Job images are the local test images; jobs
+//! use the docker CLI and docker-compose inside their container, through their own socket.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use support::runner::{self, Driver, Image, Job, JobRun, Outcome};
+use support::*;
+
+/// The job namespace prefix of this test process (reapers only touch their own prefix).
+fn prefix() -> String {
+    format!("e{}", std::process::id())
+}
+
+fn config(extra: &str) -> String {
+    let rp = format!("127.0.0.1:{}", free_port());
+    let prefix = prefix();
+    format!(
+        r#"
+[listener.main]
+address = "unix://{{dir}}/docker.sock"
+[policy.conservative]
+kind = "conservative"
+[namespaces]
+shared_images = ["ctproxy-test/*"]
+[registry_proxy]
+address = "{rp}"
+[jobs]
+control_socket = "{{dir}}/control.sock"
+dir = "{{dir}}/jobs"
+policies = ["conservative"]
+reap_interval_s = 1
+grace_s = 2
+namespace_prefix = "{prefix}"
+{extra}
+"#
+    )
+}
+
+/// `ctproxy serve` with the job service.
+fn host() -> Proxy {
+    Proxy::start_with_config(&config(""), "docker.sock")
+}
+
+fn control(p: &Proxy) -> PathBuf {
+    p.dir().join("control.sock")
+}
+
+/// The emulated runner's `[runners.custom]`: every stage is `ctproxy executor --control ... <stage>`.
+fn driver_for(control: &Path) -> Driver {
+    let exe = Path::new(env!("CARGO_BIN_EXE_ctproxy"));
+    let control = control.to_str().expect("utf-8 path");
+    let mut d = Driver::same_exec(exe, &["executor", "--control", control]);
+    d.retry_interval = Duration::from_millis(200);
+    d
+}
+
+fn driver(p: &Proxy) -> Driver {
+    driver_for(&control(p))
+}
+
+/// A job id no other test of this process uses.
+fn job_id() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+fn ci_job(script: &[&str]) -> Job {
+    let mut job = Job::new(job_id(), CI_IMAGE, script);
+    job.after_script = vec!["echo after-script-ran".into()];
+    job.with_artifacts = true;
+    job
+}
+
+fn namespace(job: &Job) -> String {
+    format!("{}-r{}-{}", prefix(), job.runner_id, job.id)
+}
+
+/// Everything on the daemon that belongs to the namespace: containers, networks, volumes (by label)
+/// and image tags (under any registry-proxy name).
+fn leftovers(ns: &str) -> Vec<String> {
+    let label = format!("label=io.ctproxy.namespace={ns}");
+    let list = |args: &[&str]| {
+        let out = docker_cmd("docker", DIRECT, args).output().expect("docker");
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let mut found = Vec::new();
+    found.extend(list(&["ps", "-aq", "--filter", &label]).into_iter().map(|c| format!("container {c}")));
+    found.extend(list(&["network", "ls", "-q", "--filter", &label]).into_iter().map(|n| format!("network {n}")));
+    found.extend(list(&["volume", "ls", "-q", "--filter", &label]).into_iter().map(|v| format!("volume {v}")));
+    let marker = format!("/{ns}/");
+    found.extend(list(&["images", "--format", "{{.Repository}}:{{.Tag}}"]).into_iter().filter(|i| i.contains(&marker)).map(|i| format!("image {i}")));
+    found
+}
+
+fn assert_clean(ns: &str) {
+    let left = leftovers(ns);
+    assert!(left.is_empty(), "namespace {ns} left on the daemon: {left:?}");
+}
+
+fn show(run: &JobRun) -> String {
+    format!("outcome {:?}\nstages {:?}\n--- job log\n{}\n--- runner log\n{}", run.outcome, run.stages(), run.log, run.runner_log)
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn a_passing_job_runs_every_stage_in_its_container_and_leaves_nothing() {
+    let p = host();
+    let job = ci_job(&["docker version --format 'server {{.Server.Version}}'", "docker run --rm ctproxy-test/busybox echo hello-from-nested", "docker ps --format '{{.Names}}'"]);
+    let run = runner::run(&driver(&p), &job);
+    assert_eq!(run.outcome, Outcome::Success, "{}", show(&run));
+    let stages = run.stages();
+    assert_eq!(
+        stages,
+        ["config", "prepare", "prepare_script", "get_sources", "build_script", "after_script", "upload_artifacts_on_success", "cleanup_file_variables", "cleanup"],
+        "{}",
+        show(&run)
+    );
+    assert!(run.log.contains("hello-from-nested"), "{}", show(&run));
+    assert!(run.log.contains("after-script-ran"), "{}", show(&run));
+    // The job's own view: its container, nothing of anyone else's.
+    assert!(run.log.contains("ctproxy-build"), "{}", show(&run));
+    assert!(!run.log.contains("ctp."), "a mangled name reached the job: {}", show(&run));
+    assert_eq!(run.job_env.get("CTPROXY_JOB").map(String::as_str), Some(format!("r1-{}", job.id).as_str()));
+    assert_clean(&namespace(&job));
+}
+
+#[test]
+fn a_failing_script_reports_its_exit_code_and_after_script_still_runs() {
+    let p = host();
+    let mut job = ci_job(&["echo about-to-fail", "exit 42"]);
+    job.with_artifacts = true;
+    let run = runner::run(&driver(&p), &job);
+    assert_eq!(run.outcome, Outcome::BuildFailure { exit_code: 42 }, "{}", show(&run));
+    let stages = run.stages();
+    assert!(stages.contains(&"after_script".to_owned()) && stages.contains(&"upload_artifacts_on_failure".to_owned()), "{}", show(&run));
+    assert_eq!(stages.last().map(String::as_str), Some("cleanup"));
+    assert!(run.log.contains("after-script-ran"), "{}", show(&run));
+    assert_clean(&namespace(&job));
+}
+
+#[test]
+fn prepare_without_ctproxy_is_a_system_failure_retried_with_cleanup_between() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = ci_job(&["echo never"]);
+    let run = runner::run(&driver_for(&dir.path().join("control.sock")), &job);
+    assert!(matches!(run.outcome, Outcome::SystemFailure(_)), "{}", show(&run));
+    assert_eq!(run.stages(), ["config", "prepare", "cleanup", "config", "prepare", "cleanup", "config", "prepare", "cleanup"], "{}", show(&run));
+    assert!(run.log.contains("ctproxy serve is not running"), "{}", show(&run));
+    assert!(run.calls_of("prepare").iter().all(|c| c.exit == Some(2)), "{}", show(&run));
+}
+
+#[test]
+fn a_missing_job_image_is_a_build_failure_that_names_it() {
+    let p = host();
+    let mut job = ci_job(&["echo never"]);
+    job.image = Some(Image { pull_policy: vec!["never".into()], ..Image::new("ctproxy-test-absent/nothing:1") });
+    let run = runner::run(&driver(&p), &job);
+    assert!(matches!(run.outcome, Outcome::BuildFailure { .. }), "{}", show(&run));
+    assert_eq!(run.calls_of("prepare").len(), 1, "a build failure is not retried: {}", show(&run));
+    assert!(run.log.contains("ctproxy-test-absent/nothing:1"), "{}", show(&run));
+    assert_clean(&namespace(&job));
+}
+
+#[test]
+fn cancel_during_build_script_stops_it_then_after_script_and_failure_stages_run() {
+    let p = host();
+    let mut job = ci_job(&["echo started", "sleep 300", "echo not-reached"]);
+    job.after_script = vec!["if ps | grep -v grep | grep -q 'sleep 300'; then echo STAGE-STILL-RUNNING; else echo stage-stopped; fi".into()];
+    let handle = runner::start(&driver(&p), &job);
+    assert!(handle.wait_stage("build_script", Duration::from_secs(60)), "build_script never started");
+    std::thread::sleep(Duration::from_secs(2));
+    let cancelled = Instant::now();
+    handle.cancel();
+    let run = handle.join();
+    assert_eq!(run.outcome, Outcome::Canceled, "{}", show(&run));
+    let build = &run.calls_of("build_script")[0];
+    assert!(build.sent_sigterm && !build.sent_sigkill, "stopped on SIGTERM, without SIGKILL: {build:?}");
+    assert!(build.duration < Duration::from_secs(60));
+    let stages = run.stages();
+    let after = stages.iter().position(|s| s == "after_script").expect("after_script ran");
+    assert!(stages[after..].starts_with(&["after_script".into(), "upload_artifacts_on_failure".into(), "cleanup_file_variables".into(), "cleanup".into()]), "{}", show(&run));
+    assert!(run.log.contains("stage-stopped") && !run.log.contains("STAGE-STILL-RUNNING"), "{}", show(&run));
+    assert!(!run.log.contains("not-reached"), "{}", show(&run));
+    assert!(cancelled.elapsed() < Duration::from_secs(90));
+    assert_clean(&namespace(&job));
+}
+
+#[test]
+fn a_job_timeout_ends_the_stage_and_cleans_up() {
+    let p = host();
+    let mut job = ci_job(&["sleep 300"]);
+    job.timeout = Duration::from_secs(8);
+    let started = Instant::now();
+    let run = runner::run(&driver(&p), &job);
+    assert_eq!(run.outcome, Outcome::Timedout, "{}", show(&run));
+    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+    assert_eq!(run.stages().last().map(String::as_str), Some("cleanup"), "{}", show(&run));
+    assert_clean(&namespace(&job));
+}
+
+#[test]
+fn services_are_reached_by_their_aliases_and_image_names() {
+    let p = host();
+    let serve = |text: &str| {
+        vec!["sh".to_owned(), "-c".to_owned(), format!("mkdir -p /www && echo {text} > /www/index.html && exec httpd -f -p 80 -h /www")]
+    };
+    let mut job = ci_job(&[
+        "for h in db cache; do for i in $(seq 1 50); do wget -qO- http://$h/ && break; sleep 0.2; done; done",
+        "ping -c1 ctproxy-test__busybox >/dev/null && echo image-name-resolves",
+    ]);
+    job.services = vec![
+        Image { alias: Some("db".into()), command: Some(serve("answer-from-db")), ..Image::new(BUSYBOX) },
+        Image { alias: Some("cache,kv".into()), command: Some(serve("answer-from-cache")), ..Image::new(BUSYBOX) },
+    ];
+    let run = runner::run(&driver(&p), &job);
+    assert_eq!(run.outcome, Outcome::Success, "{}", show(&run));
+    assert!(run.log.contains("answer-from-db") && run.log.contains("answer-from-cache"), "{}", show(&run));
+    assert!(run.log.contains("image-name-resolves"), "{}", show(&run));
+    assert_clean(&namespace(&job));
+}
+
+#[test]
+fn a_job_builds_an_image_and_runs_it() {
+    let p = host();
+    let mut job = ci_job(&["docker build -t app:latest .", "docker run --rm app:latest", "docker images --format '{{.Repository}}:{{.Tag}}'"]);
+    job.get_sources = vec![
+        "printf 'FROM ctproxy-test/busybox\\nCOPY greeting /greeting\\nCMD [\"cat\", \"/greeting\"]\\n' > Dockerfile".into(),
+        "echo built-and-run-inside-the-job > greeting".into(),
+    ];
+    let run = runner::run(&driver(&p), &job);
+    assert_eq!(run.outcome, Outcome::Success, "{}", show(&run));
+    assert!(run.log.contains("built-and-run-inside-the-job"), "{}", show(&run));
+    assert!(run.log.contains("app:latest"), "{}", show(&run));
+    assert!(!run.log.contains("/r1-"), "a mangled image name reached the job: {}", show(&run));
+    assert_clean(&namespace(&job));
+}
+
+const COMPOSE_PROJECT: &str = "services:
+  web:
+    image: ctproxy-test/busybox
+    command: [\"sh\", \"-c\", \"mkdir -p /www && echo compose-web-answer > /www/index.html && exec httpd -f -p 80 -h /www\"]
+  probe:
+    image: ctproxy-test/busybox
+    command: [\"sh\", \"-c\", \"until wget -qO- http://web/; do sleep 0.2; done; sleep 300\"]
+";
+
+fn compose_sources() -> Vec<String> {
+    vec![format!("cat > docker-compose.yml <<'EOF'\nversion: '3'\n{COMPOSE_PROJECT}EOF")]
+}
+
+#[test]
+fn a_job_runs_a_two_service_compose_project() {
+    let p = host();
+    let mut job = ci_job(&[
+        "docker-compose up -d",
+        "docker-compose ps",
+        "for i in $(seq 1 50); do docker-compose logs probe | grep -q compose-web-answer && break; sleep 0.2; done",
+        "docker-compose logs probe",
+        "docker-compose down",
+    ]);
+    job.get_sources = compose_sources();
+    let run = runner::run(&driver(&p), &job);
+    assert_eq!(run.outcome, Outcome::Success, "{}", show(&run));
+    assert!(run.log.contains("compose-web-answer"), "{}", show(&run));
+    assert!(run.log.contains("example_web_1") || run.log.contains("example-web-1"), "{}", show(&run));
+    assert_clean(&namespace(&job));
+}
+
+#[test]
+fn a_busybox_only_image_runs_its_scripts_with_sh() {
+    let p = host();
+    let mut job = Job::new(job_id(), BUSYBOX, &["test ! -e /bin/bash && echo no-bash-here", "echo \"running in $(pwd)\"", "exit 7"]);
+    job.after_script = vec!["echo after-in-busybox".into()];
+    let run = runner::run(&driver(&p), &job);
+    assert_eq!(run.outcome, Outcome::BuildFailure { exit_code: 7 }, "{}", show(&run));
+    assert!(run.log.contains("no-bash-here") && run.log.contains("running in /builds/ci/example"), "{}", show(&run));
+    assert!(run.log.contains("after-in-busybox"), "{}", show(&run));
+    assert_clean(&namespace(&job));
+}
+
+#[test]
+fn five_concurrent_jobs_with_identical_scripts_do_not_see_each_other() {
+    let p = host();
+    let script = [
+        "docker network create backend",
+        "docker volume create data",
+        "docker build -t app:1 .",
+        "docker run -d --name db --network backend -v data:/data app:1 sleep 300",
+        "docker run --rm --network backend ctproxy-test/busybox ping -c1 db",
+        "echo containers=$(docker ps -aq | wc -l) networks=$(docker network ls -q --filter name=backend | wc -l) volumes=$(docker volume ls -q --filter name=data | wc -l) images=$(docker images -q app | wc -l)",
+        "docker-compose up -d && docker-compose ps",
+    ];
+    let drv = driver(&p);
+    let jobs: Vec<Job> = (0..5)
+        .map(|_| {
+            let mut j = ci_job(&script);
+            let mut sources = compose_sources();
+            sources.push("printf 'FROM ctproxy-test/busybox\\nRUN echo one > /one\\n' > Dockerfile".into());
+            j.get_sources = sources;
+            j
+        })
+        .collect();
+    let handles: Vec<_> = jobs.iter().map(|j| runner::start(&drv, j)).collect();
+    let runs: Vec<JobRun> = handles.into_iter().map(runner::Handle::join).collect();
+    for run in &runs {
+        assert_eq!(run.outcome, Outcome::Success, "{}", show(run));
+        // ctproxy-build, db, and the two compose services are not yet up when counted: 2 containers.
+        assert!(run.log.contains("containers=2 networks=1 volumes=1 images=1"), "{}", show(run));
+    }
+    for job in &jobs {
+        assert_clean(&namespace(job));
+    }
+}
+
+#[test]
+fn a_restarted_ctproxy_gives_the_running_job_its_socket_back() {
+    let p = host();
+    let config_path = p.dir().join("ctproxy.toml");
+    let mut job = ci_job(&[
+        "docker run --rm ctproxy-test/busybox echo before-restart",
+        "touch /tmp/waiting; while [ ! -e /tmp/restarted ]; do sleep 0.2; done",
+        "for i in $(seq 1 100); do docker version >/dev/null 2>&1 && break; sleep 0.2; done",
+        "docker run --rm ctproxy-test/busybox echo after-restart",
+        "docker ps --format '{{.Names}}'",
+    ]);
+    job.timeout = Duration::from_secs(300);
+    let ns = namespace(&job);
+    let build = format!("ctp.{ns}.ctproxy-build");
+    let handle = runner::start(&driver(&p), &job);
+    wait_until("the job to wait for the restart", Duration::from_secs(120), || {
+        docker_cmd("docker", DIRECT, &["exec", &build, "test", "-e", "/tmp/waiting"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    });
+    let mut p = p;
+    p.signal("KILL");
+    p.wait_exit(Duration::from_secs(10));
+    let restarted = Proxy::spawn(tempfile::tempdir().expect("tempdir"), p.dir().join("docker.sock"), &["--config", config_path.to_str().expect("utf-8")]);
+    check(&docker_output(DIRECT, &["exec", &build, "touch", "/tmp/restarted"]), &["exec", "touch"]);
+    let run = handle.join();
+    assert_eq!(run.outcome, Outcome::Success, "{}\n--- ctproxy log\n{}", show(&run), restarted.log_text());
+    assert!(run.log.contains("before-restart") && run.log.contains("after-restart"), "{}", show(&run));
+    assert_clean(&ns);
+    drop(restarted);
+    drop(p);
+}
+
+#[test]
+fn a_runner_that_dies_without_cleanup_has_its_job_reaped() {
+    let p = Proxy::start_with_config(&config(""), "docker.sock");
+    let mut job = ci_job(&["docker volume create keep-me", "docker run -d --name held ctproxy-test/busybox sleep 300", "touch /tmp/ready; sleep 300"]);
+    job.timeout = Duration::from_secs(6);
+    let ns = namespace(&job);
+    let handle = runner::start(&driver(&p), &job);
+    let build = format!("ctp.{ns}.ctproxy-build");
+    wait_until("the job to create its objects", Duration::from_secs(120), || {
+        docker_cmd("docker", DIRECT, &["exec", &build, "test", "-e", "/tmp/ready"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    });
+    handle.abandon();
+    let run = handle.join();
+    assert_eq!(run.outcome, Outcome::Abandoned);
+    assert!(!run.stages().contains(&"cleanup".to_owned()));
+    for pgid in run.left_running() {
+        runner::kill_group(pgid);
+    }
+    assert!(!leftovers(&ns).is_empty(), "the job's objects exist until the reaper comes");
+    // Deadline: the job's timeout (6 s) plus grace (2 s), then the reaper (every second).
+    wait_until("the reaper to remove the job", Duration::from_secs(40), || leftovers(&ns).is_empty());
+    assert!(p.log_text().contains("reaping"), "{}", p.log_text());
+}
