@@ -5,6 +5,8 @@
 //! run in parallel and a rerun after a crash never trips over leftovers.
 #![allow(dead_code)]
 
+pub mod runner;
+
 use std::io::Read;
 use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
