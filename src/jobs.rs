@@ -17,7 +17,8 @@
 //! Control API (HTTP/1.1 on the control socket, mode 0600, peers other than uid 0 refused):
 //! `PUT /jobs/{id}` (`{"timeout_s": N}`, idempotent) → `{"id","socket","namespace","deadline"}`;
 //! `GET /jobs/{id}` → the same (404 when there is no such job); `DELETE /jobs/{id}` →
-//! `{"removed": {...}}` (idempotent); `GET /jobs` → the live jobs.
+//! `{"removed": {...}}` (idempotent; with `?rest=background` it answers once the job's containers
+//! are gone and removes its networks, volumes and images after); `GET /jobs` → the live jobs.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,32 @@ pub enum JobError {
     Record(#[from] std::io::Error),
     #[error("{0}")]
     Namespace(#[from] namespace::NsError),
+}
+
+/// How much of a job [`JobManager::remove_with`] waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    Complete,
+    RestInBackground,
+}
+
+/// Marks a job as being removed while alive (the reaper leaves its namespace alone).
+struct Removing {
+    set: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    id: String,
+}
+
+impl Removing {
+    fn start(set: &Arc<std::sync::Mutex<std::collections::HashSet<String>>>, id: &str) -> Removing {
+        set.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned());
+        Removing { set: set.clone(), id: id.to_owned() }
+    }
+}
+
+impl Drop for Removing {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
 }
 
 /// What is kept on disk for a job, so a restarted ctproxy can restore or reap it.
@@ -92,6 +119,10 @@ pub struct JobManager {
     connections: TaskTracker,
     draining: CancellationToken,
     jobs: Mutex<HashMap<String, Job>>,
+    /// Jobs whose namespace is being destroyed right now: not orphans for the reaper.
+    removing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Background removals in flight: a job created or removed again waits for its own first.
+    pending: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
 }
 
 fn now() -> u64 {
@@ -107,7 +138,17 @@ impl JobManager {
         connections: TaskTracker,
         draining: CancellationToken,
     ) -> JobManager {
-        JobManager { config, proxy, pipeline, settings, connections, draining, jobs: Mutex::new(HashMap::new()) }
+        JobManager {
+            config,
+            proxy,
+            pipeline,
+            settings,
+            connections,
+            draining,
+            jobs: Mutex::new(HashMap::new()),
+            removing: Default::default(),
+            pending: Default::default(),
+        }
     }
 
     /// A job's namespace: `<prefix>-<id>`.
@@ -125,6 +166,7 @@ impl JobManager {
     /// Creates the job's listener, or returns the existing one (prepare may run three times).
     pub async fn create(&self, id: &str, timeout: Option<Duration>) -> Result<JobInfo, JobError> {
         let name = self.job_namespace(id)?;
+        self.settle(id).await;
         let timeout = timeout.unwrap_or(Duration::from_secs(self.config.timeout_s));
         let deadline = now() + timeout.as_secs() + self.config.grace_s;
         let mut jobs = self.jobs.lock().await;
@@ -165,16 +207,59 @@ impl JobManager {
 
     /// Stops the job's listener and destroys everything its namespace holds. Idempotent.
     pub async fn remove(&self, id: &str) -> Result<Removed, JobError> {
+        self.remove_with(id, Removal::Complete).await
+    }
+
+    /// Stops the job's listener and removes its containers; the rest of its namespace (networks,
+    /// volumes, images) goes now or, with [`Removal::RestInBackground`], in a task of its own,
+    /// which keeps network removal (slow in dockerd) off the CI job's wall time. The job's record
+    /// is removed first: after a crash at any point the namespace is an orphan that the reaper
+    /// destroys. Idempotent.
+    pub async fn remove_with(&self, id: &str, how: Removal) -> Result<Removed, JobError> {
         let name = self.job_namespace(id)?;
+        self.settle(id).await;
         let job = self.jobs.lock().await.remove(id);
         if let Some(job) = job {
             job.stop.cancel();
             let _ = job.task.await;
         }
-        let removed = Namespace::new(name, self.settings.clone()).destroy(&self.proxy.daemon()).await?;
         let _ = std::fs::remove_dir_all(self.job_dir(id));
-        tracing::info!(job = id, ?removed, "job removed");
-        Ok(removed)
+        let guard = Removing::start(&self.removing, id);
+        let namespace = Namespace::new(name, self.settings.clone());
+        let daemon = self.proxy.daemon();
+        let containers = namespace.destroy_containers(&daemon).await?;
+        match how {
+            Removal::Complete => {
+                let removed = Removed { containers, ..namespace.destroy_rest(&daemon).await? };
+                tracing::info!(job = id, ?removed, "job removed");
+                drop(guard);
+                Ok(removed)
+            }
+            Removal::RestInBackground => {
+                let key = id.to_owned();
+                let task = tokio::spawn(async move {
+                    let id = key;
+                    match namespace.destroy_rest(&daemon).await {
+                        Ok(rest) => tracing::info!(job = %id, containers, ?rest, "job removed"),
+                        Err(e) => tracing::warn!(job = %id, error = %e, "job's namespace not fully removed: the reaper will retry"),
+                    }
+                    drop(guard);
+                });
+                let mut pending = self.pending.lock().await;
+                pending.retain(|_, t| !t.is_finished());
+                pending.insert(id.to_owned(), task);
+                Ok(Removed { containers, ..Removed::default() })
+            }
+        }
+    }
+
+    /// Waits for a background removal of `id` still in flight: a volume of the old namespace must
+    /// not be removed by name after a new one of the same name was made.
+    async fn settle(&self, id: &str) {
+        let task = self.pending.lock().await.remove(id);
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 
     /// The live job `id`, if there is one.
@@ -231,7 +316,8 @@ impl JobManager {
         };
         for ns in on_daemon {
             let Some(id) = ns.as_str().strip_prefix(&self.config.namespace_prefix).and_then(|r| r.strip_prefix('-')) else { continue };
-            if self.jobs.lock().await.contains_key(id) || self.job_dir(id).join("job.json").exists() {
+            let being_removed = self.removing.lock().unwrap_or_else(|p| p.into_inner()).contains(id);
+            if being_removed || self.jobs.lock().await.contains_key(id) || self.job_dir(id).join("job.json").exists() {
                 continue;
             }
             tracing::warn!(namespace = %ns, "no live job owns this namespace: destroying it");
@@ -329,13 +415,23 @@ impl Handler for ControlHandler {
                     Err(e) => respond::error(StatusCode::INTERNAL_SERVER_ERROR, &format!("ctproxy: {e}")),
                 }
             }
-            (Method::DELETE, Some(id)) => match self.jobs.remove(&id).await {
+            (Method::DELETE, Some(id)) => match self.jobs.remove_with(&id, removal_of(req.uri().query())).await {
                 Ok(removed) => respond::json(StatusCode::OK, &serde_json::json!({ "removed": removed })),
                 Err(e @ JobError::Id(_)) => respond::error(StatusCode::BAD_REQUEST, &format!("ctproxy: {e}")),
                 Err(e) => respond::error(StatusCode::INTERNAL_SERVER_ERROR, &format!("ctproxy: {e}")),
             },
             _ => respond::error(StatusCode::NOT_FOUND, "ctproxy: unknown control request"),
         }
+    }
+}
+
+/// `DELETE /jobs/ID?rest=background`: return once the containers are gone.
+fn removal_of(query: Option<&str>) -> Removal {
+    let background = query.unwrap_or("").split('&').any(|kv| kv == "rest=background");
+    if background {
+        Removal::RestInBackground
+    } else {
+        Removal::Complete
     }
 }
 

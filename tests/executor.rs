@@ -100,8 +100,15 @@ fn leftovers(ns: &str) -> Vec<String> {
     found
 }
 
+/// Cleanup returns once the job's containers are gone; ctproxy removes its networks, volumes and
+/// images right after.
 fn assert_clean(ns: &str) {
-    let left = leftovers(ns);
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut left = leftovers(ns);
+    while !left.is_empty() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(200));
+        left = leftovers(ns);
+    }
     assert!(left.is_empty(), "namespace {ns} left on the daemon: {left:?}");
 }
 

@@ -196,7 +196,9 @@ pub async fn cleanup(env: &BTreeMap<String, String>, control: &Path) -> Result<S
         Some(k) => k,
         None => return Ok("no job to clean up (no CTPROXY_JOB, no CUSTOM_ENV_CI_JOB_ID)".into()),
     };
-    match control_request(control, Method::DELETE, &format!("/jobs/{key}"), None).await {
+    // The job's containers are gone when this answers; its networks, volumes and images follow in
+    // ctproxy (dockerd's network removal is slow, and the job's status waits for cleanup).
+    match control_request(control, Method::DELETE, &format!("/jobs/{key}?rest=background"), None).await {
         Ok((StatusCode::OK, v)) => Ok(format!("job {key} removed: {}", v.get("removed").cloned().unwrap_or_default())),
         Ok((status, v)) => {
             Err((true, format!("job {key} not removed: {status}: {}", v.get("message").and_then(|m| m.as_str()).unwrap_or(""))))

@@ -26,8 +26,13 @@ impl Namespace {
     /// image tags. Errors on single objects are logged and skipped: a destroy does what it can and
     /// can be run again.
     pub async fn destroy(&self, daemon: &Daemon) -> Result<Removed, NsError> {
-        let filter = self.own_filter();
-        // Containers first (they hold networks and volumes); the rest in parallel after them.
+        let containers = self.destroy_containers(daemon).await?;
+        Ok(Removed { containers, ..self.destroy_rest(daemon).await? })
+    }
+
+    /// The first half of [`Namespace::destroy`]: the containers (nothing of the namespace runs
+    /// any more afterwards). Returns how many were removed.
+    pub async fn destroy_containers(&self, daemon: &Daemon) -> Result<usize, NsError> {
         let containers: Vec<String> = self
             .own_containers(daemon)
             .await?
@@ -35,7 +40,13 @@ impl Namespace {
             .filter_map(|c| c.get("Id").and_then(Value::as_str))
             .map(|id| format!("/containers/{id}?force=1&v=1"))
             .collect();
-        let containers = delete_all(daemon, containers).await;
+        Ok(delete_all(daemon, containers).await)
+    }
+
+    /// The second half of [`Namespace::destroy`], once the containers are gone: networks, volumes
+    /// and image tags (networks and volumes in parallel).
+    pub async fn destroy_rest(&self, daemon: &Daemon) -> Result<Removed, NsError> {
+        let filter = self.own_filter();
         let nets: Vec<String> = daemon
             .list(&format!("/networks?filters={filter}"))
             .await?
@@ -65,8 +76,7 @@ impl Namespace {
             n
         };
         let (networks, volumes, images) = tokio::join!(delete_all(daemon, nets), delete_all(daemon, vols), untag);
-        let removed = Removed { containers, networks, volumes, images };
-        Ok(removed)
+        Ok(Removed { containers: 0, networks, volumes, images })
     }
 }
 
