@@ -17,7 +17,7 @@ fn prefix() -> String {
     format!("e{}", std::process::id())
 }
 
-fn config(extra: &str) -> String {
+fn config(registry_proxy_extra: &str) -> String {
     let rp = format!("127.0.0.1:{}", free_port());
     let prefix = prefix();
     format!(
@@ -30,6 +30,7 @@ kind = "conservative"
 shared_images = ["ctproxy-test/*"]
 [registry_proxy]
 address = "{rp}"
+{registry_proxy_extra}
 [jobs]
 control_socket = "{{dir}}/control.sock"
 dir = "{{dir}}/jobs"
@@ -37,7 +38,6 @@ policies = ["conservative"]
 reap_interval_s = 1
 grace_s = 2
 namespace_prefix = "{prefix}"
-{extra}
 "#
     )
 }
@@ -435,4 +435,46 @@ fn a_runner_that_dies_without_cleanup_has_its_job_reaped() {
     // Deadline: the job's timeout (6 s) plus grace (2 s), then the reaper (every second).
     wait_until("the reaper to remove the job", Duration::from_secs(40), || leftovers(&ns).is_empty());
     assert!(p.log_text().contains("reaping"), "{}", p.log_text());
+}
+
+#[test]
+fn a_private_image_is_pulled_with_the_jobs_own_credentials_and_never_handed_to_another_job() {
+    let registry = Registry::start_with_users(&[("ci", "ci-pw")]);
+    let image = format!("{}/private/app:1", registry.addr);
+    // Put the private image in the registry, and nowhere on the host.
+    let cfg = tempfile::tempdir().expect("tempdir");
+    let cfg_dir = cfg.path().to_str().expect("utf-8");
+    let login = docker_cmd("docker", DIRECT, &["--config", cfg_dir, "login", "-u", "ci", "--password-stdin", &registry.addr]);
+    ok_within(login, Some(b"ci-pw".to_vec()), Duration::from_secs(30), "login");
+    check(&docker_output(DIRECT, &["tag", BUSYBOX, &image]), &["tag"]);
+    ok_within(docker_cmd("docker", DIRECT, &["--config", cfg_dir, "push", &image]), None, Duration::from_secs(60), "push");
+    check(&docker_output(DIRECT, &["rmi", &image]), &["rmi"]);
+
+    let p = Proxy::start_with_config(&config(&format!("insecure = [\"{}\"]", registry.addr)), "docker.sock");
+    let drv = driver(&p);
+    let mut with_creds =
+        Job::new(job_id(), &image, &["echo private-image-runs", "touch /tmp/ready; while [ ! -e /tmp/go ]; do sleep 0.2; done"]);
+    with_creds.credentials = vec![runner::Credential { url: registry.addr.clone(), username: "ci".into(), password: "ci-pw".into() }];
+    let handle = runner::start(&drv, &with_creds);
+    let build = format!("ctp.{}.ctproxy-build", namespace(&with_creds));
+    wait_until("the job with credentials to run", Duration::from_secs(120), || {
+        docker_cmd("docker", DIRECT, &["exec", &build, "test", "-e", "/tmp/ready"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    // While the first job holds the image, a job without credentials cannot have it.
+    let without = Job::new(job_id(), &image, &["echo must-not-run"]);
+    let refused = runner::run(&drv, &without);
+    assert!(matches!(refused.outcome, Outcome::BuildFailure { .. }), "{}", show(&refused));
+    assert!(refused.log.contains(&image), "the failure names the image: {}", show(&refused));
+    assert!(!refused.log.lines().any(|l| l.trim() == "must-not-run"), "{}", show(&refused));
+    check(&docker_output(DIRECT, &["exec", &build, "touch", "/tmp/go"]), &["exec"]);
+    let run = handle.join();
+    assert_eq!(run.outcome, Outcome::Success, "{}", show(&run));
+    assert!(run.log.contains("Pulling image") && run.log.lines().any(|l| l.trim() == "private-image-runs"), "{}", show(&run));
+    // The host never had it under its own name.
+    assert!(!docker_output(DIRECT, &["image", "inspect", &image]).status.success(), "the private image reached the host's own names");
+    assert_clean(&namespace(&with_creds));
+    assert_clean(&namespace(&without));
 }
