@@ -478,3 +478,26 @@ fn requested_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
     }
     req.headers().get(header::UPGRADE).cloned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn docker_socket_binds_are_redirected_to_the_listeners_own() {
+        let own = std::path::Path::new("/run/ctproxy/jobs/j/sock/docker.sock");
+        let mut body = json!({"HostConfig": {
+            "Binds": ["/var/run/docker.sock:/var/run/docker.sock:ro", "/run/../var/run/docker.sock", "/srv/data:/data", "vol:/v"],
+            "Mounts": [{"Type": "bind", "Source": "/run/docker.sock", "Target": "/d.sock"}, {"Type": "volume", "Source": "/run/docker.sock"}],
+        }});
+        redirect_docker_socket(&mut body, own);
+        let own = own.display().to_string();
+        assert_eq!(
+            body["HostConfig"]["Binds"],
+            json!([format!("{own}:/var/run/docker.sock:ro"), own.clone(), "/srv/data:/data", "vol:/v"])
+        );
+        assert_eq!(body["HostConfig"]["Mounts"][0]["Source"], json!(own));
+        assert_eq!(body["HostConfig"]["Mounts"][1]["Source"], json!("/run/docker.sock"), "only binds");
+    }
+}

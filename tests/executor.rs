@@ -134,6 +134,8 @@ fn a_passing_job_runs_every_stage_in_its_container_and_leaves_nothing() {
         "docker version --format 'server {{.Server.Version}}'",
         "docker run --rm ctproxy-test/busybox echo hello-from-nested",
         "docker ps --format '{{.Names}}'",
+        // A nested client that mounts the Docker socket (Ryuk, docker-in-docker clients) gets the job's.
+        "docker run --rm -v /var/run/docker.sock:/var/run/docker.sock ctproxy-test/docker-cli docker ps --format 'nested-sees {{.Names}}'",
     ]);
     let run = runner::run(&driver(&p), &job);
     assert_eq!(run.outcome, Outcome::Success, "{}", show(&run));
@@ -155,6 +157,7 @@ fn a_passing_job_runs_every_stage_in_its_container_and_leaves_nothing() {
         show(&run)
     );
     assert!(run.log.contains("hello-from-nested"), "{}", show(&run));
+    assert!(run.log.contains("nested-sees ctproxy-build"), "the nested client reached the job's socket: {}", show(&run));
     assert!(run.log.contains("after-script-ran"), "{}", show(&run));
     // The job's own view: its container, nothing of anyone else's.
     assert!(run.log.contains("ctproxy-build"), "{}", show(&run));
