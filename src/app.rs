@@ -17,7 +17,8 @@ use tokio_util::task::TaskTracker;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{AuthConfig, Config, ConfigError, JobsConfig, ListenerConfig, Overrides, PolicyConfig};
+use crate::cache::CacheService;
+use crate::config::{AuthConfig, CacheConfig, Config, ConfigError, JobsConfig, ListenerConfig, Overrides, PolicyConfig};
 use crate::http::server::{serve_connection, ServeOptions};
 use crate::http::Forwarder;
 use crate::http::Handler;
@@ -87,6 +88,8 @@ pub struct Server {
     registry: Option<RegistryProxy>,
     /// Temporary job listeners, when `[jobs]` is configured.
     jobs: Option<RunningJobs>,
+    /// The transparent cache, when `[cache]` is configured and it could start.
+    cache: Option<Arc<CacheService>>,
 }
 
 struct RunningJobs {
@@ -179,6 +182,7 @@ fn build_pipelines(config: &Config, tokens: &Option<Arc<dyn RegistryTokens>>) ->
                 namespace: l.namespace.as_deref().map(ns).transpose()?,
                 per_identity_ns: if identified { per_identity_ns.clone() } else { Default::default() },
                 own_socket: None,
+                decorate: None,
             };
             Ok((name.clone(), pipeline))
         })
@@ -212,7 +216,59 @@ fn job_pipeline(config: &Config, jobs: &JobsConfig, tokens: &Option<Arc<dyn Regi
     Ok(build_pipelines(&c, tokens)?.remove("jobs").unwrap_or_default())
 }
 
+/// Starts the cache on its address (`auto`: the gateway of dockerd's default bridge, which
+/// containers on any bridge network reach). A cache that cannot start is logged and left out:
+/// containers are then created without it (fail open).
+async fn start_cache(config: &CacheConfig, proxy: &DockerProxy) -> Option<Arc<CacheService>> {
+    let ip = match config.listen.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip,
+        Err(_) => match bridge_gateway(proxy).await {
+            Some(ip) => ip,
+            None => {
+                tracing::error!("cache not started: dockerd's bridge network has no gateway to listen on (set cache.listen)");
+                return None;
+            }
+        },
+    };
+    match CacheService::start(config, ip).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::error!(error = %e, "cache not started; containers are created without it");
+            None
+        }
+    }
+}
+
+/// The gateway address of dockerd's default `bridge` network: from its IPAM configuration, or
+/// (dockerd 20.10 leaves it out there) the IPv4 address of its bridge interface on this host.
+async fn bridge_gateway(proxy: &DockerProxy) -> Option<std::net::IpAddr> {
+    let net = proxy.daemon().get("/networks/bridge").await.ok()??;
+    let configured = net
+        .pointer("/IPAM/Config")
+        .and_then(|c| c.as_array())
+        .and_then(|c| c.iter().find_map(|c| c.get("Gateway")?.as_str()?.parse().ok()));
+    if configured.is_some() {
+        return configured;
+    }
+    let ifname = net.pointer("/Options/com.docker.network.bridge.name").and_then(|n| n.as_str()).unwrap_or("docker0");
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
+        let v4 = a.address.as_ref()?.as_sockaddr_in()?.ip();
+        (a.interface_name == ifname).then_some(std::net::IpAddr::V4(v4))
+    })
+}
+
 impl Server {
+    /// A pipeline with the server-wide additions to created containers (the cache's).
+    fn decorated(&self, mut p: Pipeline) -> Pipeline {
+        p.decorate = self.cache.clone().map(|c| c as Arc<dyn crate::plugin::CreateDecorator>);
+        p
+    }
+
+    /// The running cache, if any.
+    pub fn cache(&self) -> Option<&Arc<CacheService>> {
+        self.cache.as_ref()
+    }
+
     /// The token issuer namespaces hand to dockerd, when a registry proxy runs to honour them.
     fn registry_tokens(&self) -> Option<Arc<dyn RegistryTokens>> {
         self.registry.as_ref().map(|_| Arc::new(self.tokens.clone()) as Arc<dyn RegistryTokens>)
@@ -237,10 +293,14 @@ impl Server {
             tokens,
             registry,
             jobs: None,
+            cache: None,
         };
+        if let Some(c) = &config.cache {
+            server.cache = start_cache(c, &server.proxy).await;
+        }
         let mut pipelines = build_pipelines(&config, &server.registry_tokens())?;
         for (name, l) in &config.listener {
-            let pipeline = pipelines.remove(name).unwrap_or_default();
+            let pipeline = server.decorated(pipelines.remove(name).unwrap_or_default());
             server.start_listener(name, l, pipeline).await?;
         }
         if let Some(jobs) = &config.jobs {
@@ -268,7 +328,7 @@ impl Server {
         let manager = Arc::new(JobManager::new(
             jobs.clone(),
             self.proxy.clone(),
-            job_pipeline(&self.config, jobs, &tokens)?,
+            self.decorated(job_pipeline(&self.config, jobs, &tokens)?),
             namespace_settings(&self.config, &tokens),
             self.connections.clone(),
             self.draining.clone(),
@@ -376,7 +436,7 @@ impl Server {
             }
         }
         for (name, l) in &new.listener {
-            let pipeline = pipelines.remove(name).unwrap_or_default();
+            let pipeline = self.decorated(pipelines.remove(name).unwrap_or_default());
             match self.listeners.get_mut(name) {
                 // Same socket: only its authentication and policies change, for new requests.
                 Some(running) => {
@@ -395,6 +455,10 @@ impl Server {
             tracing::warn!("[registry_proxy] changed: the change takes effect at the next restart");
             // The running configuration keeps saying what actually runs.
             new.registry_proxy = self.config.registry_proxy.clone();
+        }
+        if new.cache != self.config.cache {
+            tracing::warn!("[cache] changed: the change takes effect at the next restart");
+            new.cache = self.config.cache.clone();
         }
         self.config = new;
         tracing::info!("configuration reloaded");
@@ -430,6 +494,9 @@ impl Server {
             tracing::warn!(connections = self.connections.len(), "grace time over; cutting the remaining connections");
         }
         let _ = registry.await;
+        if let Some(c) = &self.cache {
+            c.stop();
+        }
         tracing::info!("stopped");
     }
 }

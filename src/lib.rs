@@ -11,6 +11,7 @@
 //! [`config`] and [`telemetry`] are used by every layer.
 
 pub mod app;
+pub mod cache;
 pub mod config;
 pub mod docker;
 pub mod executor;

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 
 use crate::docker::json::{canonicalize, Kind, Raw};
 use crate::docker::schema::normalize_create;
@@ -44,6 +44,8 @@ pub struct Pipeline {
     /// The listener's own Docker socket (a job's): binds of the host's Docker socket in container
     /// configs are redirected to it, and policies let containers mount it.
     pub own_socket: Option<Arc<std::path::Path>>,
+    /// Added to every container created through this listener (after the policies).
+    pub decorate: Option<Arc<dyn crate::plugin::CreateDecorator>>,
 }
 
 impl Pipeline {
@@ -53,6 +55,7 @@ impl Pipeline {
             && self.per_identity.is_empty()
             && self.namespace.is_none()
             && self.per_identity_ns.is_empty()
+            && self.decorate.is_none()
     }
 
     fn chain_for(&self, identity: &Identity) -> &PolicyChain {
@@ -167,7 +170,8 @@ impl ListenerHandler {
     async fn admit(&self, pipeline: &Pipeline, req: Request<Incoming>, conn: &ConnCtx, identity: &Identity) -> Result<Admitted, Refused> {
         let chain = pipeline.chain_for(identity);
         let namespace = pipeline.namespace_for(identity);
-        if chain.is_empty() && namespace.is_none() {
+        let decorates = pipeline.decorate.is_some() && req.method() == Method::POST && req.uri().path().ends_with("/containers/create");
+        if chain.is_empty() && namespace.is_none() && !decorates {
             return Ok(Admitted::Forward(req.map(client_body), None));
         }
         let (mut parts, body) = req.into_parts();
@@ -190,7 +194,9 @@ impl ListenerHandler {
         let mut json = None;
         let mut stream = None;
         let body = match route.endpoint.map(|e| (e, e.body())) {
-            Some((endpoint, BodyKind::Json(schema))) if chain.reads_body(endpoint) || ns_reads(endpoint) => {
+            Some((endpoint, BodyKind::Json(schema)))
+                if chain.reads_body(endpoint) || ns_reads(endpoint) || (decorates && endpoint == Endpoint::ContainerCreate) =>
+            {
                 let bytes = read_limited(body, pipeline.max_json_body).await?;
                 let mut decoded = decode_json(&bytes, ctx.headers, schema)?;
                 if endpoint == Endpoint::ContainerCreate {
@@ -200,6 +206,9 @@ impl ListenerHandler {
                     }
                 }
                 chain.check_body(&mut ctx, &mut decoded).map_err(|d| refusal(&ctx, d))?;
+                if let (Endpoint::ContainerCreate, Some(d)) = (endpoint, &pipeline.decorate) {
+                    d.decorate(&mut decoded.value);
+                }
                 json = Some((decoded.value, bytes.is_empty()));
                 None
             }

@@ -57,6 +57,145 @@ pub struct Config {
     pub registry_proxy: Option<RegistryProxyConfig>,
     /// Temporary per-job listeners and their control socket; off when absent.
     pub jobs: Option<JobsConfig>,
+    /// The transparent HTTP/HTTPS cache for containers; off when absent.
+    pub cache: Option<CacheConfig>,
+}
+
+/// `[cache]`: the transparent caching proxy that containers created through ctproxy are pointed at.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Intercepted host names (exact, lower case).
+    pub hosts: Vec<String>,
+    /// The address containers reach the cache on: an IP, or `auto` for the gateway of dockerd's
+    /// default bridge network (reachable from every bridge network's containers).
+    #[serde(default = "default_cache_listen")]
+    pub listen: String,
+    #[serde(default = "default_http_port")]
+    pub http_port: u16,
+    #[serde(default = "default_https_port")]
+    pub https_port: u16,
+    /// Stored bodies, the CA's private state and the trust files mounted into containers.
+    #[serde(default = "default_cache_dir")]
+    pub dir: PathBuf,
+    /// The byte budget of stored bodies (`"10g"`, `"512m"`, or bytes).
+    #[serde(default = "default_cache_max_bytes")]
+    pub max_bytes: Size,
+    /// How often the CA generation rotates (`"24h"`, `"30m"`, `"10s"`); a job must be shorter.
+    #[serde(default = "default_rotate_every")]
+    pub rotate_every: Span,
+    /// Freshness of immutable artifacts (`.deb`, wheels, blobs by digest) and of mutable indexes.
+    #[serde(default = "default_immutable_ttl")]
+    pub immutable_ttl: Span,
+    #[serde(default = "default_mutable_ttl")]
+    pub mutable_ttl: Span,
+    /// Where `GET /metrics` (Prometheus) is served; none when absent.
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// PEM files of extra roots trusted for origins, on top of the system's.
+    #[serde(default)]
+    pub extra_roots: Vec<PathBuf>,
+    /// `"host:port" = "ip:port"`: where to connect for an intercepted host reached on a port,
+    /// instead of asking DNS (mirrors, tests).
+    #[serde(default)]
+    pub origins: BTreeMap<String, SocketAddr>,
+    /// Point the CA variables (`SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, ...) of new containers at
+    /// the bundle with the cache's CA, where the client did not set them.
+    #[serde(default = "yes")]
+    pub set_env: bool,
+}
+
+fn default_cache_listen() -> String {
+    "auto".into()
+}
+
+fn default_http_port() -> u16 {
+    80
+}
+
+fn default_https_port() -> u16 {
+    443
+}
+
+fn default_cache_dir() -> PathBuf {
+    PathBuf::from("/var/lib/ctproxy/cache")
+}
+
+fn default_cache_max_bytes() -> Size {
+    Size(10 << 30)
+}
+
+fn default_rotate_every() -> Span {
+    Span(Duration::from_secs(24 * 3600))
+}
+
+fn default_immutable_ttl() -> Span {
+    Span(Duration::from_secs(30 * 24 * 3600))
+}
+
+fn default_mutable_ttl() -> Span {
+    Span(Duration::from_secs(60))
+}
+
+fn default_metrics_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9180)))
+}
+
+/// A byte count: a number, or a string with a binary suffix (`k`, `m`, `g`, `t`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "toml::Value")]
+pub struct Size(pub u64);
+
+impl TryFrom<toml::Value> for Size {
+    type Error = String;
+    fn try_from(v: toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::Integer(n) if n > 0 => Ok(Size(n as u64)),
+            toml::Value::String(s) => {
+                let t = s.trim().to_ascii_lowercase();
+                let t = t.trim_end_matches('b');
+                let (num, mult) = match t.char_indices().last() {
+                    Some((i, 'k')) => (&t[..i], 1u64 << 10),
+                    Some((i, 'm')) => (&t[..i], 1 << 20),
+                    Some((i, 'g')) => (&t[..i], 1 << 30),
+                    Some((i, 't')) => (&t[..i], 1 << 40),
+                    _ => (t, 1),
+                };
+                match num.trim().parse::<u64>() {
+                    Ok(n) if n > 0 => n.checked_mul(mult).map(Size).ok_or_else(|| format!("size {s:?} is too large")),
+                    _ => Err(format!("invalid size {s:?}: expected e.g. \"10g\"")),
+                }
+            }
+            other => Err(format!("invalid size {other}: expected e.g. \"10g\"")),
+        }
+    }
+}
+
+/// A duration: seconds as a number, or a string with a unit (`s`, `m`, `h`, `d`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "toml::Value")]
+pub struct Span(pub Duration);
+
+impl TryFrom<toml::Value> for Span {
+    type Error = String;
+    fn try_from(v: toml::Value) -> Result<Self, String> {
+        let secs = match &v {
+            toml::Value::Integer(n) if *n > 0 => Some(*n as u64),
+            toml::Value::String(s) => {
+                let t = s.trim();
+                let (num, mult) = match t.char_indices().last() {
+                    Some((i, 's')) => (&t[..i], 1u64),
+                    Some((i, 'm')) => (&t[..i], 60),
+                    Some((i, 'h')) => (&t[..i], 3600),
+                    Some((i, 'd')) => (&t[..i], 86400),
+                    _ => (t, 1),
+                };
+                num.trim().parse::<u64>().ok().filter(|n| *n > 0).and_then(|n| n.checked_mul(mult))
+            }
+            _ => None,
+        };
+        secs.map(|s| Span(Duration::from_secs(s))).ok_or_else(|| format!("invalid duration {v}: expected e.g. \"24h\", \"30m\", \"10s\""))
+    }
 }
 
 /// `[jobs]`: temporary listeners, one per CI job, each in a namespace of its own.
@@ -414,6 +553,7 @@ impl Config {
             // job service and registry proxy (fixed sockets and ports) are not started.
             config.jobs = None;
             config.registry_proxy = None;
+            config.cache = None;
         }
         config.apply(overrides);
         config.validate(&origin)?;
@@ -545,6 +685,32 @@ impl Config {
                 crate::transport::tls::load_roots(path).map_err(|e| invalid("registry_proxy.ca".into(), &e.to_string()))?;
             }
         }
+        if let Some(c) = &self.cache {
+            if c.hosts.is_empty() {
+                return Err(invalid("cache.hosts".into(), "list the host names to intercept"));
+            }
+            for h in &c.hosts {
+                let ok = !h.is_empty()
+                    && h.len() <= 253
+                    && h.split('.').all(|l| {
+                        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    });
+                if !ok {
+                    return Err(invalid("cache.hosts".into(), &format!("{h:?} is not a lower-case DNS name")));
+                }
+            }
+            if c.listen != "auto" && c.listen.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid("cache.listen".into(), "an IP address, or \"auto\" for dockerd's bridge gateway"));
+            }
+            for path in &c.extra_roots {
+                crate::transport::tls::load_roots(path).map_err(|e| invalid("cache.extra_roots".into(), &e.to_string()))?;
+            }
+            for k in c.origins.keys() {
+                if !k.rsplit_once(':').is_some_and(|(h, p)| c.hosts.iter().any(|x| x == h) && p.parse::<u16>().is_ok()) {
+                    return Err(invalid(format!("cache.origins.{k}"), "keys are \"host:port\" of an intercepted host"));
+                }
+            }
+        }
         if self.upstream.connect_timeout_ms == 0 {
             return Err(invalid("upstream.connect_timeout_ms".into(), "must be more than 0"));
         }
@@ -605,6 +771,31 @@ mod tests {
         let c = Config::parse("[listener.a]\naddress = \"tcp://127.0.0.1:1\"\nmode = \"0600\"\n", "t.toml").unwrap();
         let e = c.validate("t.toml").unwrap_err().to_string();
         assert!(e.contains("listener.a.mode"), "{e}");
+    }
+
+    #[test]
+    fn cache_section() {
+        let base = "[listener.a]\naddress = \"unix:///tmp/a.sock\"\n";
+        let c = Config::parse(&format!("{base}[cache]\nhosts = [\"deb.debian.org\"]\nmax_bytes = \"2g\"\nrotate_every = \"90m\"\n"), "t")
+            .unwrap();
+        let cache = c.cache.clone().unwrap();
+        assert_eq!((cache.max_bytes.0, cache.rotate_every.0), (2 << 30, Duration::from_secs(5400)));
+        assert_eq!((cache.listen.as_str(), cache.http_port, cache.https_port), ("auto", 80, 443));
+        c.validate("t").unwrap();
+        for (bad, key) in [
+            ("hosts = []", "cache.hosts"),
+            ("hosts = [\"Deb.debian.org\"]", "cache.hosts"),
+            ("hosts = [\"a\"]\nlisten = \"eth0\"", "cache.listen"),
+            ("hosts = [\"a\"]\n[cache.origins]\n\"b:80\" = \"127.0.0.1:1\"", "cache.origins"),
+        ] {
+            let e = Config::parse(&format!("{base}[cache]\n{bad}\n"), "t").unwrap().validate("t").unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+        for bad in ["max_bytes = \"lots\"", "rotate_every = \"0s\"", "rotate_every = \"1w\"", "hots = []"] {
+            assert!(Config::parse(&format!("{base}[cache]\nhosts = [\"a\"]\n{bad}\n"), "t").is_err(), "{bad}");
+        }
+        let plain = Config::load(None, &Overrides { listen: vec![ListenAddr::Unix("/tmp/x.sock".into())], ..Default::default() }).unwrap();
+        assert!(plain.cache.is_none(), "--listen without a file runs a plain proxy");
     }
 
     #[test]

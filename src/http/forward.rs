@@ -54,16 +54,19 @@ pub struct Forwarder {
 }
 
 /// Headers that describe one hop, never the message (plus `Upgrade`, which is re-added on purpose).
-const HOP_BY_HOP: [HeaderName; 6] = [
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
     header::TE,
     header::TRAILER,
     header::UPGRADE,
 ];
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes the headers of one hop (RFC 9110 §7.6.1), those named in `Connection` included, and
+/// `Transfer-Encoding` (the body is re-framed from its own length).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named in `Connection` are hop-by-hop too.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)

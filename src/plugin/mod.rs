@@ -17,6 +17,14 @@ use crate::docker::{Endpoint, Query, Route};
 pub use auth::{AuthError, Authenticator};
 pub use policy::{Policy, PolicyChain};
 
+/// Adds the operator's own settings to every container created through a listener (the
+/// transparent cache's host entries and CA trust). It runs after the policies, so what it adds is
+/// never judged as if the client had asked for it; it must only add what is safe for any client.
+pub trait CreateDecorator: Send + Sync {
+    /// Rewrites a container-create body (canonical field names, `HostConfig` folded).
+    fn decorate(&self, body: &mut serde_json::Value);
+}
+
 /// Who made a request, as established by an authenticator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {

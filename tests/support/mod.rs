@@ -5,6 +5,7 @@
 //! run in parallel and a rerun after a crash never trips over leftovers.
 #![allow(dead_code)]
 
+pub mod origin;
 pub mod runner;
 
 use std::io::Read;

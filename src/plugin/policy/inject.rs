@@ -63,24 +63,8 @@ pub struct ByteSize(pub i64);
 impl TryFrom<toml::Value> for ByteSize {
     type Error = String;
     fn try_from(v: toml::Value) -> Result<Self, String> {
-        match v {
-            toml::Value::Integer(n) if n > 0 => Ok(ByteSize(n)),
-            toml::Value::String(s) => {
-                let t = s.trim().to_ascii_lowercase();
-                let t = t.trim_end_matches('b');
-                let (num, mult) = match t.char_indices().last() {
-                    Some((i, 'k')) => (&t[..i], 1i64 << 10),
-                    Some((i, 'm')) => (&t[..i], 1 << 20),
-                    Some((i, 'g')) => (&t[..i], 1 << 30),
-                    _ => (t, 1),
-                };
-                match num.trim().parse::<i64>() {
-                    Ok(n) if n > 0 => n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("size {s:?} is too large")),
-                    _ => Err(format!("invalid size {s:?}: expected e.g. \"512m\"")),
-                }
-            }
-            other => Err(format!("invalid size {other}: expected bytes or a string such as \"512m\"")),
-        }
+        let size = crate::config::Size::try_from(v)?;
+        i64::try_from(size.0).map(ByteSize).map_err(|_| format!("size {} is too large", size.0))
     }
 }
 

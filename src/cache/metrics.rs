@@ -1,0 +1,127 @@
+//! Cache counters, split by HTTP and HTTPS, rendered in Prometheus' text format.
+//!
+//! Plain atomics: the hit path increments two of them, nothing else.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::rules::Scheme;
+
+/// What a request turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Hit,
+    Miss,
+    Revalidated,
+    /// Served from a fill another request started.
+    Coalesced,
+    /// Passed through without the cache.
+    Bypass,
+    /// Stale entry served because the origin failed.
+    Stale,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 6] = [Outcome::Hit, Outcome::Miss, Outcome::Revalidated, Outcome::Coalesced, Outcome::Bypass, Outcome::Stale];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Revalidated => "revalidated",
+            Outcome::Coalesced => "coalesced",
+            Outcome::Bypass => "bypass",
+            Outcome::Stale => "stale",
+        }
+    }
+
+    /// The answer came from the cache's storage (or a shared fill), not from a fetch of its own.
+    pub fn from_cache(self) -> bool {
+        matches!(self, Outcome::Hit | Outcome::Revalidated | Outcome::Coalesced | Outcome::Stale)
+    }
+}
+
+#[derive(Default)]
+struct PerScheme {
+    requests: [AtomicU64; 6],
+    bytes_from_cache: AtomicU64,
+    bytes_from_upstream: AtomicU64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    http: PerScheme,
+    https: PerScheme,
+    pub cert_mints: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+fn idx(o: Outcome) -> usize {
+    Outcome::ALL.iter().position(|x| *x == o).unwrap_or(0)
+}
+
+impl Metrics {
+    fn of(&self, s: Scheme) -> &PerScheme {
+        match s {
+            Scheme::Http => &self.http,
+            Scheme::Https => &self.https,
+        }
+    }
+
+    pub fn request(&self, s: Scheme, o: Outcome) {
+        self.of(s).requests[idx(o)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn bytes(&self, s: Scheme, from_cache: bool, n: u64) {
+        let p = self.of(s);
+        if from_cache { &p.bytes_from_cache } else { &p.bytes_from_upstream }.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn count(&self, s: Scheme, o: Outcome) -> u64 {
+        self.of(s).requests[idx(o)].load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus exposition text.
+    pub fn render(&self, stored_bytes: u64, entries: usize, fills: usize) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP ctproxy_cache_requests_total Requests to the cache by scheme and outcome.");
+        let _ = writeln!(out, "# TYPE ctproxy_cache_requests_total counter");
+        for (name, p) in [("http", &self.http), ("https", &self.https)] {
+            for o in Outcome::ALL {
+                let _ = writeln!(
+                    out,
+                    "ctproxy_cache_requests_total{{scheme=\"{name}\",outcome=\"{}\"}} {}",
+                    o.as_str(),
+                    p.requests[idx(o)].load(Ordering::Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP ctproxy_cache_bytes_total Body bytes sent to clients, by where they came from.");
+        let _ = writeln!(out, "# TYPE ctproxy_cache_bytes_total counter");
+        for (name, p) in [("http", &self.http), ("https", &self.https)] {
+            let _ = writeln!(
+                out,
+                "ctproxy_cache_bytes_total{{scheme=\"{name}\",source=\"cache\"}} {}",
+                p.bytes_from_cache.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "ctproxy_cache_bytes_total{{scheme=\"{name}\",source=\"upstream\"}} {}",
+                p.bytes_from_upstream.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# HELP ctproxy_cache_refused_total Requests refused (host not intercepted, Host/SNI mismatch).");
+        let _ = writeln!(out, "# TYPE ctproxy_cache_refused_total counter");
+        let _ = writeln!(out, "ctproxy_cache_refused_total {}", self.refused.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP ctproxy_cache_stored_bytes Bytes held by the cache store.");
+        let _ = writeln!(out, "# TYPE ctproxy_cache_stored_bytes gauge");
+        let _ = writeln!(out, "ctproxy_cache_stored_bytes {stored_bytes}");
+        let _ = writeln!(out, "# HELP ctproxy_cache_entries Entries held by the cache store.");
+        let _ = writeln!(out, "# TYPE ctproxy_cache_entries gauge");
+        let _ = writeln!(out, "ctproxy_cache_entries {entries}");
+        let _ = writeln!(out, "# HELP ctproxy_cache_fills_in_flight Upstream fetches being written to the cache.");
+        let _ = writeln!(out, "# TYPE ctproxy_cache_fills_in_flight gauge");
+        let _ = writeln!(out, "ctproxy_cache_fills_in_flight {fills}");
+        out
+    }
+}

@@ -1,0 +1,366 @@
+//! Layer 5, the transparent HTTP/HTTPS cache: package downloads served locally for every container
+//! created through ctproxy, with no setup by the user.
+//!
+//! At container creation ([`CacheService`] as a [`CreateDecorator`]) the intercepted domains get
+//! `/etc/hosts` entries pointing at the cache's listeners, and the container is given a short-lived
+//! CA additively: a read-only directory with the CA and a complete bundle, the variables each
+//! runtime reads (only where the client set none), and a `.crt` in a directory of its own under
+//! `/usr/local/share/ca-certificates` so an `update-ca-certificates` in the job keeps it. Never a
+//! bind mount over a distribution's bundle file: that breaks `update-ca-certificates` and apt.
+//!
+//! The pieces: [`ca`] (generations, rotation, leaves per SNI), [`rules`] (what HTTP lets a shared
+//! cache do), [`store`] (bodies on disk, budget, restart), [`fill`] (one upstream fetch per URL,
+//! followers stream it), [`upstream`] (verified origins), [`server`] (request handling),
+//! [`metrics`] (Prometheus counters).
+//!
+//! **Fail open.** If the cache cannot start (its address is taken, the CA cannot be written) or
+//! stops being able to serve, containers are created without the redirection: slower, never
+//! broken by an endless certificate error.
+
+pub mod ca;
+pub mod fill;
+pub mod legacy_tls;
+pub mod metrics;
+pub mod rules;
+pub mod server;
+pub mod store;
+pub mod upstream;
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::CacheConfig;
+use crate::plugin::CreateDecorator;
+
+/// Where the trust directory is mounted in containers.
+pub const TRUST_MOUNT: &str = "/run/ctproxy-ca";
+/// A directory of its own among Debian's/Alpine's local CA sources: `update-ca-certificates`
+/// picks up `*.crt` below `/usr/local/share/ca-certificates`, so a job that runs it keeps trusting.
+pub const LOCAL_CA_MOUNT: &str = "/usr/local/share/ca-certificates/ctproxy";
+
+/// Variables pointed at the complete bundle (each of them replaces its tool's default roots).
+const BUNDLE_VARS: [&str; 7] =
+    ["SSL_CERT_FILE", "CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "GIT_SSL_CAINFO", "CARGO_HTTP_CAINFO", "AWS_CA_BUNDLE"];
+/// Variables pointed at the CA alone (Node adds it to its bundled roots).
+const CA_VARS: [&str; 1] = ["NODE_EXTRA_CA_CERTS"];
+
+/// How long a TLS handshake with a container may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that sends no complete request head in this time is disconnected.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
+    #[error(transparent)]
+    Upstream(#[from] upstream::UpstreamError),
+    #[error("binding {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// The running cache: its listeners, CA and store.
+pub struct CacheService {
+    core: Arc<server::Core>,
+    authority: Arc<ca::Authority>,
+    ip: IpAddr,
+    hosts: Vec<String>,
+    set_env: bool,
+    http_addr: SocketAddr,
+    https_addr: SocketAddr,
+    healthy: AtomicBool,
+    stop: CancellationToken,
+}
+
+impl CacheService {
+    /// Opens the store and the CA and binds the listeners on `ip` (the address containers reach).
+    pub async fn start(config: &CacheConfig, ip: IpAddr) -> Result<Arc<CacheService>, CacheError> {
+        let dir = config.dir.clone();
+        let max = config.max_bytes.0;
+        let store = tokio::task::spawn_blocking(move || store::Store::open(&dir.join("store"), max))
+            .await
+            .map_err(|e| store::StoreError::Dir { path: PathBuf::new(), source: std::io::Error::other(e) })??;
+        let authority = ca::Authority::open(ca::CaSettings {
+            dir: config.dir.join("ca"),
+            trust_dir: config.dir.join("trust"),
+            rotate_every: config.rotate_every.0,
+            hosts: config.hosts.clone(),
+        })?;
+        let origins = upstream::Origins::new(&config.extra_roots, &config.origins)?;
+        let rules =
+            rules::FreshnessRules { immutable_ttl: config.immutable_ttl.0, mutable_ttl: config.mutable_ttl.0, ..Default::default() };
+        let core = Arc::new(server::Core {
+            hosts: arc_swap::ArcSwap::from_pointee(config.hosts.iter().cloned().collect::<HashSet<_>>()),
+            store,
+            inflight: Arc::default(),
+            origins,
+            rules,
+            metrics: metrics::Metrics::default(),
+        });
+        let bind = |port| async move {
+            let addr = SocketAddr::new(ip, port);
+            TcpListener::bind(addr).await.map_err(|source| CacheError::Bind { addr, source })
+        };
+        let http = bind(config.http_port).await?;
+        let https = bind(config.https_port).await?;
+        let metrics = match config.metrics_listen {
+            Some(a) => Some(TcpListener::bind(a).await.map_err(|source| CacheError::Bind { addr: a, source })?),
+            None => None,
+        };
+        let http_addr = http.local_addr().map_err(|source| CacheError::Bind { addr: SocketAddr::new(ip, config.http_port), source })?;
+        let https_addr = https.local_addr().map_err(|source| CacheError::Bind { addr: SocketAddr::new(ip, config.https_port), source })?;
+        let service = Arc::new(CacheService {
+            core,
+            authority,
+            ip,
+            hosts: config.hosts.clone(),
+            set_env: config.set_env,
+            http_addr,
+            https_addr,
+            healthy: AtomicBool::new(true),
+            stop: CancellationToken::new(),
+        });
+        tokio::spawn(service.clone().accept_http(http));
+        tokio::spawn(service.clone().accept_https(https));
+        if let Some(m) = metrics {
+            tracing::info!(address = %m.local_addr().map(|a| a.to_string()).unwrap_or_default(), "cache metrics listening");
+            tokio::spawn(service.clone().accept_metrics(m));
+        }
+        tokio::spawn(service.clone().rotate(config.rotate_every.0));
+        tracing::info!(%http_addr, %https_addr, hosts = config.hosts.len(), ca_generation = service.authority.current_generation(), "cache listening");
+        Ok(service)
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https_addr
+    }
+
+    pub fn authority(&self) -> &Arc<ca::Authority> {
+        &self.authority
+    }
+
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.core.metrics
+    }
+
+    /// Stops the listeners (connections in flight finish on their own).
+    pub fn stop(&self) {
+        self.healthy.store(false, Ordering::Release);
+        self.stop.cancel();
+    }
+
+    fn serve<I>(self: &Arc<Self>, io: I, conn: server::Conn)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let core = self.core.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| server::handle(core.clone(), conn.clone(), req));
+            let r = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(io), svc)
+                .await;
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "cache connection ended with an error");
+            }
+        });
+    }
+
+    /// The next connection, or `None` once stopped. Accept errors (out of file descriptors) back
+    /// off instead of spinning.
+    async fn next_conn(&self, listener: &TcpListener) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return None,
+                a = listener.accept() => match a {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        return Some((stream, peer));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cache: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+    }
+
+    async fn accept_http(self: Arc<Self>, listener: TcpListener) {
+        while let Some((stream, peer)) = self.next_conn(&listener).await {
+            self.serve(stream, server::Conn { scheme: rules::Scheme::Http, sni: None, peer });
+        }
+    }
+
+    async fn accept_https(self: Arc<Self>, listener: TcpListener) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.authority.server_config());
+        while let Some((stream, peer)) = self.next_conn(&listener).await {
+            let acceptor = acceptor.clone();
+            let this = self.clone();
+            tokio::spawn(async move {
+                // A client rustls cannot serve (no signature_algorithms) gets OpenSSL.
+                if let Some(hello) = legacy_tls::peek_hello(&stream, HANDSHAKE_TIMEOUT).await {
+                    if !hello.has_sigalgs {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, legacy_tls::accept(&this.authority, &hello, stream)).await {
+                            Ok(Ok(tls)) => {
+                                let sni = hello.sni.map(Arc::<str>::from);
+                                this.serve(tls, server::Conn { scheme: rules::Scheme::Https, sni, peer });
+                            }
+                            Ok(Err(e)) => tracing::info!(%peer, error = %e, "cache: TLS handshake refused (legacy client)"),
+                            Err(_) => {}
+                        }
+                        return;
+                    }
+                }
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, error = %e, "cache: TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let sni = tls.get_ref().1.server_name().map(|s| Arc::<str>::from(s.to_ascii_lowercase()));
+                this.serve(tls, server::Conn { scheme: rules::Scheme::Https, sni, peer });
+            });
+        }
+    }
+
+    async fn accept_metrics(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let stream = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
+            };
+            let core = self.core.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let core = core.clone();
+                    async move {
+                        use http_body_util::Full;
+                        let mut resp = hyper::Response::new(Full::new(bytes::Bytes::new()));
+                        if req.uri().path() == "/metrics" {
+                            let (bytes, entries) = core.store.usage();
+                            *resp.body_mut() = Full::new(bytes::Bytes::from(core.metrics.render(bytes, entries, core.inflight.len())));
+                            resp.headers_mut()
+                                .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"));
+                        } else {
+                            *resp.status_mut() = hyper::StatusCode::NOT_FOUND;
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    }
+
+    /// Rotates the CA generation on time.
+    async fn rotate(self: Arc<Self>, every: Duration) {
+        let tick = (every / 8).clamp(Duration::from_millis(500), Duration::from_secs(60));
+        let mut interval = tokio::time::interval(tick);
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            let authority = self.authority.clone();
+            match tokio::task::spawn_blocking(move || authority.rotate_if_due(SystemTime::now())).await {
+                Ok(Ok(true)) => tracing::info!(generation = self.authority.current_generation(), "cache CA rotated"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "cache CA rotation failed; the current generation stays"),
+                Err(e) => tracing::error!(error = %e, "cache CA rotation task failed"),
+            }
+        }
+    }
+}
+
+fn env_name(entry: &serde_json::Value) -> Option<&str> {
+    entry.as_str().map(|s| s.split_once('=').map_or(s, |(k, _)| k))
+}
+
+impl CreateDecorator for CacheService {
+    fn decorate(&self, body: &mut serde_json::Value) {
+        use serde_json::{Map, Value};
+        if !self.healthy.load(Ordering::Acquire) {
+            tracing::warn!("cache not available: container created without it");
+            return;
+        }
+        let Value::Object(obj) = body else { return };
+        let trust = self.authority.trust_dir().display().to_string();
+        if self.set_env {
+            let env = obj.entry("Env").or_insert_with(|| Value::Array(vec![]));
+            if env.is_null() {
+                *env = Value::Array(vec![]);
+            }
+            if let Value::Array(env) = env {
+                let set: HashSet<String> = env.iter().filter_map(env_name).map(str::to_owned).collect();
+                for (vars, file) in [(&BUNDLE_VARS[..], "bundle.pem"), (&CA_VARS[..], "ca.pem")] {
+                    for v in vars {
+                        if !set.contains(*v) {
+                            env.push(Value::String(format!("{v}={TRUST_MOUNT}/{file}")));
+                        }
+                    }
+                }
+            }
+        }
+        let host = obj.entry("HostConfig").or_insert_with(|| Value::Object(Map::new()));
+        if host.is_null() {
+            *host = Value::Object(Map::new());
+        }
+        let Value::Object(host) = host else { return };
+        let extra = host.entry("ExtraHosts").or_insert_with(|| Value::Array(vec![]));
+        if extra.is_null() {
+            *extra = Value::Array(vec![]);
+        }
+        if let Value::Array(extra) = extra {
+            // A name the client maps itself is left to the client.
+            let own: HashSet<String> =
+                extra.iter().filter_map(|e| e.as_str()).filter_map(|e| e.split_once(':')).map(|(h, _)| h.to_ascii_lowercase()).collect();
+            for h in &self.hosts {
+                if !own.contains(h) {
+                    extra.push(Value::String(format!("{h}:{}", self.ip)));
+                    // IPv6 lookups get the same address, IPv4-mapped: no AAAA escape to the origin.
+                    if let IpAddr::V4(v4) = self.ip {
+                        extra.push(Value::String(format!("{h}:{}", v4.to_ipv6_mapped())));
+                    }
+                }
+            }
+        }
+        let binds = host.entry("Binds").or_insert_with(|| Value::Array(vec![]));
+        if binds.is_null() {
+            *binds = Value::Array(vec![]);
+        }
+        if let Value::Array(binds) = binds {
+            binds.push(Value::String(format!("{trust}:{TRUST_MOUNT}:ro")));
+            binds.push(Value::String(format!("{trust}:{LOCAL_CA_MOUNT}:ro")));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn env_names() {
+        assert_eq!(super::env_name(&serde_json::json!("A=b=c")), Some("A"));
+        assert_eq!(super::env_name(&serde_json::json!("A")), Some("A"));
+    }
+}

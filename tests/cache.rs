@@ -1,0 +1,504 @@
+//! The transparent cache against local origins on loopback: what containers created through
+//! ctproxy get (hosts entries, CA trust, no option from the user), and the HTTP caching rules a
+//! cache shared by many tenants must keep (Vary, no-store, private, revalidation, credentials,
+//! ranges, coalescing, budget, restart, truncation), checked by counting what reaches the origin.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::origin::{Origin, Resp};
+use support::{docker, docker_cmd, free_port, unique, Proxy, CI_IMAGE};
+
+const HOSTS: [&str; 2] = ["repo.test", "files.test"];
+
+/// ctproxy with a unix listener and a `[cache]` in front of `origin`.
+struct Cache {
+    proxy: Proxy,
+    http: u16,
+    https: u16,
+    metrics: u16,
+    config: std::path::PathBuf,
+}
+
+fn cache_config(origin: &Origin, listen: &str, http: u16, https: u16, metrics: u16, extra: &str) -> String {
+    let mut origins = String::new();
+    for h in HOSTS {
+        origins.push_str(&format!("\"{h}:{http}\" = \"{}\"\n\"{h}:{https}\" = \"{}\"\n", origin.http, origin.https));
+    }
+    format!(
+        r#"
+[upstream]
+url = "unix:///var/run/docker.sock"
+
+[listener.main]
+address = "unix://{{dir}}/docker.sock"
+
+[cache]
+hosts = ["repo.test", "files.test"]
+listen = "{listen}"
+http_port = {http}
+https_port = {https}
+dir = "{{dir}}/cache"
+metrics_listen = "127.0.0.1:{metrics}"
+extra_roots = ["{ca}"]
+{extra}
+
+[cache.origins]
+{origins}"#,
+        ca = origin.ca_file.display()
+    )
+}
+
+fn start_cache(origin: &Origin, listen: &str, extra: &str) -> Cache {
+    let (http, https, metrics) = (free_port(), free_port(), free_port());
+    let proxy = Proxy::start_with_config(&cache_config(origin, listen, http, https, metrics, extra), "docker.sock");
+    assert!(proxy.wait_log("cache listening", Duration::from_secs(10)), "cache did not start:\n{}", proxy.log_text());
+    let config = proxy.dir().join("ctproxy.toml");
+    Cache { proxy, http, https, metrics, config }
+}
+
+impl Cache {
+    fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.proxy.dir().join("cache/trust/ca.pem")).expect("trust/ca.pem")
+    }
+
+    /// A client that reaches the intercepted hosts at the cache (on loopback) and trusts only
+    /// the cache's CA.
+    fn client(&self) -> reqwest::Client {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::pem::PemObject::pem_slice_iter(self.ca_pem().as_bytes()) {
+            let c: rustls_pki_types::CertificateDer = c.expect("pem");
+            roots.add(c).expect("root");
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("tls")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let lo: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let mut b = reqwest::Client::builder().tls_backend_preconfigured(tls).no_proxy().pool_max_idle_per_host(0);
+        for h in HOSTS {
+            b = b.resolve(h, lo);
+        }
+        b.build().expect("client")
+    }
+
+    fn http_url(&self, path: &str) -> String {
+        format!("http://repo.test:{}{path}", self.http)
+    }
+
+    fn https_url(&self, path: &str) -> String {
+        format!("https://repo.test:{}{path}", self.https)
+    }
+
+    /// Restarts ctproxy on the same configuration and directory (the store survives).
+    fn restart(&mut self) {
+        let _ = self.proxy.child.kill();
+        let _ = self.proxy.child.wait();
+        let log = std::fs::OpenOptions::new().append(true).open(&self.proxy.log).expect("log");
+        self.proxy.child = std::process::Command::new(env!("CARGO_BIN_EXE_ctproxy"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info,ctproxy=debug")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("restart ctproxy");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.metrics)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "restarted cache not listening:\n{}", self.proxy.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+async fn get(c: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<u8>) {
+    let mut r = c.get(url);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let resp = r.send().await.unwrap_or_else(|e| panic!("GET {url}: {e:?}"));
+    let status = resp.status().as_u16();
+    let x = resp.headers().get("x-cache").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+    (status, x, body)
+}
+
+fn body_of(n: usize, seed: u8) -> Vec<u8> {
+    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+#[test]
+fn second_fetch_is_served_from_the_cache_over_http_and_https() {
+    let origin = Origin::start_blocking(&HOSTS);
+    origin.route("/pool/a_1.0_amd64.deb", Resp::ok(body_of(100_000, 1)));
+    let cache = start_cache(&origin, "127.0.0.1", "");
+    let c = cache.client();
+    rt().block_on(async {
+        for (url, n) in [(cache.http_url("/pool/a_1.0_amd64.deb"), 1), (cache.https_url("/pool/a_1.0_amd64.deb"), 2)] {
+            let (s, x, b) = get(&c, &url, &[]).await;
+            assert_eq!((s, x.as_str()), (200, "MISS"), "{url}");
+            assert_eq!(b, body_of(100_000, 1));
+            settle(&cache).await;
+            let (s, x, b) = get(&c, &url, &[]).await;
+            assert_eq!((s, x.as_str()), (200, "HIT"), "{url}");
+            assert_eq!(b, body_of(100_000, 1));
+            // HTTP and HTTPS are different keys: one origin request each.
+            assert_eq!(origin.hits("/pool/a_1.0_amd64.deb"), n);
+        }
+        let m = reqwest::get(format!("http://127.0.0.1:{}/metrics", cache.metrics)).await.expect("metrics").text().await.expect("text");
+        for line in [
+            "ctproxy_cache_requests_total{scheme=\"http\",outcome=\"hit\"} 1",
+            "ctproxy_cache_requests_total{scheme=\"https\",outcome=\"hit\"} 1",
+            "ctproxy_cache_requests_total{scheme=\"https\",outcome=\"miss\"} 1",
+            "ctproxy_cache_bytes_total{scheme=\"https\",source=\"cache\"} 100000",
+        ] {
+            assert!(m.contains(line), "{line} not in\n{m}");
+        }
+    });
+}
+
+#[test]
+fn vary_no_store_and_private() {
+    let origin = Origin::start_blocking(&HOSTS);
+    origin.route("/simple/pkg/", Resp::ok("index for ").vary_on("accept").cache_control("max-age=300"));
+    origin.route("/nostore.deb", Resp::ok("x").cache_control("no-store"));
+    origin.route("/private.deb", Resp::ok("x").cache_control("private, max-age=300"));
+    let cache = start_cache(&origin, "127.0.0.1", "");
+    let c = cache.client();
+    rt().block_on(async {
+        let url = cache.https_url("/simple/pkg/");
+        for _ in 0..2 {
+            for accept in ["text/html", "application/vnd.pypi.simple.v1+json"] {
+                let (s, _, b) = get(&c, &url, &[("accept", accept)]).await;
+                settle(&cache).await;
+                assert_eq!(s, 200);
+                assert_eq!(String::from_utf8_lossy(&b), format!("index for {accept}"), "a variant served for the wrong Accept");
+            }
+        }
+        assert_eq!(origin.hits("/simple/pkg/"), 2, "one origin request per variant");
+        for p in ["/nostore.deb", "/private.deb"] {
+            get(&c, &cache.http_url(p), &[]).await;
+            let (_, x, _) = get(&c, &cache.http_url(p), &[]).await;
+            assert_ne!(x, "HIT");
+            assert_eq!(origin.hits(p), 2, "{p} must not be cached");
+        }
+    });
+}
+
+#[test]
+fn stale_entries_are_revalidated_with_304() {
+    let origin = Origin::start_blocking(&HOSTS);
+    origin.route("/dists/stable/InRelease", Resp::ok("release v1").etag("\"v1\"").cache_control("no-cache"));
+    let cache = start_cache(&origin, "127.0.0.1", "");
+    let c = cache.client();
+    rt().block_on(async {
+        let url = cache.http_url("/dists/stable/InRelease");
+        assert_eq!(get(&c, &url, &[]).await.2, b"release v1");
+        settle(&cache).await;
+        let (s, x, b) = get(&c, &url, &[]).await;
+        assert_eq!((s, x.as_str(), b.as_slice()), (200, "REVALIDATED", &b"release v1"[..]));
+        let seen = origin.requests();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[1].header("if-none-match"), Some("\"v1\""), "a conditional request");
+        // Changed upstream: the new body replaces the old.
+        origin.route("/dists/stable/InRelease", Resp::ok("release v2").etag("\"v2\"").cache_control("no-cache"));
+        assert_eq!(get(&c, &url, &[]).await.2, b"release v2");
+        settle(&cache).await;
+        assert_eq!(get(&c, &url, &[]).await.2, b"release v2");
+        // The client's own conditional request is answered by the cache.
+        let (s, _, _) = get(&c, &url, &[("if-none-match", "\"v2\"")]).await;
+        assert_eq!(s, 304);
+    });
+}
+
+#[test]
+fn a_response_fetched_with_credentials_is_not_served_to_someone_the_origin_refuses() {
+    let origin = Origin::start_blocking(&HOSTS);
+    origin.route("/private/pkg-1.0.tgz", Resp::ok("secret bytes").etag("\"s1\"").require_auth("Bearer alice"));
+    let cache = start_cache(&origin, "127.0.0.1", "");
+    let c = cache.client();
+    rt().block_on(async {
+        let url = cache.https_url("/private/pkg-1.0.tgz");
+        let (s, _, b) = get(&c, &url, &[("authorization", "Bearer alice")]).await;
+        assert_eq!((s, b.as_slice()), (200, &b"secret bytes"[..]));
+        settle(&cache).await;
+        let (s, _, b) = get(&c, &url, &[("authorization", "Bearer bob")]).await;
+        assert_eq!(s, 401, "bob is refused by the origin, so by the cache");
+        assert!(!String::from_utf8_lossy(&b).contains("secret"));
+        let (s, _, b) = get(&c, &url, &[]).await;
+        assert_eq!(s, 401, "no credentials, no secret");
+        assert!(!String::from_utf8_lossy(&b).contains("secret"));
+        // Alice again: checked upstream with her credentials (304), body from the cache.
+        let (s, x, b) = get(&c, &url, &[("authorization", "Bearer alice")]).await;
+        assert_eq!((s, x.as_str(), b.as_slice()), (200, "REVALIDATED", &b"secret bytes"[..]));
+        let seen = origin.requests();
+        assert_eq!(seen.last().and_then(|r| r.header("authorization")), Some("Bearer alice"));
+    });
+}
+
+#[test]
+fn ranges_are_served_from_cached_objects() {
+    let origin = Origin::start_blocking(&HOSTS);
+    let body = body_of(50_000, 7);
+    origin.route("/blob.tar", Resp::ok(body.clone()).no_ranges().cache_control("max-age=3600"));
+    origin.route("/cold.tar", Resp::ok(body.clone()).no_ranges().cache_control("max-age=3600"));
+    let cache = start_cache(&origin, "127.0.0.1", "");
+    let c = cache.client();
+    rt().block_on(async {
+        let url = cache.http_url("/blob.tar");
+        get(&c, &url, &[]).await;
+        settle(&cache).await;
+        let resp = c.get(&url).header("range", "bytes=100-199").send().await.expect("range");
+        assert_eq!(resp.status().as_u16(), 206);
+        assert_eq!(resp.headers().get("content-range").and_then(|v| v.to_str().ok()), Some("bytes 100-199/50000"));
+        assert_eq!(resp.bytes().await.expect("body").as_ref(), &body[100..200]);
+        let resp = c.get(&url).header("range", "bytes=-10").send().await.expect("suffix");
+        assert_eq!(resp.bytes().await.expect("body").as_ref(), &body[49_990..]);
+        let resp = c.get(&url).header("range", "bytes=60000-").send().await.expect("416");
+        assert_eq!(resp.status().as_u16(), 416);
+        assert_eq!(origin.hits("/blob.tar"), 1);
+        // A range on a cold URL: the whole object is fetched once, the range served from it.
+        let resp = c.get(cache.https_url("/cold.tar")).header("range", "bytes=49000-").send().await.expect("cold range");
+        assert_eq!(resp.status().as_u16(), 206);
+        assert_eq!(resp.bytes().await.expect("body").as_ref(), &body[49_000..]);
+        settle(&cache).await;
+        assert_eq!(get(&c, &cache.https_url("/cold.tar"), &[]).await.2, body);
+        assert_eq!(origin.hits("/cold.tar"), 1);
+        assert!(origin.requests().iter().all(|r| r.header("range").is_none()), "fills fetch whole objects");
+    });
+}
+
+#[test]
+fn fifty_concurrent_clients_on_a_cold_url_make_one_origin_request() {
+    let origin = Origin::start_blocking(&HOSTS);
+    let body = body_of(2 << 20, 3);
+    origin.route("/pool/big_2.0_amd64.deb", Resp::ok(body.clone()).chunk_delay(64 * 1024, Duration::from_millis(10)));
+    let cache = start_cache(&origin, "127.0.0.1", "");
+    let c = cache.client();
+    rt().block_on(async {
+        let url = cache.https_url("/pool/big_2.0_amd64.deb");
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let (c, url) = (c.clone(), url.clone());
+                tokio::spawn(async move { get(&c, &url, &[]).await })
+            })
+            .collect();
+        for t in tasks {
+            let (s, _, b) = t.await.expect("task");
+            assert_eq!(s, 200);
+            assert!(b == body, "identical bytes for every client");
+        }
+        assert_eq!(origin.hits("/pool/big_2.0_amd64.deb"), 1, "exactly one origin request");
+    });
+}
+
+#[test]
+fn truncated_bodies_are_not_cached_and_the_budget_is_kept() {
+    let origin = Origin::start_blocking(&HOSTS);
+    origin.route("/cut.deb", Resp::ok(body_of(100_000, 9)).truncate_at(30_000));
+    for i in 0..6 {
+        origin.route(&format!("/pool/o/obj{i}.deb"), Resp::ok(body_of(300_000, i)));
+    }
+    let cache = start_cache(&origin, "127.0.0.1", "max_bytes = \"1m\"");
+    let c = cache.client();
+    rt().block_on(async {
+        let url = cache.http_url("/cut.deb");
+        for _ in 0..2 {
+            let r = c.get(&url).send().await.expect("headers");
+            assert!(r.bytes().await.is_err(), "a truncated body reaches the client as an error");
+        }
+        assert_eq!(origin.hits("/cut.deb"), 2, "never cached");
+        for i in 0..6u8 {
+            assert_eq!(get(&c, &cache.http_url(&format!("/pool/o/obj{i}.deb")), &[]).await.2, body_of(300_000, i));
+            settle(&cache).await;
+        }
+        let stored = stored_bytes(&cache).await;
+        assert!(stored <= 1 << 20, "budget kept: {stored}");
+        // The most recent objects are there, the oldest went.
+        assert_eq!(get(&c, &cache.http_url("/pool/o/obj5.deb"), &[]).await.1, "HIT");
+        assert_eq!(get(&c, &cache.http_url("/pool/o/obj0.deb"), &[]).await.1, "MISS");
+    });
+}
+
+/// Waits until no fetch is in flight: a body is published just after its last byte is sent.
+async fn settle(cache: &Cache) {
+    for _ in 0..500 {
+        if metric(cache, "ctproxy_cache_fills_in_flight").await == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("fetches still in flight");
+}
+
+async fn metric(cache: &Cache, name: &str) -> u64 {
+    let m = reqwest::get(format!("http://127.0.0.1:{}/metrics", cache.metrics)).await.expect("metrics").text().await.expect("text");
+    let prefix = format!("{name} ");
+    m.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.parse().ok()).expect("metric")
+}
+
+async fn stored_bytes(cache: &Cache) -> u64 {
+    let m = reqwest::get(format!("http://127.0.0.1:{}/metrics", cache.metrics)).await.expect("metrics").text().await.expect("text");
+    m.lines().find_map(|l| l.strip_prefix("ctproxy_cache_stored_bytes ")).and_then(|v| v.parse().ok()).expect("stored bytes")
+}
+
+#[test]
+fn a_restart_keeps_a_warm_cache_and_a_damaged_entry_is_refetched() {
+    let origin = Origin::start_blocking(&HOSTS);
+    origin.route("/pool/w/warm.deb", Resp::ok(body_of(200_000, 4)));
+    origin.route("/pool/d/damaged.deb", Resp::ok(body_of(200_000, 5)));
+    let mut cache = start_cache(&origin, "127.0.0.1", "");
+    let r = rt();
+    r.block_on(async {
+        let c = cache.client();
+        get(&c, &cache.http_url("/pool/w/warm.deb"), &[]).await;
+        get(&c, &cache.http_url("/pool/d/damaged.deb"), &[]).await;
+        settle(&cache).await;
+    });
+    // Flip a byte of one stored body, keeping its length.
+    let objects = cache.proxy.dir().join("cache/store/objects");
+    let mut damaged = false;
+    for e in std::fs::read_dir(&objects).expect("objects").flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "body") {
+            let mut b = std::fs::read(&p).expect("body");
+            if b == body_of(200_000, 5) {
+                b[1000] ^= 0xff;
+                std::fs::write(&p, b).expect("write");
+                damaged = true;
+            }
+        }
+    }
+    assert!(damaged, "stored body found");
+    cache.restart();
+    r.block_on(async {
+        let c = cache.client();
+        let (_, x, b) = get(&c, &cache.http_url("/pool/w/warm.deb"), &[]).await;
+        assert_eq!((x.as_str(), b == body_of(200_000, 4)), ("HIT", true), "warm after restart");
+        let (_, x, b) = get(&c, &cache.http_url("/pool/d/damaged.deb"), &[]).await;
+        assert_eq!(x, "MISS", "damage detected");
+        assert!(b == body_of(200_000, 5), "never served damaged bytes");
+    });
+    assert_eq!(origin.hits("/pool/w/warm.deb"), 1);
+    assert_eq!(origin.hits("/pool/d/damaged.deb"), 2);
+}
+
+#[test]
+fn hosts_not_intercepted_and_host_sni_mismatches_are_refused() {
+    let origin = Origin::start_blocking(&HOSTS);
+    origin.route("/x", Resp::ok("x"));
+    let cache = start_cache(&origin, "127.0.0.1", "");
+    let c = cache.client();
+    rt().block_on(async {
+        let r = c.get(format!("http://127.0.0.1:{}/x", cache.http)).header("host", "example.org").send().await.expect("send");
+        assert_eq!(r.status().as_u16(), 403);
+        let r = c.get(cache.https_url("/x")).header("host", "files.test").send().await.expect("send");
+        assert_eq!(r.status().as_u16(), 421, "Host must equal the SNI");
+        // Other methods go to the origin with their bodies, uncached.
+        let r = c.post(cache.https_url("/upload")).body("payload").send().await.expect("post");
+        assert_eq!(r.headers().get("x-cache").and_then(|v| v.to_str().ok()), Some("BYPASS"));
+        let seen = origin.requests();
+        assert_eq!(seen.last().map(|s| (s.method.as_str(), s.body.as_ref())), Some(("POST", &b"payload"[..])));
+    });
+    // A TLS server name not on the list gets no certificate.
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{}", cache.https), "-servername", "example.org"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("BEGIN CERTIFICATE"), "no certificate for example.org");
+    assert_eq!(origin.hits("/x"), 0);
+    assert_eq!(origin.hits("/upload"), 1);
+}
+
+/// Runs a shell script in a fresh container created through the cache's ctproxy.
+fn in_container(cache: &Cache, script: &str) -> String {
+    docker(&cache.proxy.docker_host(), &["run", "--rm", CI_IMAGE, "sh", "-c", script])
+}
+
+#[test]
+fn a_container_fetches_through_the_cache_over_http_and_https_and_trusts_it_without_options() {
+    let origin = Origin::start_blocking(&HOSTS);
+    origin.route("/pool/main/h/hello.deb", Resp::ok("plain bytes\n"));
+    origin.route("/packages/hello.whl", Resp::ok("tls bytes\n").cache_control("max-age=3600"));
+    let cache = start_cache(&origin, "auto", "");
+    let (h, s) = (cache.http, cache.https);
+    let script = format!(
+        "set -e
+         wget -qO- http://repo.test:{h}/pool/main/h/hello.deb
+         wget -qO- http://repo.test:{h}/pool/main/h/hello.deb
+         curl -fsS https://files.test:{s}/packages/hello.whl
+         curl -fsS https://files.test:{s}/packages/hello.whl
+         wget -qO- https://files.test:{s}/packages/hello.whl
+         python3 -c 'import requests; print(requests.get(\"https://files.test:{s}/packages/hello.whl\").text, end=\"\")'
+         env | grep -c '^SSL_CERT_FILE=/run/ctproxy-ca/bundle.pem$'
+         ls /usr/local/share/ca-certificates/ctproxy/"
+    );
+    let out = in_container(&cache, &script);
+    assert_eq!(
+        out,
+        "plain bytes\nplain bytes\ntls bytes\ntls bytes\ntls bytes\ntls bytes\n1\nbundle.pem\nca.pem\nctproxy-ca.crt\n",
+        "log:\n{}",
+        cache.proxy.log_text()
+    );
+    assert_eq!(origin.hits("/pool/main/h/hello.deb"), 1);
+    assert_eq!(origin.hits("/packages/hello.whl"), 1, "curl, wget and requests share the HTTPS entry");
+    // Variables the user set are left alone.
+    let out = docker(
+        &cache.proxy.docker_host(),
+        &["run", "--rm", "-e", "SSL_CERT_FILE=/mine.pem", CI_IMAGE, "sh", "-c", "echo $SSL_CERT_FILE $CURL_CA_BUNDLE"],
+    );
+    assert_eq!(out, "/mine.pem /run/ctproxy-ca/bundle.pem\n");
+}
+
+#[test]
+fn a_container_created_before_a_ca_rotation_keeps_trusting_the_cache() {
+    let origin = Origin::start_blocking(&HOSTS);
+    origin.route("/a", Resp::ok("before\n"));
+    origin.route("/b", Resp::ok("after\n"));
+    let cache = start_cache(&origin, "auto", "rotate_every = \"3s\"");
+    let host = cache.proxy.docker_host();
+    let name = unique("rot");
+    docker(&host, &["run", "-d", "--name", &name, CI_IMAGE, "sleep", "60"]);
+    let s = cache.https;
+    // The trust the container had at creation, frozen: it must be enough after the rotation.
+    let first = docker(
+        &host,
+        &["exec", &name, "sh", "-c", &format!("cp /run/ctproxy-ca/bundle.pem /tmp/at-creation.pem && curl -fsS https://repo.test:{s}/a")],
+    );
+    assert_eq!(first, "before\n");
+    let rotated = cache.proxy.wait_log("cache CA rotated", Duration::from_secs(10));
+    let after = docker_cmd(
+        "docker",
+        &host,
+        &["exec", &name, "curl", "-fsS", "--cacert", "/tmp/at-creation.pem", &format!("https://repo.test:{s}/b")],
+    )
+    .output();
+    let _ = docker_cmd("docker", &host, &["rm", "-f", &name]).output();
+    assert!(rotated, "no rotation seen:\n{}", cache.proxy.log_text());
+    let after = after.expect("docker exec");
+    assert_eq!(String::from_utf8_lossy(&after.stdout), "after\n", "{}", String::from_utf8_lossy(&after.stderr));
+}
+
+#[test]
+fn containers_are_created_without_the_cache_when_it_cannot_start() {
+    let origin = Origin::start_blocking(&HOSTS);
+    // The cache's port is taken: ctproxy serves anyway, containers get no redirection.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let toml = cache_config(&origin, "127.0.0.1", port, free_port(), free_port(), "");
+    let proxy = Proxy::start_with_config(&toml, "docker.sock");
+    assert!(proxy.wait_log("cache not started", Duration::from_secs(10)), "{}", proxy.log_text());
+    let out =
+        docker(&proxy.docker_host(), &["run", "--rm", CI_IMAGE, "sh", "-c", "grep -c repo.test /etc/hosts; echo ${SSL_CERT_FILE:-unset}"]);
+    assert_eq!(out, "0\nunset\n");
+}
