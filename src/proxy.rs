@@ -206,9 +206,6 @@ impl ListenerHandler {
                     }
                 }
                 chain.check_body(&mut ctx, &mut decoded).map_err(|d| refusal(&ctx, d))?;
-                if let (Endpoint::ContainerCreate, Some(d)) = (endpoint, &pipeline.decorate) {
-                    d.decorate(&mut decoded.value);
-                }
                 json = Some((decoded.value, bytes.is_empty()));
                 None
             }
@@ -250,6 +247,12 @@ impl ListenerHandler {
                 Ok(Prepared::Answer(status, v)) => return Ok(Admitted::Answer(respond::json(status, &v))),
                 Err(e) => return Err(ns_refusal(identity, conn, &parts.method, &route, e)),
             }
+        }
+
+        // The operator's additions come last: after the policies (never judged as the client's)
+        // and after the namespace stage (the image name is the one the daemon will resolve).
+        if let (Some(d), Some((value, _)), Some(Endpoint::ContainerCreate)) = (&pipeline.decorate, json.as_mut(), route.endpoint) {
+            d.decorate(value, &self.proxy.daemon()).await;
         }
 
         let body = match (body, json) {

@@ -452,12 +452,28 @@ fn a_container_fetches_through_the_cache_over_http_and_https_and_trusts_it_witho
     );
     assert_eq!(origin.hits("/pool/main/h/hello.deb"), 1);
     assert_eq!(origin.hits("/packages/hello.whl"), 1, "curl, wget and requests share the HTTPS entry");
-    // Variables the user set are left alone.
+    // Variables the user set are left alone, in the request or in the image.
     let out = docker(
         &cache.proxy.docker_host(),
         &["run", "--rm", "-e", "SSL_CERT_FILE=/mine.pem", CI_IMAGE, "sh", "-c", "echo $SSL_CERT_FILE $CURL_CA_BUNDLE"],
     );
     assert_eq!(out, "/mine.pem /run/ctproxy-ca/bundle.pem\n");
+    let base = unique("envimg");
+    let image = format!("{base}:latest");
+    docker(support::DIRECT, &["create", "--name", &base, CI_IMAGE, "true"]);
+    docker(support::DIRECT, &["commit", "--change", "ENV NODE_EXTRA_CA_CERTS=/img.pem", &base, &image]);
+    let out =
+        docker_cmd("docker", &cache.proxy.docker_host(), &["run", "--rm", &image, "sh", "-c", "echo $NODE_EXTRA_CA_CERTS $SSL_CERT_FILE"])
+            .output();
+    let _ = docker_cmd("docker", support::DIRECT, &["rm", "-f", &base]).output();
+    let _ = docker_cmd("docker", support::DIRECT, &["rmi", &image]).output();
+    assert_eq!(String::from_utf8_lossy(&out.expect("run").stdout), "/img.pem /run/ctproxy-ca/bundle.pem\n");
+    // A client mount where the CA directory would go wins.
+    let out = docker(
+        &cache.proxy.docker_host(),
+        &["run", "--rm", "--tmpfs", "/run/ctproxy-ca", CI_IMAGE, "sh", "-c", "ls /run/ctproxy-ca | wc -l"],
+    );
+    assert_eq!(out.trim(), "0");
 }
 
 #[test]
@@ -501,4 +517,72 @@ fn containers_are_created_without_the_cache_when_it_cannot_start() {
     let out =
         docker(&proxy.docker_host(), &["run", "--rm", CI_IMAGE, "sh", "-c", "grep -c repo.test /etc/hosts; echo ${SSL_CERT_FILE:-unset}"]);
     assert_eq!(out, "0\nunset\n");
+}
+
+#[test]
+fn a_job_container_and_what_the_job_starts_are_pointed_at_the_cache() {
+    let origin = Origin::start_blocking(&HOSTS);
+    origin.route("/pool/j/job.deb", Resp::ok("from the cache\n"));
+    let (http, https, metrics) = (free_port(), free_port(), free_port());
+    let prefix = format!("c{}", std::process::id());
+    let jobs = format!(
+        r#"
+[policy.conservative]
+kind = "conservative"
+[namespaces]
+shared_images = ["ctproxy-test/*"]
+[jobs]
+control_socket = "{{dir}}/control.sock"
+dir = "{{dir}}/jobs"
+policies = ["conservative"]
+namespace_prefix = "{prefix}"
+"#
+    );
+    let toml = format!("{jobs}{}", cache_config(&origin, "auto", http, https, metrics, ""));
+    let proxy = Proxy::start_with_config(&toml, "control.sock");
+    assert!(proxy.wait_log("cache listening", Duration::from_secs(10)), "{}", proxy.log_text());
+    let id = unique("cj").replace("ctproxy-test-", "");
+    let control = |method: &str| {
+        let req = format!("{method} /jobs/{id} HTTP/1.1\r\nHost: c\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        String::from_utf8_lossy(&support::raw_request(&proxy.dir().join("control.sock"), req.as_bytes(), Duration::from_secs(60)))
+            .into_owned()
+    };
+    assert!(control("PUT").starts_with("HTTP/1.1 200"), "job created");
+    let job_host = format!("unix://{}", proxy.dir().join(format!("jobs/{id}/sock/docker.sock")).display());
+    // A container created through the job's socket, under the conservative policy and the job's
+    // namespace, reaches the intercepted host through the cache; an IPv6 lookup gets the cache's
+    // address too (IPv4-mapped), never the origin's.
+    let script = format!(
+        "grep -c 'repo.test$' /etc/hosts; curl -fsS http://repo.test:{http}/pool/j/job.deb; curl -fsS https://repo.test:{https}/pool/j/job.deb
+         python3 -c 'import socket; print(socket.getaddrinfo(\"repo.test\", 443, socket.AF_INET6)[0][4][0])'"
+    );
+    let out = docker_cmd("docker", &job_host, &["run", "--rm", CI_IMAGE, "sh", "-c", &script]).output().expect("docker run");
+    let removed = control("DELETE");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (fetched, v6) = stdout.rsplit_once("from the cache\n").unwrap_or_default();
+    assert_eq!(fetched, "2\nfrom the cache\n", "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(v6.starts_with("::ffff:") && v6.trim().parse::<std::net::Ipv6Addr>().is_ok(), "IPv6 lookup: {v6:?}");
+    assert!(removed.starts_with("HTTP/1.1 200") || removed.starts_with("HTTP/1.1 204"), "{removed}");
+    assert_eq!(origin.hits("/pool/j/job.deb"), 2, "one fetch per scheme");
+}
+
+#[test]
+fn an_origin_whose_certificate_does_not_verify_is_never_cached() {
+    let origin = Origin::start_blocking(&HOSTS);
+    let other = Origin::start_blocking(&HOSTS);
+    origin.route("/pool/m/mitm.deb", Resp::ok("bytes from an unverified origin"));
+    let (http, https, metrics) = (free_port(), free_port(), free_port());
+    // The cache trusts another CA than the one that signed the origin's certificate.
+    let toml = cache_config(&origin, "127.0.0.1", http, https, metrics, "")
+        .replace(&origin.ca_file.display().to_string(), &other.ca_file.display().to_string());
+    let proxy = Proxy::start_with_config(&toml, "docker.sock");
+    assert!(proxy.wait_log("cache listening", Duration::from_secs(10)), "{}", proxy.log_text());
+    let cache = Cache { config: proxy.dir().join("ctproxy.toml"), proxy, http, https, metrics };
+    let c = cache.client();
+    rt().block_on(async {
+        let (s, _, b) = get(&c, &cache.https_url("/pool/m/mitm.deb"), &[]).await;
+        assert_eq!(s, 502);
+        assert!(!String::from_utf8_lossy(&b).contains("unverified origin"));
+    });
+    assert_eq!(origin.hits("/pool/m/mitm.deb"), 0, "the TLS handshake with the origin failed before any request");
 }

@@ -39,7 +39,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use crate::config::CacheConfig;
+use crate::plugin::namespace::Daemon;
 use crate::plugin::CreateDecorator;
 
 /// Where the trust directory is mounted in containers.
@@ -298,12 +302,39 @@ fn env_name(entry: &serde_json::Value) -> Option<&str> {
 }
 
 impl CreateDecorator for CacheService {
-    fn decorate(&self, body: &mut serde_json::Value) {
+    fn decorate<'a>(&'a self, body: &'a mut serde_json::Value, daemon: &'a Daemon) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            if !self.healthy.load(Ordering::Acquire) {
+                tracing::warn!("cache not available: container created without it");
+                return;
+            }
+            // Variables the image sets itself are the image author's choice: left alone too.
+            let image_env = match body.get("Image").and_then(|i| i.as_str()) {
+                Some(image) if self.set_env => image_env_names(daemon, image).await,
+                _ => HashSet::new(),
+            };
+            self.decorate_now(body, &image_env);
+        })
+    }
+}
+
+/// The names of the variables an image's config sets (none when it cannot be inspected).
+async fn image_env_names(daemon: &Daemon, image: &str) -> HashSet<String> {
+    let path = format!("/images/{}/json", crate::plugin::namespace::daemon::enc(image));
+    match daemon.get(&path).await {
+        Ok(Some(v)) => v
+            .pointer("/Config/Env")
+            .and_then(|e| e.as_array())
+            .map(|e| e.iter().filter_map(env_name).map(str::to_owned).collect())
+            .unwrap_or_default(),
+        _ => HashSet::new(),
+    }
+}
+
+impl CacheService {
+    /// Adds the hosts entries, the trust directory and the variables (not those in `taken`).
+    fn decorate_now(&self, body: &mut serde_json::Value, taken: &HashSet<String>) {
         use serde_json::{Map, Value};
-        if !self.healthy.load(Ordering::Acquire) {
-            tracing::warn!("cache not available: container created without it");
-            return;
-        }
         let Value::Object(obj) = body else { return };
         let trust = self.authority.trust_dir().display().to_string();
         if self.set_env {
@@ -312,7 +343,8 @@ impl CreateDecorator for CacheService {
                 *env = Value::Array(vec![]);
             }
             if let Value::Array(env) = env {
-                let set: HashSet<String> = env.iter().filter_map(env_name).map(str::to_owned).collect();
+                let mut set: HashSet<String> = env.iter().filter_map(env_name).map(str::to_owned).collect();
+                set.extend(taken.iter().cloned());
                 for (vars, file) in [(&BUNDLE_VARS[..], "bundle.pem"), (&CA_VARS[..], "ca.pem")] {
                     for v in vars {
                         if !set.contains(*v) {
@@ -345,13 +377,26 @@ impl CreateDecorator for CacheService {
                 }
             }
         }
+        let mounts: Vec<Value> = host.get("Mounts").and_then(|m| m.as_array()).cloned().unwrap_or_default();
+        let tmpfs: Vec<String> = host.get("Tmpfs").and_then(|m| m.as_object()).map(|m| m.keys().cloned().collect()).unwrap_or_default();
         let binds = host.entry("Binds").or_insert_with(|| Value::Array(vec![]));
         if binds.is_null() {
             *binds = Value::Array(vec![]);
         }
         if let Value::Array(binds) = binds {
-            binds.push(Value::String(format!("{trust}:{TRUST_MOUNT}:ro")));
-            binds.push(Value::String(format!("{trust}:{LOCAL_CA_MOUNT}:ro")));
+            // A client mount at the same place wins (two mounts on one target fail the create).
+            let targets: HashSet<String> = binds
+                .iter()
+                .filter_map(|b| b.as_str()?.split(':').nth(1).map(str::to_owned))
+                .chain(mounts.iter().filter_map(|m| m.get("Target")?.as_str().map(str::to_owned)))
+                .chain(tmpfs.iter().cloned())
+                .map(|t| t.trim_end_matches('/').to_owned())
+                .collect();
+            for target in [TRUST_MOUNT, LOCAL_CA_MOUNT] {
+                if !targets.contains(target) {
+                    binds.push(Value::String(format!("{trust}:{target}:ro")));
+                }
+            }
         }
     }
 }

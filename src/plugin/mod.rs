@@ -21,8 +21,13 @@ pub use policy::{Policy, PolicyChain};
 /// transparent cache's host entries and CA trust). It runs after the policies, so what it adds is
 /// never judged as if the client had asked for it; it must only add what is safe for any client.
 pub trait CreateDecorator: Send + Sync {
-    /// Rewrites a container-create body (canonical field names, `HostConfig` folded).
-    fn decorate(&self, body: &mut serde_json::Value);
+    /// Rewrites a container-create body (canonical field names, `HostConfig` folded, names already
+    /// as the daemon will see them). `daemon` answers questions such as the image's own config.
+    fn decorate<'a>(
+        &'a self,
+        body: &'a mut serde_json::Value,
+        daemon: &'a namespace::Daemon,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 }
 
 /// Who made a request, as established by an authenticator.
