@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
 
 /// Bodies up to this size are kept in memory once used: small hits never touch the disk.
 pub const INLINE_MAX: u64 = 64 * 1024;
+/// At most this much memory holds such bodies; beyond it small bodies are read from disk too.
+pub const INLINE_BUDGET: u64 = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -106,6 +108,8 @@ pub struct Store {
     index: Mutex<Index>,
     /// LRU clock.
     tick: AtomicU64,
+    /// Bytes of bodies held in memory (see [`INLINE_BUDGET`]).
+    inline_bytes: AtomicU64,
 }
 
 pub fn now_secs() -> u64 {
@@ -145,7 +149,14 @@ impl Store {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        let store = Store { objects, tmp, max_bytes, index: Mutex::new(Index::default()), tick: AtomicU64::new(1) };
+        let store = Store {
+            objects,
+            tmp,
+            max_bytes,
+            index: Mutex::new(Index::default()),
+            tick: AtomicU64::new(1),
+            inline_bytes: AtomicU64::new(0),
+        };
         let rd = std::fs::read_dir(&store.objects).map_err(|source| StoreError::Dir { path: store.objects.clone(), source })?;
         let mut loaded = Vec::new();
         for e in rd.flatten() {
@@ -228,7 +239,7 @@ impl Store {
             if f.metadata().ok()?.len() != entry.len {
                 return None;
             }
-            let small = entry.len <= INLINE_MAX;
+            let small = entry.len <= INLINE_MAX && self.inline_bytes.load(Ordering::Relaxed) + entry.len <= INLINE_BUDGET;
             if entry.verified.load(Ordering::Acquire) && !small {
                 return Some(());
             }
@@ -252,8 +263,8 @@ impl Store {
                 return None;
             }
             entry.verified.store(true, Ordering::Release);
-            if small {
-                let _ = entry.inline.set(Bytes::from(kept));
+            if small && entry.inline.set(Bytes::from(kept)).is_ok() {
+                self.inline_bytes.fetch_add(entry.len, Ordering::Relaxed);
             }
             Some(())
         })()
@@ -304,6 +315,7 @@ impl Store {
         idx.vary.insert(meta.primary.clone(), meta.vary.clone());
         if let Some(old) = idx.entries.insert(meta.key, entry.clone()) {
             idx.total -= old.len;
+            self.release_inline(&old);
         }
         idx.total += entry.len;
         Ok(entry)
@@ -336,6 +348,7 @@ impl Store {
             idx.entries.remove(key);
             idx.total -= entry.len;
             drop(idx);
+            self.release_inline(entry);
             let stem = stem(key);
             let _ = std::fs::remove_file(self.objects.join(format!("{stem}.meta")));
             let _ = std::fs::remove_file(self.objects.join(format!("{stem}.body")));
@@ -359,6 +372,7 @@ impl Store {
                 }
                 if let Some(e) = idx.entries.remove(&key) {
                     idx.total -= e.len;
+                    self.release_inline(&e);
                     victims.push(key);
                 }
             }
@@ -368,6 +382,14 @@ impl Store {
             let stem = stem(&key);
             let _ = std::fs::remove_file(self.objects.join(format!("{stem}.meta")));
             let _ = std::fs::remove_file(self.objects.join(format!("{stem}.body")));
+        }
+    }
+
+    /// An entry leaves the index: its in-memory body no longer counts (readers holding the entry
+    /// keep it alive until they are done).
+    fn release_inline(&self, entry: &Entry) {
+        if entry.inline.get().is_some() {
+            self.inline_bytes.fetch_sub(entry.len, Ordering::Relaxed);
         }
     }
 
