@@ -53,11 +53,22 @@ extra_roots = ["{ca}"]
 }
 
 fn start_cache(origin: &Origin, listen: &str, extra: &str) -> Cache {
-    let (http, https, metrics) = (free_port(), free_port(), free_port());
-    let proxy = Proxy::start_with_config(&cache_config(origin, listen, http, https, metrics, extra), "docker.sock");
-    assert!(proxy.wait_log("cache listening", Duration::from_secs(10)), "cache did not start:\n{}", proxy.log_text());
-    let config = proxy.dir().join("ctproxy.toml");
-    Cache { proxy, http, https, metrics, config }
+    start_cache_with(|http, https, metrics| cache_config(origin, listen, http, https, metrics, extra), "docker.sock")
+}
+
+/// ctproxy on the configuration `toml(http, https, metrics)`, once its cache listens.
+fn start_cache_with(toml: impl Fn(u16, u16, u16) -> String, wait_sock: &str) -> Cache {
+    // A port from free_port() can be taken by a parallel test before ctproxy binds it: try again.
+    for _ in 0..3 {
+        let (http, https, metrics) = (free_port(), free_port(), free_port());
+        let proxy = Proxy::start_with_config(&toml(http, https, metrics), wait_sock);
+        if proxy.wait_log("cache listening", Duration::from_secs(10)) {
+            let config = proxy.dir().join("ctproxy.toml");
+            return Cache { proxy, http, https, metrics, config };
+        }
+        assert!(proxy.log_text().contains("Address already in use"), "cache did not start:\n{}", proxy.log_text());
+    }
+    panic!("no free ports for the cache");
 }
 
 impl Cache {
@@ -523,7 +534,6 @@ fn containers_are_created_without_the_cache_when_it_cannot_start() {
 fn a_job_container_and_what_the_job_starts_are_pointed_at_the_cache() {
     let origin = Origin::start_blocking(&HOSTS);
     origin.route("/pool/j/job.deb", Resp::ok("from the cache\n"));
-    let (http, https, metrics) = (free_port(), free_port(), free_port());
     let prefix = format!("c{}", std::process::id());
     let jobs = format!(
         r#"
@@ -538,9 +548,11 @@ policies = ["conservative"]
 namespace_prefix = "{prefix}"
 "#
     );
-    let toml = format!("{jobs}{}", cache_config(&origin, "auto", http, https, metrics, ""));
-    let proxy = Proxy::start_with_config(&toml, "control.sock");
-    assert!(proxy.wait_log("cache listening", Duration::from_secs(10)), "{}", proxy.log_text());
+    let cache = start_cache_with(
+        |http, https, metrics| format!("{jobs}{}", cache_config(&origin, "auto", http, https, metrics, "")),
+        "control.sock",
+    );
+    let (proxy, http, https) = (&cache.proxy, cache.http, cache.https);
     let id = unique("cj").replace("ctproxy-test-", "");
     let control = |method: &str| {
         let req = format!("{method} /jobs/{id} HTTP/1.1\r\nHost: c\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -571,13 +583,14 @@ fn an_origin_whose_certificate_does_not_verify_is_never_cached() {
     let origin = Origin::start_blocking(&HOSTS);
     let other = Origin::start_blocking(&HOSTS);
     origin.route("/pool/m/mitm.deb", Resp::ok("bytes from an unverified origin"));
-    let (http, https, metrics) = (free_port(), free_port(), free_port());
     // The cache trusts another CA than the one that signed the origin's certificate.
-    let toml = cache_config(&origin, "127.0.0.1", http, https, metrics, "")
-        .replace(&origin.ca_file.display().to_string(), &other.ca_file.display().to_string());
-    let proxy = Proxy::start_with_config(&toml, "docker.sock");
-    assert!(proxy.wait_log("cache listening", Duration::from_secs(10)), "{}", proxy.log_text());
-    let cache = Cache { config: proxy.dir().join("ctproxy.toml"), proxy, http, https, metrics };
+    let cache = start_cache_with(
+        |http, https, metrics| {
+            cache_config(&origin, "127.0.0.1", http, https, metrics, "")
+                .replace(&origin.ca_file.display().to_string(), &other.ca_file.display().to_string())
+        },
+        "docker.sock",
+    );
     let c = cache.client();
     rt().block_on(async {
         let (s, _, b) = get(&c, &cache.https_url("/pool/m/mitm.deb"), &[]).await;
