@@ -599,3 +599,40 @@ fn an_origin_whose_certificate_does_not_verify_is_never_cached() {
     });
     assert_eq!(origin.hits("/pool/m/mitm.deb"), 0, "the TLS handshake with the origin failed before any request");
 }
+
+#[test]
+fn a_blob_is_stored_only_when_its_body_matches_the_digest_in_its_url() {
+    let hex = ring_hex;
+    let good = body_of(40_000, 11);
+    let bad = body_of(40_000, 12);
+    let good_path = format!("/v2/library/app/blobs/sha256:{}", hex(&good));
+    // The URL names the digest of `good`, the origin sends other bytes.
+    let bad_path = format!("/v2/library/other/blobs/sha256:{}", hex(&good));
+    let origin = Origin::start_blocking(&HOSTS);
+    origin.route(&good_path, Resp::ok(good.clone()));
+    origin.route(&bad_path, Resp::ok(bad));
+    let cache = start_cache(&origin, "127.0.0.1", "");
+    let c = cache.client();
+    rt().block_on(async {
+        for _ in 0..2 {
+            assert_eq!(get(&c, &cache.https_url(&good_path), &[]).await.2, good);
+            settle(&cache).await;
+            // The requester gets what the origin sent (as it would without the cache; registry
+            // clients check digests themselves), but it is not kept for anyone.
+            let (_, x, _) = get(&c, &cache.https_url(&bad_path), &[]).await;
+            assert_ne!(x, "HIT");
+            settle(&cache).await;
+        }
+    });
+    assert_eq!(origin.hits(&good_path), 1, "verified blob stored");
+    assert_eq!(origin.hits(&bad_path), 2, "mismatching blob never stored");
+}
+
+fn ring_hex(b: &[u8]) -> String {
+    use std::fmt::Write;
+    let d = ring::digest::digest(&ring::digest::SHA256, b);
+    d.as_ref().iter().fold(String::new(), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
+}
