@@ -457,8 +457,24 @@ impl Server {
             new.registry_proxy = self.config.registry_proxy.clone();
         }
         if new.cache != self.config.cache {
-            tracing::warn!("[cache] changed: the change takes effect at the next restart");
-            new.cache = self.config.cache.clone();
+            // Hosts, origins and extra roots apply at once; anything else (addresses, directory...)
+            // at the next start.
+            let live = |a: &CacheConfig, b: &CacheConfig| {
+                CacheConfig { hosts: b.hosts.clone(), origins: b.origins.clone(), extra_roots: b.extra_roots.clone(), ..a.clone() } == *b
+            };
+            match (&self.cache, &self.config.cache, &new.cache) {
+                (Some(running), Some(old), Some(c)) if live(old, c) => match running.set_origins(c) {
+                    Ok(()) => running.set_hosts(&c.hosts),
+                    Err(e) => {
+                        tracing::error!(error = %e, "[cache] reload refused; the running cache settings stay");
+                        new.cache = self.config.cache.clone();
+                    }
+                },
+                _ => {
+                    tracing::warn!("[cache] changed: the change takes effect at the next restart");
+                    new.cache = self.config.cache.clone();
+                }
+            }
         }
         self.config = new;
         tracing::info!("configuration reloaded");

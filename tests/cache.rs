@@ -636,3 +636,27 @@ fn ring_hex(b: &[u8]) -> String {
         s
     })
 }
+
+#[test]
+fn a_reload_applies_a_new_host_list() {
+    let origin = Origin::start_blocking(&HOSTS);
+    origin.route("/pool/n/new.deb", Resp::ok("new host"));
+    let cache = start_cache(&origin, "127.0.0.1", "");
+    let c = cache.client();
+    let url = format!("http://127.0.0.1:{}/pool/n/new.deb", cache.http);
+    rt().block_on(async {
+        let r = c.get(&url).header("host", "new.test").send().await.expect("send");
+        assert_eq!(r.status().as_u16(), 403, "not intercepted yet");
+    });
+    let text = std::fs::read_to_string(&cache.config).expect("config");
+    let text = text.replace(r#"hosts = ["repo.test", "files.test"]"#, r#"hosts = ["repo.test", "files.test", "new.test"]"#)
+        + &format!("\"new.test:{}\" = \"{}\"\n", cache.http, origin.http);
+    std::fs::write(&cache.config, text).expect("write config");
+    cache.proxy.signal("HUP");
+    assert!(cache.proxy.wait_log("cache hosts reloaded", Duration::from_secs(10)), "{}", cache.proxy.log_text());
+    rt().block_on(async {
+        let r = c.get(&url).header("host", "new.test").send().await.expect("send");
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.text().await.expect("body"), "new host");
+    });
+}

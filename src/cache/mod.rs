@@ -80,7 +80,8 @@ pub struct CacheService {
     core: Arc<server::Core>,
     authority: Arc<ca::Authority>,
     ip: IpAddr,
-    hosts: Vec<String>,
+    /// The intercepted names, as containers are decorated with them (replaced by a reload).
+    hosts: arc_swap::ArcSwap<Vec<String>>,
     set_env: bool,
     http_addr: SocketAddr,
     https_addr: SocketAddr,
@@ -109,7 +110,7 @@ impl CacheService {
             hosts: arc_swap::ArcSwap::from_pointee(config.hosts.iter().cloned().collect::<HashSet<_>>()),
             store,
             inflight: Arc::default(),
-            origins,
+            origins: arc_swap::ArcSwap::from_pointee(origins),
             rules,
             metrics: metrics::Metrics::default(),
         });
@@ -129,7 +130,7 @@ impl CacheService {
             core,
             authority,
             ip,
-            hosts: config.hosts.clone(),
+            hosts: arc_swap::ArcSwap::from_pointee(config.hosts.clone()),
             set_env: config.set_env,
             http_addr,
             https_addr,
@@ -161,6 +162,23 @@ impl CacheService {
 
     pub fn metrics(&self) -> &metrics::Metrics {
         &self.core.metrics
+    }
+
+    /// Applies a new list of intercepted names (a reload): new containers get their entries, the
+    /// cache serves them, and the CA covers them (a name the current generations' constraints do
+    /// not permit makes a fresh pair; see `ca::Authority::set_hosts`).
+    /// Applies new origin overrides and extra roots (a reload).
+    pub fn set_origins(&self, config: &CacheConfig) -> Result<(), CacheError> {
+        let origins = upstream::Origins::new(&config.extra_roots, &config.origins)?;
+        self.core.origins.store(Arc::new(origins));
+        Ok(())
+    }
+
+    pub fn set_hosts(&self, hosts: &[String]) {
+        self.authority.set_hosts(hosts.to_vec());
+        self.core.hosts.store(Arc::new(hosts.iter().cloned().collect()));
+        self.hosts.store(Arc::new(hosts.to_vec()));
+        tracing::info!(hosts = hosts.len(), "cache hosts reloaded");
     }
 
     /// Stops the listeners (connections in flight finish on their own).
@@ -367,7 +385,7 @@ impl CacheService {
             // A name the client maps itself is left to the client.
             let own: HashSet<String> =
                 extra.iter().filter_map(|e| e.as_str()).filter_map(|e| e.split_once(':')).map(|(h, _)| h.to_ascii_lowercase()).collect();
-            for h in &self.hosts {
+            for h in self.hosts.load().iter() {
                 if !own.contains(h) {
                     extra.push(Value::String(format!("{h}:{}", self.ip)));
                     // IPv6 lookups get the same address, IPv4-mapped: no AAAA escape to the origin.

@@ -40,7 +40,8 @@ pub struct Core {
     pub hosts: arc_swap::ArcSwap<std::collections::HashSet<String>>,
     pub store: Store,
     pub inflight: Arc<Inflight>,
-    pub origins: Origins,
+    /// Replaced by a reload that changes `origins` or `extra_roots`.
+    pub origins: arc_swap::ArcSwap<Origins>,
     pub rules: FreshnessRules,
     pub metrics: Metrics,
 }
@@ -227,10 +228,10 @@ async fn answer_from_entry(
         h.insert(header::IF_MODIFIED_SINCE, lm);
         conditional = true;
     }
-    let Some(url) = core.origins.url(scheme, &t.host, t.port, &t.path_and_query) else {
+    let Some(url) = core.origins.load_full().url(scheme, &t.host, t.port, &t.path_and_query) else {
         return Some(text(StatusCode::BAD_REQUEST, "bad target"));
     };
-    let sent = core.origins.client.get(url).headers(h).send().await;
+    let sent = core.origins.load_full().client.get(url).headers(h).send().await;
     match sent {
         Ok(resp) if conditional && resp.status() == StatusCode::NOT_MODIFIED => {
             // Authorized (with this requester's credentials, if any) and unchanged.
@@ -453,10 +454,10 @@ async fn miss(
         }
         Ok(Joined::Leader(writer, fill)) => {
             core.metrics.request(scheme, Outcome::Miss);
-            let Some(url) = core.origins.url(scheme, &t.host, t.port, &t.path_and_query) else {
+            let Some(url) = core.origins.load_full().url(scheme, &t.host, t.port, &t.path_and_query) else {
                 return text(StatusCode::BAD_REQUEST, "bad target");
             };
-            match core.origins.client.get(url).headers(upstream_headers(&req.headers, &t.host_header)).send().await {
+            match core.origins.load_full().client.get(url).headers(upstream_headers(&req.headers, &t.host_header)).send().await {
                 Ok(resp) => store_and_serve(core, scheme, t, req, primary, writer, fill, resp),
                 Err(e) => bad_gateway(&e),
             }
@@ -632,14 +633,14 @@ fn from_reqwest(core: &Arc<Core>, scheme: Scheme, resp: reqwest::Response, head_
 
 /// A GET or HEAD fetched for this client alone.
 async fn fetch_uncached(core: &Arc<Core>, scheme: Scheme, t: &Target, method: Method, client: &HeaderMap) -> Response<CacheBody> {
-    let Some(url) = core.origins.url(scheme, &t.host, t.port, &t.path_and_query) else {
+    let Some(url) = core.origins.load_full().url(scheme, &t.host, t.port, &t.path_and_query) else {
         return text(StatusCode::BAD_REQUEST, "bad target");
     };
     let mut h = client.clone();
     strip_hop_by_hop(&mut h);
     h.insert(header::HOST, t.host_header.clone());
     let head_only = method == Method::HEAD;
-    match core.origins.client.request(method, url).headers(h).send().await {
+    match core.origins.load_full().client.request(method, url).headers(h).send().await {
         Ok(resp) => from_reqwest(core, scheme, resp, head_only),
         Err(e) => bad_gateway(&e),
     }
@@ -647,7 +648,7 @@ async fn fetch_uncached(core: &Arc<Core>, scheme: Scheme, t: &Target, method: Me
 
 /// Any request the cache does not handle: forwarded with its body, answered with the origin's.
 async fn passthrough(core: &Arc<Core>, scheme: Scheme, t: &Target, req: Request<Incoming>) -> Response<CacheBody> {
-    let Some(url) = core.origins.url(scheme, &t.host, t.port, &t.path_and_query) else {
+    let Some(url) = core.origins.load_full().url(scheme, &t.host, t.port, &t.path_and_query) else {
         return text(StatusCode::BAD_REQUEST, "bad target");
     };
     let (parts, body) = req.into_parts();
@@ -656,7 +657,7 @@ async fn passthrough(core: &Arc<Core>, scheme: Scheme, t: &Target, req: Request<
     h.insert(header::HOST, t.host_header.clone());
     let head_only = parts.method == Method::HEAD;
     let body = reqwest::Body::wrap_stream(body.into_data_stream());
-    match core.origins.client.request(parts.method, url).headers(h).body(body).send().await {
+    match core.origins.load_full().client.request(parts.method, url).headers(h).body(body).send().await {
         Ok(resp) => from_reqwest(core, scheme, resp, head_only),
         Err(e) => bad_gateway(&e),
     }
