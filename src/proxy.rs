@@ -28,6 +28,7 @@ use crate::plugin::namespace::request::Prepared;
 use crate::plugin::namespace::{self, After, Daemon, Namespace, NsError, NsRequest};
 use crate::plugin::policy::{Denied, PolicyChain};
 use crate::plugin::{Identity, JsonBody, RequestCtx};
+use crate::transport::Connector;
 
 /// What a listener does with a request before forwarding it.
 #[derive(Clone, Default)]
@@ -347,6 +348,10 @@ fn ns_refusal(identity: &Identity, conn: &ConnCtx, method: &hyper::Method, route
 }
 
 impl Handler for ListenerHandler {
+    fn transparent_upstream(&self) -> Option<Connector> {
+        self.pipeline.load().is_passthrough().then(|| self.proxy.forwarder.load().connector().clone())
+    }
+
     async fn call(&self, mut req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<ProxyBody> {
         let pipeline = self.pipeline.load_full();
         if pipeline.is_passthrough() {

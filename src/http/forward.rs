@@ -50,6 +50,8 @@ pub enum ForwardError {
 /// Forwards requests to the one configured daemon over a pool of keep-alive connections.
 pub struct Forwarder {
     client: Client<Connector, UpstreamBody>,
+    /// Also dials the raw relay's connections (transparent listeners).
+    connector: Connector,
     upstream: String,
 }
 
@@ -85,13 +87,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 impl Forwarder {
     pub fn new(connector: Connector) -> Self {
         let upstream = connector.addr().to_string();
-        let client =
-            Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
-        Forwarder { client, upstream }
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector.clone());
+        Forwarder { client, connector, upstream }
     }
 
     pub fn upstream(&self) -> &str {
         &self.upstream
+    }
+
+    pub fn connector(&self) -> &Connector {
+        &self.connector
     }
 
     /// Sends `req` to the daemon. With `upgrade`, the request asks the daemon to switch to that

@@ -4,12 +4,15 @@
 //! of the Docker API: what a request means is decided by a [`server::Handler`] from a higher layer.
 //! - [`server`] drives one client connection, owns the access log and takes over hijacked sockets;
 //! - [`forward`] is the pooled client to the daemon;
+//! - [`relay`] serves transparent listeners without hyper: raw HTTP/1 relaying, one daemon
+//!   connection per client connection;
 //! - [`hijack`] splices two raw byte streams with correct half-close;
 //! - [`body`] is the one response body type; [`respond`] is the one place errors become responses.
 
 pub mod body;
 pub mod forward;
 pub mod hijack;
+pub mod relay;
 pub mod respond;
 pub mod server;
 

@@ -6,6 +6,9 @@
 //! which hyper's upgrade API cannot express. A handler that wants the socket parks the daemon's side in
 //! [`ConnCtx::hijack`]; once hyper has written the response head and stopped, this module splices the
 //! client's raw socket (plus whatever bytes hyper had already read) to it.
+//!
+//! A handler with nothing to check ([`Handler::transparent_upstream`]) gets the raw relay instead
+//! ([`super::relay`]); the relay hands the connection back here if a reload adds checks.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,12 +25,20 @@ use tracing::Instrument;
 
 use super::body::{AccessRecord, LoggedBody};
 use super::hijack::{splice, Prefixed};
+use super::relay::{self, RelayConn, Relayed};
 use super::ProxyBody;
-use crate::transport::{ClientStream, PeerInfo};
+use crate::transport::{ClientStream, Connector, PeerInfo};
 
 /// What a higher layer plugs in to answer requests.
 pub trait Handler: Send + Sync + 'static {
     fn call(&self, req: Request<Incoming>, conn: Arc<ConnCtx>) -> impl Future<Output = Response<ProxyBody>> + Send;
+
+    /// The daemon to relay the next request to as raw bytes, when this handler would neither look at
+    /// nor change it (no authentication, policy or namespace). Asked again before every request of a
+    /// relayed connection: once it says `None`, the connection is served by [`Handler::call`].
+    fn transparent_upstream(&self) -> Option<Connector> {
+        None
+    }
 }
 
 /// Who made a request, as a handler established it: put in the response's extensions, it goes into
@@ -79,13 +90,17 @@ pub async fn serve_connection<H: Handler>(
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) {
-    let ctx = Arc::new(ConnCtx {
-        listener: opts.listener,
-        peer_label: Arc::from(peer.to_string()),
-        peer,
-        access_log: opts.access_log,
-        hijacked: Mutex::new(None),
-    });
+    let peer_label: Arc<str> = Arc::from(peer.to_string());
+    let stream = if handler.transparent_upstream().is_some() {
+        let conn = RelayConn { listener: &opts.listener, peer_label: &peer_label, access_log: opts.access_log };
+        match relay::serve(stream, conn, &*handler, &shutdown).await {
+            Relayed::Closed => return,
+            Relayed::HandBack(stream) => stream,
+        }
+    } else {
+        Prefixed::new(bytes::Bytes::new(), stream)
+    };
+    let ctx = Arc::new(ConnCtx { listener: opts.listener, peer_label, peer, access_log: opts.access_log, hijacked: Mutex::new(None) });
     let svc = ConnService { handler, ctx: ctx.clone() };
     let mut conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc);
 

@@ -80,6 +80,11 @@ impl Connector {
         &self.inner.addr
     }
 
+    /// Whether both are the same connector (clones of one), i.e. dial the same configured daemon.
+    pub fn same(&self, other: &Connector) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// One new connection to the daemon.
     pub async fn connect(&self) -> std::io::Result<ClientStream> {
         let inner = &self.inner;

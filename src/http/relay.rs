@@ -1,0 +1,1014 @@
+//! Layer 1, HTTP: the raw relay that serves connections of transparent listeners.
+//!
+//! Why it exists: a listener with no authentication, policy or namespace has nothing to decide about
+//! a request, yet serving it through hyper costs more than the hop itself (issue "added p50 latency
+//! under 50 µs": hyper's server, then hyper-util's pooled client, which hands each request over a
+//! channel to a second task, and the access-log line formatted before the answer was written). This
+//! relay does only what a byte copier must do to stay HTTP-correct:
+//! - one daemon connection per client connection, dialed lazily and owned by the same task (no pool,
+//!   no channel, no second task); re-dialed when dockerd closed it between requests;
+//! - per request, the head is parsed (httparse) only to find where the message ends, then written to
+//!   dockerd *verbatim*; the body follows by its framing (`Content-Length`, chunked bytes copied as they
+//!   are while a small state machine tracks the chunks, or none); the answer comes back the same way.
+//!   Since the two connections are paired one to one, hop-by-hop headers (`Connection`, HTTP/1.0
+//!   keep-alive, `Expect`) mean the same thing on both hops and are passed through untouched;
+//! - every read is written through at once (logs -f, events, pull progress, build contexts), from one
+//!   reusable buffer per direction;
+//! - `101 Switching Protocols` and dockerd's legacy hijack (a `200` with a Docker stream content type
+//!   and no framing) end HTTP: the raw streams are spliced with [`super::hijack::splice`];
+//! - the access-log line is written after the answer went out.
+//!
+//! Before every request the handler is asked again whether the listener is still transparent (a
+//! `SIGHUP` may have added checks). If it is not, the connection, with the request already read, is
+//! handed back to the hyper path so that this very request and all later ones are checked.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_util::sync::CancellationToken;
+
+use super::body::AccessRecord;
+use super::forward::ForwardError;
+use super::hijack::{splice, Prefixed};
+use super::respond;
+use super::server::Handler;
+use crate::transport::{ClientStream, Connector};
+
+/// Each direction's buffer; bodies are relayed through it, so this is also the largest single write.
+const BUF_SIZE: usize = 64 * 1024;
+/// A head (request or response) larger than this is refused, as hyper does (its default read buffer
+/// limit is 8 KiB + 400 KiB).
+const MAX_HEAD: usize = 408 * 1024;
+/// Headers per message, as hyper's default.
+const MAX_HEADERS: usize = 100;
+/// A chunk-size line's extension (`;name=value`) longer than this is refused.
+const MAX_CHUNK_EXT: usize = 4096;
+/// Trailer lines after the last chunk, in bytes all together.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// Per-connection settings from the listener.
+pub struct RelayConn<'a> {
+    pub listener: &'a Arc<str>,
+    pub peer_label: &'a Arc<str>,
+    pub access_log: bool,
+}
+
+/// How a relayed connection ended.
+pub enum Relayed {
+    /// The connection is over (closed, hijacked stream done, drained).
+    Closed,
+    /// The listener stopped being transparent: serve the rest (starting with the request already
+    /// read, kept in front of the stream) through the checked path.
+    HandBack(Prefixed<ClientStream>),
+}
+
+/// Serves one client connection until it closes, hijacks, drains, or must be handed back.
+pub async fn serve<H: Handler>(client: ClientStream, conn: RelayConn<'_>, handler: &H, shutdown: &CancellationToken) -> Relayed {
+    let mut relay = Relay { client, upstream: None, cbuf: Buf::new(BUF_SIZE), ubuf: Buf::new(BUF_SIZE), conn };
+    let ended = relay.run(handler, shutdown).await;
+    let mut client = relay.client;
+    match ended {
+        Ended::Close => {
+            let _ = client.shutdown().await;
+            Relayed::Closed
+        }
+        Ended::Gone => Relayed::Closed,
+        Ended::HandBack => Relayed::HandBack(Prefixed::new(Bytes::copy_from_slice(relay.cbuf.filled()), client)),
+    }
+}
+
+/// The state of one relayed connection.
+struct Relay<'a> {
+    client: ClientStream,
+    upstream: Option<Upstream>,
+    /// Client → daemon: request heads and bodies (and pipelined requests waiting their turn).
+    cbuf: Buf,
+    /// Daemon → client.
+    ubuf: Buf,
+    conn: RelayConn<'a>,
+}
+
+/// The daemon connection paired with the client's.
+struct Upstream {
+    stream: ClientStream,
+    /// What dialed it: a reload that changes the daemon's address makes the next request re-dial.
+    connector: Connector,
+    /// It has carried a request already (so it may have been closed by dockerd while idle).
+    reused: bool,
+}
+
+enum Ended {
+    /// Close the client connection (write half first).
+    Close,
+    /// Nothing to close politely: the stream was spliced or the client is gone.
+    Gone,
+    HandBack,
+}
+
+impl Relay<'_> {
+    async fn run<H: Handler>(&mut self, handler: &H, shutdown: &CancellationToken) -> Ended {
+        loop {
+            let head = match self.read_request_head(shutdown).await {
+                Ok(Some(h)) => h,
+                Ok(None) => return Ended::Close,
+                Err(e) => {
+                    // Malformed or oversized: answered as hyper would, then the connection closes,
+                    // since where the next request starts is unknown.
+                    let (status, msg) = match &e {
+                        HeadError::TooLarge => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "ctproxy: request head too large".to_owned()),
+                        HeadError::Malformed(why) => (StatusCode::BAD_REQUEST, format!("ctproxy: malformed request: {why}")),
+                    };
+                    tracing::debug!(listener = %self.conn.listener, peer = %self.conn.peer_label, error = %msg, "request refused");
+                    let _ = write_flush(&mut self.client, &respond::error_bytes(status, &msg, true, true)).await;
+                    return Ended::Close;
+                }
+            };
+            // Checked before every request: policies added by a reload apply from this one on.
+            let Some(connector) = handler.transparent_upstream() else {
+                return Ended::HandBack;
+            };
+            let started = Instant::now();
+            let outcome = self.exchange(&head, connector).await;
+            let keep = match outcome {
+                Outcome::Done { status, bytes, keep_alive } => {
+                    self.log(&head, status, started, bytes, None);
+                    keep_alive
+                }
+                Outcome::Hijacked { status, out, r#in } => {
+                    self.log(&head, status, started, out, Some(r#in));
+                    return Ended::Gone;
+                }
+                Outcome::Unreachable(e, in_sync) => {
+                    tracing::warn!(listener = %self.conn.listener, error = %e, "request not forwarded");
+                    let close = !in_sync || !head.keep_alive;
+                    let body = respond::error_bytes(StatusCode::BAD_GATEWAY, &format!("ctproxy: {e}"), head.http11, close);
+                    let ok = write_flush(&mut self.client, &body).await.is_ok();
+                    self.log(&head, 502, started, body_len(&body), None);
+                    ok && !close
+                }
+                Outcome::Broken { status, bytes } => {
+                    self.upstream = None;
+                    self.log(&head, status, started, bytes, None);
+                    return Ended::Gone;
+                }
+            };
+            if !keep || shutdown.is_cancelled() {
+                return Ended::Close;
+            }
+        }
+    }
+
+    fn log(&self, head: &RequestHead, status: u16, started: Instant, bytes: u64, bytes_in: Option<u64>) {
+        if !self.conn.access_log {
+            return;
+        }
+        let record = AccessRecord {
+            listener: self.conn.listener.clone(),
+            peer: self.conn.peer_label.clone(),
+            identity: None,
+            method: head.method.clone(),
+            path: head.path.clone(),
+            status,
+            started,
+        };
+        record.emit(bytes, bytes_in);
+    }
+
+    /// Reads the next request head into `cbuf`. `None`: the client left, or the server is draining
+    /// and the connection is idle.
+    async fn read_request_head(&mut self, shutdown: &CancellationToken) -> Result<Option<RequestHead>, HeadError> {
+        loop {
+            if !self.cbuf.is_empty() {
+                if let Some(head) = RequestHead::parse(self.cbuf.filled(), self.conn.access_log)? {
+                    return Ok(Some(head));
+                }
+            }
+            let idle = self.cbuf.is_empty();
+            let read = {
+                let Some(spare) = self.cbuf.spare(MAX_HEAD) else { return Err(HeadError::TooLarge) };
+                if idle {
+                    tokio::select! {
+                        biased;
+                        r = self.client.read(spare) => r,
+                        _ = shutdown.cancelled() => return Ok(None),
+                    }
+                } else {
+                    self.client.read(spare).await
+                }
+            };
+            match read {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(n) => self.cbuf.end += n,
+            }
+        }
+    }
+
+    /// The daemon connection for the next request: the paired one, or a new one if there is none yet,
+    /// a reload changed the daemon's address, or (`probe`) dockerd closed it while it was idle.
+    async fn upstream(&mut self, connector: &Connector, probe: bool) -> Result<(), ForwardError> {
+        let stale = match &mut self.upstream {
+            Some(up) => !up.connector.same(connector) || (probe && up.reused && looks_closed(&mut up.stream)),
+            None => true,
+        };
+        if stale {
+            self.upstream = None;
+            self.ubuf.clear();
+            let stream = connector.connect().await.map_err(|e| unreachable(connector, &e))?;
+            self.upstream = Some(Upstream { stream, connector: connector.clone(), reused: false });
+        }
+        Ok(())
+    }
+
+    /// Forwards one request and relays its answer. A request without a body (the hot path: `GET`,
+    /// `HEAD`) is sent again on a fresh connection if a reused one turns out to have been closed by
+    /// dockerd; one with a body cannot be, so the connection is checked before.
+    async fn exchange(&mut self, head: &RequestHead, connector: Connector) -> Outcome {
+        let bodyless = head.body == BodyFraming::None;
+        for attempt in 0..2 {
+            if let Err(e) = self.upstream(&connector, !bodyless).await {
+                // A body not read yet leaves the connection out of step: it closes after the 502.
+                if bodyless {
+                    self.cbuf.consume(head.len);
+                }
+                return Outcome::Unreachable(e, bodyless);
+            }
+            let Relay { client, upstream, cbuf, ubuf, .. } = self;
+            let Some(up) = upstream.as_mut() else { return Outcome::Broken { status: 0, bytes: 0 } };
+            let reused = std::mem::replace(&mut up.reused, true);
+            let mut aside = if bodyless {
+                Aside::Watch { held: head.len }
+            } else {
+                let mut progress = Progress::from(&head.body);
+                match progress.take(&cbuf.filled()[head.len..]) {
+                    Ok(n) => Aside::Body { progress, pending: head.len + n },
+                    Err(_) => return Outcome::Broken { status: 0, bytes: 0 },
+                }
+            };
+            let sent = if bodyless { write_flush(&mut up.stream, &cbuf.filled()[..head.len]).await } else { Ok(()) };
+            let answered = match sent {
+                Ok(()) => answer(&mut up.stream, ubuf, client, cbuf, &mut aside, head).await,
+                Err(e) => Err(AnswerError::BeforeHead(e)),
+            };
+            if bodyless {
+                match answered {
+                    Err(AnswerError::BeforeHead(_)) if reused && attempt == 0 && !matches!(aside, Aside::Closed) => {
+                        self.upstream = None;
+                        self.ubuf.clear();
+                        continue;
+                    }
+                    Err(AnswerError::Client { .. }) => {}
+                    _ => self.cbuf.consume(head.len),
+                }
+            }
+            // The client's half-close went to dockerd, or the body did not go whole: this exchange
+            // is the connection's last.
+            let last = !matches!(aside, Aside::Watch { .. } | Aside::Done);
+            return match answered {
+                Ok(Answered::Done { status, bytes, keep_alive }) => {
+                    if !keep_alive || last {
+                        self.upstream = None;
+                    }
+                    Outcome::Done { status, bytes, keep_alive: keep_alive && !last }
+                }
+                Ok(Answered::Hijack { status, out }) => self.splice(status, out).await,
+                Err(AnswerError::BeforeHead(e)) => {
+                    self.upstream = None;
+                    self.ubuf.clear();
+                    Outcome::Unreachable(unreachable(&connector, &e), bodyless && !last)
+                }
+                Err(AnswerError::Client { status, bytes }) | Err(AnswerError::After { status, bytes }) => Outcome::Broken { status, bytes },
+            };
+        }
+        Outcome::Broken { status: 0, bytes: 0 }
+    }
+
+    /// After `101` or a legacy hijack: the two raw streams, both ways, until the daemon's side ends.
+    async fn splice(&mut self, status: u16, out: u64) -> Outcome {
+        let Some(up) = self.upstream.take() else { return Outcome::Broken { status, bytes: out } };
+        // Bytes the client sent right behind the head (stdin) go first.
+        let early = Bytes::copy_from_slice(self.cbuf.filled());
+        self.cbuf.clear();
+        let stats = splice(Prefixed::new(early, &mut self.client), up.stream).await;
+        Outcome::Hijacked { status, out: out + stats.daemon_to_client, r#in: stats.client_to_daemon }
+    }
+}
+
+/// Whether an idle daemon connection has been closed (or says something unasked): checked without
+/// waiting, before a request that could not be sent twice.
+fn looks_closed(stream: &mut ClientStream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut scratch = [0u8; 64];
+    let mut rb = ReadBuf::new(&mut scratch);
+    !matches!(Pin::new(stream).poll_read(&mut cx, &mut rb), Poll::Pending)
+}
+
+fn unreachable(connector: &Connector, e: &io::Error) -> ForwardError {
+    ForwardError::Unreachable { upstream: connector.addr().to_string(), cause: e.to_string() }
+}
+
+fn body_len(response: &[u8]) -> u64 {
+    response.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |i| (response.len() - i - 4) as u64)
+}
+
+/// What became of one request.
+enum Outcome {
+    Done {
+        status: u16,
+        bytes: u64,
+        keep_alive: bool,
+    },
+    Hijacked {
+        status: u16,
+        out: u64,
+        r#in: u64,
+    },
+    /// dockerd could not be reached (or hung up without a word): answered 502 here. `in_sync`: the
+    /// request was read whole, so the client connection can go on.
+    Unreachable(ForwardError, bool),
+    /// Failed half-way (a side vanished): the connection is dropped. What got through is logged.
+    Broken {
+        status: u16,
+        bytes: u64,
+    },
+}
+
+/// What `answer` did.
+enum Answered {
+    Done {
+        status: u16,
+        bytes: u64,
+        keep_alive: bool,
+    },
+    /// The head is written; the streams are raw from here.
+    Hijack {
+        status: u16,
+        out: u64,
+    },
+}
+
+enum AnswerError {
+    /// Nothing of the answer reached the client: a 502 can still be sent.
+    BeforeHead(io::Error),
+    /// The client broke off (or sent a malformed body).
+    Client { status: u16, bytes: u64 },
+    /// dockerd broke off after the head was relayed.
+    After { status: u16, bytes: u64 },
+}
+
+/// What is done on the client's side while dockerd's answer is awaited.
+enum Aside {
+    /// Relaying the request body: `pending` bytes at the front of `cbuf` still go to dockerd.
+    Body { progress: Progress, pending: usize },
+    /// Reading ahead (pipelined requests) to notice the client leaving: its EOF is passed on to
+    /// dockerd as a half-close, which is how dockerd learns that a `logs -f` or `events` reader left.
+    /// The first `held` bytes of `cbuf` are the request being answered.
+    Watch { held: usize },
+    /// The client half-closed; dockerd was told.
+    Closed,
+    /// The client half-closed after more bytes (stdin for a hijack, or requests that will not be
+    /// answered): dockerd is told only after them, by the splice, if there is one.
+    ClosedAfter,
+    /// The body stopped half-way (dockerd stopped reading it).
+    Incomplete,
+    /// Nothing left to read ahead for (the buffer is full).
+    Done,
+}
+
+enum AsideFault {
+    /// The client vanished or sent a malformed body.
+    Client,
+}
+
+impl Aside {
+    /// Makes what progress can be made without waiting; registers for wake-ups otherwise.
+    fn poll(&mut self, cx: &mut Context<'_>, client: &mut ClientStream, up: &mut ClientStream, cbuf: &mut Buf) -> Result<(), AsideFault> {
+        loop {
+            match self {
+                Aside::Body { progress, pending } => {
+                    if *pending > 0 {
+                        match Pin::new(&mut *up).poll_write(cx, &cbuf.filled()[..*pending]) {
+                            Poll::Ready(Ok(n)) if n > 0 => {
+                                cbuf.consume(n);
+                                *pending -= n;
+                                if *pending == 0 {
+                                    let _ = Pin::new(&mut *up).poll_flush(cx);
+                                }
+                                continue;
+                            }
+                            Poll::Ready(_) => *self = Aside::Incomplete,
+                            Poll::Pending => return Ok(()),
+                        }
+                        continue;
+                    }
+                    if progress.is_done() {
+                        *self = Aside::Watch { held: 0 };
+                        continue;
+                    }
+                    if cbuf.is_empty() {
+                        cbuf.clear();
+                        let mut rb = ReadBuf::new(&mut cbuf.data[..]);
+                        match Pin::new(&mut *client).poll_read(cx, &mut rb) {
+                            Poll::Ready(Ok(())) if !rb.filled().is_empty() => cbuf.end = rb.filled().len(),
+                            Poll::Ready(_) => return Err(AsideFault::Client),
+                            Poll::Pending => return Ok(()),
+                        }
+                    }
+                    *pending = progress.take(cbuf.filled()).map_err(|_| AsideFault::Client)?;
+                }
+                Aside::Watch { held } => {
+                    let held = *held;
+                    let Some(spare) = cbuf.spare(MAX_HEAD) else {
+                        *self = Aside::Done;
+                        return Ok(());
+                    };
+                    let mut rb = ReadBuf::new(spare);
+                    let polled = Pin::new(&mut *client).poll_read(cx, &mut rb);
+                    let n = rb.filled().len();
+                    match polled {
+                        Poll::Ready(Ok(())) if n > 0 => cbuf.end += n,
+                        Poll::Ready(_) if cbuf.filled().len() > held => *self = Aside::ClosedAfter,
+                        Poll::Ready(_) => {
+                            let _ = Pin::new(&mut *up).poll_shutdown(cx);
+                            *self = Aside::Closed;
+                        }
+                        Poll::Pending => return Ok(()),
+                    }
+                }
+                Aside::Closed | Aside::ClosedAfter | Aside::Incomplete | Aside::Done => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Reads from dockerd into `ubuf` while `aside` goes on. `Ok(0)`: dockerd closed.
+async fn read_upstream(
+    up: &mut ClientStream,
+    ubuf: &mut Buf,
+    client: &mut ClientStream,
+    cbuf: &mut Buf,
+    aside: &mut Aside,
+) -> Result<io::Result<usize>, AsideFault> {
+    let Some(spare) = ubuf.spare(MAX_HEAD) else {
+        return Ok(Err(io::Error::new(io::ErrorKind::InvalidData, "response head too large")));
+    };
+    let mut rb = ReadBuf::new(spare);
+    let r = std::future::poll_fn(|cx| {
+        aside.poll(cx, client, up, cbuf)?;
+        Pin::new(&mut *up).poll_read(cx, &mut rb).map(Ok)
+    })
+    .await?;
+    let n = rb.filled().len();
+    Ok(r.map(|()| {
+        ubuf.end += n;
+        n
+    }))
+}
+
+/// Reads dockerd's answer (interim `1xx` heads included) and relays it to the client.
+async fn answer(
+    up: &mut ClientStream,
+    ubuf: &mut Buf,
+    client: &mut ClientStream,
+    cbuf: &mut Buf,
+    aside: &mut Aside,
+    req: &RequestHead,
+) -> Result<Answered, AnswerError> {
+    let head = loop {
+        let head = loop {
+            match ResponseHead::parse(ubuf.filled(), req.method == Method::HEAD) {
+                Ok(Some(h)) => break h,
+                Ok(None) => {}
+                Err(why) => return Err(AnswerError::BeforeHead(io::Error::new(io::ErrorKind::InvalidData, why))),
+            }
+            match read_upstream(up, ubuf, client, cbuf, aside).await.map_err(|_| AnswerError::Client { status: 0, bytes: 0 })? {
+                Ok(0) => {
+                    return Err(AnswerError::BeforeHead(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before an answer")))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(AnswerError::BeforeHead(e)),
+            }
+        };
+        if head.status >= 200 || head.status == 101 {
+            break head;
+        }
+        // `100 Continue` and other interim answers: passed on, the real one follows.
+        write_flush(client, &ubuf.filled()[..head.len]).await.map_err(|_| AnswerError::Client { status: head.status, bytes: 0 })?;
+        ubuf.consume(head.len);
+    };
+    let status = head.status;
+    if status == 101 || head.docker_stream {
+        // Written with whatever raw bytes came along; then the streams are spliced.
+        let out = (ubuf.filled().len() - head.len) as u64;
+        write_flush(client, ubuf.filled()).await.map_err(|_| AnswerError::Client { status, bytes: 0 })?;
+        ubuf.clear();
+        return Ok(Answered::Hijack { status, out });
+    }
+    let mut progress = Progress::from_response(&head.body);
+    let broken = |p: &Progress| AnswerError::After { status, bytes: p.data() };
+    let mut first = head.len;
+    loop {
+        let n = progress.take(&ubuf.filled()[first..]).map_err(|_| broken(&progress))?;
+        write_flush(client, &ubuf.filled()[..first + n]).await.map_err(|_| AnswerError::Client { status, bytes: progress.data() })?;
+        ubuf.consume(first + n);
+        first = 0;
+        if progress.is_done() {
+            break;
+        }
+        // What is left in the buffer past the body is not dockerd's to send: it is dropped below.
+        if !ubuf.is_empty() {
+            return Err(broken(&progress));
+        }
+        match read_upstream(up, ubuf, client, cbuf, aside).await {
+            Ok(Ok(0)) if matches!(progress, Progress::Close(_)) => break,
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return Err(broken(&progress)),
+            Err(_) => return Err(AnswerError::Client { status, bytes: progress.data() }),
+        }
+    }
+    let keep_alive = req.keep_alive && head.keep_alive && !matches!(head.body, ResponseFraming::Close) && ubuf.is_empty();
+    Ok(Answered::Done { status, bytes: progress.data(), keep_alive })
+}
+
+async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> io::Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    w.write_all(bytes).await?;
+    w.flush().await
+}
+
+// === buffers ===
+
+/// A read buffer: `data[start..end]` holds bytes read and not yet relayed.
+struct Buf {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Buf {
+    fn new(size: usize) -> Buf {
+        Buf { data: vec![0; size], start: 0, end: 0 }
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+        if self.start == self.end {
+            self.clear();
+        }
+    }
+
+    /// Room to read more into, made by moving the kept bytes to the front or by growing up to `max`.
+    /// `None`: `max` bytes are kept and none can go.
+    fn spare(&mut self, max: usize) -> Option<&mut [u8]> {
+        if self.end == self.data.len() {
+            if self.start > 0 {
+                self.data.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else if self.data.len() < max {
+                let grown = (self.data.len() * 2).min(max);
+                self.data.resize(grown, 0);
+            } else {
+                return None;
+            }
+        }
+        Some(&mut self.data[self.end..])
+    }
+}
+
+// === heads ===
+
+/// How a request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyFraming {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// What the relay needs to know of a request head.
+#[derive(Debug)]
+struct RequestHead {
+    len: usize,
+    method: Method,
+    /// For the access log (empty when it is off).
+    path: String,
+    http11: bool,
+    body: BodyFraming,
+    /// The client keeps the connection open after this exchange (HTTP/1.1 without `close`, HTTP/1.0
+    /// with `keep-alive`).
+    keep_alive: bool,
+}
+
+#[derive(Debug)]
+enum HeadError {
+    Malformed(String),
+    TooLarge,
+}
+
+impl RequestHead {
+    /// `None`: incomplete so far.
+    fn parse(buf: &[u8], want_path: bool) -> Result<Option<RequestHead>, HeadError> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let len = match req.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(e) => return Err(HeadError::Malformed(e.to_string())),
+        };
+        let bad = |why: &str| HeadError::Malformed(why.to_owned());
+        let method = Method::from_bytes(req.method.unwrap_or("").as_bytes()).map_err(|_| bad("invalid method"))?;
+        let http11 = req.version == Some(1);
+        let target = req.path.unwrap_or("/");
+        let path = if want_path { path_of(target).to_owned() } else { String::new() };
+        let fields = Fields::of(req.headers).map_err(bad)?;
+        let body = match (fields.chunked, fields.length) {
+            (Some(_), Some(_)) => return Err(bad("both Content-Length and Transfer-Encoding")),
+            (Some(true), None) if http11 => BodyFraming::Chunked,
+            (Some(_), None) => return Err(bad("unsupported Transfer-Encoding")),
+            (None, Some(0)) | (None, None) => BodyFraming::None,
+            (None, Some(n)) => BodyFraming::Length(n),
+        };
+        let keep_alive = if http11 { !fields.close } else { fields.keep_alive && !fields.close };
+        Ok(Some(RequestHead { len, method, path, http11, body, keep_alive }))
+    }
+}
+
+/// The path of a request target (origin or absolute form), without the query.
+fn path_of(target: &str) -> &str {
+    let target = match target.find("://") {
+        Some(i) if !target.starts_with('/') => {
+            let rest = &target[i + 3..];
+            rest.find('/').map_or("/", |j| &rest[j..])
+        }
+        _ => target,
+    };
+    target.split(['?', '#']).next().unwrap_or(target)
+}
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResponseFraming {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until dockerd closes the connection.
+    Close,
+}
+
+#[derive(Debug)]
+struct ResponseHead {
+    len: usize,
+    status: u16,
+    body: ResponseFraming,
+    keep_alive: bool,
+    /// A `200` with a Docker stream content type and no framing: dockerd hijacked the connection of
+    /// a client that did not ask for an upgrade (legacy attach and exec start).
+    docker_stream: bool,
+}
+
+impl ResponseHead {
+    fn parse(buf: &[u8], to_head: bool) -> Result<Option<ResponseHead>, &'static str> {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut rsp = httparse::Response::new(&mut headers);
+        let len = match rsp.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err("malformed response head"),
+        };
+        let status = rsp.code.unwrap_or(0);
+        let http11 = rsp.version == Some(1);
+        let fields = Fields::of(rsp.headers)?;
+        let body = if to_head || (100..200).contains(&status) || status == 204 || status == 304 {
+            ResponseFraming::None
+        } else {
+            match (fields.chunked, fields.length) {
+                (Some(true), _) => ResponseFraming::Chunked,
+                (Some(false), _) => ResponseFraming::Close,
+                (None, Some(n)) => ResponseFraming::Length(n),
+                (None, None) => ResponseFraming::Close,
+            }
+        };
+        let docker_stream = status == 200 && body == ResponseFraming::Close && fields.docker_stream;
+        let keep_alive = if http11 { !fields.close } else { fields.keep_alive && !fields.close };
+        Ok(Some(ResponseHead { len, status, body, keep_alive, docker_stream }))
+    }
+}
+
+/// The framing and connection headers of a message.
+#[derive(Default)]
+struct Fields {
+    length: Option<u64>,
+    /// `Some(true)`: `Transfer-Encoding` ends with `chunked`; `Some(false)`: it is there but does not.
+    chunked: Option<bool>,
+    close: bool,
+    keep_alive: bool,
+    docker_stream: bool,
+}
+
+impl Fields {
+    fn of(headers: &[httparse::Header<'_>]) -> Result<Fields, &'static str> {
+        let mut f = Fields::default();
+        for h in headers {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("content-length") {
+                let v = std::str::from_utf8(h.value).map_err(|_| "invalid Content-Length")?.trim();
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err("invalid Content-Length");
+                }
+                let n: u64 = v.parse().map_err(|_| "invalid Content-Length")?;
+                if f.length.is_some_and(|m| m != n) {
+                    return Err("conflicting Content-Length");
+                }
+                f.length = Some(n);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
+                f.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if name.eq_ignore_ascii_case("connection") {
+                for token in h.value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    f.close |= token.eq_ignore_ascii_case(b"close");
+                    f.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
+            } else if name.eq_ignore_ascii_case("content-type") {
+                let media = h.value.split(|&b| b == b';').next().unwrap_or(b"").trim_ascii();
+                f.docker_stream = media.eq_ignore_ascii_case(b"application/vnd.docker.raw-stream")
+                    || media.eq_ignore_ascii_case(b"application/vnd.docker.multiplexed-stream");
+            }
+        }
+        Ok(f)
+    }
+}
+
+// === bodies ===
+
+/// Where a body relay stands.
+enum Progress {
+    /// Bytes left, and bytes relayed.
+    Length {
+        left: u64,
+        data: u64,
+    },
+    Chunked(Chunked),
+    /// Until EOF; bytes relayed.
+    Close(u64),
+}
+
+impl Progress {
+    fn from(framing: &BodyFraming) -> Progress {
+        match framing {
+            BodyFraming::None => Progress::Length { left: 0, data: 0 },
+            BodyFraming::Length(n) => Progress::Length { left: *n, data: 0 },
+            BodyFraming::Chunked => Progress::Chunked(Chunked::default()),
+        }
+    }
+
+    fn from_response(framing: &ResponseFraming) -> Progress {
+        match framing {
+            ResponseFraming::None => Progress::Length { left: 0, data: 0 },
+            ResponseFraming::Length(n) => Progress::Length { left: *n, data: 0 },
+            ResponseFraming::Chunked => Progress::Chunked(Chunked::default()),
+            ResponseFraming::Close => Progress::Close(0),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        match self {
+            Progress::Length { left, .. } => *left == 0,
+            Progress::Chunked(c) => c.is_done(),
+            Progress::Close(_) => false,
+        }
+    }
+
+    /// Payload bytes relayed so far (chunk framing not counted).
+    fn data(&self) -> u64 {
+        match self {
+            Progress::Length { data, .. } => *data,
+            Progress::Chunked(c) => c.data,
+            Progress::Close(n) => *n,
+        }
+    }
+
+    /// How many bytes at the start of `buf` belong to this body; advances past them.
+    fn take(&mut self, buf: &[u8]) -> Result<usize, ChunkError> {
+        match self {
+            Progress::Length { left, data } => {
+                let n = (*left).min(buf.len() as u64);
+                *left -= n;
+                *data += n;
+                Ok(n as usize)
+            }
+            Progress::Chunked(c) => c.advance(buf),
+            Progress::Close(data) => {
+                *data += buf.len() as u64;
+                Ok(buf.len())
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+/// Chunked framing that is not (bad size line, missing CRLF, overlong extension or trailers).
+struct ChunkError;
+
+/// Follows chunked framing (RFC 9112 §7.1) over bytes that are copied as they are, to find where the
+/// message ends. Chunk data is skipped in one step whatever its size.
+#[derive(Debug, Default)]
+struct Chunked {
+    state: ChunkState,
+    /// Payload bytes seen.
+    data: u64,
+    /// Extension or trailer bytes on the current line / in the trailers.
+    extra: usize,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Hex digits of a chunk size: how many so far, the value.
+    #[default]
+    SizeStart,
+    Size(u64),
+    /// After the size: whitespace or an extension, up to CR.
+    Ext(u64),
+    SizeLf(u64),
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line, or of the final empty line.
+    TrailerStart,
+    Trailer,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+impl Chunked {
+    fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    fn advance(&mut self, buf: &[u8]) -> Result<usize, ChunkError> {
+        use ChunkState::*;
+        let mut i = 0;
+        while i < buf.len() {
+            let b = buf[i];
+            self.state = match self.state {
+                Done => return Ok(i),
+                Data(left) => {
+                    let n = left.min((buf.len() - i) as u64);
+                    i += n as usize;
+                    self.data += n;
+                    self.state = if n == left { DataCr } else { Data(left - n) };
+                    continue;
+                }
+                SizeStart | Size(_) if b.is_ascii_hexdigit() => {
+                    let v = if let Size(v) = self.state { v } else { 0 };
+                    if v >> 60 != 0 {
+                        return Err(ChunkError);
+                    }
+                    let d = (b as char).to_digit(16).unwrap_or(0) as u64;
+                    Size(v * 16 + d)
+                }
+                Size(v) if b == b'\r' => SizeLf(v),
+                Size(v) if b == b';' || b == b' ' || b == b'\t' => {
+                    self.extra = 0;
+                    Ext(v)
+                }
+                Ext(v) if b == b'\r' => SizeLf(v),
+                Ext(_) if b == b'\n' => return Err(ChunkError),
+                Ext(v) => {
+                    self.extra += 1;
+                    if self.extra > MAX_CHUNK_EXT {
+                        return Err(ChunkError);
+                    }
+                    Ext(v)
+                }
+                SizeLf(0) if b == b'\n' => {
+                    self.extra = 0;
+                    TrailerStart
+                }
+                SizeLf(v) if b == b'\n' => Data(v),
+                DataCr if b == b'\r' => DataLf,
+                DataLf if b == b'\n' => SizeStart,
+                TrailerStart if b == b'\r' => EndLf,
+                TrailerStart | Trailer if b != b'\r' && b != b'\n' => {
+                    self.extra += 1;
+                    if self.extra > MAX_TRAILERS {
+                        return Err(ChunkError);
+                    }
+                    Trailer
+                }
+                Trailer if b == b'\r' => TrailerLf,
+                TrailerLf if b == b'\n' => TrailerStart,
+                EndLf if b == b'\n' => {
+                    self.state = Done;
+                    return Ok(i + 1);
+                }
+                _ => return Err(ChunkError),
+            };
+            i += 1;
+        }
+        Ok(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `input` in pieces of `step` bytes; returns where the message ended and the payload size.
+    fn chunked_end(input: &[u8], step: usize) -> Result<(usize, u64), ChunkError> {
+        let mut c = Chunked::default();
+        let mut at = 0;
+        while at < input.len() && !c.is_done() {
+            let end = (at + step).min(input.len());
+            at += c.advance(&input[at..end])?;
+        }
+        assert!(c.is_done(), "not done after {at} bytes");
+        Ok((at, c.data))
+    }
+
+    #[test]
+    fn chunked_framing_is_followed_in_any_split() {
+        let msg = b"5;ext=1\r\nhello\r\nA \r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\nGET / HTTP/1.1\r\n";
+        let end = msg.len() - b"GET / HTTP/1.1\r\n".len();
+        for step in [1, 2, 3, 7, 64, 1000] {
+            assert_eq!(chunked_end(msg, step).expect("valid"), (end, 15), "step {step}");
+        }
+        assert_eq!(chunked_end(b"0\r\n\r\nrest", 1).expect("valid"), (5, 0));
+    }
+
+    #[test]
+    fn malformed_chunks_are_refused() {
+        for bad in [&b"x\r\n"[..], b"5\r\nhelloXX", b"\r\n", b"5\nhello\r\n", b"11111111111111111\r\n"] {
+            let mut c = Chunked::default();
+            assert!(c.advance(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn request_heads() {
+        let h = RequestHead::parse(b"GET /v1.41/containers/json?all=1 HTTP/1.1\r\nHost: d\r\n\r\nnext", true).unwrap().unwrap();
+        assert_eq!((h.len, h.path.as_str(), h.body, h.keep_alive), (54, "/v1.41/containers/json", BodyFraming::None, true));
+        let h = RequestHead::parse(b"POST /x HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\n", false).unwrap().unwrap();
+        assert_eq!((h.body, h.keep_alive, h.http11), (BodyFraming::Length(3), true, false));
+        let h = RequestHead::parse(b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n", false).unwrap().unwrap();
+        assert_eq!((h.body, h.keep_alive), (BodyFraming::Chunked, false));
+        assert!(RequestHead::parse(b"GET /x HTTP/1.1\r\nHost: d\r\n", false).unwrap().is_none());
+        for bad in [
+            &b"GET /x HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"GET /x HTTP/1.1\r\nContent-Length: nope\r\n\r\n",
+            b"GET /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"GET /x HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"GET /x HTTP/9.9\r\n\r\n",
+        ] {
+            assert!(matches!(RequestHead::parse(bad, false), Err(HeadError::Malformed(_))), "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(path_of("http://docker/v1.41/info?x"), "/v1.41/info");
+    }
+
+    #[test]
+    fn response_heads() {
+        let h = ResponseHead::parse(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK", false).unwrap().unwrap();
+        assert_eq!((h.status, h.body, h.keep_alive), (200, ResponseFraming::Length(2), true));
+        let h = ResponseHead::parse(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", true).unwrap().unwrap();
+        assert_eq!(h.body, ResponseFraming::None);
+        let h = ResponseHead::parse(b"HTTP/1.1 304 Not Modified\r\n\r\n", false).unwrap().unwrap();
+        assert_eq!(h.body, ResponseFraming::None);
+        let h = ResponseHead::parse(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n", false).unwrap().unwrap();
+        assert_eq!((h.body, h.keep_alive, h.docker_stream), (ResponseFraming::Close, false, false));
+        let h = ResponseHead::parse(b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.raw-stream\r\n\r\n", false).unwrap().unwrap();
+        assert!(h.docker_stream);
+        let h = ResponseHead::parse(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/vnd.docker.multiplexed-stream\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!h.docker_stream && h.body == ResponseFraming::Chunked, "a framed stream (logs) is not a hijack");
+    }
+}

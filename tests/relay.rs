@@ -1,0 +1,227 @@
+//! The raw relay of transparent listeners (`src/http/relay.rs`), byte for byte over the unix socket:
+//! chunked bodies both ways, bodiless answers (HEAD, 304), an upgrade with stdin sent along with the
+//! head, HTTP/1.0 without keep-alive, a malformed chunked body, an upstream connection dockerd
+//! closed, and a reload that adds a policy to a listener whose connections are already open.
+
+#[path = "support/rawhttp.rs"]
+mod rawhttp;
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rawhttp::{demux, Conn, End};
+use support::*;
+
+const DAEMON_SOCK: &str = "/var/run/docker.sock";
+const T: Duration = Duration::from_secs(15);
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: docker\r\n\r\n").into_bytes()
+}
+
+fn once(sock: &Path, request: &[u8]) -> rawhttp::Response {
+    let mut c = Conn::unix(sock, T);
+    c.send(request);
+    c.read_response_to(request.starts_with(b"HEAD "))
+}
+
+/// A chunked answer (logs of a stopped container) is relayed whole, byte for byte, and the
+/// connection goes on: the ping pipelined behind it is answered.
+#[test]
+fn chunked_response_then_pipelined_request() {
+    let p = Proxy::start();
+    let mut cleanup = Cleanup::new();
+    let name = unique("relay-chunked");
+    cleanup.container(&name);
+    docker(DIRECT, &["run", "--name", &name, BUSYBOX, "seq", "1", "20000"]);
+    let path = format!("/v1.41/containers/{name}/logs?stdout=1");
+    let mut c = Conn::unix(&p.sock, T);
+    c.send(&[get(&path), get("/_ping")].concat());
+    let logs = c.read_response();
+    assert_eq!(logs.status, 200, "{logs:?}");
+    assert_eq!(logs.header("transfer-encoding"), Some("chunked"), "{logs:?}");
+    let direct = once(Path::new(DAEMON_SOCK), &get(&path));
+    assert_eq!(logs.body, direct.body);
+    let expected: String = (1..=20000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&demux(&logs.body).0), expected);
+    assert_eq!(c.read_response().body_text(), "OK");
+}
+
+/// A chunked request body whose chunk data contains what looks like a request: the framing is
+/// followed, not the content, so exactly two answers come.
+#[test]
+fn chunked_request_body_is_framed_by_its_chunks() {
+    let p = Proxy::start();
+    let mut cleanup = Cleanup::new();
+    let name = unique("relay-chunked-req");
+    cleanup.container(&name);
+    let json = serde_json::json!({"Image": BUSYBOX, "Cmd": ["true"], "Labels": {"x": "GET /_ping HTTP/1.1\r\n\r\n0\r\n\r\n"}}).to_string();
+    let mut body = Vec::new();
+    for piece in json.as_bytes().chunks(5) {
+        body.extend(format!("{:x}\r\n", piece.len()).into_bytes());
+        body.extend_from_slice(piece);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"0\r\nX-Trailer: yes\r\n\r\n");
+    let mut c = Conn::unix(&p.sock, T);
+    let head = format!(
+        "POST /v1.41/containers/create?name={name} HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    // The head, then the body in two writes, then the next request.
+    c.send(head.as_bytes());
+    c.send(&body[..body.len() / 2]);
+    std::thread::sleep(Duration::from_millis(50));
+    c.send(&body[body.len() / 2..]);
+    c.send(&get(&format!("/v1.41/containers/{name}/json")));
+    let created = c.read_response();
+    assert_eq!(created.status, 201, "{created:?}");
+    let inspected = c.read_response();
+    assert_eq!(inspected.json()["Config"]["Labels"]["x"], "GET /_ping HTTP/1.1\r\n\r\n0\r\n\r\n");
+    c.set_timeout(Duration::from_millis(500));
+    assert_eq!(c.read_to_end_or_quiet(), (Vec::new(), End::Open));
+}
+
+#[test]
+fn malformed_chunked_body_closes_the_connection() {
+    let p = Proxy::start();
+    let mut c = Conn::unix(&p.sock, T);
+    c.send(b"POST /v1.41/containers/create HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n");
+    c.set_timeout(Duration::from_secs(10));
+    let (rest, end) = c.read_to_end_or_quiet();
+    assert_eq!(end, End::Closed, "{:?}", String::from_utf8_lossy(&rest));
+    assert_eq!(once(&p.sock, &get("/_ping")).body_text(), "OK");
+}
+
+/// HEAD and 304 answers have no body even with a length: the request behind each is answered.
+#[test]
+fn head_and_304_have_no_body() {
+    let p = Proxy::start();
+    let mut cleanup = Cleanup::new();
+    let name = unique("relay-304");
+    cleanup.container(&name);
+    docker(DIRECT, &["run", "-d", "--name", &name, BUSYBOX, "sleep", "300"]);
+    let mut c = Conn::unix(&p.sock, T);
+    let start = format!("POST /v1.41/containers/{name}/start HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\n\r\n");
+    c.send(&[b"HEAD /_ping HTTP/1.1\r\nHost: d\r\n\r\n".to_vec(), start.into_bytes(), get("/_ping")].concat());
+    let head = c.read_response_to(true);
+    assert_eq!((head.status, head.body.len()), (200, 0), "{head:?}");
+    let started = c.read_response();
+    assert_eq!((started.status, started.body.len()), (304, 0), "already started: {started:?}");
+    assert_eq!(c.read_response().body_text(), "OK");
+}
+
+/// An upgrade whose first stdin bytes come in the same write as the request head.
+#[test]
+fn upgrade_with_stdin_behind_the_head() {
+    let p = Proxy::start();
+    let mut cleanup = Cleanup::new();
+    let name = unique("relay-upgrade");
+    cleanup.container(&name);
+    docker(DIRECT, &["run", "-d", "--name", &name, BUSYBOX, "sleep", "300"]);
+    let create = br#"{"AttachStdin":true,"AttachStdout":true,"Cmd":["cat"]}"#;
+    let mut c = Conn::unix(&p.sock, T);
+    c.send(
+        &[
+            format!(
+                "POST /v1.41/containers/{name}/exec HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                create.len()
+            )
+            .as_bytes(),
+            create,
+        ]
+        .concat(),
+    );
+    let created = c.read_response();
+    assert_eq!(created.status, 201, "{created:?}");
+    let id = created.json()["Id"].as_str().expect("exec id").to_owned();
+    let start = br#"{"Detach":false,"Tty":false}"#;
+    c.send(
+        &[
+            format!(
+                "POST /v1.41/exec/{id}/start HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: {}\r\n\r\n",
+                start.len()
+            )
+            .as_bytes(),
+            start,
+            b"stdin along with the head",
+        ]
+        .concat(),
+    );
+    c.shutdown_write();
+    let head = c.read_head();
+    assert_eq!(head.status, 101, "{head:?}");
+    c.set_timeout(Duration::from_secs(10));
+    let (raw, end) = c.read_to_end_or_quiet();
+    assert_eq!(end, End::Closed);
+    assert_eq!(String::from_utf8_lossy(&demux(&raw).0), "stdin along with the head");
+}
+
+/// HTTP/1.0 without keep-alive: one answer, in HTTP/1.0, then the connection closes.
+#[test]
+fn http10_without_keep_alive_closes() {
+    let p = Proxy::start();
+    let mut c = Conn::unix(&p.sock, T);
+    c.send(b"GET /_ping HTTP/1.0\r\n\r\n");
+    let rsp = c.read_response();
+    assert_eq!((rsp.version.as_str(), rsp.status, rsp.body_text().as_str()), ("HTTP/1.0", 200, "OK"), "{rsp:?}");
+    c.set_timeout(Duration::from_secs(10));
+    assert_eq!(c.read_to_end_or_quiet(), (Vec::new(), End::Closed));
+}
+
+/// A client that leaves a `logs -f` stream makes the daemon's side go too (its EOF is passed on), and
+/// the exchange is logged.
+#[test]
+fn client_leaving_a_follow_stream_is_noticed() {
+    let p = Proxy::start();
+    let mut cleanup = Cleanup::new();
+    let name = unique("relay-follow");
+    cleanup.container(&name);
+    docker(DIRECT, &["run", "-d", "--name", &name, BUSYBOX, "sh", "-c", "echo first; sleep 300"]);
+    let mut c = Conn::unix(&p.sock, T);
+    c.send(&get(&format!("/v1.41/events?filters=%7B%22container%22%3A%5B%22{name}%22%5D%7D")));
+    let head = c.read_head();
+    assert_eq!(head.status, 200);
+    drop(c);
+    assert!(p.wait_log("path=/v1.41/events", T), "{}", p.log_text());
+}
+
+/// A reload that gives a transparent listener a policy: the connection opened before it is checked
+/// from its next request on (the relay hands it over), and so are new ones.
+#[test]
+fn reload_adding_a_policy_applies_to_open_connections() {
+    let plain = "[listener.l]\naddress = \"unix://{dir}/l.sock\"\n";
+    let p = Proxy::start_with_config(plain, "l.sock");
+    let mut c = Conn::unix(&p.sock, T);
+    for _ in 0..3 {
+        c.send(&get("/_ping"));
+        assert_eq!(c.read_response().body_text(), "OK");
+    }
+    let strict = format!("{plain}policies = [\"strict\"]\n[policy.strict]\nkind = \"conservative\"\n");
+    std::fs::write(p.dir().join("ctproxy.toml"), strict.replace("{dir}", &p.dir().display().to_string())).expect("write config");
+    let before = p.log_text().matches("configuration reloaded").count();
+    p.signal("HUP");
+    let deadline = Instant::now() + T;
+    while p.log_text().matches("configuration reloaded").count() <= before {
+        assert!(Instant::now() < deadline, "no reload; log:\n{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let create = br#"{"Image":"ctproxy-test/busybox:latest","HostConfig":{"Privileged":true}}"#;
+    let request = [
+        format!(
+            "POST /v1.41/containers/create HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            create.len()
+        )
+        .into_bytes(),
+        create.to_vec(),
+    ]
+    .concat();
+    // The connection opened before the reload: refused, and still usable.
+    c.send(&request);
+    let refused = c.read_response();
+    assert_eq!(refused.status, 403, "{refused:?}");
+    c.send(&get("/_ping"));
+    assert_eq!(c.read_response().body_text(), "OK");
+    // A new connection.
+    assert_eq!(once(&p.sock, &request).status, 403);
+}
