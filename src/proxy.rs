@@ -21,7 +21,8 @@ use crate::docker::json::{canonicalize, Kind, Raw};
 use crate::docker::schema::normalize_create;
 use crate::docker::{ApiPath, BodyKind, Endpoint, Query, Route};
 use crate::http::{
-    boxed_body, client_body, full_body, respond, AccessIdentity, ConnCtx, ForwardError, Forwarder, Handler, ProxyBody, UpstreamBody,
+    boxed_body, client_body, full_body, respond, AccessIdentity, ConnCtx, ForwardError, Forwarder, Handler, ProxyBody, RelayAsk,
+    UpstreamBody,
 };
 use crate::plugin::auth::{self, Authenticator};
 use crate::plugin::namespace::request::Prepared;
@@ -50,13 +51,19 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// Nothing to check or rewrite in any request.
     fn is_passthrough(&self) -> bool {
+        self.checks_nothing() && self.decorate.is_none()
+    }
+
+    /// No authentication, policy or namespace: only container creates may be rewritten (by the
+    /// decorator), every other request can be relayed as it is.
+    fn checks_nothing(&self) -> bool {
         self.auth.is_empty()
             && self.policies.is_empty()
             && self.per_identity.is_empty()
             && self.namespace.is_none()
             && self.per_identity_ns.is_empty()
-            && self.decorate.is_none()
     }
 
     fn chain_for(&self, identity: &Identity) -> &PolicyChain {
@@ -348,8 +355,13 @@ fn ns_refusal(identity: &Identity, conn: &ConnCtx, method: &hyper::Method, route
 }
 
 impl Handler for ListenerHandler {
-    fn transparent_upstream(&self) -> Option<Connector> {
-        self.pipeline.load().is_passthrough().then(|| self.proxy.forwarder.load().connector().clone())
+    fn transparent_upstream(&self, ask: RelayAsk) -> Option<Connector> {
+        let p = self.pipeline.load();
+        let relay = match ask {
+            RelayAsk::Connection => p.checks_nothing(),
+            RelayAsk::Request { creates_container } => p.is_passthrough() || (p.checks_nothing() && !creates_container),
+        };
+        relay.then(|| self.proxy.forwarder.load().connector().clone())
     }
 
     async fn call(&self, mut req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<ProxyBody> {

@@ -18,4 +18,4 @@ pub mod server;
 
 pub use body::{BoxError, BoxedBody, ProxyBody};
 pub use forward::{boxed_body, client_body, full_body, ForwardError, Forwarder, UpstreamBody};
-pub use server::{AccessIdentity, ConnCtx, Handler};
+pub use server::{AccessIdentity, ConnCtx, Handler, RelayAsk};

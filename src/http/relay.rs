@@ -37,7 +37,7 @@ use super::body::AccessRecord;
 use super::forward::ForwardError;
 use super::hijack::{splice, Prefixed};
 use super::respond;
-use super::server::Handler;
+use super::server::{Handler, RelayAsk};
 use crate::transport::{ClientStream, Connector};
 
 /// Each direction's buffer; bodies are relayed through it, so this is also the largest single write.
@@ -130,7 +130,7 @@ impl Relay<'_> {
                 }
             };
             // Checked before every request: policies added by a reload apply from this one on.
-            let Some(connector) = handler.transparent_upstream() else {
+            let Some(connector) = handler.transparent_upstream(RelayAsk::Request { creates_container: head.creates_container }) else {
                 return Ended::HandBack;
             };
             let started = Instant::now();
@@ -618,6 +618,8 @@ struct RequestHead {
     /// The client keeps the connection open after this exchange (HTTP/1.1 without `close`, HTTP/1.0
     /// with `keep-alive`).
     keep_alive: bool,
+    /// `POST …/containers/create` (with `%2F` decoded as dockerd decodes it).
+    creates_container: bool,
 }
 
 #[derive(Debug)]
@@ -651,7 +653,11 @@ impl RequestHead {
             (None, Some(n)) => BodyFraming::Length(n),
         };
         let keep_alive = if http11 { !fields.close } else { fields.keep_alive && !fields.close };
-        Ok(Some(RequestHead { len, method, path, http11, body, keep_alive }))
+        let creates_container = method == Method::POST && {
+            let p = path_of(target).to_ascii_lowercase().replace("%2f", "/");
+            p.trim_end_matches('/').ends_with("/containers/create")
+        };
+        Ok(Some(RequestHead { len, method, path, http11, body, keep_alive, creates_container }))
     }
 }
 

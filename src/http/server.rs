@@ -33,12 +33,24 @@ use crate::transport::{ClientStream, Connector, PeerInfo};
 pub trait Handler: Send + Sync + 'static {
     fn call(&self, req: Request<Incoming>, conn: Arc<ConnCtx>) -> impl Future<Output = Response<ProxyBody>> + Send;
 
-    /// The daemon to relay the next request to as raw bytes, when this handler would neither look at
-    /// nor change it (no authentication, policy or namespace). Asked again before every request of a
-    /// relayed connection: once it says `None`, the connection is served by [`Handler::call`].
-    fn transparent_upstream(&self) -> Option<Connector> {
+    /// The daemon to relay a request to as raw bytes, when this handler would neither look at nor
+    /// change it (no authentication, policy or namespace). Asked when a connection starts
+    /// ([`RelayAsk::Connection`]: could any request be relayed?) and again before every request of
+    /// a relayed connection: once it says `None`, the connection is served by [`Handler::call`].
+    fn transparent_upstream(&self, _ask: RelayAsk) -> Option<Connector> {
         None
     }
+}
+
+/// What [`Handler::transparent_upstream`] is asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayAsk {
+    Connection,
+    /// A request whose head has been read; `creates_container` when it is a container create
+    /// (`POST …/containers/create`), which a handler may want to rewrite.
+    Request {
+        creates_container: bool,
+    },
 }
 
 /// Who made a request, as a handler established it: put in the response's extensions, it goes into
@@ -91,7 +103,7 @@ pub async fn serve_connection<H: Handler>(
     shutdown: CancellationToken,
 ) {
     let peer_label: Arc<str> = Arc::from(peer.to_string());
-    let stream = if handler.transparent_upstream().is_some() {
+    let stream = if handler.transparent_upstream(RelayAsk::Connection).is_some() {
         let conn = RelayConn { listener: &opts.listener, peer_label: &peer_label, access_log: opts.access_log };
         match relay::serve(stream, conn, &*handler, &shutdown).await {
             Relayed::Closed => return,
