@@ -70,6 +70,8 @@ pub enum Relayed {
 
 /// Serves one client connection until it closes, hijacks, drains, or must be handed back.
 pub async fn serve<H: Handler>(client: ClientStream, conn: RelayConn<'_>, handler: &H, shutdown: &CancellationToken) -> Relayed {
+    // Watched for readability only: no wake-up each time the peer reads what was written.
+    let client = client.read_interest_only();
     let mut relay = Relay { client, upstream: None, cbuf: Buf::new(BUF_SIZE), ubuf: Buf::new(BUF_SIZE), conn };
     let ended = relay.run(handler, shutdown).await;
     let mut client = relay.client;
@@ -219,7 +221,7 @@ impl Relay<'_> {
         if stale {
             self.upstream = None;
             self.ubuf.clear();
-            let stream = connector.connect().await.map_err(|e| unreachable(connector, &e))?;
+            let stream = connector.connect().await.map_err(|e| unreachable(connector, &e))?.read_interest_only();
             self.upstream = Some(Upstream { stream, connector: connector.clone(), reused: false });
         }
         Ok(())
