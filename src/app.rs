@@ -513,6 +513,7 @@ impl Server {
         if let Some(c) = &self.cache {
             c.stop();
         }
+        crate::http::body::flush_access_log();
         tracing::info!("stopped");
     }
 }

@@ -63,6 +63,8 @@ client_ca = "{}"
     assert_eq!(mode & 0o777, 0o600);
 
     // Without a client certificate the handshake itself fails: no HTTP request is ever read.
+    // (Access-log lines are written a few milliseconds after their request: let them land first.)
+    std::thread::sleep(Duration::from_millis(100));
     let before = p.log_text().matches("listener=secure").count();
     let out = tls_docker("docker", tls_port, None, &server.ca, &version);
     assert!(!out.status.success(), "a client without a certificate must be refused");

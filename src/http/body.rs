@@ -95,8 +95,15 @@ pub struct AccessRecord {
 
 impl AccessRecord {
     /// Writes the access-log line. `bytes_in` is only known for hijacked streams (client to daemon).
-    pub fn emit(&self, bytes_out: u64, bytes_in: Option<u64>) {
+    pub fn emit(self, bytes_out: u64, bytes_in: Option<u64>) {
+        if !tracing::enabled!(target: "ctproxy::access", tracing::Level::INFO) {
+            return;
+        }
         let duration_us = self.started.elapsed().as_micros() as u64;
+        deferred::push(Pending { record: self, bytes_out, bytes_in, duration_us });
+    }
+
+    fn write(&self, bytes_out: u64, bytes_in: Option<u64>, duration_us: u64) {
         tracing::info!(
             target: "ctproxy::access",
             listener = %self.listener,
@@ -109,6 +116,71 @@ impl AccessRecord {
             bytes_in,
             duration_us,
         );
+    }
+}
+
+/// An access-log line waiting to be written.
+struct Pending {
+    record: AccessRecord,
+    bytes_out: u64,
+    bytes_in: Option<u64>,
+    duration_us: u64,
+}
+
+/// Writes every access-log line still waiting (at a stop, before the process exits).
+pub fn flush_access_log() {
+    deferred::drain();
+}
+
+/// Access-log lines are formatted and written by a thread of their own, a few milliseconds later.
+///
+/// Why: formatting and writing a line costs ~10 µs of CPU, and on a sequential keep-alive
+/// connection the relay would spend it between one answer and the next request, on the same two
+/// cores dockerd and the client need. Handing the record over costs a channel send; the writer wakes
+/// on a timer, not per line, so it adds no wake-up per request either.
+mod deferred {
+    use std::sync::mpsc::{channel, Receiver, Sender};
+    use std::sync::{Mutex, OnceLock};
+    use std::time::Duration;
+
+    use super::Pending;
+
+    const TICK: Duration = Duration::from_millis(5);
+
+    struct Queue {
+        tx: Sender<Pending>,
+        rx: Mutex<Receiver<Pending>>,
+    }
+
+    static QUEUE: OnceLock<Queue> = OnceLock::new();
+
+    fn queue() -> &'static Queue {
+        QUEUE.get_or_init(|| {
+            let (tx, rx) = channel();
+            let spawned = std::thread::Builder::new().name("access-log".into()).spawn(|| loop {
+                std::thread::sleep(TICK);
+                drain();
+            });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "no access-log thread; lines are written when the server stops");
+            }
+            Queue { tx, rx: Mutex::new(rx) }
+        })
+    }
+
+    pub fn push(p: Pending) {
+        if let Err(e) = queue().tx.send(p) {
+            let p = e.0;
+            p.record.write(p.bytes_out, p.bytes_in, p.duration_us);
+        }
+    }
+
+    pub fn drain() {
+        let Some(q) = QUEUE.get() else { return };
+        let rx = q.rx.lock().unwrap_or_else(|p| p.into_inner());
+        while let Ok(p) = rx.try_recv() {
+            p.record.write(p.bytes_out, p.bytes_in, p.duration_us);
+        }
     }
 }
 
