@@ -492,32 +492,8 @@ fn exec_stdin_half_close_then_output() {
     // The same on the wire: exec create, start with Upgrade, write, half-close, read to the end.
     let create = br#"{"AttachStdin":true,"AttachStdout":true,"AttachStderr":true,"Cmd":["sh","-c","cat; echo done; echo err >&2"]}"#;
     let mut c = Conn::unix(&p.sock, T);
-    c.send(
-        &[
-            format!(
-                "POST /v1.41/containers/{name}/exec HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                create.len()
-            )
-            .as_bytes(),
-            create,
-        ]
-        .concat(),
-    );
-    let created = c.read_response();
-    assert_eq!(created.status, 201, "{created:?}");
-    let id = created.json()["Id"].as_str().expect("exec id").to_owned();
-    let start = br#"{"Detach":false,"Tty":false}"#;
-    c.send(
-        &[
-            format!(
-                "POST /v1.41/exec/{id}/start HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: {}\r\n\r\n",
-                start.len()
-            )
-            .as_bytes(),
-            start,
-        ]
-        .concat(),
-    );
+    let id = rawhttp::exec_create(&mut c, &name, create);
+    rawhttp::exec_start_upgrade(&mut c, &id, b"");
     let head = c.read_head();
     assert_eq!(head.status, 101, "{head:?}");
     c.send(b"wire data");

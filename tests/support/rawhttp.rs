@@ -227,6 +227,41 @@ impl<S: Read + Write> Conn<S> {
     }
 }
 
+/// `POST /containers/{container}/exec` with `create` as body on `c`; returns the exec ID.
+pub fn exec_create<S: Read + Write>(c: &mut Conn<S>, container: &str, create: &[u8]) -> String {
+    c.send(
+        &[
+            format!(
+                "POST /v1.41/containers/{container}/exec HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                create.len()
+            )
+            .as_bytes(),
+            create,
+        ]
+        .concat(),
+    );
+    let created = c.read_response();
+    assert_eq!(created.status, 201, "{created:?}");
+    created.json()["Id"].as_str().expect("exec id").to_owned()
+}
+
+/// `POST /exec/{id}/start` with `Upgrade: tcp` on `c`, followed in the same write by `stdin`.
+pub fn exec_start_upgrade<S: Read + Write>(c: &mut Conn<S>, id: &str, stdin: &[u8]) {
+    let start = br#"{"Detach":false,"Tty":false}"#;
+    c.send(
+        &[
+            format!(
+                "POST /v1.41/exec/{id}/start HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: {}\r\n\r\n",
+                start.len()
+            )
+            .as_bytes(),
+            start,
+            stdin,
+        ]
+        .concat(),
+    );
+}
+
 /// Splits a multiplexed attach/logs stream (8-byte headers: stream, 0, 0, 0, big-endian length)
 /// into stdout and stderr. Panics on a malformed or truncated frame.
 pub fn demux(mut raw: &[u8]) -> (Vec<u8>, Vec<u8>) {
