@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::{Request, Response, StatusCode, Uri, Version};
 
 use crate::docker::json::{canonicalize, Kind, Raw};
 use crate::docker::schema::normalize_create;
@@ -178,7 +178,7 @@ impl ListenerHandler {
     async fn admit(&self, pipeline: &Pipeline, req: Request<Incoming>, conn: &ConnCtx, identity: &Identity) -> Result<Admitted, Refused> {
         let chain = pipeline.chain_for(identity);
         let namespace = pipeline.namespace_for(identity);
-        let decorates = pipeline.decorate.is_some() && req.method() == Method::POST && req.uri().path().ends_with("/containers/create");
+        let decorates = pipeline.decorate.is_some() && crate::http::relay::is_container_create(req.method(), req.uri().path());
         if chain.is_empty() && namespace.is_none() && !decorates {
             return Ok(Admitted::Forward(req.map(client_body), None));
         }

@@ -655,12 +655,20 @@ impl RequestHead {
             (None, Some(n)) => BodyFraming::Length(n),
         };
         let keep_alive = if http11 { !fields.close } else { fields.keep_alive && !fields.close };
-        let creates_container = method == Method::POST && {
-            let p = path_of(target).to_ascii_lowercase().replace("%2f", "/");
-            p.trim_end_matches('/').ends_with("/containers/create")
-        };
+        let creates_container = is_container_create(&method, path_of(target));
         Ok(Some(RequestHead { len, method, path, http11, body, keep_alive, creates_container }))
     }
+}
+
+/// Whether a request is a container create (`POST …/containers/create`), reading `%2F` as `/` the
+/// way dockerd decodes paths. A cheap pre-check on the raw path, for the transports that must know
+/// before any routing (the relay, the proxy's shortcut); the Docker layer's route decides the rest.
+pub fn is_container_create(method: &Method, path: &str) -> bool {
+    if method != Method::POST {
+        return false;
+    }
+    let p = path.to_ascii_lowercase().replace("%2f", "/");
+    p.trim_end_matches('/').ends_with("/containers/create")
 }
 
 /// The path of a request target (origin or absolute form), without the query.
@@ -947,6 +955,15 @@ impl Chunked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_creates_are_recognised_as_dockerd_routes_them() {
+        for path in ["/containers/create", "/v1.41/containers/create", "/v1.41/containers%2Fcreate", "/v1.41/containers/create/"] {
+            assert!(is_container_create(&Method::POST, path), "{path}");
+        }
+        assert!(!is_container_create(&Method::GET, "/v1.41/containers/create"));
+        assert!(!is_container_create(&Method::POST, "/v1.41/containers/x/start"));
+    }
 
     /// Feeds `input` in pieces of `step` bytes; returns where the message ended and the payload size.
     fn chunked_end(input: &[u8], step: usize) -> Result<(usize, u64), ChunkError> {
