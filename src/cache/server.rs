@@ -235,7 +235,7 @@ async fn answer_from_entry(
     match sent {
         Ok(resp) if conditional && resp.status() == StatusCode::NOT_MODIFIED => {
             // Authorized (with this requester's credentials, if any) and unchanged.
-            let mut merged = header_map(&meta.headers);
+            let mut merged = entry.headers.clone();
             for (k, v) in resp.headers() {
                 if rules::replayed_headers(resp.headers()).contains_key(k) {
                     merged.insert(k.clone(), v.clone());
@@ -287,16 +287,6 @@ async fn answer_from_entry(
     }
 }
 
-fn header_map(pairs: &[(String, String)]) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for (k, v) in pairs {
-        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
-            h.append(k, v);
-        }
-    }
-    h
-}
-
 fn bad_gateway(e: &reqwest::Error) -> Response<CacheBody> {
     tracing::warn!(error = %e, "cache: origin unreachable");
     text(StatusCode::BAD_GATEWAY, &format!("ctproxy cache: origin unreachable: {}", error_chain(e)))
@@ -321,13 +311,16 @@ fn serve_entry(
     entry: &Arc<Entry>,
     x_cache: &'static str,
 ) -> Response<CacheBody> {
-    let meta = entry.meta();
-    let mut headers = header_map(&meta.headers);
-    headers.insert(header::AGE, HeaderValue::from(now_secs().saturating_sub(meta.stored_at)));
+    let (stored_at, etag, last_modified) = {
+        let m = entry.lock_meta();
+        (m.stored_at, m.etag.clone(), m.last_modified.clone())
+    };
+    let mut headers = entry.headers.clone();
+    headers.insert(header::AGE, HeaderValue::from(now_secs().saturating_sub(stored_at)));
     headers.insert("x-cache", HeaderValue::from_static(x_cache));
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     let len = entry.len;
-    respond_with_body(core, scheme, req, headers, Some(len), meta.etag.as_deref(), meta.last_modified.as_deref(), true, |start, end| {
+    respond_with_body(core, scheme, req, headers, Some(len), etag.as_deref(), last_modified.as_deref(), true, |start, end| {
         if let Some(b) = entry.inline() {
             return Ok(full(b.slice(start as usize..end as usize)));
         }

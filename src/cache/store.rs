@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 /// Bodies up to this size are kept in memory once used: small hits never touch the disk.
@@ -67,6 +68,8 @@ pub struct Entry {
     pub meta: Mutex<Meta>,
     pub path: PathBuf,
     pub len: u64,
+    /// `meta.headers` parsed once, for every answer from this entry.
+    pub headers: HeaderMap,
     last_access: AtomicU64,
     /// Its body has been hashed since it was loaded from disk (or was written by this process).
     verified: AtomicBool,
@@ -75,7 +78,12 @@ pub struct Entry {
 
 impl Entry {
     pub fn meta(&self) -> Meta {
-        self.meta.lock().map(|m| m.clone()).unwrap_or_else(|p| p.into_inner().clone())
+        self.lock_meta().clone()
+    }
+
+    /// The metadata in place (no copy), for the hit path.
+    pub fn lock_meta(&self) -> std::sync::MutexGuard<'_, Meta> {
+        self.meta.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn is_fresh(&self, now: u64) -> bool {
@@ -197,6 +205,7 @@ impl Store {
                 idx.vary.insert(m.primary.clone(), m.vary.clone());
                 let len = m.len;
                 let entry = Arc::new(Entry {
+                    headers: header_map(&m.headers),
                     meta: Mutex::new(m.clone()),
                     path,
                     len,
@@ -305,6 +314,7 @@ impl Store {
         std::fs::rename(temp, &body).map_err(|source| StoreError::File { path: body.clone(), source })?;
         let entry = Arc::new(Entry {
             len: meta.len,
+            headers: header_map(&meta.headers),
             meta: Mutex::new(meta.clone()),
             path: body,
             last_access: AtomicU64::new(self.tick.fetch_add(1, Ordering::Relaxed)),
@@ -398,6 +408,17 @@ impl Store {
         let idx = self.lock();
         (idx.total, idx.entries.len())
     }
+}
+
+/// Header pairs as stored in a [`Meta`], as a map (pairs that are not valid headers are skipped).
+pub fn header_map(pairs: &[(String, String)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+            h.append(k, v);
+        }
+    }
+    h
 }
 
 /// Hex SHA-256 of a finished digest context.
