@@ -128,11 +128,13 @@ fn unparseable_requests_get_400_and_the_connection_closes() {
         let rsp = c.read_response();
         assert_eq!(rsp.status, 400, "{:?} → {rsp:?}", String::from_utf8_lossy(bad));
         assert!(rsp.version == "HTTP/1.1" || rsp.version == "HTTP/1.0", "{rsp:?}");
+        assert!(rsp.json()["message"].is_string(), "a Docker-style error: {rsp:?}");
         c.set_timeout(Duration::from_secs(10));
         let (rest, end) = c.read_to_end_or_quiet();
         assert_eq!(end, End::Closed, "after a 400 the connection must close; got {:?}", String::from_utf8_lossy(&rest));
         assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
     }
+    assert!(p.wait_log("request refused: unparseable", Duration::from_secs(5)), "every refusal is logged:\n{}", p.log_text());
     // Headers past hyper's limit: refused (431), never forwarded, never a hang.
     let mut huge = b"GET /_ping HTTP/1.1\r\nHost: d\r\nX-Big: ".to_vec();
     huge.extend(std::iter::repeat_n(b'a', 600_000));

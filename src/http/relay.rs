@@ -126,7 +126,7 @@ impl Relay<'_> {
                         HeadError::TooLarge => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "ctproxy: request head too large".to_owned()),
                         HeadError::Malformed(why) => (StatusCode::BAD_REQUEST, format!("ctproxy: malformed request: {why}")),
                     };
-                    tracing::debug!(listener = %self.conn.listener, peer = %self.conn.peer_label, error = %msg, "request refused");
+                    tracing::warn!(target: "ctproxy::audit", listener = %self.conn.listener, peer = %self.conn.peer_label, status = status.as_u16(), reason = %msg, "request refused: unparseable");
                     let _ = write_flush(&mut self.client, &respond::error_bytes(status, &msg, true, true)).await;
                     return Ended::Close;
                 }
