@@ -264,11 +264,6 @@ impl Server {
         p
     }
 
-    /// The running cache, if any.
-    pub fn cache(&self) -> Option<&Arc<CacheService>> {
-        self.cache.as_ref()
-    }
-
     /// The token issuer namespaces hand to dockerd, when a registry proxy runs to honour them.
     fn registry_tokens(&self) -> Option<Arc<dyn RegistryTokens>> {
         self.registry.as_ref().map(|_| Arc::new(self.tokens.clone()) as Arc<dyn RegistryTokens>)

@@ -427,6 +427,7 @@ fn hosts_not_intercepted_and_host_sni_mismatches_are_refused() {
         .output()
         .expect("openssl");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("BEGIN CERTIFICATE"), "no certificate for example.org");
+    assert!(cache.proxy.wait_log("cache refused a request", Duration::from_secs(5)), "refusals are logged:\n{}", cache.proxy.log_text());
     assert_eq!(origin.hits("/x"), 0);
     assert_eq!(origin.hits("/upload"), 1);
 }

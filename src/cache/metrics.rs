@@ -52,7 +52,6 @@ struct PerScheme {
 pub struct Metrics {
     http: PerScheme,
     https: PerScheme,
-    pub cert_mints: AtomicU64,
     pub refused: AtomicU64,
 }
 
@@ -75,10 +74,6 @@ impl Metrics {
     pub fn bytes(&self, s: Scheme, from_cache: bool, n: u64) {
         let p = self.of(s);
         if from_cache { &p.bytes_from_cache } else { &p.bytes_from_upstream }.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn count(&self, s: Scheme, o: Outcome) -> u64 {
-        self.of(s).requests[idx(o)].load(Ordering::Relaxed)
     }
 
     /// The Prometheus exposition text.

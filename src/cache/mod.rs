@@ -83,8 +83,6 @@ pub struct CacheService {
     /// The intercepted names, as containers are decorated with them (replaced by a reload).
     hosts: arc_swap::ArcSwap<Vec<String>>,
     set_env: bool,
-    http_addr: SocketAddr,
-    https_addr: SocketAddr,
     healthy: AtomicBool,
     stop: CancellationToken,
 }
@@ -132,8 +130,6 @@ impl CacheService {
             ip,
             hosts: arc_swap::ArcSwap::from_pointee(config.hosts.clone()),
             set_env: config.set_env,
-            http_addr,
-            https_addr,
             healthy: AtomicBool::new(true),
             stop: CancellationToken::new(),
         });
@@ -146,22 +142,6 @@ impl CacheService {
         tokio::spawn(service.clone().rotate(config.rotate_every.0));
         tracing::info!(%http_addr, %https_addr, hosts = config.hosts.len(), ca_generation = service.authority.current_generation(), "cache listening");
         Ok(service)
-    }
-
-    pub fn http_addr(&self) -> SocketAddr {
-        self.http_addr
-    }
-
-    pub fn https_addr(&self) -> SocketAddr {
-        self.https_addr
-    }
-
-    pub fn authority(&self) -> &Arc<ca::Authority> {
-        &self.authority
-    }
-
-    pub fn metrics(&self) -> &metrics::Metrics {
-        &self.core.metrics
     }
 
     /// Applies a new list of intercepted names (a reload): new containers get their entries, the

@@ -143,7 +143,7 @@ pub async fn handle(core: Arc<Core>, conn: Conn, req: Request<Incoming>) -> Resu
         Ok(t) => t,
         Err((status, msg)) => {
             core.metrics.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(peer = %conn.peer, %status, "cache refused a request: {msg}");
+            tracing::warn!(target: "ctproxy::audit", peer = %conn.peer, %status, "cache refused a request: {msg}");
             return Ok(text(status, msg));
         }
     };
