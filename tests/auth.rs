@@ -130,7 +130,7 @@ policies = []
     assert!(msg.contains("privileged mode (HostConfig.Privileged) is not allowed by policy strict"), "{msg}");
     assert!(wait_line(&proxy, &["identity=\"alice\"", "path=/v1.41/containers/create", "status=403"]), "{}", proxy.log_text());
     assert!(wait_line(&proxy, &["request refused by policy", "identity=alice", "policy=strict"]), "{}", proxy.log_text());
-    assert!(!docker_output(DIRECT, &["container", "inspect", &refused]).status.success(), "the refused container exists");
+    assert!(!docker_output(direct(), &["container", "inspect", &refused]).status.success(), "the refused container exists");
 
     // admin (bob's certificate, mapped by SAN) has `policies = []`: the same create goes through.
     let allowed = unique("tls-priv-admin");

@@ -59,7 +59,7 @@ fn rewriter() -> RewriteFn {
 
 /// `POST /build` straight to dockerd; returns the build output, or the client error.
 async fn build(tag: &str, dockerfile: &str) -> Result<String, String> {
-    let stream = tokio::net::UnixStream::connect("/var/run/docker.sock").await.map_err(|e| e.to_string())?;
+    let stream = tokio::net::UnixStream::connect(direct_socket()).await.map_err(|e| e.to_string())?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     let body = RewrittenContext::new(context(dockerfile), None, 1 << 20, rewriter()).map_err(|e| e.to_string())?;
@@ -84,8 +84,8 @@ async fn rewritten_context_builds_on_the_real_daemon() {
     require_docker();
     let tag = unique("buildctx");
     let out = build(&tag, "FROM placeholder-base\nCOPY hello.txt /\nRUN true\n").await;
-    let listed = docker(DIRECT, &["image", "ls", "-q", &tag]);
-    let _ = docker_output(DIRECT, &["rmi", "-f", &tag]);
+    let listed = docker(direct(), &["image", "ls", "-q", &tag]);
+    let _ = docker_output(direct(), &["rmi", "-f", &tag]);
     let out = out.expect("build request");
     assert!(!out.contains("errorDetail"), "{out}");
     assert!(out.contains("Step 1/3 : FROM ctproxy-test/busybox:latest"), "{out}");
@@ -98,8 +98,8 @@ async fn refused_reference_aborts_the_build() {
     require_docker();
     let tag = unique("buildctx-refused");
     let out = build(&tag, "FROM placeholder-base\nCOPY --from=someone-elses/private /x /x\n").await;
-    let listed = docker(DIRECT, &["image", "ls", "-q", &tag]);
-    let _ = docker_output(DIRECT, &["rmi", "-f", &tag]);
+    let listed = docker(direct(), &["image", "ls", "-q", &tag]);
+    let _ = docker_output(direct(), &["rmi", "-f", &tag]);
     if let Ok(text) = &out {
         assert!(!text.contains("Successfully"), "{text}");
     }

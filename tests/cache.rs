@@ -31,7 +31,7 @@ fn cache_config(origin: &Origin, listen: &str, http: u16, https: u16, metrics: u
     format!(
         r#"
 [upstream]
-url = "unix:///var/run/docker.sock"
+url = "{upstream}"
 
 [listener.main]
 address = "unix://{{dir}}/docker.sock"
@@ -48,7 +48,8 @@ extra_roots = ["{ca}"]
 
 [cache.origins]
 {origins}"#,
-        ca = origin.ca_file.display()
+        ca = origin.ca_file.display(),
+        upstream = support::direct()
     )
 }
 
@@ -472,13 +473,13 @@ fn a_container_fetches_through_the_cache_over_http_and_https_and_trusts_it_witho
     assert_eq!(out, "/mine.pem /run/ctproxy-ca/bundle.pem\n");
     let base = unique("envimg");
     let image = format!("{base}:latest");
-    docker(support::DIRECT, &["create", "--name", &base, CI_IMAGE, "true"]);
-    docker(support::DIRECT, &["commit", "--change", "ENV NODE_EXTRA_CA_CERTS=/img.pem", &base, &image]);
+    docker(support::direct(), &["create", "--name", &base, CI_IMAGE, "true"]);
+    docker(support::direct(), &["commit", "--change", "ENV NODE_EXTRA_CA_CERTS=/img.pem", &base, &image]);
     let out =
         docker_cmd("docker", &cache.proxy.docker_host(), &["run", "--rm", &image, "sh", "-c", "echo $NODE_EXTRA_CA_CERTS $SSL_CERT_FILE"])
             .output();
-    let _ = docker_cmd("docker", support::DIRECT, &["rm", "-f", &base]).output();
-    let _ = docker_cmd("docker", support::DIRECT, &["rmi", &image]).output();
+    let _ = docker_cmd("docker", support::direct(), &["rm", "-f", &base]).output();
+    let _ = docker_cmd("docker", support::direct(), &["rmi", &image]).output();
     assert_eq!(String::from_utf8_lossy(&out.expect("run").stdout), "/img.pem /run/ctproxy-ca/bundle.pem\n");
     // A client mount where the CA directory would go wins.
     let out = docker(

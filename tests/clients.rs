@@ -3,7 +3,7 @@
 //! One test per everyday flow, with the real clients: the docker CLI 28 (first on PATH), Debian's
 //! 20.10 CLI (`DOCKER_2010`, also for BuildKit), docker-compose 1.29, the Python docker SDK
 //! (`tests/python/sdk_flows.py`) and a local `docker-registry` for push and pull. Where a flow can be
-//! run twice, it runs once through a fresh ctproxy and once on `DIRECT`, and the two results are
+//! run twice, it runs once through a fresh ctproxy and once on `support::direct()`, and the two results are
 //! compared (IDs and timestamps normalised or left out); where it cannot (a push, a build), the
 //! result through the proxy is checked against what the daemon itself reports.
 //!
@@ -38,7 +38,7 @@ fn cli_with_stdin(cli: &str, host: &str, args: &[&str], input: &[u8]) -> Output 
 
 /// The same docker CLI 28 command through the proxy and directly.
 fn both(proxy: &Proxy, args: &[&str]) -> (String, String) {
-    (docker(&proxy.docker_host(), args), docker(DIRECT, args))
+    (docker(&proxy.docker_host(), args), docker(support::direct(), args))
 }
 
 fn utf8(b: &[u8]) -> String {
@@ -57,7 +57,7 @@ fn version() {
         // the `/_ping` answer (the CLI 28 downgrades to what the daemon speaks).
         for fmt in ["{{json .Server}}", "{{.Client.APIVersion}}"] {
             let args = ["version", "--format", fmt];
-            let (via, direct) = (cli_ok(cli, &p.docker_host(), &args), cli_ok(cli, DIRECT, &args));
+            let (via, direct) = (cli_ok(cli, &p.docker_host(), &args), cli_ok(cli, support::direct(), &args));
             assert_eq!(via, direct, "{cli} version --format {fmt}");
         }
         let server: Value =
@@ -101,7 +101,7 @@ fn info() {
     for cli in ["docker", DOCKER_2010] {
         let args = ["info", "--format", "{{json .}}"];
         let via: Value = serde_json::from_str(&cli_ok(cli, &p.docker_host(), &args)).expect("info json (proxy)");
-        let direct: Value = serde_json::from_str(&cli_ok(cli, DIRECT, &args)).expect("info json (direct)");
+        let direct: Value = serde_json::from_str(&cli_ok(cli, support::direct(), &args)).expect("info json (direct)");
         for key in STABLE {
             assert!(!direct[key].is_null(), "{cli} info has no {key}");
             assert_eq!(via[key], direct[key], "{cli} info .{key}");
@@ -117,7 +117,7 @@ fn run_rm() {
     let h = p.docker_host();
     // stdout and stderr demultiplexed separately, and the exit code carried through.
     let args = ["run", "--rm", BUSYBOX, "sh", "-c", "echo out; echo err >&2; seq 1 20000 | md5sum; exit 3"];
-    let (via, direct) = (docker_output(&h, &args), docker_output(DIRECT, &args));
+    let (via, direct) = (docker_output(&h, &args), docker_output(support::direct(), &args));
     assert_eq!(via.status.code(), Some(3), "stderr: {}", utf8(&via.stderr));
     assert_eq!(via.status.code(), direct.status.code());
     assert_eq!(utf8(&via.stdout), utf8(&direct.stdout));
@@ -128,7 +128,7 @@ fn run_rm() {
     let input = random_bytes(1 << 20);
     let args = ["run", "--rm", "-i", BUSYBOX, "sh", "-c", "sha256sum; echo after-eof"];
     let via = cli_with_stdin("docker", &h, &args, &input);
-    let direct = cli_with_stdin("docker", DIRECT, &args, &input);
+    let direct = cli_with_stdin("docker", support::direct(), &args, &input);
     assert!(via.status.success(), "run -i through the proxy: {}", utf8(&via.stderr));
     assert_eq!(utf8(&via.stdout), format!("{}  -\nafter-eof\n", sha256_hex(&input)));
     assert_eq!(utf8(&via.stdout), utf8(&direct.stdout));
@@ -176,7 +176,7 @@ fn exec_pipe_50mb(cli: &str) {
     // Exit codes of exec are read from the daemon after the stream ends.
     let args = ["exec", &name, "sh", "-c", "echo x; exit 7"];
     let via = output_within(docker_cmd(cli, &h, &args), None, LIMIT, "exec exit 7");
-    let direct = output_within(docker_cmd(cli, DIRECT, &args), None, LIMIT, "exec exit 7");
+    let direct = output_within(docker_cmd(cli, support::direct(), &args), None, LIMIT, "exec exit 7");
     assert_eq!((via.status.code(), utf8(&via.stdout)), (Some(7), "x\n".to_owned()));
     assert_eq!(via.status.code(), direct.status.code());
 }
@@ -197,7 +197,7 @@ fn attach() {
     let mut c = Cleanup::new();
     let script = "read a; echo got:$a; read b; echo got:$b; echo bye >&2; exit 5";
     let mut results = Vec::new();
-    for host in [p.docker_host(), DIRECT.to_owned()] {
+    for host in [p.docker_host(), support::direct().to_owned()] {
         // `start -a -i`: the CLI attaches (hijack) before the start, then feeds stdin.
         let name = unique("attach-start");
         c.container(&name);
@@ -268,14 +268,17 @@ fn cp_both_ways() {
     // Host to container, through the proxy; checked inside the container on the direct socket.
     docker(&h, &["cp", path_str(&single), &format!("{name}:/tmp/single.txt")]);
     docker(&h, &["cp", path_str(&src), &format!("{name}:/tmp/in")]);
-    assert_eq!(docker(DIRECT, &["exec", &name, "cat", "/tmp/single.txt"]), "just one file\n");
-    assert_eq!(docker(DIRECT, &["exec", &name, "sha256sum", "/tmp/in/sub/b.bin"]), format!("{}  /tmp/in/sub/b.bin\n", sha256_hex(&blob)));
-    assert_eq!(docker(DIRECT, &["exec", &name, "find", "/tmp/in", "-type", "d"]).lines().count(), 3, "in, in/sub, in/sub/empty");
-    docker(DIRECT, &["exec", &name, "sh", "-c", "echo made inside > /tmp/in/c.txt"]);
+    assert_eq!(docker(support::direct(), &["exec", &name, "cat", "/tmp/single.txt"]), "just one file\n");
+    assert_eq!(
+        docker(support::direct(), &["exec", &name, "sha256sum", "/tmp/in/sub/b.bin"]),
+        format!("{}  /tmp/in/sub/b.bin\n", sha256_hex(&blob))
+    );
+    assert_eq!(docker(support::direct(), &["exec", &name, "find", "/tmp/in", "-type", "d"]).lines().count(), 3, "in, in/sub, in/sub/empty");
+    docker(support::direct(), &["exec", &name, "sh", "-c", "echo made inside > /tmp/in/c.txt"]);
 
     // Container to host: a directory and a file, through the proxy and directly.
     let (via, direct) = (dir.path().join("via"), dir.path().join("direct"));
-    for (host, out) in [(&h[..], &via), (DIRECT, &direct)] {
+    for (host, out) in [(&h[..], &via), (support::direct(), &direct)] {
         std::fs::create_dir(out).expect("mkdir");
         docker(host, &["cp", &format!("{name}:/tmp/in"), path_str(&out.join("in"))]);
         docker(host, &["cp", &format!("{name}:/tmp/single.txt"), path_str(&out.join("single.txt"))]);
@@ -289,7 +292,7 @@ fn cp_both_ways() {
     // The raw archive (`docker cp CONTAINER:PATH -`) is byte for byte the daemon's.
     let args = ["cp", &format!("{name}:/tmp/in"), "-"];
     let via = ok_within(docker_cmd("docker", &h, &args), None, LIMIT, "docker cp - (proxy)");
-    let direct = ok_within(docker_cmd("docker", DIRECT, &args), None, LIMIT, "docker cp - (direct)");
+    let direct = ok_within(docker_cmd("docker", support::direct(), &args), None, LIMIT, "docker cp - (direct)");
     assert!(via.stdout.len() > blob.len());
     assert_eq!(sha256_hex(&via.stdout), sha256_hex(&direct.stdout));
 }
@@ -421,7 +424,7 @@ fn stats_no_stream() {
     let id = docker(&h, &["run", "-d", "--name", &name, BUSYBOX, "sleep", "600"]).trim().to_owned();
     for cli in ["docker", DOCKER_2010] {
         let args = ["stats", "--no-stream", "--format", "{{.Name}} {{.ID}} {{.PIDs}}", &name];
-        let (via, direct) = (cli_ok(cli, &h, &args), cli_ok(cli, DIRECT, &args));
+        let (via, direct) = (cli_ok(cli, &h, &args), cli_ok(cli, support::direct(), &args));
         assert_eq!(via, direct, "{cli} stats");
         assert_eq!(via, format!("{name} {} 1\n", &id[..12]));
         let table = cli_ok(cli, &h, &["stats", "--no-stream", &name]);
@@ -463,8 +466,8 @@ fn volumes_and_networks() {
 
     docker(&h, &["volume", "rm", &vol]);
     docker(&h, &["network", "rm", &net]);
-    assert!(!docker(DIRECT, &["volume", "ls", "-q"]).lines().any(|l| l == vol), "volume still there");
-    assert!(!docker(DIRECT, &["network", "ls", "--format", "{{.Name}}"]).lines().any(|l| l == net), "network still there");
+    assert!(!docker(support::direct(), &["volume", "ls", "-q"]).lines().any(|l| l == vol), "volume still there");
+    assert!(!docker(support::direct(), &["network", "ls", "--format", "{{.Name}}"]).lines().any(|l| l == net), "network still there");
     assert!(!docker_output(&h, &["volume", "inspect", &vol]).status.success());
 }
 
@@ -477,7 +480,7 @@ fn tag_push_pull_through_a_local_registry() {
     let repo = format!("{}/{}", reg.addr, unique("pushed"));
     let tagged = format!("{repo}:v1");
     c.image(&tagged);
-    let image_id = docker(DIRECT, &["image", "inspect", "--format", "{{.Id}}", BUSYBOX]);
+    let image_id = docker(support::direct(), &["image", "inspect", "--format", "{{.Id}}", BUSYBOX]);
 
     docker(&h, &["tag", BUSYBOX, &tagged]);
     let pushed = docker(&h, &["push", &tagged]);
@@ -492,7 +495,7 @@ fn tag_push_pull_through_a_local_registry() {
     c.image(&by_digest);
 
     docker(&h, &["rmi", &tagged]);
-    assert!(!docker_output(DIRECT, &["image", "inspect", &tagged]).status.success(), "tag not removed");
+    assert!(!docker_output(support::direct(), &["image", "inspect", &tagged]).status.success(), "tag not removed");
     let pulled = docker(&h, &["pull", &tagged]);
     assert!(pulled.contains(&format!("Digest: {digest}")), "{pulled}");
     assert_eq!(docker(&h, &["run", "--rm", &tagged, "echo", "pulled"]), "pulled\n");
@@ -512,11 +515,11 @@ fn save_and_load() {
     let tag = format!("{}:saved", unique("save"));
     c.image(&tag);
     docker(&h, &["tag", BUSYBOX, &tag]);
-    let id = docker(DIRECT, &["image", "inspect", "--format", "{{.Id}}", &tag]);
+    let id = docker(support::direct(), &["image", "inspect", "--format", "{{.Id}}", &tag]);
 
     // The archive streamed to stdout is byte for byte the daemon's.
     let via = ok_within(docker_cmd("docker", &h, &["save", &tag]), None, LIMIT, "docker save (proxy)");
-    let direct = ok_within(docker_cmd("docker", DIRECT, &["save", &tag]), None, LIMIT, "docker save (direct)");
+    let direct = ok_within(docker_cmd("docker", support::direct(), &["save", &tag]), None, LIMIT, "docker save (direct)");
     assert!(via.stdout.len() > 1_000_000, "{} bytes", via.stdout.len());
     assert_eq!(sha256_hex(&via.stdout), sha256_hex(&direct.stdout));
 
@@ -528,13 +531,13 @@ fn save_and_load() {
     docker(&h, &["rmi", &tag]);
     let loaded = docker(&h, &["load", "-i", path_str(&tar)]);
     assert!(loaded.contains(&format!("Loaded image: {tag}")), "{loaded}");
-    assert_eq!(docker(DIRECT, &["image", "inspect", "--format", "{{.Id}}", &tag]), id);
+    assert_eq!(docker(support::direct(), &["image", "inspect", "--format", "{{.Id}}", &tag]), id);
 
     // And loaded from stdin with the 20.10 CLI.
     docker(&h, &["rmi", &tag]);
     let out = cli_with_stdin(DOCKER_2010, &h, &["load"], &via.stdout);
     assert!(out.status.success() && utf8(&out.stdout).contains(&tag), "{}{}", utf8(&out.stdout), utf8(&out.stderr));
-    assert_eq!(docker(DIRECT, &["image", "inspect", "--format", "{{.Id}}", &tag]), id);
+    assert_eq!(docker(support::direct(), &["image", "inspect", "--format", "{{.Id}}", &tag]), id);
 }
 
 #[test]
@@ -560,12 +563,12 @@ services:
         n
     };
     assert_eq!(names(&h), ["client", "web"]);
-    let (via, direct) = (project.run(&h, &["ps"]), project.run(DIRECT, &["ps"]));
+    let (via, direct) = (project.run(&h, &["ps"]), project.run(support::direct(), &["ps"]));
     assert_eq!(via, direct, "docker-compose ps");
     for svc in ["web", "client"] {
         assert!(via.contains(&format!("{}_{svc}_1", project.project)) && via.contains("Up"), "{via}");
     }
-    let (via, direct) = (project.run(&h, &["ps", "-q"]), project.run(DIRECT, &["ps", "-q"]));
+    let (via, direct) = (project.run(&h, &["ps", "-q"]), project.run(support::direct(), &["ps", "-q"]));
     assert_eq!(via, direct);
 
     // One service reaches the other by its name on the project network (compose exec: a hijacked
@@ -576,8 +579,8 @@ services:
 
     project.run(&h, &["down", "-v", "-t", "0"]);
     let label = format!("label=com.docker.compose.project={}", project.project);
-    assert_eq!(docker(DIRECT, &["ps", "-a", "-q", "--filter", &label]), "", "compose down left containers");
-    assert_eq!(docker(DIRECT, &["network", "ls", "-q", "--filter", &label]), "", "compose down left networks");
+    assert_eq!(docker(support::direct(), &["ps", "-a", "-q", "--filter", &label]), "", "compose down left containers");
+    assert_eq!(docker(support::direct(), &["network", "ls", "-q", "--filter", &label]), "", "compose down left networks");
 }
 
 #[test]

@@ -390,11 +390,11 @@ fn corpus(victim: &str, stopped: &str) -> Corpus {
 }
 
 fn inspect(what: &str, name: &str) -> bool {
-    docker_output(DIRECT, &[what, "inspect", name]).status.success()
+    docker_output(direct(), &[what, "inspect", name]).status.success()
 }
 
 fn victim_state(victim: &str) -> String {
-    docker(DIRECT, &["inspect", victim, "--format", "{{.State.Running}} {{.HostConfig.Privileged}} {{.HostConfig.Binds}} {{.HostConfig.CgroupParent}} {{.HostConfig.Devices}} {{len .ExecIDs}} {{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}"])
+    docker(direct(), &["inspect", victim, "--format", "{{.State.Running}} {{.HostConfig.Privileged}} {{.HostConfig.Binds}} {{.HostConfig.CgroupParent}} {{.HostConfig.Devices}} {{len .ExecIDs}} {{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}"])
 }
 
 #[test]
@@ -404,8 +404,8 @@ fn escape_attempts_are_refused_and_have_no_effect() {
     let (victim, stopped) = (unique("victim"), unique("stopped"));
     cleanup.container(&victim);
     cleanup.container(&stopped);
-    docker(DIRECT, &["run", "-d", "--name", &victim, BUSYBOX, "sleep", "300"]);
-    docker(DIRECT, &["create", "--name", &stopped, BUSYBOX, "sleep", "300"]);
+    docker(direct(), &["run", "-d", "--name", &victim, BUSYBOX, "sleep", "300"]);
+    docker(direct(), &["create", "--name", &stopped, BUSYBOX, "sleep", "300"]);
     let state = || format!("{} / {}", victim_state(&victim), victim_state(&stopped));
     let before = state();
 

@@ -86,7 +86,7 @@ fn namespace(job: &Job) -> String {
 fn leftovers(ns: &str) -> Vec<String> {
     let label = format!("label=io.ctproxy.namespace={ns}");
     let list = |args: &[&str]| {
-        let out = docker_cmd("docker", DIRECT, args).output().expect("docker");
+        let out = docker_cmd("docker", direct(), args).output().expect("docker");
         String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect::<Vec<_>>()
     };
     let mut found = Vec::new();
@@ -387,7 +387,7 @@ fn a_restarted_ctproxy_gives_the_running_job_its_socket_back() {
     let build = format!("ctp.{ns}.ctproxy-build");
     let handle = runner::start(&driver(&p), &job);
     wait_until("the job to wait for the restart", Duration::from_secs(120), || {
-        docker_cmd("docker", DIRECT, &["exec", &build, "test", "-e", "/tmp/waiting"])
+        docker_cmd("docker", direct(), &["exec", &build, "test", "-e", "/tmp/waiting"])
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
@@ -400,7 +400,7 @@ fn a_restarted_ctproxy_gives_the_running_job_its_socket_back() {
         p.dir().join("docker.sock"),
         &["--config", config_path.to_str().expect("utf-8")],
     );
-    check(&docker_output(DIRECT, &["exec", &build, "touch", "/tmp/restarted"]), &["exec", "touch"]);
+    check(&docker_output(direct(), &["exec", &build, "touch", "/tmp/restarted"]), &["exec", "touch"]);
     let run = handle.join();
     assert_eq!(run.outcome, Outcome::Success, "{}\n--- ctproxy log\n{}", show(&run), restarted.log_text());
     assert!(run.log.contains("before-restart") && run.log.contains("after-restart"), "{}", show(&run));
@@ -422,7 +422,7 @@ fn a_runner_that_dies_without_cleanup_has_its_job_reaped() {
     let handle = runner::start(&driver(&p), &job);
     let build = format!("ctp.{ns}.ctproxy-build");
     wait_until("the job to create its objects", Duration::from_secs(120), || {
-        docker_cmd("docker", DIRECT, &["exec", &build, "test", "-e", "/tmp/ready"])
+        docker_cmd("docker", direct(), &["exec", &build, "test", "-e", "/tmp/ready"])
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
@@ -447,11 +447,11 @@ fn a_private_image_is_pulled_with_the_jobs_own_credentials_and_never_handed_to_a
     // Put the private image in the registry, and nowhere on the host.
     let cfg = tempfile::tempdir().expect("tempdir");
     let cfg_dir = cfg.path().to_str().expect("utf-8");
-    let login = docker_cmd("docker", DIRECT, &["--config", cfg_dir, "login", "-u", "ci", "--password-stdin", &registry.addr]);
+    let login = docker_cmd("docker", direct(), &["--config", cfg_dir, "login", "-u", "ci", "--password-stdin", &registry.addr]);
     ok_within(login, Some(b"ci-pw".to_vec()), Duration::from_secs(30), "login");
-    check(&docker_output(DIRECT, &["tag", BUSYBOX, &image]), &["tag"]);
-    ok_within(docker_cmd("docker", DIRECT, &["--config", cfg_dir, "push", &image]), None, Duration::from_secs(60), "push");
-    check(&docker_output(DIRECT, &["rmi", &image]), &["rmi"]);
+    check(&docker_output(direct(), &["tag", BUSYBOX, &image]), &["tag"]);
+    ok_within(docker_cmd("docker", direct(), &["--config", cfg_dir, "push", &image]), None, Duration::from_secs(60), "push");
+    check(&docker_output(direct(), &["rmi", &image]), &["rmi"]);
 
     let p = Proxy::start_with_config(&config(&format!("insecure = [\"{}\"]", registry.addr)), "docker.sock");
     let drv = driver(&p);
@@ -461,7 +461,7 @@ fn a_private_image_is_pulled_with_the_jobs_own_credentials_and_never_handed_to_a
     let handle = runner::start(&drv, &with_creds);
     let build = format!("ctp.{}.ctproxy-build", namespace(&with_creds));
     wait_until("the job with credentials to run", Duration::from_secs(120), || {
-        docker_cmd("docker", DIRECT, &["exec", &build, "test", "-e", "/tmp/ready"])
+        docker_cmd("docker", direct(), &["exec", &build, "test", "-e", "/tmp/ready"])
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
@@ -472,12 +472,12 @@ fn a_private_image_is_pulled_with_the_jobs_own_credentials_and_never_handed_to_a
     assert!(matches!(refused.outcome, Outcome::BuildFailure { .. }), "{}", show(&refused));
     assert!(refused.log.contains(&image), "the failure names the image: {}", show(&refused));
     assert!(!refused.log.lines().any(|l| l.trim() == "must-not-run"), "{}", show(&refused));
-    check(&docker_output(DIRECT, &["exec", &build, "touch", "/tmp/go"]), &["exec"]);
+    check(&docker_output(direct(), &["exec", &build, "touch", "/tmp/go"]), &["exec"]);
     let run = handle.join();
     assert_eq!(run.outcome, Outcome::Success, "{}", show(&run));
     assert!(run.log.contains("Pulling image") && run.log.lines().any(|l| l.trim() == "private-image-runs"), "{}", show(&run));
     // The host never had it under its own name.
-    assert!(!docker_output(DIRECT, &["image", "inspect", &image]).status.success(), "the private image reached the host's own names");
+    assert!(!docker_output(direct(), &["image", "inspect", &image]).status.success(), "the private image reached the host's own names");
     assert_clean(&namespace(&with_creds));
     assert_clean(&namespace(&without));
 }

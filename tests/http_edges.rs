@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use rawhttp::{demux, Conn, End};
 use support::*;
 
-const DAEMON_SOCK: &str = "/var/run/docker.sock";
 /// The longest any single read may take before a test fails (a hang is a failure, never a wait).
 const T: Duration = Duration::from_secs(15);
 
@@ -175,7 +174,7 @@ fn http10_keep_alive_gets_two_responses_on_one_connection() {
     c.send(b"GET /v1.41/version HTTP/1.0\r\n\r\n");
     let second = c.read_response();
     assert_eq!((second.version.as_str(), second.status), ("HTTP/1.0", 200), "{second:?}");
-    let direct = once(Path::new(DAEMON_SOCK), &get("/v1.41/version"));
+    let direct = once(direct_socket(), &get("/v1.41/version"));
     assert_eq!(second.json(), direct.json());
     c.set_timeout(Duration::from_secs(10));
     assert_eq!(c.read_to_end_or_quiet().1, End::Closed);
@@ -189,7 +188,7 @@ fn http10_keep_alive_with_a_streamed_body_ends_with_close() {
     let mut cleanup = Cleanup::new();
     let name = unique("h10logs");
     cleanup.container(&name);
-    docker(DIRECT, &["run", "--name", &name, BUSYBOX, "seq", "1", "3000"]);
+    docker(direct(), &["run", "--name", &name, BUSYBOX, "seq", "1", "3000"]);
     let path = format!("/v1.41/containers/{name}/logs?stdout=1");
     let mut c = Conn::unix(&p.sock, T);
     c.send(format!("GET {path} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").as_bytes());
@@ -198,7 +197,7 @@ fn http10_keep_alive_with_a_streamed_body_ends_with_close() {
     let expected: String = (1..=3000).map(|i| format!("{i}\n")).collect();
     let (stdout, _) = demux(&rsp.body);
     assert_eq!(String::from_utf8_lossy(&stdout), expected);
-    let direct = once(Path::new(DAEMON_SOCK), &get(&path));
+    let direct = once(direct_socket(), &get(&path));
     assert_eq!(rsp.body, direct.body, "the body must be the daemon's, byte for byte");
 }
 
@@ -208,7 +207,7 @@ fn http11_keep_alive_sequential_and_pipelined() {
     let mut cleanup = Cleanup::new();
     let name = unique("pipeline");
     cleanup.container(&name);
-    docker(DIRECT, &["create", "--name", &name, "--label", "ctproxy-test=pipeline", BUSYBOX, "true"]);
+    docker(direct(), &["create", "--name", &name, "--label", "ctproxy-test=pipeline", BUSYBOX, "true"]);
 
     // Sequential: ten requests, one connection.
     let mut c = Conn::unix(&p.sock, T);
@@ -267,7 +266,7 @@ fn http11_keep_alive_sequential_and_pipelined() {
 fn head_ping_has_the_daemon_headers_and_no_body() {
     let p = Proxy::start();
     let head = b"HEAD /_ping HTTP/1.1\r\nHost: d\r\n\r\n";
-    let direct = once(Path::new(DAEMON_SOCK), head);
+    let direct = once(direct_socket(), head);
     let mut c = Conn::unix(&p.sock, T);
     // A GET right behind the HEAD: if the HEAD answer carried a body, this would not parse.
     c.send(&[&head[..], &get("/_ping")].concat());
@@ -288,7 +287,7 @@ fn versioned_and_unversioned_paths_answer_like_the_daemon() {
     let mut cleanup = Cleanup::new();
     let name = unique("versions");
     cleanup.container(&name);
-    docker(DIRECT, &["create", "--name", &name, "--label", "ctproxy-test=versions", BUSYBOX, "true"]);
+    docker(direct(), &["create", "--name", &name, "--label", "ctproxy-test=versions", BUSYBOX, "true"]);
     // Only this test's container, so parallel tests cannot change the list between the two calls.
     let filter = format!("%7B%22name%22%3A%5B%22{name}%22%5D%7D");
     for prefix in ["", "/v1.41", "/v1.40", "/v1.25"] {
@@ -299,7 +298,7 @@ fn versioned_and_unversioned_paths_answer_like_the_daemon() {
             format!("{prefix}/containers/nonexistent-ctproxy-test/json"),
         ] {
             let via = once(&p.sock, &get(&path));
-            let direct = once(Path::new(DAEMON_SOCK), &get(&path));
+            let direct = once(direct_socket(), &get(&path));
             assert_eq!(via.status, direct.status, "{path}");
             assert_eq!(via.header("api-version"), direct.header("api-version"), "{path}");
             assert_eq!(via.header("content-type"), direct.header("content-type"), "{path}");
@@ -359,7 +358,7 @@ fn chunked_and_expect_continue_request_bodies_reach_the_daemon() {
         config["Env"].as_array().expect("Env").iter().any(|e| e.as_str().is_some_and(|s| s.len() == 20_002)),
         "the whole body must arrive"
     );
-    assert_eq!(docker(DIRECT, &["start", "-a", &name]), "chunked body\n");
+    assert_eq!(docker(direct(), &["start", "-a", &name]), "chunked body\n");
 
     // `Expect: 100-continue` (curl does this for large bodies): 100 first, then the body, then 201.
     let name = unique("expect");
@@ -378,15 +377,15 @@ fn chunked_and_expect_continue_request_bodies_reach_the_daemon() {
     c.send(&json);
     let created = c.read_response();
     assert_eq!(created.status, 201, "{created:?}");
-    assert_eq!(docker(DIRECT, &["inspect", "--format", "{{index .Config.Labels \"ctproxy-test\"}}", &name]).trim(), "expect");
+    assert_eq!(docker(direct(), &["inspect", "--format", "{{index .Config.Labels \"ctproxy-test\"}}", &name]).trim(), "expect");
 }
 
 /// `docker create -i` (stdin open, `StdinOnce`) running `cat`, started on the daemon directly.
 fn cat_container(cleanup: &mut Cleanup, what: &str) -> String {
     let name = unique(what);
     cleanup.container(&name);
-    docker(DIRECT, &["create", "-i", "--name", &name, BUSYBOX, "cat"]);
-    docker(DIRECT, &["start", &name]);
+    docker(direct(), &["create", "-i", "--name", &name, BUSYBOX, "cat"]);
+    docker(direct(), &["start", &name]);
     name
 }
 
@@ -408,7 +407,7 @@ fn echo_then_half_close(c: &mut Conn<std::os::unix::net::UnixStream>, name: &str
     assert!(stderr.is_empty(), "{stderr:?}");
     let deadline = Instant::now() + T;
     loop {
-        let state = docker(DIRECT, &["inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", name]);
+        let state = docker(direct(), &["inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", name]);
         if state.trim() == "exited 0" {
             break;
         }
@@ -477,7 +476,7 @@ fn exec_stdin_half_close_then_output() {
     let mut cleanup = Cleanup::new();
     let name = unique("exec-eof");
     cleanup.container(&name);
-    docker(DIRECT, &["run", "-d", "--name", &name, BUSYBOX, "sleep", "300"]);
+    docker(direct(), &["run", "-d", "--name", &name, BUSYBOX, "sleep", "300"]);
     for cli in ["docker", DOCKER_2010] {
         let mut child = docker_cmd(cli, &p.docker_host(), &["exec", "-i", &name, "sh", "-c", "cat; echo done"])
             .stdin(Stdio::piped())
@@ -555,7 +554,7 @@ fn client_leaving_a_stream_is_logged() {
     let mut cleanup = Cleanup::new();
     let name = unique("leave");
     cleanup.container(&name);
-    docker(DIRECT, &["run", "-d", "--name", &name, BUSYBOX, "sh", "-c", "echo first; sleep 300"]);
+    docker(direct(), &["run", "-d", "--name", &name, BUSYBOX, "sh", "-c", "echo first; sleep 300"]);
     let mut c = Conn::unix(&p.sock, T);
     c.send(get(&format!("/v1.41/containers/{name}/logs?stdout=1&follow=1")).as_slice());
     let head = c.read_head();

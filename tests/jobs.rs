@@ -59,7 +59,7 @@ fn in_namespace(ns: &str) -> Vec<String> {
         vec!["network", "ls", "-q", "--filter", &label],
         vec!["volume", "ls", "-q", "--filter", &label],
     ] {
-        all.extend(docker(DIRECT, &args).split_whitespace().map(str::to_owned));
+        all.extend(docker(direct(), &args).split_whitespace().map(str::to_owned));
     }
     all
 }
@@ -99,7 +99,7 @@ fn a_job_gets_its_own_socket_and_namespace_and_cleanup_removes_everything() {
     assert_eq!(status, 200);
     assert_eq!(removed["removed"]["containers"], 1, "{removed}");
     assert!(in_namespace(&format!("{}-{a}", prefix())).is_empty(), "job {a} left things behind");
-    assert!(!docker(DIRECT, &["images", "--format", "{{.Repository}}"]).contains(&format!("/{}-{a}/", prefix())));
+    assert!(!docker(direct(), &["images", "--format", "{{.Repository}}"]).contains(&format!("/{}-{a}/", prefix())));
     assert!(!dir.join("jobs").join(&a).exists(), "the job's socket directory is removed");
     // Removing again is fine (cleanup is idempotent); the other job is untouched.
     assert_eq!(control(&dir, "DELETE", &format!("/jobs/{a}"), "").0, 200);

@@ -96,7 +96,7 @@ fn next_line(rx: &mpsc::Receiver<String>, what: &str) -> String {
 const UNTIL_GO: &str = "while [ ! -e /tmp/go ]; do sleep 0.05; done";
 
 fn go(container: &str) {
-    docker(DIRECT, &["exec", container, "touch", "/tmp/go"]);
+    docker(direct(), &["exec", container, "touch", "/tmp/go"]);
 }
 
 /// (a) A listener added by a reload answers; the one that was there keeps its very socket.
@@ -113,8 +113,8 @@ fn sighup_adds_a_listener_and_keeps_the_unchanged_one() {
     ping(&sock(&p, "a"));
     ping_on(&mut keep);
     let version = ["version", "--format", "{{.Server.Version}}"];
-    assert_eq!(docker(&host(&p, "b"), &version), docker(DIRECT, &version));
-    assert_eq!(docker(&host(&p, "a"), &version), docker(DIRECT, &version));
+    assert_eq!(docker(&host(&p, "b"), &version), docker(direct(), &version));
+    assert_eq!(docker(&host(&p, "a"), &version), docker(direct(), &version));
     assert_eq!(inode(&sock(&p, "a")), ino, "an unchanged listener must not be rebound");
 
     // The same file again: nothing is rebound at all.
@@ -156,7 +156,7 @@ fn sessions_survive_a_reload_that_rebinds_their_listener() {
     cleanup.container(&ticking);
     // The ticks start only when the test says so (after the reload).
     docker(
-        DIRECT,
+        direct(),
         &[
             "run",
             "-d",
@@ -310,7 +310,7 @@ fn removing_a_listener_closes_it_but_not_its_connections() {
     ping_on(&mut on_t);
     let name = unique("removed");
     cleanup.container(&name);
-    docker(DIRECT, &["run", "-d", "--name", &name, BUSYBOX, "sh", "-c", &format!("echo ready; {UNTIL_GO}; echo after removal")]);
+    docker(direct(), &["run", "-d", "--name", &name, BUSYBOX, "sh", "-c", &format!("echo ready; {UNTIL_GO}; echo after removal")]);
     let mut follow = docker_cmd("docker", &host(&p, "b"), &["logs", "-f", &name]).stdout(Stdio::piped()).spawn().expect("logs -f");
     let follow_out = lines(follow.stdout.take().expect("stdout"));
     assert_eq!(next_line(&follow_out, "docker logs -f"), "ready");
@@ -346,7 +346,7 @@ fn sigterm_lets_an_in_flight_wait_finish() {
     let mut cleanup = Cleanup::new();
     let name = unique("term-wait");
     cleanup.container(&name);
-    docker(DIRECT, &["run", "-d", "--name", &name, BUSYBOX, "sh", "-c", &format!("{UNTIL_GO}; exit 7")]);
+    docker(direct(), &["run", "-d", "--name", &name, BUSYBOX, "sh", "-c", &format!("{UNTIL_GO}; exit 7")]);
 
     let mut waiting = Conn::unix(&sock(&p, "a"), T);
     waiting.send(format!("POST /v1.41/containers/{name}/wait HTTP/1.1\r\nHost: d\r\n\r\n").as_bytes());
@@ -430,7 +430,7 @@ fn sigterm_grace_time_cuts_endless_streams() {
     let mut cleanup = Cleanup::new();
     let name = unique("grace");
     cleanup.container(&name);
-    docker(DIRECT, &["run", "-d", "-i", "--name", &name, BUSYBOX, "sh", "-c", "echo started; exec cat"]);
+    docker(direct(), &["run", "-d", "-i", "--name", &name, BUSYBOX, "sh", "-c", "echo started; exec cat"]);
     let mut follow =
         docker_cmd("docker", &a, &["logs", "-f", &name]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("logs -f");
     let follow_out = lines(follow.stdout.take().expect("stdout"));
@@ -463,5 +463,5 @@ fn sigterm_grace_time_cuts_endless_streams() {
     }
     drop(attach_in);
     // The container is untouched by the proxy going away.
-    assert_eq!(docker(DIRECT, &["inspect", "--format", "{{.State.Running}}", &name]).trim(), "true");
+    assert_eq!(docker(direct(), &["inspect", "--format", "{{.State.Running}}", &name]).trim(), "true");
 }

@@ -95,7 +95,7 @@ fn wait_log_line(p: &Proxy, parts: &[&str]) -> String {
 fn unix_tcp_and_tls_listeners_at_once() {
     let pki = pki();
     let (p, tcp, tls) = three_listeners(&pki);
-    let expected = docker(DIRECT, &VERSION);
+    let expected = docker(direct(), &VERSION);
 
     assert_eq!(docker(&p.docker_host(), &VERSION), expected, "unix listener");
     assert_eq!(docker(&format!("tcp://127.0.0.1:{tcp}"), &VERSION), expected, "TCP listener");
@@ -195,7 +195,7 @@ fn tls_without_client_ca_serves_any_client() {
     );
     let p = Proxy::start_with_config(&config, "probe.sock");
     let host = format!("tcp://127.0.0.1:{port}");
-    let expected = docker(DIRECT, &VERSION);
+    let expected = docker(direct(), &VERSION);
     for client in [None, Some(&pki.client)] {
         let out = tls_docker("docker", &host, &pki.server.ca, client, &VERSION);
         assert!(out.status.success(), "{}", text(&out.stderr));
@@ -248,7 +248,7 @@ group = \"65534\"
 
     // The kernel enforces them: nobody may use the shared sockets, not the private one.
     std::fs::set_permissions(p.dir(), std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
-    let expected = docker(DIRECT, &VERSION);
+    let expected = docker(direct(), &VERSION);
     for allowed in ["shared", "numeric"] {
         let out = docker_as_nobody(&p.dir().join(format!("{allowed}.sock")));
         assert!(out.status.success(), "{allowed}: {}", text(&out.stderr));

@@ -74,11 +74,12 @@ impl Drop for Pair {
 fn remove_namespace(ns: &str, rp: &str) {
     let label = format!("label=io.ctproxy.namespace={ns}");
     let quiet = |args: &[&str]| {
-        let out = docker_cmd("docker", DIRECT, args).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        let out =
+            docker_cmd("docker", direct(), args).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
         out.split_whitespace().map(str::to_owned).collect::<Vec<_>>()
     };
     let rm = |args: &[&str]| {
-        let _ = docker_cmd("docker", DIRECT, args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = docker_cmd("docker", direct(), args).stdout(Stdio::null()).stderr(Stdio::null()).status();
     };
     for c in quiet(&["ps", "-aq", "--filter", &label]) {
         rm(&["rm", "-f", "-v", &c]);
@@ -218,7 +219,7 @@ fn two_namespaces_run_the_same_session_without_colliding() {
     }
     // Both namespaces' data are there on the daemon, separately.
     for ns in [&p.ns_a, &p.ns_b] {
-        let out = ok(DIRECT, &["ps", "-a", "--filter", &format!("label=io.ctproxy.namespace={ns}"), "--format", "{{.Names}}"]);
+        let out = ok(direct(), &["ps", "-a", "--filter", &format!("label=io.ctproxy.namespace={ns}"), "--format", "{{.Names}}"]);
         assert_eq!(lines(&out).len(), 4, "{out}");
     }
     compose_a.run(&p.a, &["down", "-v", "-t", "0"]);
@@ -369,10 +370,10 @@ fn reserved_and_invalid_names_are_refused_clearly() {
             vec!["volume", "ls", "-q", "--filter", &label],
             vec!["network", "ls", "-q", "--filter", &label],
         ] {
-            assert!(ok(DIRECT, &args).trim().is_empty(), "{args:?} on the daemon");
+            assert!(ok(direct(), &args).trim().is_empty(), "{args:?} on the daemon");
         }
     }
-    assert!(!ok(DIRECT, &["images", "--format", "{{.Repository}}"]).contains(&format!("{}/{}/docker.io/library/bk", p.rp, p.ns_a)));
+    assert!(!ok(direct(), &["images", "--format", "{{.Repository}}"]).contains(&format!("{}/{}/docker.io/library/bk", p.rp, p.ns_a)));
 }
 
 #[test]
@@ -402,7 +403,7 @@ fn push_and_pull_go_through_the_registry_proxy_with_each_namespace_credentials()
     let tags =
         Command::new("curl").args(["-sf", "-u", "alice:alice-pw", &format!("http://{reg}/v2/team/app/tags/list")]).output().expect("curl");
     assert!(String::from_utf8_lossy(&tags.stdout).contains("\"1\""), "{}", String::from_utf8_lossy(&tags.stdout));
-    let on_daemon = ok(DIRECT, &["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    let on_daemon = ok(direct(), &["images", "--format", "{{.Repository}}:{{.Tag}}"]);
     assert!(on_daemon.contains(&format!("{}/{}/{}/team/app:1", p.rp, p.ns_a, reg.replace(':', "__"))), "{on_daemon}");
 
     // b without credentials cannot pull it; with its own, it can.
@@ -464,16 +465,18 @@ fn save_and_load_stay_in_the_namespace() {
     let out = ok(&p.b, &["load", "-i", &tar.display().to_string()]);
     assert!(out.contains("Loaded image: mine:1"), "{out}");
     assert!(lines(&ok(&p.b, &["images", "--format", "{{.Repository}}:{{.Tag}}"])).contains(&"mine:1".to_owned()));
-    let on_daemon = ok(DIRECT, &["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    let on_daemon = ok(direct(), &["images", "--format", "{{.Repository}}:{{.Tag}}"]);
     assert!(on_daemon.contains(&format!("{}/{}/docker.io/library/mine:1", p.rp, p.ns_b)), "{on_daemon}");
     assert!(!lines(&on_daemon).contains(&"mine:1".to_owned()), "a load must never create a real name");
     // Loading a tar that names a shared image does not replace the shared image.
     let shared = dir.path().join("shared.tar");
     ok(&p.a, &["save", "-o", &shared.display().to_string(), BUSYBOX]);
-    let before = ok(DIRECT, &["image", "inspect", BUSYBOX, "--format", "{{.Id}}"]);
+    let before = ok(direct(), &["image", "inspect", BUSYBOX, "--format", "{{.Id}}"]);
     ok(&p.b, &["load", "-i", &shared.display().to_string()]);
-    assert_eq!(before, ok(DIRECT, &["image", "inspect", BUSYBOX, "--format", "{{.Id}}"]));
-    assert!(ok(DIRECT, &["images", "--format", "{{.Repository}}"]).contains(&format!("{}/{}/docker.io/ctproxy-test/busybox", p.rp, p.ns_b)));
+    assert_eq!(before, ok(direct(), &["image", "inspect", BUSYBOX, "--format", "{{.Id}}"]));
+    assert!(
+        ok(direct(), &["images", "--format", "{{.Repository}}"]).contains(&format!("{}/{}/docker.io/ctproxy-test/busybox", p.rp, p.ns_b))
+    );
 }
 
 #[test]

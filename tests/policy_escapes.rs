@@ -1068,13 +1068,13 @@ fn replace_marker(request: &mut Vec<u8>) {
 }
 
 fn exists(kind: &str, name: &str) -> bool {
-    docker_output(DIRECT, &[kind, "inspect", name]).status.success()
+    docker_output(direct(), &[kind, "inspect", name]).status.success()
 }
 
 /// What a refused request must not change about a victim container.
 fn snapshot(name: &str) -> String {
     docker(
-        DIRECT,
+        direct(),
         &[
             "inspect",
             name,
@@ -1085,7 +1085,7 @@ fn snapshot(name: &str) -> String {
 }
 
 fn swarm_state() -> String {
-    docker(DIRECT, &["info", "--format", "{{.Swarm.LocalNodeState}}"]).trim().to_owned()
+    docker(direct(), &["info", "--format", "{{.Swarm.LocalNodeState}}"]).trim().to_owned()
 }
 
 /// Checks one row's effect on the daemon; registers anything that was created for cleanup.
@@ -1117,7 +1117,7 @@ fn effect_failure(effect: &Effect, victims: &[(&str, String)], cleanup: &mut Cle
             let failed: Vec<String> = all.iter().filter_map(|e| effect_failure(e, victims, cleanup)).collect();
             (!failed.is_empty()).then(|| failed.join("; "))
         }
-        Effect::NoPlugin(n) if docker(DIRECT, &["plugin", "ls", "--format", "{{.Name}}"]).lines().any(|l| l.contains(n.as_str())) => {
+        Effect::NoPlugin(n) if docker(direct(), &["plugin", "ls", "--format", "{{.Name}}"]).lines().any(|l| l.contains(n.as_str())) => {
             Some(format!("plugin {n} was installed"))
         }
         _ => None,
@@ -1135,8 +1135,8 @@ fn escape_corpus_is_refused_without_effect() {
     let (victim, stopped) = (unique("victim"), unique("stopped"));
     cleanup.container(&victim);
     cleanup.container(&stopped);
-    docker(DIRECT, &["run", "-d", "--name", &victim, BUSYBOX, "sleep", "600"]);
-    docker(DIRECT, &["create", "--name", &stopped, BUSYBOX, "sleep", "600"]);
+    docker(direct(), &["run", "-d", "--name", &victim, BUSYBOX, "sleep", "600"]);
+    docker(direct(), &["create", "--name", &stopped, BUSYBOX, "sleep", "600"]);
     assert_eq!(swarm_state(), "inactive", "the test daemon must not be in a swarm");
     let victims = [(victim.as_str(), snapshot(&victim)), (stopped.as_str(), snapshot(&stopped))];
 
@@ -1196,7 +1196,7 @@ fn harness_sees_effects_of_allowed_requests() {
     }
     cleanup.volume(&vol);
     cleanup.network(&net);
-    docker(DIRECT, &["run", "-d", "--name", &victim, BUSYBOX, "sleep", "600"]);
+    docker(direct(), &["run", "-d", "--name", &victim, BUSYBOX, "sleep", "600"]);
     let victims = [(victim.as_str(), snapshot(&victim)), (victim.as_str(), snapshot(&victim))];
     let send = |method: &str, path: &str, body: String| {
         let r =

@@ -121,7 +121,7 @@ fn dry_run_logs_but_refuses_nothing() {
     let name = unique("dry");
     c.container(&name);
     docker(&p.docker_host(), &["create", "--privileged", "--name", &name, BUSYBOX, "true"]);
-    assert_eq!(docker(DIRECT, &["inspect", &name, "--format", "{{.HostConfig.Privileged}}"]).trim(), "true");
+    assert_eq!(docker(direct(), &["inspect", &name, "--format", "{{.HostConfig.Privileged}}"]).trim(), "true");
     assert!(p.wait_log("would be refused (dry run)", Duration::from_secs(5)), "{}", p.log_text());
     assert!(p.log_text().contains("privileged mode"));
 }
@@ -164,7 +164,7 @@ ulimits = [{{ name = "nofile", soft = 2048, hard = 2048 }}]
 
     docker(&h, &["run", "-d", "--name", &plain, BUSYBOX, "sleep", "300"]);
     let fmt = "{{json .Config.Env}}|{{index .Config.Labels \"ci.job\"}}|{{.HostConfig.ExtraHosts}}|{{.HostConfig.Dns}}|{{.HostConfig.Memory}}|{{.HostConfig.NanoCpus}}|{{.HostConfig.PidsLimit}}|{{range .HostConfig.Ulimits}}{{.Name}}={{.Soft}}:{{.Hard}}{{end}}|{{.Config.User}}";
-    let got = docker(DIRECT, &["inspect", &plain, "--format", fmt]);
+    let got = docker(direct(), &["inspect", &plain, "--format", fmt]);
     let fields: Vec<&str> = got.trim().split('|').collect();
     assert!(fields[0].contains("CI=true") && fields[0].contains("LANG=C.UTF-8"), "{got}");
     assert_eq!(&fields[1..], ["42", "[cache.example:10.1.2.3]", "[10.9.9.9]", "134217728", "500000000", "64", "nofile=2048:2048", "65534"]);
@@ -202,7 +202,7 @@ ulimits = [{{ name = "nofile", soft = 2048, hard = 2048 }}]
             "300",
         ],
     );
-    let got = docker(DIRECT, &["inspect", &greedy, "--format", fmt]);
+    let got = docker(direct(), &["inspect", &greedy, "--format", fmt]);
     let fields: Vec<&str> = got.trim().split('|').collect();
     assert!(fields[0].contains("CI=true") && !fields[0].contains("CI=false") && fields[0].contains("LANG=fr"), "{got}");
     assert_eq!(&fields[1..], ["42", "[cache.example:10.1.2.3]", "[10.9.9.9]", "134217728", "500000000", "64", "nofile=2048:2048", "0"]);
@@ -211,7 +211,7 @@ ulimits = [{{ name = "nofile", soft = 2048, hard = 2048 }}]
     let out = docker_output(&h, &["update", "--memory", "1g", "--memory-swap", "1g", &plain]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not allowed by policy ci"), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(docker(DIRECT, &["inspect", &plain, "--format", "{{.HostConfig.Memory}}"]).trim(), "134217728");
+    assert_eq!(docker(direct(), &["inspect", &plain, "--format", "{{.HostConfig.Memory}}"]).trim(), "134217728");
     docker(&h, &["update", "--memory", "64m", "--memory-swap", "64m", &plain]);
-    assert_eq!(docker(DIRECT, &["inspect", &plain, "--format", "{{.HostConfig.Memory}}"]).trim(), "67108864");
+    assert_eq!(docker(direct(), &["inspect", &plain, "--format", "{{.HostConfig.Memory}}"]).trim(), "67108864");
 }

@@ -96,14 +96,14 @@ impl Setup {
         );
         let reply = http_exchange(&self.p.sock, &request, 1, LONG);
         assert_eq!(reply.first().map(|r| r.status), Some(201), "{:?}", reply.first().map(HttpReply::text));
-        docker(DIRECT, &["start", &name]);
+        docker(direct(), &["start", &name]);
         name
     }
 }
 
 /// `docker inspect` on the daemon's own socket.
 fn inspect(name: &str) -> Value {
-    let out = docker(DIRECT, &["inspect", name]);
+    let out = docker(direct(), &["inspect", name]);
     serde_json::from_str::<Value>(&out).expect("inspect JSON")[0].take()
 }
 
@@ -309,6 +309,6 @@ fn conservative_still_refuses_first() {
         let out = docker_output(&s.host(), &cmd);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(why) && err.contains("is not allowed by policy strict"), "docker {}: {err}", cmd.join(" "));
-        assert!(!docker_output(DIRECT, &["inspect", &name]).status.success(), "{name} was created");
+        assert!(!docker_output(direct(), &["inspect", &name]).status.success(), "{name} was created");
     }
 }

@@ -35,7 +35,7 @@ fn ok(p: &Proxy, args: &[&str]) -> String {
 }
 
 fn inspect(name: &str, format: &str) -> String {
-    docker(DIRECT, &["inspect", name, "--format", format]).trim().to_owned()
+    docker(direct(), &["inspect", name, "--format", format]).trim().to_owned()
 }
 
 #[test]
@@ -137,7 +137,7 @@ fn detached_container_and_logs_follow() {
         Some("Exited")
     );
     ok(&p, &["rm", &name]);
-    assert!(!docker_output(DIRECT, &["inspect", &name]).status.success());
+    assert!(!docker_output(direct(), &["inspect", &name]).status.success());
     assert_nothing_refused(&p);
 }
 
@@ -236,9 +236,9 @@ fn compose_project_with_volume_and_network() {
     assert_eq!(compose.run(&h, &["exec", "-T", "app", "sh", "-c", "echo $MODE"]), "dev\n");
     compose.run(&h, &["logs", "db"]);
     compose.run(&h, &["down", "-v", "-t", "1"]);
-    let left = docker(DIRECT, &["ps", "-a", "--filter", &format!("label=com.docker.compose.project={}", compose.project), "-q"]);
+    let left = docker(direct(), &["ps", "-a", "--filter", &format!("label=com.docker.compose.project={}", compose.project), "-q"]);
     assert!(left.trim().is_empty(), "containers left after down: {left}");
-    assert!(!docker_output(DIRECT, &["volume", "inspect", &format!("{}_data", compose.project)]).status.success());
+    assert!(!docker_output(direct(), &["volume", "inspect", &format!("{}_data", compose.project)]).status.success());
     assert_nothing_refused(&p);
 }
 
@@ -271,7 +271,7 @@ fn volumes_networks_and_images() {
     ok(&p, &["rm", "-f", &name]);
     ok(&p, &["network", "rm", &net]);
     ok(&p, &["volume", "rm", &vol]);
-    assert!(!docker_output(DIRECT, &["volume", "inspect", &vol]).status.success());
+    assert!(!docker_output(direct(), &["volume", "inspect", &vol]).status.success());
 
     ok(&p, &["tag", BUSYBOX, &tag]);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -279,7 +279,7 @@ fn volumes_networks_and_images() {
     ok(&p, &["save", "-o", archive.to_str().expect("utf-8"), &tag]);
     ok(&p, &["rmi", &tag]);
     ok(&p, &["load", "-i", archive.to_str().expect("utf-8")]);
-    assert!(docker_output(DIRECT, &["image", "inspect", &tag]).status.success());
+    assert!(docker_output(direct(), &["image", "inspect", &tag]).status.success());
     let src = unique("legit");
     c.container(&src);
     ok(&p, &["run", "--name", &src, BUSYBOX, "sh", "-c", "echo changed > /changed"]);
@@ -314,7 +314,7 @@ fn dry_run_refuses_nothing_and_logs_what_it_would_refuse() {
     assert!(line.contains("ctproxy::audit") && line.contains("privileged mode") && line.contains("policy=strict"), "{line}");
     assert!(!log.contains("request refused"), "a dry-run policy refused a request:\n{log}");
     ok(&p, &["rm", &name]);
-    assert!(!docker_output(DIRECT, &["inspect", &name]).status.success());
+    assert!(!docker_output(direct(), &["inspect", &name]).status.success());
 }
 
 /// The same privileged container without dry run: the control for the test above.
@@ -328,5 +328,5 @@ fn without_dry_run_the_same_run_is_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ctproxy: privileged mode (HostConfig.Privileged) is not allowed by policy strict"), "{err}");
-    assert!(!docker_output(DIRECT, &["inspect", &name]).status.success());
+    assert!(!docker_output(direct(), &["inspect", &name]).status.success());
 }

@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use ctproxy::config::RegistryProxyConfig;
@@ -16,7 +15,6 @@ use ctproxy::plugin::namespace::NsName;
 use ctproxy::registry::{RegistryProxy, TokenStore};
 use support::*;
 
-const DOCKER_SOCK: &str = "/var/run/docker.sock";
 const ALICE: (&str, &str) = ("alice", "alice-pw");
 const BOB: (&str, &str) = ("bob", "bob-pw");
 
@@ -113,7 +111,7 @@ enum Auth<'a> {
 /// One request to dockerd's own socket.
 fn daemon(method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpReply {
     let req = http_request(method, target, headers, body, BodyFraming::Length);
-    http_exchange(Path::new(DOCKER_SOCK), &req, 1, Duration::from_secs(180)).pop().expect("no response from dockerd")
+    http_exchange(direct_socket(), &req, 1, Duration::from_secs(180)).pop().expect("no response from dockerd")
 }
 
 fn registry_auth(token: &str) -> String {

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use rawhttp::{demux, Conn, End};
 use support::*;
 
-const DAEMON_SOCK: &str = "/var/run/docker.sock";
 const T: Duration = Duration::from_secs(15);
 
 fn get(path: &str) -> Vec<u8> {
@@ -34,14 +33,14 @@ fn chunked_response_then_pipelined_request() {
     let mut cleanup = Cleanup::new();
     let name = unique("relay-chunked");
     cleanup.container(&name);
-    docker(DIRECT, &["run", "--name", &name, BUSYBOX, "seq", "1", "20000"]);
+    docker(direct(), &["run", "--name", &name, BUSYBOX, "seq", "1", "20000"]);
     let path = format!("/v1.41/containers/{name}/logs?stdout=1");
     let mut c = Conn::unix(&p.sock, T);
     c.send(&[get(&path), get("/_ping")].concat());
     let logs = c.read_response();
     assert_eq!(logs.status, 200, "{logs:?}");
     assert_eq!(logs.header("transfer-encoding"), Some("chunked"), "{logs:?}");
-    let direct = once(Path::new(DAEMON_SOCK), &get(&path));
+    let direct = once(direct_socket(), &get(&path));
     assert_eq!(logs.body, direct.body);
     let expected: String = (1..=20000).map(|i| format!("{i}\n")).collect();
     assert_eq!(String::from_utf8_lossy(&demux(&logs.body).0), expected);
@@ -100,7 +99,7 @@ fn head_and_304_have_no_body() {
     let mut cleanup = Cleanup::new();
     let name = unique("relay-304");
     cleanup.container(&name);
-    docker(DIRECT, &["run", "-d", "--name", &name, BUSYBOX, "sleep", "300"]);
+    docker(direct(), &["run", "-d", "--name", &name, BUSYBOX, "sleep", "300"]);
     let mut c = Conn::unix(&p.sock, T);
     let start = format!("POST /v1.41/containers/{name}/start HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\n\r\n");
     c.send(&[b"HEAD /_ping HTTP/1.1\r\nHost: d\r\n\r\n".to_vec(), start.into_bytes(), get("/_ping")].concat());
@@ -118,7 +117,7 @@ fn upgrade_with_stdin_behind_the_head() {
     let mut cleanup = Cleanup::new();
     let name = unique("relay-upgrade");
     cleanup.container(&name);
-    docker(DIRECT, &["run", "-d", "--name", &name, BUSYBOX, "sleep", "300"]);
+    docker(direct(), &["run", "-d", "--name", &name, BUSYBOX, "sleep", "300"]);
     let create = br#"{"AttachStdin":true,"AttachStdout":true,"Cmd":["cat"]}"#;
     let mut c = Conn::unix(&p.sock, T);
     let id = rawhttp::exec_create(&mut c, &name, create);
@@ -152,7 +151,7 @@ fn client_leaving_a_follow_stream_is_noticed() {
     let mut cleanup = Cleanup::new();
     let name = unique("relay-follow");
     cleanup.container(&name);
-    docker(DIRECT, &["run", "-d", "--name", &name, BUSYBOX, "sh", "-c", "echo first; sleep 300"]);
+    docker(direct(), &["run", "-d", "--name", &name, BUSYBOX, "sh", "-c", "echo first; sleep 300"]);
     let mut c = Conn::unix(&p.sock, T);
     c.send(&get(&format!("/v1.41/events?filters=%7B%22container%22%3A%5B%22{name}%22%5D%7D")));
     let head = c.read_head();

@@ -51,7 +51,7 @@ client_ca = "{}"
     );
     let p = Proxy::start_with_config(&config, "d.sock");
     let version = ["version", "--format", "{{.Server.Version}}"];
-    let expected = docker(DIRECT, &version);
+    let expected = docker(direct(), &version);
     assert_eq!(docker(&p.docker_host(), &version), expected);
     assert_eq!(docker(&format!("tcp://127.0.0.1:{tcp_port}"), &version), expected);
     for cli in ["docker", DOCKER_2010] {
@@ -126,7 +126,7 @@ fn sigterm_lets_in_flight_requests_finish() {
     let mut c = Cleanup::new();
     let name = unique("term");
     c.container(&name);
-    docker(DIRECT, &["run", "-d", "--name", &name, BUSYBOX, "sh", "-c", "sleep 2; exit 7"]);
+    docker(direct(), &["run", "-d", "--name", &name, BUSYBOX, "sh", "-c", "sleep 2; exit 7"]);
     let waiter = docker_cmd("docker", &p.docker_host(), &["wait", &name]).stdout(Stdio::piped()).spawn().expect("docker wait");
     assert!(
         p.wait_log("/wait", Duration::from_secs(5)) || {
@@ -149,7 +149,7 @@ fn sigterm_grace_time_cuts_endless_streams() {
     let mut c = Cleanup::new();
     let name = unique("grace");
     c.container(&name);
-    docker(DIRECT, &["run", "-d", "--name", &name, BUSYBOX, "sleep", "300"]);
+    docker(direct(), &["run", "-d", "--name", &name, BUSYBOX, "sleep", "300"]);
     let mut follower = docker_cmd("docker", &p.docker_host(), &["logs", "-f", &name]).spawn().expect("logs -f");
     std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
@@ -219,7 +219,7 @@ fn legacy_raw_hijack_and_upgrade_form() {
     let mut c = Cleanup::new();
     let name = unique("hijack");
     c.container(&name);
-    docker(DIRECT, &["run", "-d", "-i", "--name", &name, BUSYBOX, "cat"]);
+    docker(direct(), &["run", "-d", "-i", "--name", &name, BUSYBOX, "cat"]);
     // The legacy form is answered as dockerd answers it (a transparent listener relays its bytes).
     for (upgrade, status) in [("", "HTTP/1.1 200 OK"), ("Connection: Upgrade\r\nUpgrade: tcp\r\n", "HTTP/1.1 101")] {
         let mut s = UnixStream::connect(&p.sock).expect("connect");
@@ -285,7 +285,7 @@ fn upstream_over_tls_with_a_client_certificate() {
     );
     let front = Proxy::start_with_config(&front, "d.sock");
     let version = ["version", "--format", "{{.Server.Version}}"];
-    assert_eq!(docker(&front.docker_host(), &version), docker(DIRECT, &version));
+    assert_eq!(docker(&front.docker_host(), &version), docker(direct(), &version));
     assert_eq!(docker(&front.docker_host(), &["run", "--rm", BUSYBOX, "echo", "via TLS"]), "via TLS\n");
     assert!(remote.log_text().contains("listener=remote"), "the request must have crossed the TLS hop");
 
@@ -304,10 +304,7 @@ fn all_api_versions_pass_through() {
     let p = Proxy::start();
     for path in ["/_ping", "/v1.12/_ping", "/v1.24/version", "/v1.040/version", "/v1.41/version", "/containers/json", "/v1.41.0/_ping"] {
         let req = format!("GET {path} HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n");
-        let (via, direct) = (
-            raw_unix(&p.sock, req.as_bytes()),
-            raw_request(std::path::Path::new("/var/run/docker.sock"), req.as_bytes(), Duration::from_secs(10)),
-        );
+        let (via, direct) = (raw_unix(&p.sock, req.as_bytes()), raw_request(direct_socket(), req.as_bytes(), Duration::from_secs(10)));
         let status = |r: &str| r.get(..12).map(str::to_owned);
         assert_eq!(status(&via), status(&String::from_utf8_lossy(&direct)), "{path}");
         assert!(via.starts_with("HTTP/1.1 200"), "{path}: {via}");

@@ -5,6 +5,7 @@
 //! run in parallel and a rerun after a crash never trips over leftovers.
 #![allow(dead_code)]
 
+pub mod jobs;
 pub mod origin;
 pub mod runner;
 
@@ -17,8 +18,18 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-/// The daemon's own socket: the reference every proxied result is compared with.
-pub const DIRECT: &str = "unix:///var/run/docker.sock";
+/// The daemon's own socket: the reference every proxied result is compared with, and ctproxy's
+/// upstream in every test. `CTPROXY_TEST_DOCKER_HOST` picks another daemon (`scripts/test` runs the
+/// suites once against Debian's dockerd 20.10 and once against Docker 28.5).
+pub fn direct() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| std::env::var("CTPROXY_TEST_DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned()))
+}
+
+/// The path of [`direct`]'s unix socket.
+pub fn direct_socket() -> &'static Path {
+    Path::new(direct().strip_prefix("unix://").unwrap_or("/var/run/docker.sock"))
+}
 /// The busybox image built by `scripts/test-env`.
 pub const BUSYBOX: &str = "ctproxy-test/busybox:latest";
 /// busybox plus the static docker CLI: a CI job image.
@@ -34,7 +45,7 @@ static ENV_CHECK: Once = Once::new();
 pub fn require_docker() {
     ENV_CHECK.call_once(|| {
         let out =
-            Command::new("docker").args(["image", "inspect", BUSYBOX, DOCKER_CLI_IMAGE, CI_IMAGE]).env("DOCKER_HOST", DIRECT).output();
+            Command::new("docker").args(["image", "inspect", BUSYBOX, DOCKER_CLI_IMAGE, CI_IMAGE]).env("DOCKER_HOST", direct()).output();
         match out {
             Ok(o) if o.status.success() => {}
             Ok(o) => {
@@ -88,9 +99,12 @@ impl Proxy {
     pub fn spawn(dir: tempfile::TempDir, sock: PathBuf, args: &[&str]) -> Proxy {
         let log = dir.path().join("ctproxy.log");
         let logf = std::fs::File::create(&log).expect("log file");
+        // Every test's ctproxy forwards to the daemon under test (a configuration's own
+        // `[upstream]` is overridden, as `--upstream` does).
         let child = Command::new(env!("CARGO_BIN_EXE_ctproxy"))
             .arg("serve")
             .args(args)
+            .args(["--upstream", direct()])
             .env("RUST_LOG", "info,ctproxy=debug")
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("log file"))
@@ -223,7 +237,7 @@ impl Drop for Cleanup {
                 "network" => vec!["network", "rm", name],
                 _ => vec!["rmi", "-f", name],
             };
-            let _ = docker_cmd("docker", DIRECT, &args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            let _ = docker_cmd("docker", direct(), &args).stdout(Stdio::null()).stderr(Stdio::null()).status();
         }
     }
 }
@@ -450,7 +464,7 @@ impl Compose {
 
 impl Drop for Compose {
     fn drop(&mut self) {
-        let _ = self.cmd(DIRECT, &["down", "-v", "-t", "0", "--remove-orphans"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = self.cmd(direct(), &["down", "-v", "-t", "0", "--remove-orphans"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
     }
 }
 

@@ -1,0 +1,183 @@
+//! A `ctproxy serve` with the job service on the runner's policies (`conservative` + `inject`
+//! limits, as in `runner-config/ctproxy-runner.toml`), and job sockets made over its control socket:
+//! what an attacker in a CI job talks to. Every security regression test goes through one of these,
+//! and checks on the daemon's own socket that nothing happened.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::*;
+
+/// The job namespace prefix of this test process: other test processes' servers share the daemon,
+/// and a reaper only touches its own prefix.
+pub fn job_prefix() -> String {
+    format!("s{}", std::process::id())
+}
+
+/// A ctproxy running the job service; `extra` is appended to its configuration (`{dir}` is its
+/// directory).
+pub struct JobHost {
+    pub proxy: Proxy,
+}
+
+/// One job's socket and namespace.
+pub struct JobSocket {
+    pub id: String,
+    /// `unix://…/docker.sock`, for `DOCKER_HOST`.
+    pub host: String,
+    pub socket: PathBuf,
+    /// The namespace on the daemon (`<prefix>-<id>`).
+    pub namespace: String,
+    control: PathBuf,
+}
+
+impl JobHost {
+    pub fn start() -> JobHost {
+        Self::start_with("")
+    }
+
+    pub fn start_with(extra: &str) -> JobHost {
+        let toml = format!(
+            r#"
+[listener.main]
+address = "unix://{{dir}}/docker.sock"
+[policy.conservative]
+kind = "conservative"
+[policy.limits]
+kind = "inject"
+[policy.limits.force]
+memory = "2g"
+pids_limit = 4096
+[namespaces]
+shared_images = ["ctproxy-test/*"]
+[jobs]
+control_socket = "{{dir}}/control.sock"
+dir = "{{dir}}/jobs"
+policies = ["conservative", "limits"]
+reap_interval_s = 5
+namespace_prefix = "{prefix}"
+{extra}
+"#,
+            prefix = job_prefix()
+        );
+        JobHost { proxy: Proxy::start_with_config(&toml, "control.sock") }
+    }
+
+    /// A new job (socket and namespace).
+    pub fn job(&self) -> JobSocket {
+        let id = unique("j").replace("ctproxy-test-", "");
+        let control = self.proxy.dir().join("control.sock");
+        let (status, job) = control_request(&control, "PUT", &format!("/jobs/{id}"), Some(r#"{"timeout_s": 900}"#));
+        assert_eq!(status, 200, "job create: {job}\n{}", self.proxy.log_text());
+        let socket = PathBuf::from(job["socket"].as_str().expect("job socket"));
+        JobSocket {
+            host: format!("unix://{}", socket.display()),
+            socket,
+            namespace: job["namespace"].as_str().expect("job namespace").to_owned(),
+            id,
+            control,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.proxy.log_text()
+    }
+
+    /// Whether ctproxy wrote an audit line that contains `needle` (lines are written asynchronously).
+    pub fn audited(&self, needle: &str) -> bool {
+        self.proxy.wait_log("ctproxy::audit", Duration::from_secs(5))
+            && self.proxy.wait_log(needle, Duration::from_secs(5))
+            && self.log_text().lines().any(|l| l.contains("ctproxy::audit") && l.contains(needle))
+    }
+}
+
+impl JobSocket {
+    /// The docker CLI (28) on this job's socket.
+    pub fn docker(&self, args: &[&str]) -> Output {
+        output_within(docker_cmd("docker", &self.host, args), None, Duration::from_secs(300), &args.join(" "))
+    }
+
+    /// The same, and it must succeed.
+    pub fn docker_ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        check(&out, args);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// A raw request on the job's socket: the status code and the JSON body.
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        http_json(&self.socket, method, path, body)
+    }
+
+    /// Everything on the daemon that carries this job's namespace label: containers, networks,
+    /// volumes (IDs or names).
+    pub fn on_daemon(&self) -> Vec<String> {
+        let label = format!("label=io.ctproxy.namespace={}", self.namespace);
+        let mut all = Vec::new();
+        for args in [
+            vec!["ps", "-aq", "--filter", &label],
+            vec!["network", "ls", "-q", "--filter", &label],
+            vec!["volume", "ls", "-q", "--filter", &label],
+        ] {
+            all.extend(docker(direct(), &args).split_whitespace().map(str::to_owned));
+        }
+        all
+    }
+
+    /// Removes the job: its listener and everything in its namespace.
+    pub fn remove(&self) {
+        let _ = control_request(&self.control, "DELETE", &format!("/jobs/{}", self.id), None);
+    }
+}
+
+impl Drop for JobSocket {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// One control request: the status code and the JSON body.
+pub fn control_request(control: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    http_json(control, method, path, body)
+}
+
+/// One HTTP/1.1 request on a unix socket, `Connection: close`: the status code and the body as JSON
+/// (`Value::String` of the text when it is not JSON).
+pub fn http_json(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let raw = raw_request(sock, req.as_bytes(), Duration::from_secs(120));
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let payload = text.split_once("\r\n\r\n").map(|(_, b)| b.trim()).unwrap_or("");
+    let payload = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(payload) } else { payload.to_owned() };
+    let json = serde_json::from_str(payload.trim()).unwrap_or(Value::String(payload));
+    (status, json)
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A refusal as the docker CLI shows it: non-zero exit, ctproxy's message on stderr.
+pub fn assert_refused(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected a refusal mentioning {needle:?}, but it succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(err.contains(needle), "expected a refusal mentioning {needle:?}, got: {err}");
+}
