@@ -24,6 +24,7 @@ use crate::http::Forwarder;
 use crate::http::Handler;
 use crate::jobs::{ControlHandler, JobManager};
 use crate::plugin::auth::{Authenticator, HttpAuth, TlsCertAuth, UnixPeerAuth};
+use crate::plugin::namespace::pool::NetworkPool;
 use crate::plugin::namespace::{self, Namespace, NsName, RegistryTokens};
 use crate::plugin::policy::{Conservative, Inject, Policy, PolicyChain};
 use crate::proxy::{DockerProxy, ListenerHandler, Pipeline};
@@ -195,6 +196,10 @@ fn namespace_settings(config: &Config, tokens: &Option<Arc<dyn RegistryTokens>>)
         shared_images: config.namespaces.shared_images.clone(),
         tokens: tokens.clone(),
         max_response: config.namespaces.max_response_bytes,
+        // Checked by `Config::validate`.
+        pool: NetworkPool::parse(&config.namespaces.network_pool, config.namespaces.network_prefix_len)
+            .ok()
+            .filter(|p| !p.ranges.is_empty()),
     })
 }
 

@@ -305,12 +305,28 @@ pub struct NamespacesConfig {
     /// Answers larger than this are not rewritten (lists of a very busy daemon).
     #[serde(default = "default_max_response")]
     pub max_response_bytes: usize,
+    /// Address ranges (CIDR) of namespace networks: every network a namespace creates gets a free
+    /// block of `network_prefix_len` from here, and a subnet a client chooses must lie inside.
+    /// Empty: the daemon's own pools, and namespaces may not choose subnets.
+    #[serde(default)]
+    pub network_pool: Vec<String>,
+    #[serde(default = "default_network_prefix_len")]
+    pub network_prefix_len: u8,
 }
 
 impl Default for NamespacesConfig {
     fn default() -> Self {
-        NamespacesConfig { shared_images: Vec::new(), max_response_bytes: default_max_response() }
+        NamespacesConfig {
+            shared_images: Vec::new(),
+            max_response_bytes: default_max_response(),
+            network_pool: Vec::new(),
+            network_prefix_len: default_network_prefix_len(),
+        }
     }
+}
+
+fn default_network_prefix_len() -> u8 {
+    24
 }
 
 fn default_max_response() -> usize {
@@ -632,6 +648,8 @@ impl Config {
                 crate::plugin::namespace::NsName::new(ns).map_err(|e| invalid(key("namespace"), &e.to_string()))?;
             }
         }
+        crate::plugin::namespace::pool::NetworkPool::parse(&self.namespaces.network_pool, self.namespaces.network_prefix_len)
+            .map_err(|e| invalid("namespaces.network_pool".into(), &e.to_string()))?;
         if let Some(j) = &self.jobs {
             crate::plugin::namespace::NsName::new(&format!("{}-x", j.namespace_prefix))
                 .map_err(|_| invalid("jobs.namespace_prefix".into(), "use lower-case letters, digits and single dashes"))?;

@@ -40,6 +40,11 @@ impl JobHost {
     }
 
     pub fn start_with(extra: &str) -> JobHost {
+        Self::start_with_namespaces("", extra)
+    }
+
+    /// With `namespaces` added to the `[namespaces]` section and `extra` at the end.
+    pub fn start_with_namespaces(namespaces: &str, extra: &str) -> JobHost {
         let toml = format!(
             r#"
 [listener.main]
@@ -53,6 +58,8 @@ memory = "2g"
 pids_limit = 4096
 [namespaces]
 shared_images = ["ctproxy-test/*"]
+network_pool = ["10.200.0.0/16"]
+{namespaces}
 [jobs]
 control_socket = "{{dir}}/control.sock"
 dir = "{{dir}}/jobs"

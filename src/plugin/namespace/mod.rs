@@ -20,6 +20,8 @@ pub mod daemon;
 pub mod destroy;
 pub mod filters;
 pub mod names;
+pub mod network;
+pub mod pool;
 pub mod request;
 pub mod resolve;
 pub mod response;
@@ -55,6 +57,8 @@ pub struct Settings {
     pub tokens: Option<Arc<dyn RegistryTokens>>,
     /// The largest answer buffered for rewriting (lists, inspect).
     pub max_response: usize,
+    /// Where namespace networks get their subnets (`None`: the daemon's pools, no chosen subnets).
+    pub pool: Option<pool::NetworkPool>,
 }
 
 /// One namespace, as a request sees it.

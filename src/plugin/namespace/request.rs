@@ -10,6 +10,7 @@ use hyper::Method;
 use serde_json::{Map, Value};
 
 use super::filters::{Filters, NameMatch};
+use super::network::is_predefined;
 use super::resolve::ImageRef;
 use super::response::{After, ListKind};
 use super::{Daemon, Namespace, NsError, NS_LABEL};
@@ -174,6 +175,11 @@ impl Namespace {
                 if req.query.get("remote").is_some_and(|r| !r.is_empty()) {
                     return Err(NsError::Refused("builds from a remote context are not available in a namespace".into()));
                 }
+                // `RUN` steps join a network like a container does: the namespace's own, never
+                // another's by its daemon-side name or ID.
+                let mode = req.query.get("networkmode").unwrap_or("").to_owned();
+                let network = self.build_network(daemon, &mode).await?;
+                req.query.set("networkmode", &network);
                 let tags: Vec<String> = req.query.get_all("t").map(str::to_owned).collect();
                 req.query.remove("t");
                 for t in tags {
@@ -221,23 +227,17 @@ impl Namespace {
                 After::NetworkInspect
             }
             NetworkDelete => {
+                if is_predefined(&typed) {
+                    return Ok(Prepared::Answer(
+                        hyper::StatusCode::FORBIDDEN,
+                        serde_json::json!({ "message": format!("{typed} is a pre-defined network and cannot be removed") }),
+                    ));
+                }
                 let name = self.network(daemon, &typed).await?;
                 req.route.set_target(&name);
                 After::Json
             }
-            NetworkCreate => {
-                if let Some(Value::Object(body)) = req.body {
-                    let name = body.get("Name").and_then(Value::as_str).unwrap_or("").to_owned();
-                    body.insert("Name".into(), Value::String(self.name.object(&name)?));
-                    self.set_label(body.entry("Labels").or_insert(Value::Null));
-                    if let Some(Value::Object(from)) = body.get_mut("ConfigFrom") {
-                        if let Some(n) = from.get("Network").and_then(Value::as_str).filter(|n| !n.is_empty()).map(str::to_owned) {
-                            from.insert("Network".into(), Value::String(self.network(daemon, &n).await?));
-                        }
-                    }
-                }
-                After::Json
-            }
+            NetworkCreate => return self.network_create(daemon, req.body).await,
             NetworkConnect | NetworkDisconnect => {
                 let net = self.network(daemon, &typed).await?;
                 req.route.set_target(&net);
@@ -245,8 +245,9 @@ impl Namespace {
                     let c = body.get("Container").and_then(Value::as_str).unwrap_or("").to_owned();
                     let id = self.container(daemon, &c).await?;
                     body.insert("Container".into(), Value::String(id));
-                    if let Some(Value::Object(ep)) = body.get_mut("EndpointConfig") {
+                    if let Some(ep) = body.get_mut("EndpointConfig").filter(|ep| ep.is_object()) {
                         self.mangle_links(ep.get_mut("Links"))?;
+                        self.endpoint_network_id(daemon, ep, &net).await?;
                     }
                     if endpoint == NetworkConnect && !is_predefined(&net) && self.name.object(&c).is_ok() {
                         // The container answers to the name its namespace knows it by.
@@ -383,7 +384,7 @@ impl Namespace {
     }
 
     /// Labels a namespace object as its own (and drops any reserved label the client set).
-    fn set_label(&self, labels: &mut Value) {
+    pub(super) fn set_label(&self, labels: &mut Value) {
         if !labels.is_object() {
             *labels = Value::Object(Map::new());
         }
@@ -468,8 +469,11 @@ impl Namespace {
                 }
             }
             ListKind::Volumes => f.add("label", self.label_filter()),
-            // Predefined networks have no label: ownership is judged on the answer.
-            ListKind::Networks => {}
+            // Predefined networks have no label: ownership is judged on the answer. The
+            // namespace's own `bridge` is listed as soon as it is asked for, as the daemon's is.
+            ListKind::Networks => {
+                self.default_network(daemon).await?;
+            }
             ListKind::Images => {
                 refs = f.take("reference");
                 for key in ["before", "since"] {
@@ -595,6 +599,10 @@ impl Namespace {
     /// `POST /containers/create`: every name in the body, and the ownership label.
     async fn create_body(&self, daemon: &Daemon, body: &mut Value, name: &str) -> Result<(), NsError> {
         let Value::Object(body) = body else { return Ok(()) };
+        // The default network is the namespace's own, even when the body has no HostConfig.
+        if !body.get("HostConfig").is_some_and(Value::is_object) {
+            body.insert("HostConfig".into(), Value::Object(Map::new()));
+        }
         self.set_label(body.entry("Labels").or_insert(Value::Null));
         if let Some(img) = body.get("Image").and_then(Value::as_str).filter(|i| !i.is_empty()).map(str::to_owned) {
             let daemon_name = match Reference::parse(&img) {
@@ -610,7 +618,7 @@ impl Namespace {
             };
             body.insert("Image".into(), Value::String(daemon_name));
         }
-        let Some(Value::Object(host)) = body.get_mut("HostConfig") else { return self.endpoints(daemon, body, None, name).await };
+        let Some(Value::Object(host)) = body.get_mut("HostConfig") else { return Ok(()) };
         if let Some(Value::Array(binds)) = host.get_mut("Binds") {
             for b in binds.iter_mut() {
                 let Some(s) = b.as_str() else { continue };
@@ -660,10 +668,12 @@ impl Namespace {
             let id = self.container(daemon, c).await?;
             host.insert("NetworkMode".into(), Value::String(format!("container:{id}")));
             None
-        } else if mode.is_empty() || is_predefined(&mode) {
+        } else if matches!(mode.as_str(), "host" | "none") {
             None
         } else {
-            let net = self.network(daemon, &mode).await?;
+            // No mode, `default` and `bridge` are the namespace's own default network, as dockerd
+            // turns them into its default `bridge`.
+            let net = if mode.is_empty() { self.default_network(daemon).await? } else { self.network(daemon, &mode).await? };
             host.insert("NetworkMode".into(), Value::String(net.clone()));
             Some((mode, net))
         };
@@ -692,13 +702,16 @@ impl Namespace {
             if let Value::Object(e) = &mut ep {
                 self.mangle_links(e.get_mut("Links"))?;
             }
+            self.endpoint_network_id(daemon, &mut ep, &resolved).await?;
             if !is_predefined(&resolved) {
                 add_alias(&mut ep, name);
             }
             out.insert(resolved, ep);
         }
+        // The mode's network gets the container's name as an alias too, unless the client named
+        // other networks only (one endpoint is all an API < 1.44 create may have).
         if let Some((_, resolved)) = mode {
-            if !out.contains_key(&resolved) {
+            if out.is_empty() {
                 let mut ep = Value::Object(Map::new());
                 add_alias(&mut ep, name);
                 out.insert(resolved, ep);
@@ -744,10 +757,6 @@ where
     let ctx = crate::docker::buildctx::RewrittenContext::new(body, Some(name), 16 << 20, Box::new(f))
         .map_err(|e| NsError::Malformed(e.to_string()))?;
     Ok(http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(ctx, |e| Box::new(e) as crate::http::BoxError)))
-}
-
-fn is_predefined(net: &str) -> bool {
-    matches!(net, "bridge" | "host" | "none" | "default")
 }
 
 fn add_alias(ep: &mut Value, alias: &str) {

@@ -195,7 +195,8 @@ impl Namespace {
                 items.retain_mut(|n| {
                     let name = n.get("Name").and_then(Value::as_str).unwrap_or("").to_owned();
                     let own = self.owns_labels(n.get("Labels"));
-                    let predefined = matches!(name.as_str(), "bridge" | "host" | "none");
+                    // The daemon's `bridge` is replaced by the namespace's own (see `network`).
+                    let predefined = matches!(name.as_str(), "host" | "none");
                     if predefined {
                         if let Some(Value::Object(cs)) = n.get_mut("Containers") {
                             cs.clear();
