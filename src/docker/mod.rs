@@ -6,6 +6,8 @@
 pub mod auth_config;
 pub mod buildctx;
 pub mod endpoint;
+pub mod image_archive;
+pub mod image_create;
 pub mod json;
 pub mod query;
 pub mod reference;

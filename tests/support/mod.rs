@@ -91,7 +91,11 @@ impl Proxy {
         require_docker();
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("ctproxy.toml");
-        std::fs::write(&config, toml.replace("{dir}", &dir.path().display().to_string())).expect("write config");
+        let mut text = toml.replace("{dir}", &dir.path().display().to_string());
+        if !text.contains("[upstream]") {
+            text = format!("[upstream]\nurl = \"{}\"\n{text}", direct());
+        }
+        std::fs::write(&config, text).expect("write config");
         let sock = dir.path().join(wait_sock);
         Self::spawn(dir, sock, &["--config", config.to_str().expect("utf-8 path")])
     }
@@ -99,12 +103,13 @@ impl Proxy {
     pub fn spawn(dir: tempfile::TempDir, sock: PathBuf, args: &[&str]) -> Proxy {
         let log = dir.path().join("ctproxy.log");
         let logf = std::fs::File::create(&log).expect("log file");
-        // Every test's ctproxy forwards to the daemon under test (a configuration's own
-        // `[upstream]` is overridden, as `--upstream` does).
+        // Every test's ctproxy forwards to the daemon under test, unless the test says otherwise
+        // (configurations get an `[upstream]` in `start_with_config`).
+        let upstream: &[&str] = if args.iter().any(|a| *a == "--upstream" || *a == "--config") { &[] } else { &["--upstream", direct()] };
         let child = Command::new(env!("CARGO_BIN_EXE_ctproxy"))
             .arg("serve")
             .args(args)
-            .args(["--upstream", direct()])
+            .args(upstream)
             .env("RUST_LOG", "info,ctproxy=debug")
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("log file"))

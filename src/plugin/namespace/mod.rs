@@ -11,11 +11,13 @@
 //! - [`resolve`]: a client's reference (name, ID, ID prefix) to an object the namespace owns, or the
 //!   daemon's own not-found answer;
 //! - [`request`]: per-endpoint rewriting of paths, queries, headers and JSON bodies;
-//! - [`response`]: de-mangling and filtering of answers, buffered or streamed line by line.
+//! - [`response`]: de-mangling and filtering of answers, buffered or streamed line by line;
+//! - [`archive`]: image names inside `docker load` bodies and `docker save` answers.
 //!
 //! Ownership lives on the daemon (the [`NS_LABEL`] label, image tags under the namespace's prefix),
 //! so a restarted ctproxy needs no state of its own to give every namespace exactly its own world.
 
+pub mod archive;
 pub mod daemon;
 pub mod destroy;
 pub mod filters;

@@ -9,6 +9,7 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::Method;
 use serde_json::{Map, Value};
 
+use super::archive::LoadGuard;
 use super::filters::{Filters, NameMatch};
 use super::network::is_predefined;
 use super::resolve::ImageRef;
@@ -62,7 +63,18 @@ impl Namespace {
             Info => After::Info,
             SystemDf => After::SystemDf,
             Events => self.events_query(daemon, req.query).await?,
-            Auth | ImageSearch | DistributionInspect => After::Pass,
+            Auth => After::Pass,
+            ImageSearch => {
+                search_on_hub(req.query.get("term").unwrap_or(""))?;
+                After::Pass
+            }
+            // dockerd asks the image's registry itself: through the registry proxy, as a pull.
+            DistributionInspect => {
+                let r = Reference::parse(&typed).map_err(|e| NsError::Malformed(format!("invalid reference format: {e}")))?;
+                req.route.set_target(&self.name.image(&self.settings.registry, &r)?.to_string());
+                self.registry_auth(req.headers, &X_REGISTRY_AUTH)?;
+                After::Json
+            }
 
             ContainerList => self.list_query(req.query, ListKind::Containers, daemon).await?,
             ContainerCreate => {
@@ -116,6 +128,7 @@ impl Namespace {
             Commit => {
                 let id = self.container(daemon, req.query.get("container").unwrap_or("")).await?;
                 req.query.set("container", &id);
+                check_changes(req.query)?;
                 self.mangle_repo_tag(req.query)?;
                 if let Some(Value::Object(cfg)) = req.body {
                     strip_reserved_labels(cfg.get_mut("Labels"));
@@ -127,7 +140,12 @@ impl Namespace {
             ImageInspect | ImageHistory => {
                 let img = self.image(daemon, &typed).await?;
                 req.route.set_target(img.daemon_name());
-                After::Json
+                // By ID, the answer carries every namespace's tags of the image.
+                if endpoint == ImageInspect {
+                    After::ImageInspect
+                } else {
+                    After::ImageHistory
+                }
             }
             ImageTag => {
                 let img = self.image(daemon, &typed).await?;
@@ -159,7 +177,9 @@ impl Namespace {
                         "image {typed} is shared by the administrator and cannot be pushed; tag it first"
                     )));
                 }
-                let m = self.name.image(&self.settings.registry, &Reference { tag: None, digest: None, ..r })?;
+                // The name as typed (its tag too: without one, dockerd pushes every tag), `tag` as sent.
+                let typed_ref = Reference::parse(&typed).map_err(|_| NsError::no_image(&typed))?;
+                let m = self.name.image(&self.settings.registry, &typed_ref)?;
                 req.route.set_target(&m.to_string());
                 self.registry_auth(req.headers, &X_REGISTRY_AUTH)?;
                 After::Lines
@@ -299,7 +319,8 @@ impl Namespace {
             ImageLoad => {
                 req.headers.remove(hyper::header::CONTENT_LENGTH);
                 req.headers.remove(hyper::header::CONTENT_ENCODING);
-                return Ok(Prepared::ForwardBody(After::Lines, self.load_rewrite()));
+                let guard = LoadGuard::default();
+                return Ok(Prepared::ForwardBody(After::Load(guard.clone()), self.load_rewrite(guard)));
             }
             _ => return Err(NsError::Refused(format!("{} is not available in a namespace", endpoint.name()))),
         };
@@ -347,40 +368,19 @@ impl Namespace {
         }))
     }
 
-    /// `docker load`: the image names inside the tar (`manifest.json` tags, `repositories` keys)
-    /// become the namespace's, so a load can never create or overwrite a name outside it.
-    fn load_rewrite(&self) -> BodyRewrite {
+    /// `docker load`: every image name the daemon reads from the tar (`manifest.json` tags,
+    /// `repositories` keys, `index.json` annotations) becomes the namespace's, so a load can never
+    /// create or overwrite a name outside it (`super::archive`). A refusal cuts the body short and
+    /// is recorded in `guard`, which answers the client instead of the daemon.
+    fn load_rewrite(&self, guard: LoadGuard) -> BodyRewrite {
+        use crate::docker::image_archive::{INDEX_JSON, MANIFEST_JSON, REPOSITORIES_FILE};
         let ns = self.clone();
         Box::new(move |body| {
-            let (m, r) = (ns.clone(), ns.clone());
-            let manifest = tar_member(body, "manifest.json", move |text| {
-                let mut v: Value = serde_json::from_str(text).map_err(|e| format!("manifest.json: {e}"))?;
-                for entry in v.as_array_mut().into_iter().flatten() {
-                    if let Some(Value::Array(tags)) = entry.get_mut("RepoTags") {
-                        for t in tags.iter_mut() {
-                            let typed = t.as_str().unwrap_or("").to_owned();
-                            *t = Value::String(m.load_name(&typed)?.to_string());
-                        }
-                    }
-                }
-                serde_json::to_string(&v).map_err(|e| e.to_string())
-            })?;
-            let repositories = tar_member(manifest, "repositories", move |text| {
-                let v: Map<String, Value> = serde_json::from_str(text).map_err(|e| format!("repositories: {e}"))?;
-                let mut out = Map::new();
-                for (repo, tags) in v {
-                    out.insert(r.load_name(&repo)?.name(), tags);
-                }
-                serde_json::to_string(&out).map_err(|e| e.to_string())
-            })?;
-            Ok(http_body_util::BodyExt::boxed_unsync(repositories))
+            let b = tar_member(body, MANIFEST_JSON, guard.member(ns.clone(), Namespace::load_manifest))?;
+            let b = tar_member(b, REPOSITORIES_FILE, guard.member(ns.clone(), Namespace::load_repositories))?;
+            let b = tar_member(b, INDEX_JSON, guard.member(ns, Namespace::load_index))?;
+            Ok(http_body_util::BodyExt::boxed_unsync(guard.watch(b)))
         })
-    }
-
-    /// A name inside a loaded tar: always the namespace's (even a shared image's name).
-    fn load_name(&self, typed: &str) -> Result<Reference, String> {
-        let r = Reference::parse(typed).map_err(|e| format!("{typed}: {e}"))?;
-        self.name.image(&self.settings.registry, &r).map_err(|e| e.to_string())
     }
 
     /// Labels a namespace object as its own (and drops any reserved label the client set).
@@ -394,13 +394,14 @@ impl Namespace {
         }
     }
 
-    /// `repo` and `tag` of commit, tag and import: the target image name.
+    /// `repo` and `tag` of commit, tag and import: the target image name. A digest stays, for
+    /// dockerd to refuse it as it does (`cannot import digest reference`).
     fn mangle_repo_tag(&self, q: &mut Query) -> Result<(), NsError> {
         let Some(repo) = q.get("repo").filter(|r| !r.is_empty()).map(str::to_owned) else { return Ok(()) };
         let r = Reference::parse(&repo).map_err(|e| NsError::Malformed(format!("invalid reference {repo:?}: {e}")))?;
         let tag = q.get("tag").filter(|t| !t.is_empty()).map(str::to_owned).or(r.tag.clone());
-        let m = self.name.image(&self.settings.registry, &Reference { tag: None, digest: None, ..r })?;
-        q.set("repo", &m.name());
+        let m = self.name.image(&self.settings.registry, &Reference { tag: None, ..r })?;
+        q.set("repo", &m.to_string());
         if let Some(t) = tag {
             q.set("tag", &t);
         }
@@ -462,10 +463,7 @@ impl Namespace {
                     f.add("volume", mapped);
                 }
                 for v in f.take("ancestor") {
-                    match self.image(daemon, &v).await {
-                        Ok(img) => f.add("ancestor", img.daemon_name().to_owned()),
-                        Err(_) => f.add("ancestor", v),
-                    }
+                    f.add("ancestor", self.image_filter(daemon, &v).await?);
                 }
             }
             ListKind::Volumes => f.add("label", self.label_filter()),
@@ -505,10 +503,7 @@ impl Namespace {
             }
         }
         for v in f.take("image") {
-            match self.image(daemon, &v).await {
-                Ok(img) => f.add("image", img.daemon_name().to_owned()),
-                Err(_) => f.add("image", v),
-            }
+            f.add("image", self.image_filter(daemon, &v).await?);
         }
         if !f.0.is_empty() {
             q.set("filters", &f.encode());
@@ -516,19 +511,27 @@ impl Namespace {
         Ok(After::Events)
     }
 
-    /// `POST /images/create`: a pull (through the registry proxy) or an import (`fromSrc=-`).
+    /// `POST /images/create`, in the branch dockerd takes (`docker::image_create`: `fromImage`
+    /// first): a pull goes through the registry proxy with the namespace's token, an import of the
+    /// request body gets the namespace's name, and an import of a URL is refused (dockerd would
+    /// download it itself, from wherever it can reach, past the registry proxy's SSRF check).
     async fn image_create(&self, daemon: &Daemon, q: &mut Query, headers: &mut HeaderMap) -> Result<Prepared, NsError> {
-        if q.get("fromSrc").is_some_and(|s| !s.is_empty()) {
-            self.mangle_repo_tag(q)?;
-            return Ok(Prepared::Forward(After::Lines));
-        }
-        let from = q.get("fromImage").unwrap_or("").to_owned();
-        let r = Reference::parse(from.trim_end_matches(':')).map_err(|e| NsError::Malformed(format!("invalid reference format: {e}")))?;
-        let r = match q.get("tag").filter(|t| !t.is_empty()) {
-            Some(t) if t.contains(':') => Reference { digest: Some(t.to_owned()), ..r },
-            Some(t) => Reference { tag: Some(t.to_owned()), ..r },
-            None => r,
+        use crate::docker::image_create::{classify, ImageCreate};
+        let (from_image, tag) = match classify(q) {
+            ImageCreate::ImportUrl { url } => {
+                return Err(NsError::Refused(format!(
+                    "importing an image from a URL the daemon downloads (fromSrc={url}) is not available in a namespace; send the archive in the request body (fromSrc=-)"
+                )))
+            }
+            ImageCreate::ImportBody => {
+                check_changes(q)?;
+                self.mangle_repo_tag(q)?;
+                return Ok(Prepared::Forward(After::Lines));
+            }
+            ImageCreate::Pull { from_image, tag } => (from_image.to_owned(), tag.to_owned()),
         };
+        let typed = Reference::parse(&from_image).map_err(|e| NsError::Malformed(format!("invalid reference format: {e}")))?;
+        let r = pull_target(&typed, &tag);
         let repo = Reference { tag: None, digest: None, ..r.clone() }.familiar();
         if self.is_shared(&repo) {
             // Shared images are the administrator's: a namespace uses the local copy, never refreshes it.
@@ -541,10 +544,64 @@ impl Namespace {
                 None => Err(NsError::Refused(format!("image {} is shared by the administrator but not present", r.familiar()))),
             };
         }
-        let m = self.name.image(&self.settings.registry, &Reference { tag: None, digest: None, ..r.clone() })?;
-        q.set("fromImage", &m.name());
+        // `fromImage` as typed (tag and digest included), `tag` as sent: dockerd combines them into
+        // the same reference as it would have, in the namespace's repository.
+        let m = self.name.image(&self.settings.registry, &typed)?;
+        q.set("fromImage", &m.to_string());
         self.registry_auth(headers, &X_REGISTRY_AUTH)?;
         Ok(Prepared::Forward(After::Lines))
+    }
+
+    /// An image a container uses (`Config.Image`, an image mount's `Source`) → the daemon-side
+    /// name: an image the namespace owns or shares (by name, ID or ID prefix), else, for a name, the
+    /// namespace's own (missing) name so that the daemon answers its own not-found with it. An ID
+    /// the namespace does not hold is not found, whoever holds it.
+    async fn image_to_use(&self, daemon: &Daemon, typed: &str) -> Result<String, NsError> {
+        if typed.starts_with("sha256:") || (typed.len() == 64 && typed.bytes().all(|b| b.is_ascii_hexdigit())) {
+            return Ok(self.image(daemon, typed).await?.daemon_name().to_owned());
+        }
+        let r = Reference::parse(typed).map_err(|e| NsError::Malformed(format!("invalid reference format: {e}")))?;
+        match self.image(daemon, typed).await {
+            Ok(found) => Ok(found.daemon_name().to_owned()),
+            Err(NsError::NotFound(_)) => self.image_name(&r),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `HostConfig.Mounts` of type `image` (API 1.48): the container reads the `Source` image, which
+    /// dockerd resolves by name, ID or ID prefix like `Config.Image`, so it is resolved the same way.
+    async fn image_mounts(&self, daemon: &Daemon, host: &mut Map<String, Value>) -> Result<(), NsError> {
+        let Some(Value::Array(mounts)) = host.get_mut("Mounts") else { return Ok(()) };
+        for m in mounts.iter_mut() {
+            // dockerd compares the type exactly (`mount.TypeImage`); any other spelling is refused by it.
+            if m.get("Type").and_then(Value::as_str) != Some("image") {
+                continue;
+            }
+            let Some(src) = m.get("Source").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned) else { continue };
+            let resolved = self.image_to_use(daemon, &src).await?;
+            m["Source"] = Value::String(resolved);
+        }
+        Ok(())
+    }
+
+    /// An image in a list or events filter (`ancestor`, `image`): the daemon-side name of an image
+    /// the namespace may use; anything else becomes a name that exists nowhere, so the filter
+    /// matches nothing, as the daemon's filter does for an image that does not exist (an ID or
+    /// prefix of another namespace's image must not select anything).
+    async fn image_filter(&self, daemon: &Daemon, typed: &str) -> Result<String, NsError> {
+        match self.image(daemon, typed).await {
+            Ok(img) => Ok(img.daemon_name().to_owned()),
+            Err(NsError::NotFound(_)) => {
+                let nothing = Reference::parse(typed).unwrap_or_else(|_| Reference {
+                    domain: crate::docker::reference::DEFAULT_DOMAIN.into(),
+                    path: "ctproxy/no-such-image".into(),
+                    tag: None,
+                    digest: None,
+                });
+                Ok(self.name.image(&self.settings.registry, &nothing)?.to_string())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// `DELETE /images/{id}` by ID: each of the namespace's tags is removed; the daemon deletes the
@@ -605,20 +662,10 @@ impl Namespace {
         }
         self.set_label(body.entry("Labels").or_insert(Value::Null));
         if let Some(img) = body.get("Image").and_then(Value::as_str).filter(|i| !i.is_empty()).map(str::to_owned) {
-            let daemon_name = match Reference::parse(&img) {
-                // An ID (or ID prefix) the namespace owns, else the (possibly missing) own name.
-                _ if img.starts_with("sha256:") || (img.len() == 64 && img.bytes().all(|b| b.is_ascii_hexdigit())) => {
-                    self.image(daemon, &img).await?.daemon_name().to_owned()
-                }
-                Ok(r) => match self.image(daemon, &img).await {
-                    Ok(found) => found.daemon_name().to_owned(),
-                    Err(_) => self.image_name(&r)?,
-                },
-                Err(e) => return Err(NsError::Malformed(format!("invalid reference format: {e}"))),
-            };
-            body.insert("Image".into(), Value::String(daemon_name));
+            body.insert("Image".into(), Value::String(self.image_to_use(daemon, &img).await?));
         }
         let Some(Value::Object(host)) = body.get_mut("HostConfig") else { return Ok(()) };
+        self.image_mounts(daemon, host).await?;
         if let Some(Value::Array(binds)) = host.get_mut("Binds") {
             for b in binds.iter_mut() {
                 let Some(s) = b.as_str() else { continue };
@@ -759,6 +806,56 @@ where
     Ok(http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(ctx, |e| Box::new(e) as crate::http::BoxError)))
 }
 
+/// The reference dockerd pulls for `fromImage` and `tag` (moby `postImagesCreate`): a `tag` that
+/// is a digest replaces tag and digest, any other `tag` replaces the tag.
+fn pull_target(from_image: &Reference, tag: &str) -> Reference {
+    if tag.is_empty() {
+        return from_image.clone();
+    }
+    if Reference::parse(&format!("x@{tag}")).is_ok() {
+        return Reference { tag: None, digest: Some(tag.to_owned()), ..from_image.clone() };
+    }
+    Reference { tag: Some(tag.to_owned()), ..from_image.clone() }
+}
+
+/// `changes` of import and commit are Dockerfile instructions applied to the new image's config.
+/// `ONBUILD` stores a trigger that a later build runs with the legacy builder, which resolves a
+/// trigger's `COPY --from` against every namespace's images: refused in a namespace. dockerd joins
+/// every `changes` value with newlines and parses the result as a Dockerfile, whose line
+/// continuations (with either escape character) may split the keyword across values and skip
+/// comment lines in between: the check looks at the joined text with escapes and blanks removed,
+/// with and without its comment lines, so no spelling the parser would join gets through (a
+/// mention of the word elsewhere is refused too).
+fn check_changes(q: &Query) -> Result<(), NsError> {
+    let joined = q.get_all("changes").collect::<Vec<_>>().join("\n");
+    let squash = |lines: &mut dyn Iterator<Item = &str>| -> String {
+        lines.flat_map(str::chars).filter(|c| !c.is_whitespace() && !matches!(c, '\\' | '`')).flat_map(char::to_lowercase).collect()
+    };
+    let all = squash(&mut joined.lines());
+    let code = squash(&mut joined.lines().filter(|l| !l.trim_start().starts_with('#')));
+    if all.contains("onbuild") || code.contains("onbuild") {
+        return Err(NsError::Refused(
+            "ONBUILD in changes is not available in a namespace (a later build would run the trigger against every namespace's images)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `GET /images/search`: dockerd queries the registry named in the term itself (plain HTTP for
+/// loopback and insecure registries), past the registry proxy: only Docker Hub is searched from a
+/// namespace (moby `splitReposSearchTerm`, `normalizeIndexName`).
+fn search_on_hub(term: &str) -> Result<(), NsError> {
+    let index = match term.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first,
+        _ => return Ok(()),
+    };
+    if matches!(index, "docker.io" | "index.docker.io") {
+        return Ok(());
+    }
+    Err(NsError::Refused(format!("searching the registry {index} is not available in a namespace (the daemon would contact it directly)")))
+}
+
 fn add_alias(ep: &mut Value, alias: &str) {
     if !ep.is_object() {
         *ep = Value::Object(Map::new());
@@ -798,4 +895,57 @@ fn random_hex64() -> String {
     let mut b = [0u8; 32];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod image_tests {
+    use super::*;
+
+    #[test]
+    fn pull_target_combines_like_dockerd() {
+        let r = |s: &str| Reference::parse(s).unwrap();
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(pull_target(&r("busybox:1"), ""), r("busybox:1"));
+        assert_eq!(pull_target(&r("busybox:1"), "2"), r("busybox:2"));
+        // A digest replaces tag and digest; a tag keeps the digest.
+        assert_eq!(pull_target(&r("busybox:1"), &d), r(&format!("busybox@{d}")));
+        assert_eq!(pull_target(&r(&format!("busybox@{d}")), "3").to_string(), format!("docker.io/library/busybox:3@{d}"));
+    }
+
+    #[test]
+    fn changes_with_onbuild_are_refused_in_every_spelling() {
+        let q = |changes: &[&str]| {
+            let mut q = Query::default();
+            for c in changes {
+                q.push("changes", c);
+            }
+            q
+        };
+        assert!(check_changes(&q(&["ENV A=1", "CMD [\"sh\"]", "LABEL a=b"])).is_ok());
+        for bad in [
+            "ONBUILD COPY --from=x / /",
+            "onbuild RUN true",
+            "  OnBuild RUN true",
+            "ON\\\nBUILD RUN x",
+            "ON`\nBUILD RUN x",
+            "ENV A=1\nONBUILD RUN x",
+            "ON\\\n# a comment the parser skips\nBUILD RUN x",
+        ] {
+            let e = check_changes(&q(&["ENV A=1", bad])).unwrap_err();
+            assert_eq!(e.status(), hyper::StatusCode::FORBIDDEN, "{bad:?}");
+        }
+        // Split across two values: dockerd joins them with a newline, and the escape continues the line.
+        assert!(check_changes(&q(&["ON\\", "BUILD RUN x"])).is_err());
+        assert!(check_changes(&q(&["ON`", "# c", "BUILD RUN x"])).is_err());
+    }
+
+    #[test]
+    fn search_stays_on_docker_hub() {
+        for ok in ["busybox", "team/app", "docker.io/library/x", "index.docker.io/x", "a_b/c"] {
+            assert!(search_on_hub(ok).is_ok(), "{ok}");
+        }
+        for bad in ["127.0.0.1:8080/x", "localhost/x", "registry.example.com/x", "host:5000/a/b"] {
+            assert_eq!(search_on_hub(bad).unwrap_err().status(), hyper::StatusCode::FORBIDDEN, "{bad}");
+        }
+    }
 }
