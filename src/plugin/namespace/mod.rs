@@ -16,8 +16,10 @@
 //! Ownership lives on the daemon (the [`NS_LABEL`] label, image tags under the namespace's prefix),
 //! so a restarted ctproxy needs no state of its own to give every namespace exactly its own world.
 
+mod build;
 pub mod daemon;
 pub mod destroy;
+pub mod fetch;
 pub mod filters;
 pub mod names;
 pub mod request;
