@@ -18,8 +18,10 @@
 //! so a restarted ctproxy needs no state of its own to give every namespace exactly its own world.
 
 pub mod archive;
+mod build;
 pub mod daemon;
 pub mod destroy;
+pub mod fetch;
 pub mod filters;
 pub mod names;
 pub mod network;

@@ -329,13 +329,19 @@ impl Namespace {
 
     /// The build context's Dockerfile, with every image it names (`FROM`, `COPY --from`) turned
     /// into the namespace's own reference: the daemon would resolve them against every namespace's
-    /// images, by name and by ID prefix.
-    async fn dockerfile_rewrite(&self, daemon: &Daemon, q: &Query) -> Result<BodyRewrite, NsError> {
-        use crate::docker::buildctx::{rewrite_dockerfile, RewrittenContext};
+    /// images, by name and by ID prefix. Base images are checked and pinned, and `ADD <url>` is
+    /// downloaded by ctproxy (`build.rs`). `pull` is taken out of the query: ctproxy pulls the base
+    /// images itself, and the daemon could not pull the image IDs the `FROM`s are pinned to.
+    async fn dockerfile_rewrite(&self, daemon: &Daemon, q: &mut Query) -> Result<BodyRewrite, NsError> {
+        use crate::docker::buildctx::RewrittenContext;
         let build_args: std::collections::HashMap<String, Option<String>> = match q.get("buildargs").filter(|b| !b.is_empty()) {
             Some(b) => serde_json::from_str(b).map_err(|e| NsError::Malformed(format!("invalid buildargs: {e}")))?,
             None => Default::default(),
         };
+        // dockerd's httputils.BoolValue.
+        let pull =
+            q.get("pull").map(|p| p.trim().to_ascii_lowercase()).is_some_and(|p| !matches!(p.as_str(), "" | "0" | "no" | "false" | "none"));
+        q.remove("pull");
         // Image IDs the namespace may name: those of its own and of shared images.
         let images = daemon.list("/images/json").await?;
         let ids: Vec<String> = images
@@ -343,27 +349,11 @@ impl Namespace {
             .filter(|img| !self.own_tags(img).is_empty() || self.shared_tags(img).next().is_some())
             .filter_map(|img| img.get("Id").and_then(Value::as_str).map(str::to_owned))
             .collect();
-        let ns = self.clone();
-        let resolve = move |typed: &str| -> Result<String, String> {
-            let hex = typed.strip_prefix("sha256:");
-            if hex.is_some() || (typed.len() == 64 && typed.bytes().all(|b| b.is_ascii_hexdigit())) {
-                let full = format!("sha256:{}", hex.unwrap_or(typed));
-                return ids.iter().find(|id| **id == full).cloned().ok_or_else(|| format!("No such image: {typed}"));
-            }
-            let r = Reference::parse(typed).map_err(|e| format!("{typed}: {e}"))?;
-            let repo = Reference { tag: None, digest: None, ..r.clone() }.familiar();
-            if ns.is_shared(&repo) {
-                return Ok(r.familiar());
-            }
-            ns.name.image(&ns.settings.registry, &r).map(|m| m.to_string()).map_err(|e| e.to_string())
-        };
+        let rewrite = self.build_rewrite(daemon, build_args, ids, q.get("platform").map(str::to_owned), pull);
         let dockerfile = q.get("dockerfile").map(str::to_owned);
         Ok(Box::new(move |body| {
-            let mut resolve = resolve;
-            let rewrite: crate::docker::buildctx::RewriteFn =
-                Box::new(move |text: &str| rewrite_dockerfile(text, &build_args, &mut resolve).map_err(|e| e.to_string()));
-            let ctx =
-                RewrittenContext::new(body, dockerfile.as_deref(), 1 << 20, rewrite).map_err(|e| NsError::Malformed(e.to_string()))?;
+            let ctx = RewrittenContext::with_async(body, dockerfile.as_deref(), 1 << 20, rewrite)
+                .map_err(|e| NsError::Malformed(e.to_string()))?;
             Ok(http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(ctx, |e| Box::new(e) as crate::http::BoxError)))
         }))
     }
