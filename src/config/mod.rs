@@ -205,7 +205,7 @@ pub struct JobsConfig {
     /// The root-only control socket the executor stages talk to.
     #[serde(default = "default_control_socket")]
     pub control_socket: PathBuf,
-    /// Where job sockets and records live (`<dir>/<id>/docker.sock`, `job.json`).
+    /// Where job sockets and records live (`<dir>/<id>/sock/docker.sock`, `<dir>/<id>/job.json`).
     #[serde(default = "default_jobs_dir")]
     pub dir: PathBuf,
     /// Policies of every job listener (names of `[policy.NAME]` sections).
@@ -668,7 +668,21 @@ impl Config {
         for (name, p) in &self.policy {
             if let PolicyConfig::Conservative(c) = p {
                 if let Err(e) = crate::plugin::policy::Conservative::new(name, c.clone()) {
-                    return Err(invalid(format!("policy.{name}.min_api_version"), &e));
+                    return Err(invalid(format!("policy.{name}.{}", e.key), &e.message));
+                }
+                // A bind of the jobs directory (or of a directory holding it) would let a container
+                // swap another job's socket for a symbolic link.
+                if let Some(j) = &self.jobs {
+                    if let Some(p) = c.allowed_bind_paths.iter().find(|p| p.starts_with(&j.dir) || j.dir.starts_with(p)) {
+                        return Err(invalid(
+                            format!("policy.{name}.allowed_bind_paths"),
+                            &format!(
+                                "{} overlaps the jobs directory {} (jobs.dir), which holds the jobs' sockets",
+                                p.display(),
+                                j.dir.display()
+                            ),
+                        ));
+                    }
                 }
             }
         }
@@ -852,6 +866,25 @@ mod tests {
         let dangling = text.replace("\"strict\", \"ci\"", "\"strict\", \"nope\"");
         let e = Config::parse(&dangling, "t").unwrap().validate("t").unwrap_err().to_string();
         assert!(e.contains("listener.a.policies") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn conservative_settings_are_checked_at_load() {
+        let base = "[listener.a]\naddress = \"unix:///tmp/a.sock\"\npolicies = [\"p\"]\n[policy.p]\nkind = \"conservative\"\n";
+        let err = |extra: &str| Config::parse(&format!("{base}{extra}\n"), "t").unwrap().validate("t").err().map(|e| e.to_string());
+        assert_eq!(err("allowed_bind_paths = [\"/srv/a\", \"/srv/b\"]\nallowed_subnets = [\"10.9.0.0/16\", \"fd00::/8\"]"), None);
+        let e = err("allowed_bind_paths = [\"/srv\", \"/srv/a\"]").unwrap();
+        assert!(e.contains("policy.p.allowed_bind_paths") && e.contains("overlap"), "{e}");
+        let e = err("allowed_subnets = [\"10.9.0.0/99\"]").unwrap();
+        assert!(e.contains("policy.p.allowed_subnets"), "{e}");
+        let jobs = "[jobs]\ncontrol_socket = \"/run/c.sock\"\ndir = \"/srv/ctproxy/jobs\"\npolicies = [\"p\"]\n";
+        let e = Config::parse(&format!("{base}allowed_bind_paths = [\"/srv/ctproxy\"]\n{jobs}"), "t")
+            .unwrap()
+            .validate("t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("jobs directory"), "{e}");
+        Config::parse(&format!("{base}allowed_bind_paths = [\"/srv/data\"]\n{jobs}"), "t").unwrap().validate("t").unwrap();
     }
 
     #[test]
