@@ -558,12 +558,14 @@ mod tests {
 
     #[tokio::test]
     async fn ssrf_checks() {
-        let config = RegistryProxyConfig {
-            address: "127.0.0.1:5001".parse().unwrap(),
-            insecure: vec!["127.0.0.1:5000".into()],
-            allow_private: vec!["10.0.0.1:443".into()],
-            ca: vec![],
-        };
+        let config: RegistryProxyConfig = toml::from_str(
+            r#"
+                address = "127.0.0.1:5001"
+                insecure = ["127.0.0.1:5000"]
+                allow_private = ["10.0.0.1:443"]
+            "#,
+        )
+        .unwrap();
         let u = Upstreams::new(&config, config.address).unwrap();
         let url = |s: &str| Url::parse(s).unwrap();
         assert_eq!(u.origin("docker.io").unwrap().as_str(), "https://registry-1.docker.io/");
