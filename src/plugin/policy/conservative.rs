@@ -970,7 +970,13 @@ impl Policy for Conservative {
             Endpoint::ContainerStart if req.query.get("checkpoint").is_some() || req.query.get("checkpoint-dir").is_some() => {
                 self.deny_option("starting from a checkpoint", "checkpoint")
             }
-            Endpoint::ImageCreate if !matches!(req.query.get("fromSrc").unwrap_or(""), "" | "-") => {
+            // Classified as dockerd does: `fromImage` wins over `fromSrc` (a pull, not an import).
+            Endpoint::ImageCreate
+                if matches!(
+                    crate::docker::image_create::classify(req.query),
+                    crate::docker::image_create::ImageCreate::ImportUrl { .. }
+                ) =>
+            {
                 self.deny_option("importing from a URL fetched by the daemon", "fromSrc")
             }
             Endpoint::NetworkConnect if req.route.target() == Some("host") => deny("connecting to the host network"),
