@@ -535,7 +535,8 @@ namespace_prefix = "{prefix}"
     assert_eq!(trap.hits(), 0);
     assert!(!daemon_tags().iter().any(|t| t.contains(&tag)), "an image was imported");
 
-    // An import of the body, with an ONBUILD trigger in `changes`: refused, nothing imported.
+    // An import of the body lands in the namespace (`changes` may carry ONBUILD triggers: they are
+    // judged when a build uses the image, tests/build_escapes.rs).
     let layer = {
         let mut b = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
@@ -545,13 +546,6 @@ namespace_prefix = "{prefix}"
         b.append_data(&mut h, "f", &b"hi"[..]).expect("tar");
         b.into_inner().expect("tar")
     };
-    for change in ["ONBUILD COPY --from=x / /", "onbuild RUN true", "ON\\\nBUILD RUN true"] {
-        let path = format!("/images/create?fromSrc=-&repo={tag}&changes={}", urlencode(change));
-        let reply = post_tar(&job.socket, &path, &layer);
-        assert_eq!(reply.0, 403, "{change:?}: {}", reply.1);
-        assert!(reply.1.contains("ONBUILD"), "{}", reply.1);
-    }
-    // Without it, the import lands in the namespace.
     let reply = post_tar(&job.socket, &format!("/images/create?fromSrc=-&repo={tag}&changes={}", urlencode("ENV A=1")), &layer);
     assert_eq!(reply.0, 200, "{}", reply.1);
     assert!(image_id(&format!("{RP}/{}/docker.io/library/{tag}:latest", job.namespace)).is_some(), "{}", reply.1);

@@ -119,17 +119,20 @@ impl JobSocket {
         http_json(&self.socket, method, path, body)
     }
 
-    /// Everything on the daemon that carries this job's namespace label: containers, networks,
-    /// volumes (IDs or names).
+    /// Everything on the daemon that carries this job's namespace label: containers (IDs), networks
+    /// and volumes (names). The namespace's default network (`ctp.<ns>.bridge`, made by the first
+    /// request that needs it) is the namespace's own `bridge`, like the daemon's predefined ones,
+    /// and is not listed.
     pub fn on_daemon(&self) -> Vec<String> {
         let label = format!("label=io.ctproxy.namespace={}", self.namespace);
+        let default_network = format!("ctp.{}.bridge", self.namespace);
         let mut all = Vec::new();
         for args in [
             vec!["ps", "-aq", "--filter", &label],
-            vec!["network", "ls", "-q", "--filter", &label],
+            vec!["network", "ls", "--format", "{{.Name}}", "--filter", &label],
             vec!["volume", "ls", "-q", "--filter", &label],
         ] {
-            all.extend(docker(direct(), &args).split_whitespace().map(str::to_owned));
+            all.extend(docker(direct(), &args).split_whitespace().filter(|n| *n != default_network).map(str::to_owned));
         }
         all
     }

@@ -128,7 +128,6 @@ impl Namespace {
             Commit => {
                 let id = self.container(daemon, req.query.get("container").unwrap_or("")).await?;
                 req.query.set("container", &id);
-                check_changes(req.query)?;
                 self.mangle_repo_tag(req.query)?;
                 if let Some(Value::Object(cfg)) = req.body {
                     strip_reserved_labels(cfg.get_mut("Labels"));
@@ -514,7 +513,6 @@ impl Namespace {
                 )))
             }
             ImageCreate::ImportBody => {
-                check_changes(q)?;
                 self.mangle_repo_tag(q)?;
                 return Ok(Prepared::Forward(After::Lines));
             }
@@ -808,30 +806,6 @@ fn pull_target(from_image: &Reference, tag: &str) -> Reference {
     Reference { tag: Some(tag.to_owned()), ..from_image.clone() }
 }
 
-/// `changes` of import and commit are Dockerfile instructions applied to the new image's config.
-/// `ONBUILD` stores a trigger that a later build runs with the legacy builder, which resolves a
-/// trigger's `COPY --from` against every namespace's images: refused in a namespace. dockerd joins
-/// every `changes` value with newlines and parses the result as a Dockerfile, whose line
-/// continuations (with either escape character) may split the keyword across values and skip
-/// comment lines in between: the check looks at the joined text with escapes and blanks removed,
-/// with and without its comment lines, so no spelling the parser would join gets through (a
-/// mention of the word elsewhere is refused too).
-fn check_changes(q: &Query) -> Result<(), NsError> {
-    let joined = q.get_all("changes").collect::<Vec<_>>().join("\n");
-    let squash = |lines: &mut dyn Iterator<Item = &str>| -> String {
-        lines.flat_map(str::chars).filter(|c| !c.is_whitespace() && !matches!(c, '\\' | '`')).flat_map(char::to_lowercase).collect()
-    };
-    let all = squash(&mut joined.lines());
-    let code = squash(&mut joined.lines().filter(|l| !l.trim_start().starts_with('#')));
-    if all.contains("onbuild") || code.contains("onbuild") {
-        return Err(NsError::Refused(
-            "ONBUILD in changes is not available in a namespace (a later build would run the trigger against every namespace's images)"
-                .into(),
-        ));
-    }
-    Ok(())
-}
-
 /// `GET /images/search`: dockerd queries the registry named in the term itself (plain HTTP for
 /// loopback and insecure registries), past the registry proxy: only Docker Hub is searched from a
 /// namespace (moby `splitReposSearchTerm`, `normalizeIndexName`).
@@ -900,33 +874,6 @@ mod image_tests {
         // A digest replaces tag and digest; a tag keeps the digest.
         assert_eq!(pull_target(&r("busybox:1"), &d), r(&format!("busybox@{d}")));
         assert_eq!(pull_target(&r(&format!("busybox@{d}")), "3").to_string(), format!("docker.io/library/busybox:3@{d}"));
-    }
-
-    #[test]
-    fn changes_with_onbuild_are_refused_in_every_spelling() {
-        let q = |changes: &[&str]| {
-            let mut q = Query::default();
-            for c in changes {
-                q.push("changes", c);
-            }
-            q
-        };
-        assert!(check_changes(&q(&["ENV A=1", "CMD [\"sh\"]", "LABEL a=b"])).is_ok());
-        for bad in [
-            "ONBUILD COPY --from=x / /",
-            "onbuild RUN true",
-            "  OnBuild RUN true",
-            "ON\\\nBUILD RUN x",
-            "ON`\nBUILD RUN x",
-            "ENV A=1\nONBUILD RUN x",
-            "ON\\\n# a comment the parser skips\nBUILD RUN x",
-        ] {
-            let e = check_changes(&q(&["ENV A=1", bad])).unwrap_err();
-            assert_eq!(e.status(), hyper::StatusCode::FORBIDDEN, "{bad:?}");
-        }
-        // Split across two values: dockerd joins them with a newline, and the escape continues the line.
-        assert!(check_changes(&q(&["ON\\", "BUILD RUN x"])).is_err());
-        assert!(check_changes(&q(&["ON`", "# c", "BUILD RUN x"])).is_err());
     }
 
     #[test]
