@@ -102,6 +102,20 @@ pub fn ip_literal(host: &str) -> Option<IpAddr> {
     host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok()
 }
 
+/// A reqwest error with its causes (the resolver's refusal is in the source chain), without the URL
+/// (whose query may hold upload state or credentials).
+pub fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -176,15 +176,7 @@ fn describe(e: reqwest::Error) -> String {
     if let Some(refusal) = internal_address(&e) {
         return format!("{refusal}; only public addresses may be downloaded from");
     }
-    let e = e.without_url();
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
+    crate::transport::ssrf::describe(e)
 }
 
 #[cfg(test)]
