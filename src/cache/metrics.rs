@@ -58,6 +58,11 @@ pub struct Metrics {
     https: PerScheme,
     /// The same counts by [`Ecosystem::index`] (both schemes together).
     ecosystems: [PerScheme; Ecosystem::ALL.len()],
+    /// Stored entries downloaded in full again (a revalidation answered 200, counted in `miss`
+    /// too), by ecosystem: `[changed, no_validator]`. `no_validator`: the origin sent neither
+    /// `ETag` nor `Last-Modified`, so no conditional request was possible and every revalidation
+    /// of the entry is a full download.
+    refetches: [[AtomicU64; 2]; Ecosystem::ALL.len()],
     pub refused: AtomicU64,
 }
 
@@ -81,6 +86,12 @@ impl Metrics {
         for p in [self.of(s), self.of_ecosystem(e)] {
             p.requests[idx(o)].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A stored entry was downloaded in full again; `conditional`: it was asked with a validator
+    /// (so the body changed), else the origin had given it none.
+    pub fn refetch(&self, e: Ecosystem, conditional: bool) {
+        self.refetches[e.index() % Ecosystem::ALL.len()][usize::from(!conditional)].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn bytes(&self, s: Scheme, e: Ecosystem, from_cache: bool, n: u64) {
@@ -142,6 +153,21 @@ impl Metrics {
                 );
             }
         }
+        let _ = writeln!(
+            out,
+            "# HELP ctproxy_cache_refetches_total Stored entries downloaded in full again on revalidation, by ecosystem and why."
+        );
+        let _ = writeln!(out, "# TYPE ctproxy_cache_refetches_total counter");
+        for e in Ecosystem::ALL {
+            let r = &self.refetches[e.index()];
+            for (i, reason) in ["changed", "no-validator"].iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "ctproxy_cache_refetches_total{{ecosystem=\"{e}\",reason=\"{reason}\"}} {}",
+                    r[i].load(Ordering::Relaxed)
+                );
+            }
+        }
         let _ = writeln!(out, "# HELP ctproxy_cache_refused_total Requests refused (host not intercepted, Host/SNI mismatch).");
         let _ = writeln!(out, "# TYPE ctproxy_cache_refused_total counter");
         let _ = writeln!(out, "ctproxy_cache_refused_total {}", self.refused.load(Ordering::Relaxed));
@@ -169,6 +195,7 @@ mod tests {
         m.request(Scheme::Https, Ecosystem::Pypi, Outcome::Hit);
         m.bytes(Scheme::Https, Ecosystem::Pypi, true, 1000);
         m.bytes(Scheme::Http, Ecosystem::Apt, false, 7);
+        m.refetch(Ecosystem::Pypi, false);
         let text = m.render(0, 0, 0);
         for line in [
             "ctproxy_cache_ecosystem_requests_total{ecosystem=\"apt\",outcome=\"revalidated\"} 1",
@@ -179,6 +206,8 @@ mod tests {
             "ctproxy_cache_requests_total{scheme=\"https\",outcome=\"hit\"} 1",
             "ctproxy_cache_bytes_total{scheme=\"http\",source=\"upstream\"} 7",
             "# TYPE ctproxy_cache_ecosystem_requests_total counter",
+            "ctproxy_cache_refetches_total{ecosystem=\"pypi\",reason=\"no-validator\"} 1",
+            "ctproxy_cache_refetches_total{ecosystem=\"pypi\",reason=\"changed\"} 0",
         ] {
             assert!(text.contains(line), "{line} not in\n{text}");
         }

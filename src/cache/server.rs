@@ -314,8 +314,10 @@ async fn answer_from_entry(
             Some(serve_entry(core, l, req, entry, "REVALIDATED"))
         }
         Ok(resp) if resp.status() == StatusCode::OK => {
-            // Changed upstream: store the new body (when allowed) while serving it.
+            // Changed upstream, or the entry had no validator to ask with: store the new body (when
+            // allowed) while serving it.
             core.metrics.request(l.scheme, l.eco, Outcome::Miss);
+            core.metrics.refetch(l.eco, conditional);
             let primary = rules::primary_key(l.scheme, &t.host, &t.path_and_query);
             let key = meta.key.clone();
             let temp = || core.store.temp_file().map_err(std::io::Error::other);
