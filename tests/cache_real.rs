@@ -309,6 +309,7 @@ fn cargo_repeat_job_is_served_from_the_cache() {
 
 /// Five jobs at once, each `apt-get update` then a `pip download`: every job succeeds, and each URL
 /// is downloaded in full once (misses = requests / 5; the others are hits, shared fills, or 304s).
+/// The jobs wait for a common start time, so that their requests overlap the fills in flight.
 #[test]
 fn five_concurrent_jobs_make_one_upstream_fetch_per_url() {
     let _serial = serial();
@@ -320,8 +321,11 @@ fn five_concurrent_jobs_make_one_upstream_fetch_per_url() {
         ("pypi", pip.as_str(), "pip download --no-cache-dir --no-deps -d /tmp/d requests==2.32.3 urllib3==2.2.2"),
     ] {
         let before = cache.counts(eco);
+        // The five containers start one after the other; they all begin fetching at one moment.
+        let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 20;
+        let script = format!("t=$(({start} - $(date +%s))); if [ $t -gt 0 ]; then sleep $t; fi; {script}");
         std::thread::scope(|s| {
-            let jobs: Vec<_> = (0..5).map(|_| s.spawn(|| cache.job(image, script))).collect();
+            let jobs: Vec<_> = (0..5).map(|_| s.spawn(|| cache.job(image, &script))).collect();
             for j in jobs {
                 j.join().expect("job thread");
             }
