@@ -254,18 +254,20 @@ async fn answer_from_entry(
         return None;
     }
     let arrived = now_ms();
-    let state = entry_state(t, entry, arrived);
-    if rules::entry_use(&req.headers, &state, &core.revalidation) == EntryUse::Serve {
+    // The common hit (fresh, shared, no client directive) skips classifying the URL.
+    let plain_hit = !entry.credentialed() && entry.is_fresh(arrived / 1000) && rules::client_max_age(&req.headers).is_none();
+    if plain_hit || rules::entry_use(&req.headers, &entry_state(t, entry, arrived), &core.revalidation) == EntryUse::Serve {
         core.metrics.request(l.scheme, l.eco, Outcome::Hit);
         return Some(serve_entry(core, l, req, entry, "HIT"));
     }
     // One revalidation at a time per key (credentialed entries aside: each requester is checked
     // with their own credentials). Whoever waited for it is answered by it.
-    let _turn = if state.credentialed {
+    let _turn = if entry.credentialed() {
         None
     } else {
         let lock = core.revalidations.lock(key);
-        let guard = lock.lock_owned().await;
+        // A revalidation that hangs does not hold the others back longer than a fill would.
+        let guard = tokio::time::timeout(FOLLOW_WAIT, lock.lock_owned()).await.ok();
         match core.store.get(key) {
             Some(current) if current.validated_at_ms() >= arrived && !current.credentialed() => {
                 core.metrics.request(l.scheme, l.eco, Outcome::Hit);
@@ -275,7 +277,7 @@ async fn answer_from_entry(
             _ if core.inflight.contains(key) => return None,
             _ => {}
         }
-        Some(guard)
+        guard
     };
     let meta = entry.meta();
     let mut h = upstream_headers(&req.headers, &t.host_header);
