@@ -725,3 +725,40 @@ fn clients_asking_for_fresh_copies_get_immutable_urls_from_the_cache_and_indexes
         }
     });
 }
+
+#[test]
+fn concurrent_revalidations_that_bring_a_new_body_make_one_download_and_index_max_age_is_applied() {
+    let index = "/simple/pkg/";
+    let apt = "/debian/dists/bookworm/InRelease";
+    let origin = Origin::start_blocking(&HOSTS);
+    origin.route(index, Resp::ok("index v1").etag("\"1\"").cache_control("no-cache"));
+    origin.route(apt, Resp::ok("release v1").etag("\"a1\"").cache_control("no-cache"));
+    let cache = start_cache(&origin, "127.0.0.1", "[cache.index_max_age]\napt = \"1h\"");
+    let c = cache.client();
+    rt().block_on(async {
+        for path in [index, apt] {
+            assert_eq!(get(&c, &cache.http_url(path), &ASK_FRESH).await.1, "MISS");
+        }
+        settle(&cache).await;
+        // Changed upstream, and slow: ten concurrent requests for the stale index make one
+        // conditional request, and share the new body it brings.
+        let v2 = body_of(200_000, 31);
+        origin.route(index, Resp::ok(v2.clone()).etag("\"2\"").cache_control("no-cache").delay_first_byte(Duration::from_millis(300)));
+        let all = (0..10).map(|_| {
+            let (c, url) = (c.clone(), cache.http_url(index));
+            tokio::spawn(async move { get(&c, &url, &[]).await })
+        });
+        for r in futures_util::future::join_all(all).await {
+            let (s, x, b) = r.expect("join");
+            assert_eq!(s, 200, "{x}");
+            assert!(b == v2, "every client gets the new body ({x})");
+        }
+        assert_eq!(origin.hits(index), 2, "one upstream request for ten clients");
+        // apt's indexes may be an hour old here: no revalidation although the origin says no-cache
+        // and the client max-age=0; other ecosystems keep the rules.
+        origin.route(apt, Resp::ok("release v2").etag("\"a2\"").cache_control("no-cache"));
+        let (s, x, b) = get(&c, &cache.http_url(apt), &ASK_FRESH).await;
+        assert_eq!((s, x.as_str(), b.as_slice()), (200, "HIT", &b"release v1"[..]));
+        assert_eq!(origin.hits(apt), 1);
+    });
+}
