@@ -662,3 +662,103 @@ fn a_reload_applies_a_new_host_list() {
         assert_eq!(r.text().await.expect("body"), "new host");
     });
 }
+
+/// What apt and pip send on index requests (and old clients' `Pragma`).
+const ASK_FRESH: [(&str, &str); 2] = [("cache-control", "max-age=0"), ("pragma", "no-cache")];
+
+#[test]
+fn clients_asking_for_fresh_copies_get_immutable_urls_from_the_cache_and_indexes_revalidated_once() {
+    let by_hash_body = body_of(30_000, 21);
+    let by_hash = format!("/debian/dists/bookworm/main/binary-amd64/by-hash/SHA256/{}", ring_hex(&by_hash_body));
+    let immutable = [by_hash.as_str(), "/debian/pool/main/h/hello/hello_2.10-3_amd64.deb", "/npm/left-pad/-/left-pad-1.3.0.tgz"];
+    let index = "/debian/dists/bookworm/InRelease";
+    let origin = Origin::start_blocking(&HOSTS);
+    origin.route(&by_hash, Resp::ok(by_hash_body.clone()).etag("\"h\""));
+    origin.route(immutable[1], Resp::ok(body_of(50_000, 22)).etag("\"d\""));
+    origin.route(immutable[2], Resp::ok(body_of(5_000, 23)).cache_control("max-age=0"));
+    // The origin answers slowly, so that concurrent revalidations would overlap.
+    origin.route(index, Resp::ok("release v1").etag("\"r1\"").cache_control("max-age=300").delay_first_byte(Duration::from_millis(300)));
+    let cache = start_cache(&origin, "127.0.0.1", "revalidate_window = \"2s\"");
+    let c = cache.client();
+    rt().block_on(async {
+        for path in immutable.iter().chain([&index]) {
+            assert_eq!(get(&c, &cache.http_url(path), &ASK_FRESH).await.1, "MISS", "{path}");
+        }
+        settle(&cache).await;
+        // Content-addressed and versioned URLs: never asked again, whatever the client says.
+        for _ in 0..3 {
+            for path in immutable {
+                let (s, x, _) = get(&c, &cache.http_url(path), &ASK_FRESH).await;
+                assert_eq!((s, x.as_str()), (200, "HIT"), "{path}");
+                assert_eq!(origin.hits(path), 1, "{path}");
+            }
+        }
+        // An index asked fresh within the window: the fetch a moment ago answers it.
+        let (s, x, b) = get(&c, &cache.http_url(index), &ASK_FRESH).await;
+        assert_eq!((s, x.as_str(), b.as_slice()), (200, "HIT", &b"release v1"[..]));
+        assert_eq!(origin.hits(index), 1);
+        // Past the window: revalidated, and twenty concurrent requests make one conditional request.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let all = (0..20).map(|_| {
+            let (c, url) = (c.clone(), cache.http_url(index));
+            tokio::spawn(async move { get(&c, &url, &ASK_FRESH).await })
+        });
+        let mut labels = Vec::new();
+        for r in futures_util::future::join_all(all).await {
+            let (s, x, b) = r.expect("join");
+            assert_eq!((s, b.as_slice()), (200, &b"release v1"[..]));
+            labels.push(x);
+        }
+        assert_eq!(origin.hits(index), 2, "one revalidation for twenty clients: {labels:?}");
+        assert_eq!(origin.requests().last().and_then(|r| r.header("if-none-match").map(str::to_owned)).as_deref(), Some("\"r1\""));
+        assert_eq!(labels.iter().filter(|x| *x == "REVALIDATED").count(), 1, "{labels:?}");
+        // A plain request for a fresh index is a hit.
+        assert_eq!(get(&c, &cache.http_url(index), &[]).await.1, "HIT");
+        let m = reqwest::get(format!("http://127.0.0.1:{}/metrics", cache.metrics)).await.expect("metrics").text().await.expect("text");
+        for line in [
+            "ctproxy_cache_ecosystem_requests_total{ecosystem=\"apt\",outcome=\"revalidated\"} 1",
+            "ctproxy_cache_ecosystem_requests_total{ecosystem=\"apt\",outcome=\"miss\"} 3",
+            "ctproxy_cache_ecosystem_requests_total{ecosystem=\"npm\",outcome=\"hit\"} 3",
+            "ctproxy_cache_ecosystem_requests_total{ecosystem=\"npm\",outcome=\"miss\"} 1",
+        ] {
+            assert!(m.contains(line), "{line} not in\n{m}");
+        }
+    });
+}
+
+#[test]
+fn concurrent_revalidations_that_bring_a_new_body_make_one_download_and_index_max_age_is_applied() {
+    let index = "/simple/pkg/";
+    let apt = "/debian/dists/bookworm/InRelease";
+    let origin = Origin::start_blocking(&HOSTS);
+    origin.route(index, Resp::ok("index v1").etag("\"1\"").cache_control("no-cache"));
+    origin.route(apt, Resp::ok("release v1").etag("\"a1\"").cache_control("no-cache"));
+    let cache = start_cache(&origin, "127.0.0.1", "[cache.index_max_age]\napt = \"1h\"");
+    let c = cache.client();
+    rt().block_on(async {
+        for path in [index, apt] {
+            assert_eq!(get(&c, &cache.http_url(path), &ASK_FRESH).await.1, "MISS");
+        }
+        settle(&cache).await;
+        // Changed upstream, and slow: ten concurrent requests for the stale index make one
+        // conditional request, and share the new body it brings.
+        let v2 = body_of(200_000, 31);
+        origin.route(index, Resp::ok(v2.clone()).etag("\"2\"").cache_control("no-cache").delay_first_byte(Duration::from_millis(300)));
+        let all = (0..10).map(|_| {
+            let (c, url) = (c.clone(), cache.http_url(index));
+            tokio::spawn(async move { get(&c, &url, &[]).await })
+        });
+        for r in futures_util::future::join_all(all).await {
+            let (s, x, b) = r.expect("join");
+            assert_eq!(s, 200, "{x}");
+            assert!(b == v2, "every client gets the new body ({x})");
+        }
+        assert_eq!(origin.hits(index), 2, "one upstream request for ten clients");
+        // apt's indexes may be an hour old here: no revalidation although the origin says no-cache
+        // and the client max-age=0; other ecosystems keep the rules.
+        origin.route(apt, Resp::ok("release v2").etag("\"a2\"").cache_control("no-cache"));
+        let (s, x, b) = get(&c, &cache.http_url(apt), &ASK_FRESH).await;
+        assert_eq!((s, x.as_str(), b.as_slice()), (200, "HIT", &b"release v1"[..]));
+        assert_eq!(origin.hits(apt), 1);
+    });
+}

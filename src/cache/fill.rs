@@ -107,6 +107,11 @@ impl Inflight {
         self.fills.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
 
+    /// Whether a fill for `key` is in flight (joining it then makes a follower, unless it ends first).
+    pub fn contains(&self, key: &str) -> bool {
+        self.fills.lock().map(|f| f.contains_key(key)).unwrap_or(false)
+    }
+
     pub fn len(&self) -> usize {
         self.fills.lock().map(|f| f.len()).unwrap_or(0)
     }

@@ -108,6 +108,8 @@ impl CacheService {
             inflight: Arc::default(),
             origins: arc_swap::ArcSwap::from_pointee(origins),
             rules,
+            revalidation: config.revalidation_rules(),
+            revalidations: server::Revalidations::default(),
             metrics: metrics::Metrics::default(),
         });
         let http = bind(SocketAddr::new(ip, config.http_port)).await?;

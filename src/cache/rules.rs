@@ -483,6 +483,211 @@ fn is_maven_file(artifact: &str, version: &str, file: &str) -> bool {
     rest.strip_prefix(version).is_some_and(|tail| tail.starts_with('.') || tail.starts_with('-'))
 }
 
+// === Ecosystems and the use of a stored entry ===
+
+/// The package ecosystem a URL belongs to: a metrics label, and the unit of
+/// [`RevalidationRules::index_max_age`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Ecosystem {
+    Apt,
+    Dnf,
+    Apk,
+    Pypi,
+    Npm,
+    Cargo,
+    Maven,
+    Go,
+    Oci,
+    Other,
+}
+
+impl Ecosystem {
+    pub const ALL: [Ecosystem; 10] = [
+        Ecosystem::Apt,
+        Ecosystem::Dnf,
+        Ecosystem::Apk,
+        Ecosystem::Pypi,
+        Ecosystem::Npm,
+        Ecosystem::Cargo,
+        Ecosystem::Maven,
+        Ecosystem::Go,
+        Ecosystem::Oci,
+        Ecosystem::Other,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Ecosystem::Apt => "apt",
+            Ecosystem::Dnf => "dnf",
+            Ecosystem::Apk => "apk",
+            Ecosystem::Pypi => "pypi",
+            Ecosystem::Npm => "npm",
+            Ecosystem::Cargo => "cargo",
+            Ecosystem::Maven => "maven",
+            Ecosystem::Go => "go",
+            Ecosystem::Oci => "oci",
+            Ecosystem::Other => "other",
+        }
+    }
+
+    /// The ecosystem named `name` (as in [`Ecosystem::as_str`]), for the configuration.
+    pub fn from_name(name: &str) -> Option<Ecosystem> {
+        Ecosystem::ALL.into_iter().find(|e| e.as_str() == name)
+    }
+
+    /// Position in [`Ecosystem::ALL`], for per-ecosystem arrays.
+    pub fn index(&self) -> usize {
+        *self as usize
+    }
+}
+
+impl fmt::Display for Ecosystem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The ecosystem of a URL, by the same host and layout rules as [`classify`] (a URL [`classify`]
+/// knows is never `Other`; a URL it does not know may still belong to a known registry host).
+pub fn ecosystem(host: &str, path: &str) -> Ecosystem {
+    let host = host_without_port(host).to_ascii_lowercase();
+    match host.trim_end_matches('.') {
+        "files.pythonhosted.org" | "test-files.pythonhosted.org" | "pypi.org" | "test.pypi.org" => return Ecosystem::Pypi,
+        "registry.npmjs.org" | "registry.yarnpkg.com" | "registry.npmmirror.com" => return Ecosystem::Npm,
+        "index.crates.io" | "static.crates.io" | "crates.io" => return Ecosystem::Cargo,
+        _ => {}
+    }
+    let segments: Vec<&str> = strip_query(path).split('/').filter(|s| !s.is_empty()).collect();
+    let Some((&file, dirs)) = segments.split_last() else { return Ecosystem::Other };
+    if classify_oci(&segments).is_some() {
+        return Ecosystem::Oci;
+    }
+    if dirs.contains(&"by-hash")
+        || dirs.contains(&"dists")
+        || ["InRelease", "Release", "Release.gpg"].contains(&file)
+        || file.starts_with("Packages")
+        || file.starts_with("Sources")
+        || (dirs.contains(&"pool") && DEB_POOL_SUFFIXES.iter().any(|suffix| file.ends_with(suffix)))
+    {
+        return Ecosystem::Apt;
+    }
+    if dirs.last() == Some(&"repodata") || file == "metalink" || file == "mirrorlist" || is_rpm_file(file) {
+        return Ecosystem::Dnf;
+    }
+    if file == "APKINDEX.tar.gz" || is_apk_file(file) {
+        return Ecosystem::Apk;
+    }
+    if dirs.last() == Some(&"@v") || file == "@latest" {
+        return Ecosystem::Go;
+    }
+    if file.starts_with("maven-metadata") {
+        return Ecosystem::Maven;
+    }
+    if let [.., artifact, version, file] = segments.as_slice() {
+        if is_maven_file(artifact, version, file) {
+            return Ecosystem::Maven;
+        }
+    }
+    if file.ends_with(".whl") || segments.contains(&"simple") {
+        return Ecosystem::Pypi;
+    }
+    if file.ends_with(".tgz") && dirs.last() == Some(&"-") {
+        return Ecosystem::Npm;
+    }
+    if file.ends_with(".crate") {
+        return Ecosystem::Cargo;
+    }
+    Ecosystem::Other
+}
+
+/// How a stored entry answers a request that asks for a fresh copy, and how old an index may be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevalidationRules {
+    /// A revalidation (or fetch) this recent answers every request that asks for a fresh copy
+    /// (`no-cache`, `max-age=0`, `Pragma: no-cache`): apt and pip send `max-age=0` on every index
+    /// request, and a client's "fresh" is met by a copy the origin confirmed a moment ago. Concurrent
+    /// requests that wait for a revalidation are answered by it whatever this is. Default 5 s.
+    pub window: Duration,
+    /// Per ecosystem (by [`Ecosystem::index`]): a mutable index validated this recently is served
+    /// without asking the origin, whatever the client or the origin's headers say; `ZERO` (the
+    /// default) leaves the decision to the usual rules. For admins who accept indexes that many
+    /// seconds old in exchange for fewer upstream requests.
+    pub index_max_age: [Duration; Ecosystem::ALL.len()],
+}
+
+impl Default for RevalidationRules {
+    fn default() -> Self {
+        RevalidationRules { window: Duration::from_secs(5), index_max_age: [Duration::ZERO; Ecosystem::ALL.len()] }
+    }
+}
+
+/// What the cache knows of a stored entry when a request for it arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryState {
+    pub class: Class,
+    pub ecosystem: Ecosystem,
+    /// Fetched with credentials ([`Storable::credentialed`]).
+    pub credentialed: bool,
+    /// Within the freshness [`storable`] gave it (extended by each revalidation).
+    pub fresh: bool,
+    /// Since the origin last sent or confirmed (304) this body.
+    pub since_validated: Duration,
+}
+
+/// Whether a stored entry is served as it is, or revalidated upstream first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryUse {
+    Serve,
+    Revalidate,
+}
+
+/// The oldest copy (since its last validation) the client accepts: `Some(ZERO)` for `no-cache`,
+/// `max-age=0` or `Pragma: no-cache` (without any `Cache-Control`, RFC 9111 §5.4), `Some(n)` for
+/// `max-age=n`, `None` when the client leaves it to the cache.
+pub fn client_max_age(req: &HeaderMap) -> Option<Duration> {
+    let cc = CacheControl::parse(req);
+    if cc.no_cache {
+        return Some(Duration::ZERO);
+    }
+    if let Some(seconds) = cc.max_age {
+        return Some(Duration::from_secs(seconds));
+    }
+    let pragma_no_cache = req
+        .get_all(hyper::header::PRAGMA)
+        .iter()
+        .any(|v| String::from_utf8_lossy(v.as_bytes()).split(',').any(|d| d.trim().eq_ignore_ascii_case("no-cache")));
+    (pragma_no_cache && !req.contains_key(CACHE_CONTROL)).then_some(Duration::ZERO)
+}
+
+/// Serve a stored entry, or revalidate it upstream first (`docs/cache.md`, "Revalidation"):
+///
+/// 1. fetched with credentials: always revalidated, with the current requester's credentials;
+/// 2. a mutable index of an ecosystem with an `index_max_age` it is within: served;
+/// 3. stale by its own freshness: revalidated;
+/// 4. immutable (content-addressed or versioned): served, whatever `no-cache`/`max-age` the client
+///    sends, since a conditional request could only confirm the same bytes;
+/// 5. otherwise the client's limit ([`client_max_age`]), but never below `window`: a client's
+///    `max-age=0` is met by a validation that recent.
+pub fn entry_use(req: &HeaderMap, state: &EntryState, rules: &RevalidationRules) -> EntryUse {
+    if state.credentialed {
+        return EntryUse::Revalidate;
+    }
+    let index_max_age = rules.index_max_age.get(state.ecosystem.index()).copied().unwrap_or(Duration::ZERO);
+    if state.class == Class::Mutable && !index_max_age.is_zero() && state.since_validated <= index_max_age {
+        return EntryUse::Serve;
+    }
+    if !state.fresh {
+        return EntryUse::Revalidate;
+    }
+    if state.class == Class::Immutable {
+        return EntryUse::Serve;
+    }
+    match client_max_age(req) {
+        Some(limit) if state.since_validated > limit.max(rules.window) => EntryUse::Revalidate,
+        _ => EntryUse::Serve,
+    }
+}
+
 // === Storing ===
 
 /// How long stored responses stay fresh, per [`Class`].
@@ -1755,6 +1960,166 @@ mod tests {
             "[ -~]{0,80}",
             "(bytes|=|-|,| |[0-9]|99999999999999999999|W/|\"|\\*|;|q=0|max-age|no-store|private=|sha256:|/v2/|/by-hash/SHA256/|/-/|\\?|&|%|GMT|Sun, 06 Nov 1994 ){0,16}",
         ]
+    }
+
+    // --- ecosystem, entry_use ---
+
+    #[test]
+    fn urls_belong_to_their_ecosystem() {
+        let sha = format!("/debian/dists/bookworm/main/binary-amd64/by-hash/SHA256/{HEX}");
+        for (host, path, eco) in [
+            ("deb.debian.org", "/debian/dists/bookworm/InRelease", Ecosystem::Apt),
+            ("deb.debian.org", sha.as_str(), Ecosystem::Apt),
+            ("deb.debian.org", "/debian/pool/main/h/hello/hello_2.10-3_amd64.deb", Ecosystem::Apt),
+            ("mirror.example", "/ubuntu/dists/jammy/main/binary-amd64/Packages.xz", Ecosystem::Apt),
+            ("pypi.org", "/simple/requests/", Ecosystem::Pypi),
+            ("files.pythonhosted.org", "/packages/aa/bb/requests-2.32.3-py3-none-any.whl", Ecosystem::Pypi),
+            ("nexus.example", "/repository/pypi/simple/requests/", Ecosystem::Pypi),
+            ("registry.npmjs.org", "/left-pad", Ecosystem::Npm),
+            ("registry.npmjs.org", "/left-pad/-/left-pad-1.3.0.tgz", Ecosystem::Npm),
+            ("nexus.example", "/repository/npm/left-pad/-/left-pad-1.3.0.tgz", Ecosystem::Npm),
+            ("index.crates.io", "/3/c/cfg-if", Ecosystem::Cargo),
+            ("index.crates.io", "/config.json", Ecosystem::Cargo),
+            ("static.crates.io", "/crates/cfg-if/cfg-if-1.0.0.crate", Ecosystem::Cargo),
+            ("mirror.example", "/fedora/repodata/repomd.xml", Ecosystem::Dnf),
+            ("mirror.example", "/fedora/Packages/b/bash-5.2.15-3.fc38.x86_64.rpm", Ecosystem::Dnf),
+            ("dl-cdn.alpinelinux.org", "/alpine/v3.19/main/x86_64/APKINDEX.tar.gz", Ecosystem::Apk),
+            ("repo1.maven.org", "/maven2/junit/junit/4.13.2/junit-4.13.2.jar", Ecosystem::Maven),
+            ("repo1.maven.org", "/maven2/junit/junit/maven-metadata.xml", Ecosystem::Maven),
+            ("proxy.golang.org", "/golang.org/x/text/@v/list", Ecosystem::Go),
+            ("registry-1.docker.io", "/v2/library/debian/manifests/bookworm", Ecosystem::Oci),
+            ("example.org", "/index.html", Ecosystem::Other),
+            ("example.org", "/", Ecosystem::Other),
+        ] {
+            assert_eq!(ecosystem(host, path), eco, "{host}{path}");
+        }
+        for eco in Ecosystem::ALL {
+            assert_eq!(Ecosystem::from_name(eco.as_str()), Some(eco));
+            assert_eq!(Ecosystem::ALL[eco.index()], eco);
+        }
+        assert_eq!(Ecosystem::from_name("rubygems"), None);
+    }
+
+    fn state(host: &str, path: &str, fresh: bool, since_validated: u64) -> EntryState {
+        EntryState {
+            class: classify(host, path),
+            ecosystem: ecosystem(host, path),
+            credentialed: false,
+            fresh,
+            since_validated: Duration::from_secs(since_validated),
+        }
+    }
+
+    /// What apt, pip, npm and cargo send on index requests (apt: `max-age=0`; pip: `max-age=0`;
+    /// old clients: `Pragma: no-cache`), and a plain request.
+    fn client_headers() -> Vec<HeaderMap> {
+        vec![
+            headers(&[("cache-control", "max-age=0")]),
+            headers(&[("cache-control", "no-cache")]),
+            headers(&[("pragma", "no-cache")]),
+            headers(&[("cache-control", "max-age=0"), ("pragma", "no-cache")]),
+            HeaderMap::new(),
+        ]
+    }
+
+    #[test]
+    fn content_addressed_urls_are_served_whatever_the_client_asks() {
+        let rules = RevalidationRules::default();
+        let by_hash = format!("/debian/dists/bookworm/main/binary-amd64/by-hash/SHA256/{HEX}");
+        for (host, path) in [
+            ("deb.debian.org", by_hash.as_str()),
+            ("deb.debian.org", "/debian/pool/main/h/hello/hello_2.10-3_amd64.deb"),
+            ("files.pythonhosted.org", "/packages/aa/bb/cc/requests-2.32.3-py3-none-any.whl"),
+            ("files.pythonhosted.org", "/packages/source/r/requests/requests-2.32.3.tar.gz"),
+            ("registry.npmjs.org", "/left-pad/-/left-pad-1.3.0.tgz"),
+            ("registry.npmjs.org", "/@types/node/-/node-20.0.0.tgz"),
+            ("static.crates.io", "/crates/cfg-if/cfg-if-1.0.0.crate"),
+            ("mirror.example", "/fedora/Packages/b/bash-5.2.15-3.fc38.x86_64.rpm"),
+            ("repo1.maven.org", "/maven2/junit/junit/4.13.2/junit-4.13.2.jar"),
+            ("proxy.golang.org", "/golang.org/x/text/@v/v0.14.0.zip"),
+        ] {
+            assert_eq!(classify(host, path), Class::Immutable, "{host}{path}");
+            for req in client_headers() {
+                // Stored days ago: an immutable URL never needs the origin while fresh.
+                assert_eq!(entry_use(&req, &state(host, path, true, 86_400), &rules), EntryUse::Serve, "{host}{path} {req:?}");
+            }
+            // Past its freshness (immutable_ttl, or the origin's no-cache): asked again.
+            assert_eq!(entry_use(&HeaderMap::new(), &state(host, path, false, 86_400), &rules), EntryUse::Revalidate);
+        }
+    }
+
+    #[test]
+    fn mutable_indexes_are_revalidated_when_asked_but_one_validation_answers_a_window() {
+        let rules = RevalidationRules::default();
+        for (host, path) in [
+            ("deb.debian.org", "/debian/dists/bookworm/InRelease"),
+            ("deb.debian.org", "/debian/dists/bookworm/Release"),
+            ("deb.debian.org", "/debian/dists/bookworm/main/binary-amd64/Packages.xz"),
+            ("pypi.org", "/simple/requests/"),
+            ("registry.npmjs.org", "/left-pad"),
+            ("registry.npmjs.org", "/@types%2fnode"),
+            ("index.crates.io", "/3/c/cfg-if"),
+            ("index.crates.io", "/config.json"),
+        ] {
+            assert_eq!(classify(host, path), Class::Mutable, "{host}{path}");
+            for req in client_headers() {
+                let asks = client_max_age(&req).is_some();
+                // Validated 2 s ago: inside the 5 s window, served to everyone.
+                assert_eq!(entry_use(&req, &state(host, path, true, 2), &rules), EntryUse::Serve, "{host}{path} {req:?}");
+                // Validated 30 s ago, still fresh: revalidated only for clients that ask.
+                let expected = if asks { EntryUse::Revalidate } else { EntryUse::Serve };
+                assert_eq!(entry_use(&req, &state(host, path, true, 30), &rules), expected, "{host}{path} {req:?}");
+                // Stale: always revalidated.
+                assert_eq!(entry_use(&req, &state(host, path, false, 2), &rules), EntryUse::Revalidate);
+            }
+        }
+        // A client's max-age=n counts from the last validation, never below the window.
+        let path = "/simple/requests/";
+        let max_age_60 = headers(&[("cache-control", "max-age=60")]);
+        assert_eq!(entry_use(&max_age_60, &state("pypi.org", path, true, 59), &rules), EntryUse::Serve);
+        assert_eq!(entry_use(&max_age_60, &state("pypi.org", path, true, 61), &rules), EntryUse::Revalidate);
+        let window_0 = RevalidationRules { window: Duration::ZERO, ..RevalidationRules::default() };
+        let max_age_0 = headers(&[("cache-control", "max-age=0")]);
+        assert_eq!(entry_use(&max_age_0, &state("pypi.org", path, true, 1), &window_0), EntryUse::Revalidate);
+        // Pragma only counts without Cache-Control (RFC 9111 §5.4).
+        assert_eq!(client_max_age(&headers(&[("pragma", "no-cache"), ("cache-control", "max-age=60")])), Some(Duration::from_secs(60)));
+        assert_eq!(client_max_age(&headers(&[("pragma", "x, No-Cache")])), Some(Duration::ZERO));
+        assert_eq!(client_max_age(&headers(&[("cache-control", "public")])), None);
+    }
+
+    #[test]
+    fn an_index_max_age_serves_indexes_of_that_ecosystem_up_to_that_age() {
+        let mut rules = RevalidationRules::default();
+        rules.index_max_age[Ecosystem::Apt.index()] = Duration::from_secs(300);
+        let in_release = ("deb.debian.org", "/debian/dists/bookworm/InRelease");
+        let max_age_0 = headers(&[("cache-control", "max-age=0")]);
+        // Stale by the origin's headers and asked fresh by apt: still served within 300 s.
+        assert_eq!(entry_use(&max_age_0, &state(in_release.0, in_release.1, false, 299), &rules), EntryUse::Serve);
+        assert_eq!(entry_use(&max_age_0, &state(in_release.0, in_release.1, false, 301), &rules), EntryUse::Revalidate);
+        // Other ecosystems keep the usual rules.
+        assert_eq!(entry_use(&max_age_0, &state("pypi.org", "/simple/requests/", false, 10), &rules), EntryUse::Revalidate);
+        // Unknown URLs of the same layout are not indexes.
+        assert_eq!(entry_use(&max_age_0, &state("deb.debian.org", "/debian/README", false, 10), &rules), EntryUse::Revalidate);
+    }
+
+    #[test]
+    fn credentialed_entries_are_always_revalidated_with_the_requesters_credentials() {
+        let rules = RevalidationRules { index_max_age: [Duration::from_secs(3600); Ecosystem::ALL.len()], ..RevalidationRules::default() };
+        for (host, path) in [("static.crates.io", "/crates/cfg-if/cfg-if-1.0.0.crate"), ("pypi.org", "/simple/requests/")] {
+            let s = EntryState { credentialed: true, ..state(host, path, true, 0) };
+            for req in client_headers() {
+                assert_eq!(entry_use(&req, &s, &rules), EntryUse::Revalidate, "{host}{path}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_urls_follow_the_client_and_the_window() {
+        let rules = RevalidationRules::default();
+        let max_age_0 = headers(&[("cache-control", "max-age=0")]);
+        assert_eq!(entry_use(&max_age_0, &state("example.org", "/file.bin", true, 1), &rules), EntryUse::Serve);
+        assert_eq!(entry_use(&max_age_0, &state("example.org", "/file.bin", true, 10), &rules), EntryUse::Revalidate);
+        assert_eq!(entry_use(&HeaderMap::new(), &state("example.org", "/file.bin", true, 10), &rules), EntryUse::Serve);
     }
 
     proptest! {

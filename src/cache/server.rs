@@ -25,8 +25,8 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::fill::{self, Head, Inflight, Joined};
 use super::metrics::{Metrics, Outcome};
-use super::rules::{self, FreshnessRules, RangeAnswer, Scheme};
-use super::store::{now_secs, Entry, Meta, Store};
+use super::rules::{self, Ecosystem, EntryUse, FreshnessRules, RangeAnswer, RevalidationRules, Scheme};
+use super::store::{now_ms, now_secs, Entry, Meta, Store};
 use super::upstream::Origins;
 use crate::http::forward::strip_hop_by_hop;
 
@@ -43,7 +43,34 @@ pub struct Core {
     /// Replaced by a reload that changes `origins` or `extra_roots`.
     pub origins: arc_swap::ArcSwap<Origins>,
     pub rules: FreshnessRules,
+    pub revalidation: RevalidationRules,
+    /// One upstream revalidation at a time per key.
+    pub revalidations: Revalidations,
     pub metrics: Metrics,
+}
+
+/// Per-key locks for revalidations, so that concurrent requests for a stale (or asked-fresh) entry
+/// make one conditional request upstream and are all answered by it. Entries are dropped when no
+/// request holds them (weak references, pruned as the map grows).
+#[derive(Default)]
+pub struct Revalidations {
+    locks: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl Revalidations {
+    /// The lock of `key`, shared with every request for it that holds it now.
+    pub fn lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(lock) = locks.get(key).and_then(std::sync::Weak::upgrade) {
+            return lock;
+        }
+        if locks.len() >= 1024 {
+            locks.retain(|_, lock| lock.strong_count() > 0);
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        locks.insert(key.to_owned(), Arc::downgrade(&lock));
+        lock
+    }
 }
 
 /// The connection a request arrived on.
@@ -53,6 +80,13 @@ pub struct Conn {
     /// The TLS server name the client asked for (HTTPS only).
     pub sni: Option<Arc<str>>,
     pub peer: SocketAddr,
+}
+
+/// The metrics labels of a request: its scheme and its package ecosystem.
+#[derive(Debug, Clone, Copy)]
+struct Label {
+    scheme: Scheme,
+    eco: Ecosystem,
 }
 
 /// A request's validated target.
@@ -88,17 +122,12 @@ where
 }
 
 /// Counts body bytes into the metrics as they are sent.
-fn counted<S>(
-    s: S,
-    core: &Arc<Core>,
-    scheme: Scheme,
-    from_cache: bool,
-) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
+fn counted<S>(s: S, core: &Arc<Core>, l: Label, from_cache: bool) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
 where
     S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
 {
     let core = core.clone();
-    s.inspect_ok(move |b| core.metrics.bytes(scheme, from_cache, b.len() as u64))
+    s.inspect_ok(move |b| core.metrics.bytes(l.scheme, l.eco, from_cache, b.len() as u64))
 }
 
 /// Validates the target of a request: intercepted host, `Host` equal to SNI over TLS, and an
@@ -148,33 +177,37 @@ pub async fn handle(core: Arc<Core>, conn: Conn, req: Request<Incoming>) -> Resu
         }
     };
     let span = tracing::debug_span!("cache", peer = %conn.peer, host = %t.host, path = %t.path_and_query, method = %req.method());
-    Ok(tracing::Instrument::instrument(answer(core, conn.scheme, t, req), span).await)
+    Ok(tracing::Instrument::instrument(
+        answer(core, Label { scheme: conn.scheme, eco: rules::ecosystem(&t.host, &t.path_and_query) }, t, req),
+        span,
+    )
+    .await)
 }
 
 /// Answers a request for a validated target.
-async fn answer(core: Arc<Core>, scheme: Scheme, t: Target, req: Request<Incoming>) -> Response<CacheBody> {
+async fn answer(core: Arc<Core>, l: Label, t: Target, req: Request<Incoming>) -> Response<CacheBody> {
     if let Some(why) = rules::request_bypass(req.method(), &t.path_and_query, req.headers()) {
         tracing::debug!(reason = why.as_str(), "cache bypass");
-        core.metrics.request(scheme, Outcome::Bypass);
-        return passthrough(&core, scheme, &t, req).await;
+        core.metrics.request(l.scheme, l.eco, Outcome::Bypass);
+        return passthrough(&core, l, &t, req).await;
     }
     let (parts, _body) = req.into_parts();
     let head_only = parts.method == Method::HEAD;
-    let primary = rules::primary_key(scheme, &t.host, &t.path_and_query);
+    let primary = rules::primary_key(l.scheme, &t.host, &t.path_and_query);
     let vary = store_vary(&core.store, &primary);
     let key = full_key(&primary, &vary, &parts.headers);
 
     if let Some(entry) = core.store.get(&key) {
-        match answer_from_entry(&core, scheme, &t, &parts, &entry).await {
+        match answer_from_entry(&core, l, &t, &parts, &key, &entry).await {
             Some(r) => return r,
             None => { /* damaged or gone: fetch below */ }
         }
     }
     if head_only {
-        core.metrics.request(scheme, Outcome::Bypass);
-        return fetch_uncached(&core, scheme, &t, Method::HEAD, &parts.headers).await;
+        core.metrics.request(l.scheme, l.eco, Outcome::Bypass);
+        return fetch_uncached(&core, l, &t, Method::HEAD, &parts.headers).await;
     }
-    miss(&core, scheme, &t, &parts, &primary, &key).await
+    miss(&core, l, &t, &parts, &primary, &key).await
 }
 
 fn store_vary(store: &Store, primary: &str) -> Vec<HeaderName> {
@@ -189,19 +222,26 @@ fn full_key(primary: &str, vary: &[HeaderName], req: &HeaderMap) -> String {
     }
 }
 
-/// Whether the client asked to skip fresh copies (`no-cache`, `max-age=0`).
-fn client_wants_revalidation(req: &HeaderMap) -> bool {
-    let cc = rules::CacheControl::parse(req);
-    cc.no_cache || cc.max_age == Some(0) || req.get(header::PRAGMA).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"no-cache"))
+/// What the rules need to know of `entry` for a request to `t` arriving at `now_ms`.
+fn entry_state(t: &Target, entry: &Entry, now_ms: u64) -> rules::EntryState {
+    rules::EntryState {
+        class: rules::classify(&t.host, &t.path_and_query),
+        ecosystem: rules::ecosystem(&t.host, &t.path_and_query),
+        credentialed: entry.credentialed(),
+        fresh: entry.is_fresh(now_ms / 1000),
+        since_validated: Duration::from_millis(now_ms.saturating_sub(entry.validated_at_ms())),
+    }
 }
 
-/// Answers from a stored entry, revalidating first when it is stale, was fetched with
-/// credentials, or the client asks; `None` when the entry turned out unusable.
+/// Answers from a stored entry, revalidating first when [`rules::entry_use`] says so; `None` when
+/// the entry turned out unusable, or a new body for it is being fetched (the caller then joins that
+/// fetch or makes its own).
 async fn answer_from_entry(
     core: &Arc<Core>,
-    scheme: Scheme,
+    l: Label,
     t: &Target,
     req: &hyper::http::request::Parts,
+    key: &str,
     entry: &Arc<Entry>,
 ) -> Option<Response<CacheBody>> {
     let checked = if entry.inline().is_some() {
@@ -213,11 +253,32 @@ async fn answer_from_entry(
     if !checked {
         return None;
     }
-    let must_check = entry.credentialed() || !entry.is_fresh(now_secs()) || client_wants_revalidation(&req.headers);
-    if !must_check {
-        core.metrics.request(scheme, Outcome::Hit);
-        return Some(serve_entry(core, scheme, req, entry, "HIT"));
+    let arrived = now_ms();
+    // The common hit (fresh, shared, no client directive) skips classifying the URL.
+    let plain_hit = !entry.credentialed() && entry.is_fresh(arrived / 1000) && rules::client_max_age(&req.headers).is_none();
+    if plain_hit || rules::entry_use(&req.headers, &entry_state(t, entry, arrived), &core.revalidation) == EntryUse::Serve {
+        core.metrics.request(l.scheme, l.eco, Outcome::Hit);
+        return Some(serve_entry(core, l, req, entry, "HIT"));
     }
+    // One revalidation at a time per key (credentialed entries aside: each requester is checked
+    // with their own credentials). Whoever waited for it is answered by it.
+    let _turn = if entry.credentialed() {
+        None
+    } else {
+        let lock = core.revalidations.lock(key);
+        // A revalidation that hangs does not hold the others back longer than a fill would.
+        let guard = tokio::time::timeout(FOLLOW_WAIT, lock.lock_owned()).await.ok();
+        match core.store.get(key) {
+            Some(current) if current.validated_at_ms() >= arrived && !current.credentialed() => {
+                core.metrics.request(l.scheme, l.eco, Outcome::Hit);
+                return Some(serve_entry(core, l, req, &current, "HIT-REVALIDATED"));
+            }
+            // The revalidation we waited for brought a new body, still being fetched: follow it.
+            _ if core.inflight.contains(key) => return None,
+            _ => {}
+        }
+        guard
+    };
     let meta = entry.meta();
     let mut h = upstream_headers(&req.headers, &t.host_header);
     let mut conditional = false;
@@ -228,7 +289,7 @@ async fn answer_from_entry(
         h.insert(header::IF_MODIFIED_SINCE, lm);
         conditional = true;
     }
-    let Some(url) = core.origins.load_full().url(scheme, &t.host, t.port, &t.path_and_query) else {
+    let Some(url) = core.origins.load_full().url(l.scheme, &t.host, t.port, &t.path_and_query) else {
         return Some(text(StatusCode::BAD_REQUEST, "bad target"));
     };
     let sent = core.origins.load_full().client.get(url).headers(h).send().await;
@@ -251,18 +312,20 @@ async fn answer_from_entry(
             let etag = resp.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
             let lm = resp.headers().get(header::LAST_MODIFIED).and_then(|v| v.to_str().ok()).map(str::to_owned);
             core.store.refresh(entry, now_secs().saturating_add(fresh_for), etag, lm);
-            core.metrics.request(scheme, Outcome::Revalidated);
-            Some(serve_entry(core, scheme, req, entry, "REVALIDATED"))
+            core.metrics.request(l.scheme, l.eco, Outcome::Revalidated);
+            Some(serve_entry(core, l, req, entry, "REVALIDATED"))
         }
         Ok(resp) if resp.status() == StatusCode::OK => {
-            // Changed upstream: store the new body (when allowed) while serving it.
-            core.metrics.request(scheme, Outcome::Miss);
-            let primary = rules::primary_key(scheme, &t.host, &t.path_and_query);
+            // Changed upstream, or the entry had no validator to ask with: store the new body (when
+            // allowed) while serving it.
+            core.metrics.request(l.scheme, l.eco, Outcome::Miss);
+            core.metrics.refetch(l.eco, conditional);
+            let primary = rules::primary_key(l.scheme, &t.host, &t.path_and_query);
             let key = meta.key.clone();
             let temp = || core.store.temp_file().map_err(std::io::Error::other);
             match core.inflight.join(&key, temp) {
-                Ok(Joined::Leader(writer, fill)) => Some(store_and_serve(core, scheme, t, req, &primary, writer, fill, resp)),
-                _ => Some(from_reqwest(core, scheme, resp, false)),
+                Ok(Joined::Leader(writer, fill)) => Some(store_and_serve(core, l, t, req, &primary, writer, fill, resp)),
+                _ => Some(from_reqwest(core, l, resp, false)),
             }
         }
         Ok(resp) => {
@@ -272,16 +335,16 @@ async fn answer_from_entry(
             // A refusal (401/403/...) of this requester, or an error: theirs to see, nothing cached.
             if resp.status().is_server_error() && !meta.credentialed {
                 tracing::warn!(status = %resp.status(), "origin failed; serving a stale copy");
-                core.metrics.request(scheme, Outcome::Stale);
-                return Some(serve_entry(core, scheme, req, entry, "STALE"));
+                core.metrics.request(l.scheme, l.eco, Outcome::Stale);
+                return Some(serve_entry(core, l, req, entry, "STALE"));
             }
-            core.metrics.request(scheme, Outcome::Bypass);
-            Some(from_reqwest(core, scheme, resp, req.method == Method::HEAD))
+            core.metrics.request(l.scheme, l.eco, Outcome::Bypass);
+            Some(from_reqwest(core, l, resp, req.method == Method::HEAD))
         }
         Err(e) if !meta.credentialed => {
             tracing::warn!(error = %e, "origin unreachable; serving a stale copy");
-            core.metrics.request(scheme, Outcome::Stale);
-            Some(serve_entry(core, scheme, req, entry, "STALE"))
+            core.metrics.request(l.scheme, l.eco, Outcome::Stale);
+            Some(serve_entry(core, l, req, entry, "STALE"))
         }
         Err(e) => Some(bad_gateway(&e)),
     }
@@ -306,7 +369,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// A stored entry as a response: 304 for a matching conditional, 206/416 for ranges.
 fn serve_entry(
     core: &Arc<Core>,
-    scheme: Scheme,
+    l: Label,
     req: &hyper::http::request::Parts,
     entry: &Arc<Entry>,
     x_cache: &'static str,
@@ -320,7 +383,7 @@ fn serve_entry(
     headers.insert("x-cache", HeaderValue::from_static(x_cache));
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     let len = entry.len;
-    respond_with_body(core, scheme, req, headers, Some(len), etag.as_deref(), last_modified.as_deref(), true, |start, end| {
+    respond_with_body(core, l, req, headers, Some(len), etag.as_deref(), last_modified.as_deref(), true, |start, end| {
         if let Some(b) = entry.inline() {
             return Ok(full(b.slice(start as usize..end as usize)));
         }
@@ -333,7 +396,7 @@ fn serve_entry(
 #[allow(clippy::too_many_arguments)]
 fn respond_with_body(
     core: &Arc<Core>,
-    scheme: Scheme,
+    l: Label,
     req: &hyper::http::request::Parts,
     mut headers: HeaderMap,
     len: Option<u64>,
@@ -388,7 +451,7 @@ fn respond_with_body(
     if from_cache {
         let n = end.saturating_sub(start);
         if n != u64::MAX {
-            core.metrics.bytes(scheme, true, n);
+            core.metrics.bytes(l.scheme, l.eco, true, n);
         }
     }
     *resp.body_mut() = b;
@@ -412,46 +475,39 @@ fn upstream_headers(client: &HeaderMap, host: &HeaderValue) -> HeaderMap {
 }
 
 /// A cold URL: lead a fill, or follow one in flight.
-async fn miss(
-    core: &Arc<Core>,
-    scheme: Scheme,
-    t: &Target,
-    req: &hyper::http::request::Parts,
-    primary: &str,
-    key: &str,
-) -> Response<CacheBody> {
+async fn miss(core: &Arc<Core>, l: Label, t: &Target, req: &hyper::http::request::Parts, primary: &str, key: &str) -> Response<CacheBody> {
     let temp = || core.store.temp_file().map_err(std::io::Error::other);
     match core.inflight.join(key, temp) {
         Err(e) => {
             tracing::warn!(error = %e, "cache: no temporary file; fetching without caching");
-            core.metrics.request(scheme, Outcome::Bypass);
-            fetch_uncached(core, scheme, t, Method::GET, &req.headers).await
+            core.metrics.request(l.scheme, l.eco, Outcome::Bypass);
+            fetch_uncached(core, l, t, Method::GET, &req.headers).await
         }
         Ok(Joined::Follower(fill)) => {
             let head = tokio::time::timeout(FOLLOW_WAIT, fill.head()).await.ok().flatten();
             match head {
                 Some(h) if h.shareable && rules::vary_key(&names(&h.vary), &req.headers) == h.leader_vary_key => {
-                    core.metrics.request(scheme, Outcome::Coalesced);
-                    serve_fill(core, scheme, req, &fill, &h, "MISS-COALESCED", true)
+                    core.metrics.request(l.scheme, l.eco, Outcome::Coalesced);
+                    serve_fill(core, l, req, &fill, &h, "MISS-COALESCED", true)
                 }
                 // Another variant than the leader's: fetched (and stored) under its own key.
                 Some(h) if h.shareable && full_key(primary, &names(&h.vary), &req.headers) != key => {
                     let key = full_key(primary, &names(&h.vary), &req.headers);
-                    Box::pin(miss(core, scheme, t, req, primary, &key)).await
+                    Box::pin(miss(core, l, t, req, primary, &key)).await
                 }
                 _ => {
-                    core.metrics.request(scheme, Outcome::Bypass);
-                    fetch_uncached(core, scheme, t, Method::GET, &req.headers).await
+                    core.metrics.request(l.scheme, l.eco, Outcome::Bypass);
+                    fetch_uncached(core, l, t, Method::GET, &req.headers).await
                 }
             }
         }
         Ok(Joined::Leader(writer, fill)) => {
-            core.metrics.request(scheme, Outcome::Miss);
-            let Some(url) = core.origins.load_full().url(scheme, &t.host, t.port, &t.path_and_query) else {
+            core.metrics.request(l.scheme, l.eco, Outcome::Miss);
+            let Some(url) = core.origins.load_full().url(l.scheme, &t.host, t.port, &t.path_and_query) else {
                 return text(StatusCode::BAD_REQUEST, "bad target");
             };
             match core.origins.load_full().client.get(url).headers(upstream_headers(&req.headers, &t.host_header)).send().await {
-                Ok(resp) => store_and_serve(core, scheme, t, req, primary, writer, fill, resp),
+                Ok(resp) => store_and_serve(core, l, t, req, primary, writer, fill, resp),
                 Err(e) => bad_gateway(&e),
             }
         }
@@ -480,7 +536,7 @@ fn names(v: &[String]) -> Vec<HeaderName> {
 #[allow(clippy::too_many_arguments)]
 fn store_and_serve(
     core: &Arc<Core>,
-    scheme: Scheme,
+    l: Label,
     t: &Target,
     req: &hyper::http::request::Parts,
     primary: &str,
@@ -500,7 +556,7 @@ fn store_and_serve(
             writer.set_head(Head { headers: HeaderMap::new(), len: None, shareable: false, vary: vec![], leader_vary_key: String::new() });
             writer.finish(Ok(0));
             let _ = std::fs::remove_file(&fill.path);
-            return from_reqwest(core, scheme, resp, false);
+            return from_reqwest(core, l, resp, false);
         }
     };
     // A coded body is only for clients that asked for that coding.
@@ -581,13 +637,13 @@ fn store_and_serve(
         }
         writer.finish(outcome);
     });
-    serve_fill(core, scheme, req, &fill, &head, "MISS", false)
+    serve_fill(core, l, req, &fill, &head, "MISS", false)
 }
 
 /// Serves a fill (being written) to one client.
 fn serve_fill(
     core: &Arc<Core>,
-    scheme: Scheme,
+    l: Label,
     req: &hyper::http::request::Parts,
     fill: &Arc<fill::Fill>,
     head: &Head,
@@ -603,14 +659,14 @@ fn serve_fill(
     let lm = head.headers.get(header::LAST_MODIFIED).and_then(|v| v.to_str().ok());
     let fill = fill.clone();
     let core2 = core.clone();
-    respond_with_body(core, scheme, req, headers, head.len, etag, lm, false, move |start, end| {
+    respond_with_body(core, l, req, headers, head.len, etag, lm, false, move |start, end| {
         let end = (end != u64::MAX).then_some(end);
-        Ok(stream_body(counted(fill.reader(start, end), &core2, scheme, from_cache)))
+        Ok(stream_body(counted(fill.reader(start, end), &core2, l, from_cache)))
     })
 }
 
 /// The origin's answer passed on as it is (hop-by-hop headers removed).
-fn from_reqwest(core: &Arc<Core>, scheme: Scheme, resp: reqwest::Response, head_only: bool) -> Response<CacheBody> {
+fn from_reqwest(core: &Arc<Core>, l: Label, resp: reqwest::Response, head_only: bool) -> Response<CacheBody> {
     let mut out = Response::new(empty());
     *out.status_mut() = resp.status();
     let mut h = resp.headers().clone();
@@ -619,14 +675,14 @@ fn from_reqwest(core: &Arc<Core>, scheme: Scheme, resp: reqwest::Response, head_
     *out.headers_mut() = h;
     if !head_only {
         let s = resp.bytes_stream().map_err(std::io::Error::other);
-        *out.body_mut() = stream_body(counted(s, core, scheme, false));
+        *out.body_mut() = stream_body(counted(s, core, l, false));
     }
     out
 }
 
 /// A GET or HEAD fetched for this client alone.
-async fn fetch_uncached(core: &Arc<Core>, scheme: Scheme, t: &Target, method: Method, client: &HeaderMap) -> Response<CacheBody> {
-    let Some(url) = core.origins.load_full().url(scheme, &t.host, t.port, &t.path_and_query) else {
+async fn fetch_uncached(core: &Arc<Core>, l: Label, t: &Target, method: Method, client: &HeaderMap) -> Response<CacheBody> {
+    let Some(url) = core.origins.load_full().url(l.scheme, &t.host, t.port, &t.path_and_query) else {
         return text(StatusCode::BAD_REQUEST, "bad target");
     };
     let mut h = client.clone();
@@ -634,14 +690,14 @@ async fn fetch_uncached(core: &Arc<Core>, scheme: Scheme, t: &Target, method: Me
     h.insert(header::HOST, t.host_header.clone());
     let head_only = method == Method::HEAD;
     match core.origins.load_full().client.request(method, url).headers(h).send().await {
-        Ok(resp) => from_reqwest(core, scheme, resp, head_only),
+        Ok(resp) => from_reqwest(core, l, resp, head_only),
         Err(e) => bad_gateway(&e),
     }
 }
 
 /// Any request the cache does not handle: forwarded with its body, answered with the origin's.
-async fn passthrough(core: &Arc<Core>, scheme: Scheme, t: &Target, req: Request<Incoming>) -> Response<CacheBody> {
-    let Some(url) = core.origins.load_full().url(scheme, &t.host, t.port, &t.path_and_query) else {
+async fn passthrough(core: &Arc<Core>, l: Label, t: &Target, req: Request<Incoming>) -> Response<CacheBody> {
+    let Some(url) = core.origins.load_full().url(l.scheme, &t.host, t.port, &t.path_and_query) else {
         return text(StatusCode::BAD_REQUEST, "bad target");
     };
     let (parts, body) = req.into_parts();
@@ -651,7 +707,7 @@ async fn passthrough(core: &Arc<Core>, scheme: Scheme, t: &Target, req: Request<
     let head_only = parts.method == Method::HEAD;
     let body = reqwest::Body::wrap_stream(body.into_data_stream());
     match core.origins.load_full().client.request(parts.method, url).headers(h).body(body).send().await {
-        Ok(resp) => from_reqwest(core, scheme, resp, head_only),
+        Ok(resp) => from_reqwest(core, l, resp, head_only),
         Err(e) => bad_gateway(&e),
     }
 }

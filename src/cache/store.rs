@@ -74,6 +74,10 @@ pub struct Entry {
     /// Its body has been hashed since it was loaded from disk (or was written by this process).
     verified: AtomicBool,
     inline: OnceLock<Bytes>,
+    /// Milliseconds since the epoch when the origin last sent or confirmed (304) this body: what
+    /// the revalidation window counts from. In memory only: after a restart it is `stored_at`, so an
+    /// index is asked for again rather than trusted across a pause of unknown length.
+    validated_at_ms: AtomicU64,
 }
 
 impl Entry {
@@ -88,6 +92,11 @@ impl Entry {
 
     pub fn is_fresh(&self, now: u64) -> bool {
         self.meta.lock().map(|m| now < m.fresh_until).unwrap_or(false)
+    }
+
+    /// See `validated_at_ms`.
+    pub fn validated_at_ms(&self) -> u64 {
+        self.validated_at_ms.load(Ordering::Relaxed)
     }
 
     pub fn credentialed(&self) -> bool {
@@ -118,6 +127,11 @@ pub struct Store {
     tick: AtomicU64,
     /// Bytes of bodies held in memory (see [`INLINE_BUDGET`]).
     inline_bytes: AtomicU64,
+}
+
+/// Milliseconds since the epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 pub fn now_secs() -> u64 {
@@ -212,6 +226,7 @@ impl Store {
                     last_access: AtomicU64::new(0),
                     verified: AtomicBool::new(false),
                     inline: OnceLock::new(),
+                    validated_at_ms: AtomicU64::new(m.stored_at.saturating_mul(1000)),
                 });
                 idx.entries.insert(m.key, entry);
             }
@@ -320,6 +335,7 @@ impl Store {
             last_access: AtomicU64::new(self.tick.fetch_add(1, Ordering::Relaxed)),
             verified: AtomicBool::new(true),
             inline: OnceLock::new(),
+            validated_at_ms: AtomicU64::new(now_ms()),
         });
         let mut idx = self.lock();
         idx.vary.insert(meta.primary.clone(), meta.vary.clone());
@@ -333,6 +349,7 @@ impl Store {
 
     /// After a successful revalidation: new freshness and validators, persisted.
     pub fn refresh(&self, entry: &Entry, fresh_until: u64, etag: Option<String>, last_modified: Option<String>) {
+        entry.validated_at_ms.store(now_ms(), Ordering::Relaxed);
         let meta = {
             let Ok(mut m) = entry.meta.lock() else { return };
             m.fresh_until = fresh_until;

@@ -89,6 +89,14 @@ pub struct CacheConfig {
     pub immutable_ttl: Span,
     #[serde(default = "default_mutable_ttl")]
     pub mutable_ttl: Span,
+    /// A revalidation this recent answers requests that ask for a fresh copy (`max-age=0`, as apt
+    /// and pip send on every index request); see [`crate::cache::rules::RevalidationRules`].
+    #[serde(default = "default_revalidate_window")]
+    pub revalidate_window: Span,
+    /// Per ecosystem (`apt`, `pypi`, `npm`, `cargo`, ...): serve its mutable indexes up to this old
+    /// without asking the origin, whatever clients and origins say. Empty by default.
+    #[serde(default)]
+    pub index_max_age: BTreeMap<String, Span>,
     /// Where `GET /metrics` (Prometheus) is served; none when absent.
     #[serde(default = "default_metrics_listen")]
     pub metrics_listen: Option<SocketAddr>,
@@ -145,6 +153,24 @@ fn default_rotate_every() -> Span {
 
 fn default_immutable_ttl() -> Span {
     Span(Duration::from_secs(30 * 24 * 3600))
+}
+
+fn default_revalidate_window() -> Span {
+    Span(Duration::from_secs(5))
+}
+
+impl CacheConfig {
+    /// The revalidation settings as the cache's rules take them (unknown ecosystems are refused
+    /// by `validate`, and ignored here).
+    pub fn revalidation_rules(&self) -> crate::cache::rules::RevalidationRules {
+        let mut rules = crate::cache::rules::RevalidationRules { window: self.revalidate_window.0, ..Default::default() };
+        for (name, age) in &self.index_max_age {
+            if let Some(e) = crate::cache::rules::Ecosystem::from_name(name) {
+                rules.index_max_age[e.index()] = age.0;
+            }
+        }
+        rules
+    }
 }
 
 fn default_mutable_ttl() -> Span {
@@ -844,6 +870,12 @@ impl Config {
             if c.listen != "auto" && c.listen.parse::<std::net::IpAddr>().is_err() {
                 return Err(invalid("cache.listen".into(), "an IP address, or \"auto\" for dockerd's bridge gateway"));
             }
+            for name in c.index_max_age.keys() {
+                if crate::cache::rules::Ecosystem::from_name(name).is_none() {
+                    let known: Vec<&str> = crate::cache::rules::Ecosystem::ALL.iter().map(|e| e.as_str()).collect();
+                    return Err(invalid(format!("cache.index_max_age.{name}"), &format!("not an ecosystem ({})", known.join(", "))));
+                }
+            }
             for path in &c.extra_roots {
                 crate::transport::tls::load_roots(path).map_err(|e| invalid("cache.extra_roots".into(), &e.to_string()))?;
             }
@@ -936,11 +968,24 @@ mod tests {
         assert_eq!((cache.max_bytes.0, cache.rotate_every.0), (2 << 30, Duration::from_secs(5400)));
         assert_eq!((cache.listen.as_str(), cache.http_port, cache.https_port), ("auto", 80, 443));
         c.validate("t").unwrap();
+        assert_eq!(cache.revalidation_rules(), crate::cache::rules::RevalidationRules::default(), "5 s window, no index_max_age");
+        let c = Config::parse(
+            &format!("{base}[cache]\nhosts = [\"a\"]\nrevalidate_window = \"2s\"\n[cache.index_max_age]\napt = \"5m\"\npypi = \"30s\"\n"),
+            "t",
+        )
+        .unwrap();
+        c.validate("t").unwrap();
+        let rules = c.cache.unwrap().revalidation_rules();
+        assert_eq!(rules.window, Duration::from_secs(2));
+        assert_eq!(rules.index_max_age[crate::cache::rules::Ecosystem::Apt.index()], Duration::from_secs(300));
+        assert_eq!(rules.index_max_age[crate::cache::rules::Ecosystem::Pypi.index()], Duration::from_secs(30));
+        assert_eq!(rules.index_max_age[crate::cache::rules::Ecosystem::Npm.index()], Duration::ZERO);
         for (bad, key) in [
             ("hosts = []", "cache.hosts"),
             ("hosts = [\"Deb.debian.org\"]", "cache.hosts"),
             ("hosts = [\"a\"]\nlisten = \"eth0\"", "cache.listen"),
             ("hosts = [\"a\"]\n[cache.origins]\n\"b:80\" = \"127.0.0.1:1\"", "cache.origins"),
+            ("hosts = [\"a\"]\n[cache.index_max_age]\nrubygems = \"1m\"", "cache.index_max_age.rubygems"),
         ] {
             let e = Config::parse(&format!("{base}[cache]\n{bad}\n"), "t").unwrap().validate("t").unwrap_err().to_string();
             assert!(e.contains(key), "{bad}: {e}");
