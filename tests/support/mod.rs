@@ -30,6 +30,29 @@ pub fn direct() -> &'static str {
 pub fn direct_socket() -> &'static Path {
     Path::new(direct().strip_prefix("unix://").unwrap_or("/var/run/docker.sock"))
 }
+/// The daemon under test's own `docker version` (`{{json .Server}}`): `Version`, `ApiVersion` (the
+/// newest API version it speaks), `MinAPIVersion`. Expectations that differ between daemons (20.10
+/// speaks API 1.41, Docker 28.5 1.51) read it instead of naming one.
+pub fn daemon_version() -> &'static serde_json::Value {
+    static V: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    V.get_or_init(|| {
+        let out = docker(direct(), &["version", "--format", "{{json .Server}}"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("docker version: {e}: {out}"))
+    })
+}
+
+/// `daemon_version()["ApiVersion"]`.
+pub fn daemon_api_version() -> &'static str {
+    daemon_version()["ApiVersion"].as_str().expect("ApiVersion")
+}
+
+/// The API version the docker CLI 28 (first on PATH) settles on with the daemon under test: its
+/// requests go to `/v<this>/...` (20.10: 1.41; Docker 28.5: the CLI's own newest, 1.50 for 28.2).
+pub fn cli_api_version() -> &'static str {
+    static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    V.get_or_init(|| docker(direct(), &["version", "--format", "{{.Client.APIVersion}}"]).trim().to_owned())
+}
+
 /// The busybox image built by `scripts/test-env`.
 pub const BUSYBOX: &str = "ctproxy-test/busybox:latest";
 /// busybox plus the static docker CLI: a CI job image.
@@ -38,19 +61,28 @@ pub const DOCKER_CLI_IMAGE: &str = "ctproxy-test/docker-cli:latest";
 pub const CI_IMAGE: &str = "ctproxy-test/ci:latest";
 /// Debian's docker 20.10 CLI (the static 28.x one is first on PATH as `docker`).
 pub const DOCKER_2010: &str = "/usr/bin/docker";
+/// Debian's docker 28.5 CLI, unpacked by `scripts/test-env` beside the Docker 28 daemon; its buildx
+/// and compose v2 plugins are in /usr/local/lib/docker/cli-plugins, where every CLI here finds them.
+pub const DOCKER_28: &str = "/opt/ctproxy-docker28/usr/bin/docker";
+/// busybox, the docker 28.5 CLI and its buildx and compose v2 plugins: a CI job image for BuildKit.
+pub const CI28_IMAGE: &str = "ctproxy-test/ci28:latest";
 
 static ENV_CHECK: Once = Once::new();
 
 /// Fails loudly unless the daemon and the test images are there.
 pub fn require_docker() {
     ENV_CHECK.call_once(|| {
-        let out =
-            Command::new("docker").args(["image", "inspect", BUSYBOX, DOCKER_CLI_IMAGE, CI_IMAGE]).env("DOCKER_HOST", direct()).output();
+        let out = Command::new("docker")
+            .args(["image", "inspect", BUSYBOX, DOCKER_CLI_IMAGE, CI_IMAGE, CI28_IMAGE])
+            .env("DOCKER_HOST", direct())
+            .output();
         match out {
             Ok(o) if o.status.success() => {}
-            Ok(o) => {
-                panic!("dockerd or the test images are missing ({}); run scripts/test-env first", String::from_utf8_lossy(&o.stderr).trim())
-            }
+            Ok(o) => panic!(
+                "the daemon under test ({}) or the test images are missing ({}); run scripts/test-env first",
+                direct(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
             Err(e) => panic!("cannot run the docker CLI ({e}); run scripts/test-env first"),
         }
     });
@@ -99,12 +131,22 @@ impl Proxy {
     pub fn spawn(dir: tempfile::TempDir, sock: PathBuf, args: &[&str]) -> Proxy {
         let log = dir.path().join("ctproxy.log");
         let logf = std::fs::File::create(&log).expect("log file");
-        // Every test's ctproxy forwards to the daemon under test (a configuration's own
-        // `[upstream]` is overridden, as `--upstream` does).
+        // Every test's ctproxy forwards to the daemon under test, unless the test chose another
+        // upstream itself: an `--upstream` of its own, or a configuration whose `[upstream]` names
+        // a `url` (a daemon that is down, a TLS hop in front of the daemon under test).
+        let chosen = args.contains(&"--upstream")
+            || args.windows(2).any(|w| {
+                w[0] == "--config"
+                    && std::fs::read_to_string(w[1])
+                        .ok()
+                        .and_then(|t| t.parse::<toml::Table>().ok())
+                        .is_some_and(|t| t.get("upstream").and_then(|u| u.get("url")).is_some())
+            });
+        let upstream: &[&str] = if chosen { &[] } else { &["--upstream", direct()] };
         let child = Command::new(env!("CARGO_BIN_EXE_ctproxy"))
             .arg("serve")
             .args(args)
-            .args(["--upstream", direct()])
+            .args(upstream)
             .env("RUST_LOG", "info,ctproxy=debug")
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("log file"))
