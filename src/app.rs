@@ -19,11 +19,12 @@ use arc_swap::ArcSwap;
 
 use crate::cache::CacheService;
 use crate::config::{AuthConfig, CacheConfig, Config, ConfigError, JobsConfig, ListenerConfig, Overrides, PolicyConfig};
-use crate::http::server::{serve_connection, ServeOptions};
+use crate::http::serve::{serve_listener, Gate, Limits};
+use crate::http::server::{HandlerConns, ServeOptions};
 use crate::http::Forwarder;
-use crate::http::Handler;
 use crate::jobs::{ControlHandler, JobManager};
 use crate::plugin::auth::{Authenticator, HttpAuth, TlsCertAuth, UnixPeerAuth};
+use crate::plugin::namespace::pool::NetworkPool;
 use crate::plugin::namespace::{self, Namespace, NsName, RegistryTokens};
 use crate::plugin::policy::{Conservative, Inject, Policy, PolicyChain};
 use crate::proxy::{DockerProxy, ListenerHandler, Pipeline};
@@ -31,8 +32,18 @@ use crate::registry::{RegistryError, RegistryProxy, TokenStore};
 use crate::transport::listener::{resolve_group, resolve_user};
 use crate::transport::{self, Connector, Listener, TransportError, UnixSocketOptions};
 
-/// A TLS handshake that takes longer than this is abandoned.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The control socket's limits: one root client (the executor stages), one request per connection.
+const CONTROL_LIMITS: Limits = Limits::plain(Duration::from_secs(30), Duration::from_secs(180), 64);
+
+/// A listener's connection limits from its section.
+fn listener_limits(l: &ListenerConfig) -> Limits {
+    Limits {
+        handshake_timeout: l.handshake_timeout.0,
+        header_timeout: l.header_timeout.0,
+        idle_timeout: l.idle_timeout.0,
+        max_connections: l.max_connections as usize,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -70,6 +81,8 @@ struct RunningListener {
     task: tokio::task::JoinHandle<()>,
     /// Authentication and policies; replaced in place by a reload.
     pipeline: Arc<ArcSwap<Pipeline>>,
+    /// Timeouts and connection cap; replaced in place by a reload.
+    gate: Arc<Gate>,
 }
 
 pub struct Server {
@@ -195,23 +208,18 @@ fn namespace_settings(config: &Config, tokens: &Option<Arc<dyn RegistryTokens>>)
         shared_images: config.namespaces.shared_images.clone(),
         tokens: tokens.clone(),
         max_response: config.namespaces.max_response_bytes,
+        // Checked by `Config::validate`.
+        pool: NetworkPool::parse(&config.namespaces.network_pool, config.namespaces.network_prefix_len)
+            .ok()
+            .filter(|p| !p.ranges.is_empty()),
     })
 }
 
 /// The pipeline of job listeners: the `[jobs]` policies (each job adds its own namespace).
 fn job_pipeline(config: &Config, jobs: &JobsConfig, tokens: &Option<Arc<dyn RegistryTokens>>) -> Result<Pipeline, AppError> {
     let mut c = config.clone();
-    let listener = ListenerConfig {
-        address: transport::ListenAddr::Unix(jobs.dir.join("docker.sock")),
-        mode: None,
-        owner: None,
-        group: None,
-        tls: None,
-        access_log: true,
-        auth: Vec::new(),
-        policies: jobs.policies.clone(),
-        namespace: None,
-    };
+    let listener =
+        ListenerConfig { policies: jobs.policies.clone(), ..ListenerConfig::at(transport::ListenAddr::Unix(jobs.dir.join("docker.sock"))) };
     c.listener = BTreeMap::from([("jobs".to_owned(), listener)]);
     Ok(build_pipelines(&c, tokens)?.remove("jobs").unwrap_or_default())
 }
@@ -337,7 +345,9 @@ impl Server {
         let stop = CancellationToken::new();
         let opts = ServeOptions { listener: Arc::from("control"), access_log: true };
         let handler = Arc::new(ControlHandler { jobs: manager.clone() });
-        let task = tokio::spawn(accept_loop(listener, opts, handler, self.connections.clone(), self.draining.clone(), stop.clone()));
+        let conns = Arc::new(HandlerConns { opts, handler, draining: self.draining.clone() });
+        let gate = Gate::new("control", CONTROL_LIMITS);
+        let task = tokio::spawn(serve_listener(listener, gate, conns, self.connections.clone(), stop.clone()));
         let reaper = tokio::spawn(manager.clone().reaper(stop.clone()));
         self.jobs = Some(RunningJobs { manager, stop, task, reaper });
         Ok(())
@@ -357,8 +367,10 @@ impl Server {
         let opts = ServeOptions { listener: Arc::from(name), access_log: config.access_log };
         let pipeline = Arc::new(ArcSwap::from_pointee(pipeline));
         let handler = Arc::new(ListenerHandler { proxy: self.proxy.clone(), pipeline: pipeline.clone() });
-        let task = tokio::spawn(accept_loop(listener, opts, handler, self.connections.clone(), self.draining.clone(), stop.clone()));
-        self.listeners.insert(name.to_owned(), RunningListener { config: config.clone(), stop, task, pipeline });
+        let conns = Arc::new(HandlerConns { opts, handler, draining: self.draining.clone() });
+        let gate = Gate::new(name, listener_limits(config));
+        let task = tokio::spawn(serve_listener(listener, gate.clone(), conns, self.connections.clone(), stop.clone()));
+        self.listeners.insert(name.to_owned(), RunningListener { config: config.clone(), stop, task, pipeline, gate });
         Ok(())
     }
 
@@ -433,9 +445,11 @@ impl Server {
         for (name, l) in &new.listener {
             let pipeline = self.decorated(pipelines.remove(name).unwrap_or_default());
             match self.listeners.get_mut(name) {
-                // Same socket: only its authentication and policies change, for new requests.
+                // Same socket: its authentication and policies change for new requests, its
+                // timeouts and cap for new connections.
                 Some(running) => {
                     running.pipeline.store(Arc::new(pipeline));
+                    running.gate.set_limits(listener_limits(l));
                     running.config = l.clone();
                 }
                 None => {
@@ -511,50 +525,4 @@ impl Server {
         crate::http::body::flush_access_log();
         tracing::info!("stopped");
     }
-}
-
-/// Accepts connections on `listener` and serves each with `handler` until `stop`.
-pub(crate) async fn accept_loop<H: Handler>(
-    listener: Listener,
-    opts: ServeOptions,
-    handler: Arc<H>,
-    connections: TaskTracker,
-    draining: CancellationToken,
-    stop: CancellationToken,
-) {
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok(accepted) => {
-                let opts = opts.clone();
-                let handler = handler.clone();
-                let draining = draining.clone();
-                connections.spawn(async move {
-                    let peer = accepted.peer.clone();
-                    let (stream, peer) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accepted.into_stream()).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::info!(listener = %opts.listener, %peer, error = %e, "connection refused at handshake");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::info!(listener = %opts.listener, %peer, "handshake timed out");
-                            return;
-                        }
-                    };
-                    serve_connection(stream, peer, opts, handler, draining).await;
-                });
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(listener = %opts.listener, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    // Dropping the listener closes the socket and removes a unix socket file.
-    drop(listener);
 }

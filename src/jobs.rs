@@ -36,7 +36,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::JobsConfig;
-use crate::http::server::ServeOptions;
+use crate::http::serve::{serve_listener, Gate, Limits};
+use crate::http::server::{HandlerConns, ServeOptions};
 use crate::http::{respond, ConnCtx, Handler, ProxyBody};
 use crate::plugin::namespace::destroy::{namespaces_on_daemon, Removed};
 use crate::plugin::namespace::{self, Namespace, NsName};
@@ -199,8 +200,11 @@ impl JobManager {
         let handler = Arc::new(ListenerHandler { proxy: self.proxy.clone(), pipeline: Arc::new(ArcSwap::from_pointee(pipeline)) });
         let opts = ServeOptions { listener: Arc::from(listener_name.as_str()), access_log: true };
         let stop = CancellationToken::new();
-        let task =
-            tokio::spawn(crate::app::accept_loop(listener, opts, handler, self.connections.clone(), self.draining.clone(), stop.clone()));
+        let conns = Arc::new(HandlerConns { opts, handler, draining: self.draining.clone() });
+        // Each job socket counts its own connections: one job cannot take another's places.
+        let limits = Limits::plain(self.config.header_timeout.0, self.config.idle_timeout.0, self.config.max_connections as usize);
+        let gate = Gate::new(listener_name.as_str(), limits);
+        let task = tokio::spawn(serve_listener(listener, gate, conns, self.connections.clone(), stop.clone()));
         tracing::info!(job = %record.id, socket = %socket.display(), namespace = %namespace.name, deadline = record.deadline, "job listener started");
         Ok(Job { record, socket, namespace, stop, task })
     }

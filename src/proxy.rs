@@ -394,7 +394,10 @@ impl Handler for ListenerHandler {
             Ok(Admitted::Forward(req, None)) => self.proxy.forward_or_502(req, &conn).await,
             Ok(Admitted::Forward(req, Some(plan))) => {
                 let (ns, after) = *plan;
-                let rsp = self.proxy.forward_or_502(req, &conn).await;
+                let rsp = match self.proxy.forward(req, &conn).await {
+                    Ok(rsp) => rsp,
+                    Err(e) => body_refusal(&identity, &conn, &method, &path, e),
+                };
                 ns.finish(&self.proxy.daemon(), after, rsp).await
             }
             Ok(Admitted::Answer(rsp)) => rsp,
@@ -420,6 +423,33 @@ impl Handler for ListenerHandler {
     }
 }
 
+/// The answer to a namespaced request that could not be forwarded. When the request body was a
+/// rewritten build context (or `docker load` tar) that stopped with an error, the daemon got an
+/// incomplete archive and built nothing: the client gets that error with its status (403 for a
+/// refusal, in the audit log), as if the daemon had refused; anything else is a 502.
+fn body_refusal(identity: &Identity, conn: &ConnCtx, method: &hyper::Method, path: &str, e: ForwardError) -> Response<ProxyBody> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(s) = source {
+        if let Some(b) = s.downcast_ref::<crate::docker::buildctx::BuildContextError>() {
+            let status = b.status();
+            tracing::warn!(
+                target: "ctproxy::audit",
+                identity = %identity.name,
+                listener = %conn.listener,
+                %method,
+                %path,
+                status = status.as_u16(),
+                reason = %b,
+                "request refused by namespace"
+            );
+            return respond::error(status, &format!("ctproxy: {b}"));
+        }
+        source = s.source();
+    }
+    tracing::warn!(listener = %conn.listener, error = %e, "request not forwarded");
+    respond::error(StatusCode::BAD_GATEWAY, &format!("ctproxy: {e}"))
+}
+
 /// Logs a policy refusal to the audit log and turns it into the client's answer.
 fn refusal(ctx: &RequestCtx<'_>, d: Denied) -> Refused {
     let message = d.message();
@@ -431,7 +461,7 @@ fn refusal(ctx: &RequestCtx<'_>, d: Denied) -> Refused {
         endpoint = ctx.route.endpoint.map_or("unknown", Endpoint::name),
         path = %ctx.route.path,
         policy = %d.policy,
-        reason = %d.refusal.what,
+        reason = %d.refusal.reason(),
         "request refused by policy"
     );
     Refused { status: d.refusal.status, message, logged: true }

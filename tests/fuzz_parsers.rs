@@ -44,6 +44,7 @@ const ROOTS: &[(&Schema, Endpoint)] = &[
     (&schema::CONFIG, Endpoint::Commit),
     (&schema::NETWORK_CREATE, Endpoint::NetworkCreate),
     (&schema::NETWORK_CONNECT, Endpoint::NetworkConnect),
+    (&schema::NETWORK_DISCONNECT, Endpoint::NetworkDisconnect),
     (&schema::VOLUME_CREATE, Endpoint::VolumeCreate),
     (&schema::AUTH_CONFIG, Endpoint::Auth),
 ];
@@ -284,7 +285,8 @@ fn entry_of(s: &'static Schema, depth: u32) -> BoxedStrategy<(String, Node)> {
 
 /// An object for a struct schema: known fields in random spellings (duplicates likely), a few unknown keys.
 fn struct_of(s: &'static Schema, depth: u32) -> BoxedStrategy<Node> {
-    if depth == 0 {
+    // `struct{}` (the values of ExposedPorts and Volumes, ClusterOptions) has no field to pick.
+    if depth == 0 || s.field_names().next().is_none() {
         return Just(Node::Obj(Vec::new())).boxed();
     }
     proptest::collection::vec(entry_of(s, depth), 0..8).prop_map(Node::Obj).boxed()
@@ -332,6 +334,7 @@ fn route_for(endpoint: Endpoint) -> Route {
         Endpoint::Commit => "/v1.41/commit",
         Endpoint::NetworkCreate => "/v1.41/networks/create",
         Endpoint::NetworkConnect => "/v1.41/networks/n/connect",
+        Endpoint::NetworkDisconnect => "/v1.41/networks/n/disconnect",
         Endpoint::VolumeCreate => "/v1.41/volumes/create",
         Endpoint::Auth => "/v1.41/auth",
         other => panic!("no route for {other:?}"),

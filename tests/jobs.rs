@@ -203,7 +203,8 @@ fn executor_config_prints_one_json_object_and_cleanup_removes_the_job() {
     docker(&host, &["run", "-d", "--name", "svc", BUSYBOX, "sleep", "300"]);
     let out = stage("cleanup");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(in_namespace(&format!("{}-{key}", prefix())).is_empty());
+    // Containers are gone when cleanup answers; the job's networks (its default one) right after.
+    wait_until("the job's namespace to be empty", Duration::from_secs(30), || in_namespace(&format!("{}-{key}", prefix())).is_empty());
     // Again (cleanup is idempotent), and with ctproxy gone: a system failure, said plainly.
     assert!(stage("cleanup").status.success());
     drop(p);

@@ -486,25 +486,6 @@ fn save_and_load_stay_in_the_namespace() {
     );
 }
 
-/// Docker 28 (API 1.48) mounts images into containers (`--mount type=image,source=IMAGE`): the
-/// source is an image reference like `Image`, so another namespace's image, named as the daemon
-/// knows it, must not be readable through a mount. (dockerd 20.10 has no image mounts: refused.)
-#[test]
-fn an_image_mount_cannot_read_another_namespaces_image() {
-    let p = pair("");
-    ok(&p.a, &["tag", BUSYBOX, "secret:1"]);
-    let real = format!("{}/{}/docker.io/library/secret:1", p.rp, p.ns_a);
-    assert!(lines(&ok(direct(), &["images", "--format", "{{.Repository}}:{{.Tag}}"])).contains(&real), "a's image is {real}");
-    let mount = format!("type=image,source={real},target=/m");
-    let out = cli(&p.b, &["run", "--rm", "--mount", &mount, BUSYBOX, "ls", "/m/bin/busybox"]);
-    assert!(
-        !out.status.success(),
-        "namespace b read a's image {real} through an image mount:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn own_containers_can_be_joined_when_the_policy_allows_it_in_a_namespace() {
     let ns = ns_name("own");

@@ -48,6 +48,7 @@ impl Fixture {
             insecure: vec![registry.addr.clone()],
             allow_private: vec![],
             ca: vec![],
+            ..RegistryProxyConfig::default()
         };
         let tokens = TokenStore::new();
         let rp = rt.block_on(RegistryProxy::start(&config, tokens.clone())).expect("start registry proxy");

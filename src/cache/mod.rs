@@ -33,18 +33,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::config::CacheConfig;
+use crate::config::{CacheConfig, METRICS_MAX_CONNECTIONS};
+use crate::http::clock::{serve_hyper, Activity, Tracked};
+use crate::http::serve::{serve_listener, ConnServer, Gate, Limits, Timeouts};
 use crate::plugin::namespace::Daemon;
 use crate::plugin::CreateDecorator;
+use crate::transport::{Accepted, ClientStream, ListenAddr, Listener, PeerAddr, PeerInfo, TransportError, UnixSocketOptions};
 
 /// Where the trust directory is mounted in containers.
 pub const TRUST_MOUNT: &str = "/run/ctproxy-ca";
@@ -57,11 +60,6 @@ const BUNDLE_VARS: [&str; 7] =
     ["SSL_CERT_FILE", "CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "GIT_SSL_CAINFO", "CARGO_HTTP_CAINFO", "AWS_CA_BUNDLE"];
 /// Variables pointed at the CA alone (Node adds it to its bundled roots).
 const CA_VARS: [&str; 1] = ["NODE_EXTRA_CA_CERTS"];
-
-/// How long a TLS handshake with a container may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A client that sends no complete request head in this time is disconnected.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -112,18 +110,14 @@ impl CacheService {
             rules,
             metrics: metrics::Metrics::default(),
         });
-        let bind = |port| async move {
-            let addr = SocketAddr::new(ip, port);
-            TcpListener::bind(addr).await.map_err(|source| CacheError::Bind { addr, source })
-        };
-        let http = bind(config.http_port).await?;
-        let https = bind(config.https_port).await?;
+        let http = bind(SocketAddr::new(ip, config.http_port)).await?;
+        let https = bind(SocketAddr::new(ip, config.https_port)).await?;
         let metrics = match config.metrics_listen {
-            Some(a) => Some(TcpListener::bind(a).await.map_err(|source| CacheError::Bind { addr: a, source })?),
+            Some(a) => Some(bind(a).await?),
             None => None,
         };
-        let http_addr = http.local_addr().map_err(|source| CacheError::Bind { addr: SocketAddr::new(ip, config.http_port), source })?;
-        let https_addr = https.local_addr().map_err(|source| CacheError::Bind { addr: SocketAddr::new(ip, config.https_port), source })?;
+        let http_addr = http.local_tcp_addr().unwrap_or(SocketAddr::new(ip, config.http_port));
+        let https_addr = https.local_tcp_addr().unwrap_or(SocketAddr::new(ip, config.https_port));
         let service = Arc::new(CacheService {
             core,
             authority,
@@ -133,11 +127,30 @@ impl CacheService {
             healthy: AtomicBool::new(true),
             stop: CancellationToken::new(),
         });
-        tokio::spawn(service.clone().accept_http(http));
-        tokio::spawn(service.clone().accept_https(https));
+        let limits = Limits {
+            handshake_timeout: config.handshake_timeout.0,
+            header_timeout: config.header_timeout.0,
+            idle_timeout: config.idle_timeout.0,
+            max_connections: config.max_connections as usize,
+        };
+        // Nothing waits for the cache's connections at a stop: they end with the process.
+        let connections = TaskTracker::new();
+        let stop = service.stop.clone();
+        let http_conns = Arc::new(CacheHttp { core: service.core.clone(), stop: stop.clone() });
+        tokio::spawn(serve_listener(http, Gate::new("cache-http", limits), http_conns, connections.clone(), stop.clone()));
+        let https_conns = Arc::new(CacheHttps {
+            core: service.core.clone(),
+            authority: service.authority.clone(),
+            acceptor: tokio_rustls::TlsAcceptor::from(service.authority.server_config()),
+            handshake_timeout: limits.handshake_timeout,
+            stop: stop.clone(),
+        });
+        tokio::spawn(serve_listener(https, Gate::new("cache-https", limits), https_conns, connections.clone(), stop.clone()));
         if let Some(m) = metrics {
-            tracing::info!(address = %m.local_addr().map(|a| a.to_string()).unwrap_or_default(), "cache metrics listening");
-            tokio::spawn(service.clone().accept_metrics(m));
+            tracing::info!(address = %m.local_tcp_addr().map(|a| a.to_string()).unwrap_or_default(), "cache metrics listening");
+            let gate = Gate::new("cache-metrics", Limits { max_connections: METRICS_MAX_CONNECTIONS as usize, ..limits });
+            let conns = Arc::new(MetricsConns { core: service.core.clone(), stop: stop.clone() });
+            tokio::spawn(serve_listener(m, gate, conns, connections, stop));
         }
         tokio::spawn(service.clone().rotate(config.rotate_every.0));
         tracing::info!(%http_addr, %https_addr, hosts = config.hosts.len(), ca_generation = service.authority.current_generation(), "cache listening");
@@ -167,114 +180,6 @@ impl CacheService {
         self.stop.cancel();
     }
 
-    fn serve<I>(self: &Arc<Self>, io: I, conn: server::Conn)
-    where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let core = self.core.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| server::handle(core.clone(), conn.clone(), req));
-            let r = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(io), svc)
-                .await;
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "cache connection ended with an error");
-            }
-        });
-    }
-
-    /// The next connection, or `None` once stopped. Accept errors (out of file descriptors) back
-    /// off instead of spinning.
-    async fn next_conn(&self, listener: &TcpListener) -> Option<(tokio::net::TcpStream, SocketAddr)> {
-        loop {
-            tokio::select! {
-                _ = self.stop.cancelled() => return None,
-                a = listener.accept() => match a {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        return Some((stream, peer));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cache: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-            }
-        }
-    }
-
-    async fn accept_http(self: Arc<Self>, listener: TcpListener) {
-        while let Some((stream, peer)) = self.next_conn(&listener).await {
-            self.serve(stream, server::Conn { scheme: rules::Scheme::Http, sni: None, peer });
-        }
-    }
-
-    async fn accept_https(self: Arc<Self>, listener: TcpListener) {
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.authority.server_config());
-        while let Some((stream, peer)) = self.next_conn(&listener).await {
-            let acceptor = acceptor.clone();
-            let this = self.clone();
-            tokio::spawn(async move {
-                // A client rustls cannot serve (no signature_algorithms) gets OpenSSL.
-                if let Some(hello) = legacy_tls::peek_hello(&stream, HANDSHAKE_TIMEOUT).await {
-                    if !hello.has_sigalgs {
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, legacy_tls::accept(&this.authority, &hello, stream)).await {
-                            Ok(Ok(tls)) => {
-                                let sni = hello.sni.map(Arc::<str>::from);
-                                this.serve(tls, server::Conn { scheme: rules::Scheme::Https, sni, peer });
-                            }
-                            Ok(Err(e)) => tracing::info!(%peer, error = %e, "cache: TLS handshake refused (legacy client)"),
-                            Err(_) => {}
-                        }
-                        return;
-                    }
-                }
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::info!(%peer, error = %e, "cache: TLS handshake refused");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-                let sni = tls.get_ref().1.server_name().map(|s| Arc::<str>::from(s.to_ascii_lowercase()));
-                this.serve(tls, server::Conn { scheme: rules::Scheme::Https, sni, peer });
-            });
-        }
-    }
-
-    async fn accept_metrics(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let stream = tokio::select! {
-                _ = self.stop.cancelled() => return,
-                a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
-            };
-            let core = self.core.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let core = core.clone();
-                    async move {
-                        use http_body_util::Full;
-                        let mut resp = hyper::Response::new(Full::new(bytes::Bytes::new()));
-                        if req.uri().path() == "/metrics" {
-                            let (bytes, entries) = core.store.usage();
-                            *resp.body_mut() = Full::new(bytes::Bytes::from(core.metrics.render(bytes, entries, core.inflight.len())));
-                            resp.headers_mut()
-                                .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"));
-                        } else {
-                            *resp.status_mut() = hyper::StatusCode::NOT_FOUND;
-                        }
-                        Ok::<_, std::convert::Infallible>(resp)
-                    }
-                });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-            });
-        }
-    }
-
     /// Rotates the CA generation on time.
     async fn rotate(self: Arc<Self>, every: Duration) {
         let tick = (every / 8).clamp(Duration::from_millis(500), Duration::from_secs(60));
@@ -291,6 +196,153 @@ impl CacheService {
                 Ok(Err(e)) => tracing::error!(error = %e, "cache CA rotation failed; the current generation stays"),
                 Err(e) => tracing::error!(error = %e, "cache CA rotation task failed"),
             }
+        }
+    }
+}
+
+/// Binds one of the cache's TCP listeners.
+async fn bind(addr: SocketAddr) -> Result<Listener, CacheError> {
+    Listener::bind(&ListenAddr::Tcp(addr.to_string()), &UnixSocketOptions::default(), None).await.map_err(|e| CacheError::Bind {
+        addr,
+        source: match e {
+            TransportError::Bind { source, .. } => source,
+            other => std::io::Error::other(other.to_string()),
+        },
+    })
+}
+
+/// The TCP stream of a connection accepted on a plain TCP listener.
+async fn plain_tcp(accepted: Accepted) -> std::io::Result<(TcpStream, PeerInfo)> {
+    match accepted.into_stream().await? {
+        (ClientStream::Tcp(s), peer) => Ok((s, peer)),
+        _ => Err(std::io::Error::other("not a plain TCP connection")),
+    }
+}
+
+fn peer_addr(peer: &PeerInfo) -> SocketAddr {
+    match peer.addr {
+        PeerAddr::Tcp { addr } => addr,
+        PeerAddr::Unix { .. } => SocketAddr::from(([0, 0, 0, 0], 0)),
+    }
+}
+
+/// A stream the cache serves HTTP on: plain TCP, or TLS by rustls or (legacy clients) OpenSSL.
+trait CacheIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> CacheIo for T {}
+
+/// Serves one cache connection (HTTP or HTTPS) until it ends or waits too long for a request.
+async fn serve_cache<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    core: Arc<server::Core>,
+    io: I,
+    conn: server::Conn,
+    timeouts: Timeouts,
+    stop: &CancellationToken,
+) {
+    let peer = conn.peer;
+    let activity = Arc::new(Activity::default());
+    let a = activity.clone();
+    let svc = service_fn(move |req| {
+        let ticket = a.request();
+        let (core, conn) = (core.clone(), conn.clone());
+        async move { server::handle(core, conn, req).await.map(|rsp| rsp.map(|b| Tracked::new(b, ticket))) }
+    });
+    if let Err(expired) = serve_hyper(io, activity, svc, timeouts, stop).await {
+        expired.log("cache", &peer);
+    }
+}
+
+/// The cache's plain HTTP listener.
+struct CacheHttp {
+    core: Arc<server::Core>,
+    stop: CancellationToken,
+}
+
+impl ConnServer for CacheHttp {
+    type Stream = TcpStream;
+
+    async fn handshake(&self, accepted: Accepted) -> std::io::Result<(TcpStream, PeerInfo)> {
+        plain_tcp(accepted).await
+    }
+
+    async fn serve(self: Arc<Self>, stream: TcpStream, peer: PeerInfo, timeouts: Timeouts) {
+        let conn = server::Conn { scheme: rules::Scheme::Http, sni: None, peer: peer_addr(&peer) };
+        serve_cache(self.core.clone(), stream, conn, timeouts, &self.stop).await
+    }
+}
+
+/// The cache's HTTPS listener: TLS is done here (rustls, or OpenSSL for a ClientHello rustls cannot
+/// serve), so an over-cap connection is closed unanswered.
+struct CacheHttps {
+    core: Arc<server::Core>,
+    authority: Arc<ca::Authority>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    handshake_timeout: Duration,
+    stop: CancellationToken,
+}
+
+impl ConnServer for CacheHttps {
+    type Stream = (Box<dyn CacheIo>, Option<Arc<str>>);
+    const PLAIN_HTTP: bool = false;
+
+    async fn handshake(&self, accepted: Accepted) -> std::io::Result<(Self::Stream, PeerInfo)> {
+        let (stream, peer) = plain_tcp(accepted).await?;
+        // A client rustls cannot serve (no signature_algorithms) gets OpenSSL.
+        if let Some(hello) = legacy_tls::peek_hello(&stream, self.handshake_timeout).await {
+            if !hello.has_sigalgs {
+                let tls = legacy_tls::accept(&self.authority, &hello, stream)
+                    .await
+                    .map_err(|e| std::io::Error::other(format!("legacy client: {e}")))?;
+                let sni = hello.sni.map(Arc::<str>::from);
+                return Ok(((Box::new(tls), sni), peer));
+            }
+        }
+        let tls = self.acceptor.accept(stream).await?;
+        let sni = tls.get_ref().1.server_name().map(|s| Arc::<str>::from(s.to_ascii_lowercase()));
+        Ok(((Box::new(tls), sni), peer))
+    }
+
+    async fn serve(self: Arc<Self>, (stream, sni): Self::Stream, peer: PeerInfo, timeouts: Timeouts) {
+        let conn = server::Conn { scheme: rules::Scheme::Https, sni, peer: peer_addr(&peer) };
+        serve_cache(self.core.clone(), stream, conn, timeouts, &self.stop).await
+    }
+}
+
+/// `GET /metrics` for Prometheus.
+struct MetricsConns {
+    core: Arc<server::Core>,
+    stop: CancellationToken,
+}
+
+impl ConnServer for MetricsConns {
+    type Stream = TcpStream;
+
+    async fn handshake(&self, accepted: Accepted) -> std::io::Result<(TcpStream, PeerInfo)> {
+        plain_tcp(accepted).await
+    }
+
+    async fn serve(self: Arc<Self>, stream: TcpStream, peer: PeerInfo, timeouts: Timeouts) {
+        let core = self.core.clone();
+        let activity = Arc::new(Activity::default());
+        let a = activity.clone();
+        let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let ticket = a.request();
+            let core = core.clone();
+            async move {
+                use http_body_util::Full;
+                let mut resp = hyper::Response::new(Full::new(bytes::Bytes::new()));
+                if req.uri().path() == "/metrics" {
+                    let (bytes, entries) = core.store.usage();
+                    *resp.body_mut() = Full::new(bytes::Bytes::from(core.metrics.render(bytes, entries, core.inflight.len())));
+                    resp.headers_mut()
+                        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"));
+                } else {
+                    *resp.status_mut() = hyper::StatusCode::NOT_FOUND;
+                }
+                Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, ticket)))
+            }
+        });
+        if let Err(expired) = serve_hyper(stream, activity, svc, timeouts, &self.stop).await {
+            expired.log("cache-metrics", &peer);
         }
     }
 }

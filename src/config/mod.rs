@@ -103,7 +103,21 @@ pub struct CacheConfig {
     /// the bundle with the cache's CA, where the client did not set them.
     #[serde(default = "yes")]
     pub set_env: bool,
+    /// The HTTP and HTTPS listeners (each its own cap) and the metrics listener (the timeouts; a
+    /// cap of its own, [`METRICS_MAX_CONNECTIONS`]): see the keys of the same names of
+    /// `[listener.NAME]`.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: Span,
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Span,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Span,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
 }
+
+/// Live connections to the cache's metrics listener (a scraper needs one).
+pub const METRICS_MAX_CONNECTIONS: u32 = 16;
 
 fn default_cache_listen() -> String {
     "auto".into()
@@ -171,7 +185,7 @@ impl TryFrom<toml::Value> for Size {
     }
 }
 
-/// A duration: seconds as a number, or a string with a unit (`s`, `m`, `h`, `d`).
+/// A duration: seconds as a number, or a string with a unit (`ms`, `s`, `m`, `h`, `d`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "toml::Value")]
 pub struct Span(pub Duration);
@@ -179,23 +193,62 @@ pub struct Span(pub Duration);
 impl TryFrom<toml::Value> for Span {
     type Error = String;
     fn try_from(v: toml::Value) -> Result<Self, String> {
-        let secs = match &v {
-            toml::Value::Integer(n) if *n > 0 => Some(*n as u64),
+        let millis = match &v {
+            toml::Value::Integer(n) if *n > 0 => (*n as u64).checked_mul(1000),
             toml::Value::String(s) => {
                 let t = s.trim();
-                let (num, mult) = match t.char_indices().last() {
-                    Some((i, 's')) => (&t[..i], 1u64),
-                    Some((i, 'm')) => (&t[..i], 60),
-                    Some((i, 'h')) => (&t[..i], 3600),
-                    Some((i, 'd')) => (&t[..i], 86400),
-                    _ => (t, 1),
+                let (num, mult) = match t.strip_suffix("ms") {
+                    Some(num) => (num, 1u64),
+                    None => match t.char_indices().last() {
+                        Some((i, 's')) => (&t[..i], 1000),
+                        Some((i, 'm')) => (&t[..i], 60_000),
+                        Some((i, 'h')) => (&t[..i], 3_600_000),
+                        Some((i, 'd')) => (&t[..i], 86_400_000),
+                        _ => (t, 1000),
+                    },
                 };
                 num.trim().parse::<u64>().ok().filter(|n| *n > 0).and_then(|n| n.checked_mul(mult))
             }
             _ => None,
         };
-        secs.map(|s| Span(Duration::from_secs(s))).ok_or_else(|| format!("invalid duration {v}: expected e.g. \"24h\", \"30m\", \"10s\""))
+        millis
+            .map(|ms| Span(Duration::from_millis(ms)))
+            .ok_or_else(|| format!("invalid duration {v}: expected e.g. \"24h\", \"30m\", \"10s\", \"500ms\""))
     }
+}
+
+/// How long a TLS handshake may take.
+fn default_handshake_timeout() -> Span {
+    Span(Duration::from_secs(10))
+}
+
+/// How long a request head may take to arrive: generous for any real client (they send a head in one
+/// write), short enough that a slowloris client holds a connection for seconds, not forever.
+fn default_header_timeout() -> Span {
+    Span(Duration::from_secs(30))
+}
+
+/// How long a keep-alive connection may wait for its next request. Longer than the pauses of real
+/// clients between two calls, so their pools mostly reuse connections; every Docker client copes
+/// with a server that closes an idle one (Go's transport notices the close at once, urllib3 checks
+/// before reuse).
+fn default_idle_timeout() -> Span {
+    Span(Duration::from_secs(180))
+}
+
+/// Live connections per listener of `[listener.NAME]`.
+fn default_max_connections() -> u32 {
+    1024
+}
+
+/// Live connections per job socket: a job with compose, BuildKit and `logs -f` uses tens.
+fn default_job_max_connections() -> u32 {
+    256
+}
+
+/// Live connections to the registry proxy: dockerd pulls and pushes a few layers at a time per image.
+fn default_registry_max_connections() -> u32 {
+    512
 }
 
 /// `[jobs]`: temporary listeners, one per CI job, each in a namespace of its own.
@@ -205,7 +258,7 @@ pub struct JobsConfig {
     /// The root-only control socket the executor stages talk to.
     #[serde(default = "default_control_socket")]
     pub control_socket: PathBuf,
-    /// Where job sockets and records live (`<dir>/<id>/docker.sock`, `job.json`).
+    /// Where job sockets and records live (`<dir>/<id>/sock/docker.sock`, `<dir>/<id>/job.json`).
     #[serde(default = "default_jobs_dir")]
     pub dir: PathBuf,
     /// Policies of every job listener (names of `[policy.NAME]` sections).
@@ -224,6 +277,14 @@ pub struct JobsConfig {
     /// prefix: two ctproxy servers sharing a daemon need different prefixes.
     #[serde(default = "default_job_prefix")]
     pub namespace_prefix: String,
+    /// Every job socket: see the keys of the same names of `[listener.NAME]`.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Span,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Span,
+    /// Live connections per job socket (each job has its own count).
+    #[serde(default = "default_job_max_connections")]
+    pub max_connections: u32,
 }
 
 fn default_job_prefix() -> String {
@@ -269,6 +330,28 @@ pub struct RegistryProxyConfig {
     /// PEM files of extra CA certificates trusted for upstream registries, on top of the system's.
     #[serde(default)]
     pub ca: Vec<PathBuf>,
+    /// See the keys of the same names of `[listener.NAME]` (dockerd is the only client).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Span,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Span,
+    #[serde(default = "default_registry_max_connections")]
+    pub max_connections: u32,
+}
+
+impl Default for RegistryProxyConfig {
+    /// What an empty `[registry_proxy]` section means.
+    fn default() -> Self {
+        RegistryProxyConfig {
+            address: default_registry_address(),
+            insecure: Vec::new(),
+            allow_private: Vec::new(),
+            ca: Vec::new(),
+            header_timeout: default_header_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_registry_max_connections(),
+        }
+    }
 }
 
 fn default_registry_address() -> SocketAddr {
@@ -305,12 +388,28 @@ pub struct NamespacesConfig {
     /// Answers larger than this are not rewritten (lists of a very busy daemon).
     #[serde(default = "default_max_response")]
     pub max_response_bytes: usize,
+    /// Address ranges (CIDR) of namespace networks: every network a namespace creates gets a free
+    /// block of `network_prefix_len` from here, and a subnet a client chooses must lie inside.
+    /// Empty: the daemon's own pools, and namespaces may not choose subnets.
+    #[serde(default)]
+    pub network_pool: Vec<String>,
+    #[serde(default = "default_network_prefix_len")]
+    pub network_prefix_len: u8,
 }
 
 impl Default for NamespacesConfig {
     fn default() -> Self {
-        NamespacesConfig { shared_images: Vec::new(), max_response_bytes: default_max_response() }
+        NamespacesConfig {
+            shared_images: Vec::new(),
+            max_response_bytes: default_max_response(),
+            network_pool: Vec::new(),
+            network_prefix_len: default_network_prefix_len(),
+        }
     }
+}
+
+fn default_network_prefix_len() -> u8 {
+    24
 }
 
 fn default_max_response() -> usize {
@@ -437,10 +536,44 @@ pub struct ListenerConfig {
     pub policies: Vec<String>,
     /// Every client of this listener works in this namespace (unless its identity names another).
     pub namespace: Option<String>,
+    /// TLS only: a handshake not finished in this time is abandoned.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: Span,
+    /// A request head must be complete this long after its first byte (the first request's: after
+    /// the connection opened); otherwise the connection is closed (slowloris).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Span,
+    /// A keep-alive connection that sends no byte of a next request for this long is closed.
+    /// Streams, hijacked sessions and request bodies are never cut by it.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Span,
+    /// Live connections at most (hijacked ones included); one more is answered 503 and closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
 }
 
 impl ListenerConfig {
-    /// Do two configurations describe the same socket? (Then a reload keeps it open.)
+    /// A listener on `address` with every other setting at its default.
+    pub fn at(address: ListenAddr) -> ListenerConfig {
+        ListenerConfig {
+            address,
+            mode: None,
+            owner: None,
+            group: None,
+            tls: None,
+            access_log: true,
+            auth: Vec::new(),
+            policies: Vec::new(),
+            namespace: None,
+            handshake_timeout: default_handshake_timeout(),
+            header_timeout: default_header_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_max_connections(),
+        }
+    }
+
+    /// Do two configurations describe the same socket? (Then a reload keeps it open; timeouts and
+    /// the connection cap are applied to it in place.)
     pub fn same_socket(&self, other: &ListenerConfig) -> bool {
         (&self.address, &self.mode, &self.owner, &self.group, &self.tls, self.access_log)
             == (&other.address, &other.mode, &other.owner, &other.group, &other.tls, other.access_log)
@@ -572,15 +705,8 @@ impl Config {
                 .enumerate()
                 .map(|(i, addr)| {
                     let l = ListenerConfig {
-                        address: addr.clone(),
                         mode: matches!(addr, ListenAddr::Unix(_)).then_some(FileMode(0o660)),
-                        owner: None,
-                        group: None,
-                        tls: None,
-                        access_log: true,
-                        auth: Vec::new(),
-                        policies: Vec::new(),
-                        namespace: None,
+                        ..ListenerConfig::at(addr.clone())
                     };
                     (format!("listen-{}", i + 1), l)
                 })
@@ -632,6 +758,8 @@ impl Config {
                 crate::plugin::namespace::NsName::new(ns).map_err(|e| invalid(key("namespace"), &e.to_string()))?;
             }
         }
+        crate::plugin::namespace::pool::NetworkPool::parse(&self.namespaces.network_pool, self.namespaces.network_prefix_len)
+            .map_err(|e| invalid("namespaces.network_pool".into(), &e.to_string()))?;
         if let Some(j) = &self.jobs {
             crate::plugin::namespace::NsName::new(&format!("{}-x", j.namespace_prefix))
                 .map_err(|_| invalid("jobs.namespace_prefix".into(), "use lower-case letters, digits and single dashes"))?;
@@ -650,7 +778,21 @@ impl Config {
         for (name, p) in &self.policy {
             if let PolicyConfig::Conservative(c) = p {
                 if let Err(e) = crate::plugin::policy::Conservative::new(name, c.clone()) {
-                    return Err(invalid(format!("policy.{name}.min_api_version"), &e));
+                    return Err(invalid(format!("policy.{name}.{}", e.key), &e.message));
+                }
+                // A bind of the jobs directory (or of a directory holding it) would let a container
+                // swap another job's socket for a symbolic link.
+                if let Some(j) = &self.jobs {
+                    if let Some(p) = c.allowed_bind_paths.iter().find(|p| p.starts_with(&j.dir) || j.dir.starts_with(p)) {
+                        return Err(invalid(
+                            format!("policy.{name}.allowed_bind_paths"),
+                            &format!(
+                                "{} overlaps the jobs directory {} (jobs.dir), which holds the jobs' sockets",
+                                p.display(),
+                                j.dir.display()
+                            ),
+                        ));
+                    }
                 }
             }
         }
@@ -709,6 +851,18 @@ impl Config {
                 if !k.rsplit_once(':').is_some_and(|(h, p)| c.hosts.iter().any(|x| x == h) && p.parse::<u16>().is_ok()) {
                     return Err(invalid(format!("cache.origins.{k}"), "keys are \"host:port\" of an intercepted host"));
                 }
+            }
+        }
+        let caps = self
+            .listener
+            .iter()
+            .map(|(name, l)| (format!("listener.{name}.max_connections"), l.max_connections))
+            .chain(self.jobs.iter().map(|j| ("jobs.max_connections".to_owned(), j.max_connections)))
+            .chain(self.registry_proxy.iter().map(|r| ("registry_proxy.max_connections".to_owned(), r.max_connections)))
+            .chain(self.cache.iter().map(|c| ("cache.max_connections".to_owned(), c.max_connections)));
+        for (key, cap) in caps {
+            if cap == 0 {
+                return Err(invalid(key, "must be at least 1"));
             }
         }
         if self.upstream.connect_timeout_ms == 0 {
@@ -799,6 +953,35 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits() {
+        let base = "[listener.a]\naddress = \"unix:///tmp/a.sock\"\n";
+        let c = Config::parse(base, "t").unwrap();
+        let l = &c.listener["a"];
+        assert_eq!(
+            (l.header_timeout.0, l.idle_timeout.0, l.handshake_timeout.0),
+            (Duration::from_secs(30), Duration::from_secs(180), Duration::from_secs(10))
+        );
+        assert_eq!(l.max_connections, 1024);
+        let c = Config::parse(
+            &format!("{base}header_timeout = \"500ms\"\nidle_timeout = \"5m\"\nmax_connections = 3\n[jobs]\nheader_timeout = 2\nmax_connections = 7\n"),
+            "t",
+        )
+        .unwrap();
+        c.validate("t").unwrap();
+        let l = &c.listener["a"];
+        assert_eq!((l.header_timeout.0, l.idle_timeout.0, l.max_connections), (Duration::from_millis(500), Duration::from_secs(300), 3));
+        let j = c.jobs.as_ref().unwrap();
+        assert_eq!((j.header_timeout.0, j.idle_timeout.0, j.max_connections), (Duration::from_secs(2), Duration::from_secs(180), 7));
+        for bad in ["header_timeout = \"0s\"", "idle_timeout = \"5 minutes\"", "header_timeout = \"ms\"", "max_connections = -1"] {
+            assert!(Config::parse(&format!("{base}{bad}\n"), "t").is_err(), "{bad}");
+        }
+        let e = Config::parse(&format!("{base}max_connections = 0\n"), "t").unwrap().validate("t").unwrap_err().to_string();
+        assert!(e.contains("listener.a.max_connections"), "{e}");
+        let e = Config::parse(&format!("{base}[jobs]\nmax_connections = 0\n"), "t").unwrap().validate("t").unwrap_err().to_string();
+        assert!(e.contains("jobs.max_connections"), "{e}");
+    }
+
+    #[test]
     fn plugin_sections() {
         let text = r#"
             [listener.a]
@@ -834,6 +1017,25 @@ mod tests {
         let dangling = text.replace("\"strict\", \"ci\"", "\"strict\", \"nope\"");
         let e = Config::parse(&dangling, "t").unwrap().validate("t").unwrap_err().to_string();
         assert!(e.contains("listener.a.policies") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn conservative_settings_are_checked_at_load() {
+        let base = "[listener.a]\naddress = \"unix:///tmp/a.sock\"\npolicies = [\"p\"]\n[policy.p]\nkind = \"conservative\"\n";
+        let err = |extra: &str| Config::parse(&format!("{base}{extra}\n"), "t").unwrap().validate("t").err().map(|e| e.to_string());
+        assert_eq!(err("allowed_bind_paths = [\"/srv/a\", \"/srv/b\"]\nallowed_subnets = [\"10.9.0.0/16\", \"fd00::/8\"]"), None);
+        let e = err("allowed_bind_paths = [\"/srv\", \"/srv/a\"]").unwrap();
+        assert!(e.contains("policy.p.allowed_bind_paths") && e.contains("overlap"), "{e}");
+        let e = err("allowed_subnets = [\"10.9.0.0/99\"]").unwrap();
+        assert!(e.contains("policy.p.allowed_subnets"), "{e}");
+        let jobs = "[jobs]\ncontrol_socket = \"/run/c.sock\"\ndir = \"/srv/ctproxy/jobs\"\npolicies = [\"p\"]\n";
+        let e = Config::parse(&format!("{base}allowed_bind_paths = [\"/srv/ctproxy\"]\n{jobs}"), "t")
+            .unwrap()
+            .validate("t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("jobs directory"), "{e}");
+        Config::parse(&format!("{base}allowed_bind_paths = [\"/srv/data\"]\n{jobs}"), "t").unwrap().validate("t").unwrap();
     }
 
     #[test]

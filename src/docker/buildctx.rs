@@ -10,12 +10,22 @@
 //!
 //! Layer 2, no policy: the caller decides what a reference becomes, through a callback.
 //!
-//! Not covered here: `ONBUILD` triggers of base images (they come from image configs, not from the
-//! context), BuildKit (`RUN --mount=from=`; the legacy builder rejects `RUN` flags), and remote
-//! contexts (`remote=`), which the caller must refuse.
+//! The Dockerfile can also make dockerd fetch URLs (`ADD <url>`) and run the `ONBUILD` triggers of
+//! its base images, which live in image configs where no rewrite reaches. [`plan_dockerfile`] reads
+//! both as dockerd does and leaves the decisions to the caller, which needs the daemon (base images)
+//! and the network (downloads): its asynchronous rewrite ([`RewrittenContext::with_async`]) holds the
+//! archive at the Dockerfile meanwhile, and may append the downloaded files ([`add`] says how dockerd
+//! would have named and dated them) before the end of the archive.
+//!
+//! Not covered here: BuildKit (`RUN --mount=from=`; the legacy builder rejects `RUN` flags), and
+//! remote contexts (`remote=`), which the caller must refuse.
 
+pub mod add;
 mod context;
 mod dockerfile;
 
-pub use context::{BuildContextError, RewriteFn, RewrittenContext, DEFAULT_DOCKERFILE};
-pub use dockerfile::{rewrite_dockerfile, RewriteError};
+pub use context::{
+    Appended, Appendix, AsyncRewriteFn, BuildContextError, RewriteFn, RewriteFuture, Rewritten, RewrittenContext, DEFAULT_DOCKERFILE,
+    RESERVED_DIR,
+};
+pub use dockerfile::{plan_dockerfile, rewrite_dockerfile, AddUrl, BaseImage, FromStep, Plan, RewriteError};

@@ -185,7 +185,8 @@ impl Endpoint {
             ExecStart => BodyKind::Json(&schema::EXEC_START),
             Commit => BodyKind::Json(&schema::CONFIG),
             NetworkCreate => BodyKind::Json(&schema::NETWORK_CREATE),
-            NetworkConnect | NetworkDisconnect => BodyKind::Json(&schema::NETWORK_CONNECT),
+            NetworkConnect => BodyKind::Json(&schema::NETWORK_CONNECT),
+            NetworkDisconnect => BodyKind::Json(&schema::NETWORK_DISCONNECT),
             VolumeCreate => BodyKind::Json(&schema::VOLUME_CREATE),
             Auth => BodyKind::Json(&schema::AUTH_CONFIG),
             ContainerArchivePut | Build | ImageLoad | ImageCreate | PluginCreate | Session | Grpc => BodyKind::Stream,
@@ -194,6 +195,8 @@ impl Endpoint {
             | ServiceUpdate | NodeUpdate | SecretCreate | SecretUpdate | ConfigCreate | ConfigUpdate | CheckpointCreate | VolumeUpdate => {
                 BodyKind::Stream
             }
+            // `POST /containers/{id}/start` included: below API 1.24 dockerd applied a HostConfig sent
+            // there (policies refuse those versions), from 1.24 on it refuses a body.
             _ => BodyKind::None,
         }
     }

@@ -5,8 +5,12 @@
 
 pub mod auth_config;
 pub mod buildctx;
+pub mod cidr;
 pub mod endpoint;
+pub mod image_archive;
+pub mod image_create;
 pub mod json;
+pub mod params;
 pub mod query;
 pub mod reference;
 pub mod route;

@@ -45,6 +45,27 @@ pub enum ForwardError {
     Target(String),
     #[error("the Docker daemon at {upstream} accepted the upgrade but the connection could not be taken over: {cause}")]
     Upgrade { upstream: String, cause: String },
+    /// The request's own body failed while it was sent (a rewritten build context refused, the
+    /// client went away): the daemon got an incomplete request. `error` holds the body's error, for
+    /// the layer that produced the body to recognise it.
+    #[error("the request body could not be sent: {cause}")]
+    Body {
+        cause: String,
+        #[source]
+        error: super::BoxError,
+    },
+}
+
+/// Whether a client error was caused by the request body hyper was sending (hyper's "user" errors).
+fn from_request_body(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_user) {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Forwards requests to the one configured daemon over a pool of keep-alive connections.
@@ -122,6 +143,9 @@ impl Forwarder {
         parts.version = hyper::Version::HTTP_11;
         let mut rsp = self.client.request(Request::from_parts(parts, body)).await.map_err(|e| {
             let cause = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+            if from_request_body(&e) {
+                return ForwardError::Body { cause, error: Box::new(e) };
+            }
             ForwardError::Unreachable { upstream: self.upstream.clone(), cause }
         })?;
         if rsp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {

@@ -7,13 +7,19 @@
 //! - [`relay`] serves transparent listeners without hyper: raw HTTP/1 relaying, one daemon
 //!   connection per client connection;
 //! - [`hijack`] splices two raw byte streams with correct half-close;
-//! - [`body`] is the one response body type; [`respond`] is the one place errors become responses.
+//! - [`body`] is the one response body type; [`respond`] is the one place errors become responses;
+//! - [`serve`] is the one way a listener is served, by every server of ctproxy: accept with
+//!   back-off, connection cap, handshake timeout, and the header-read and idle timeouts handed to
+//!   the connection drivers ([`relay`] keeps them itself, hyper-served connections through
+//!   [`clock`]).
 
 pub mod body;
+pub mod clock;
 pub mod forward;
 pub mod hijack;
 pub mod relay;
 pub mod respond;
+pub mod serve;
 pub mod server;
 
 pub use body::{BoxError, BoxedBody, ProxyBody};

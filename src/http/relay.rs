@@ -18,6 +18,11 @@
 //!   and no framing) end HTTP: the raw streams are spliced with [`super::hijack::splice`];
 //! - the access-log line is written after the answer went out.
 //!
+//! Between requests the connection is held to the listener's header-read and idle timeouts with one
+//! `Sleep` per connection, moved after each answer (a later deadline is a compare-and-swap in tokio's
+//! timer, no syscall, no allocation); while a request is being answered, and after a hijack, nothing
+//! times out.
+//!
 //! Before every request the handler is asked again whether the listener is still transparent (a
 //! `SIGHUP` may have added checks). If it is not, the connection, with the request already read, is
 //! handed back to the hyper path so that this very request and all later ones are checked.
@@ -31,12 +36,15 @@ use std::time::Instant;
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
 use super::body::AccessRecord;
+use super::clock::Expired;
 use super::forward::ForwardError;
 use super::hijack::{splice, Prefixed};
 use super::respond;
+use super::serve::Timeouts;
 use super::server::{Handler, RelayAsk};
 use crate::transport::{ClientStream, Connector};
 
@@ -57,6 +65,7 @@ pub struct RelayConn<'a> {
     pub listener: &'a Arc<str>,
     pub peer_label: &'a Arc<str>,
     pub access_log: bool,
+    pub timeouts: Timeouts,
 }
 
 /// How a relayed connection ended.
@@ -72,8 +81,12 @@ pub enum Relayed {
 pub async fn serve<H: Handler>(client: ClientStream, conn: RelayConn<'_>, handler: &H, shutdown: &CancellationToken) -> Relayed {
     // Watched for readability only: no wake-up each time the peer reads what was written.
     let client = client.read_interest_only();
+    // The first request's head is due within the header timeout of the connection's start.
+    let sleep = tokio::time::sleep(conn.timeouts.header);
+    tokio::pin!(sleep);
+    let mut clock = Clock { sleep, timeouts: conn.timeouts, idle: false };
     let mut relay = Relay { client, upstream: None, cbuf: Buf::new(BUF_SIZE), ubuf: Buf::new(BUF_SIZE), conn };
-    let ended = relay.run(handler, shutdown).await;
+    let ended = relay.run(handler, shutdown, &mut clock).await;
     let mut client = relay.client;
     match ended {
         Ended::Close => {
@@ -83,6 +96,49 @@ pub async fn serve<H: Handler>(client: ClientStream, conn: RelayConn<'_>, handle
         Ended::Gone => Relayed::Closed,
         Ended::HandBack => Relayed::HandBack(Prefixed::new(Bytes::copy_from_slice(relay.cbuf.filled()), client)),
     }
+}
+
+/// The connection's header-read and idle timeouts: one `Sleep`, moved when the phase changes.
+struct Clock<'s> {
+    sleep: Pin<&'s mut Sleep>,
+    timeouts: Timeouts,
+    /// No byte of the next request yet (the idle timeout runs); otherwise a head is awaited (the
+    /// header timeout runs).
+    idle: bool,
+}
+
+impl Clock<'_> {
+    /// An answer is done: the next request may take the idle timeout to begin, unless its first
+    /// bytes are already here (pipelined).
+    fn answered(&mut self, buffered: bool) {
+        self.idle = !buffered;
+        let wait = if buffered { self.timeouts.header } else { self.timeouts.idle };
+        self.sleep.as_mut().reset(tokio::time::Instant::now() + wait);
+    }
+
+    /// Bytes of a head arrived but not all of it: from now on the header timeout runs.
+    fn head_begun(&mut self) {
+        if self.idle {
+            self.idle = false;
+            self.sleep.as_mut().reset(tokio::time::Instant::now() + self.timeouts.header);
+        }
+    }
+
+    fn expired(&self) -> Expired {
+        if self.idle {
+            Expired::Idle
+        } else {
+            Expired::Header
+        }
+    }
+}
+
+/// What the client did next.
+enum Next {
+    Request(RequestHead),
+    /// It left, or the server is draining and the connection is idle.
+    Gone,
+    TimedOut(Expired),
 }
 
 /// The state of one relayed connection.
@@ -114,11 +170,15 @@ enum Ended {
 }
 
 impl Relay<'_> {
-    async fn run<H: Handler>(&mut self, handler: &H, shutdown: &CancellationToken) -> Ended {
+    async fn run<H: Handler>(&mut self, handler: &H, shutdown: &CancellationToken, clock: &mut Clock<'_>) -> Ended {
         loop {
-            let head = match self.read_request_head(shutdown).await {
-                Ok(Some(h)) => h,
-                Ok(None) => return Ended::Close,
+            let head = match self.read_request_head(shutdown, clock).await {
+                Ok(Next::Request(h)) => h,
+                Ok(Next::Gone) => return Ended::Close,
+                Ok(Next::TimedOut(expired)) => {
+                    expired.log(self.conn.listener, self.conn.peer_label);
+                    return Ended::Close;
+                }
                 Err(e) => {
                     // Malformed or oversized: answered as hyper would, then the connection closes,
                     // since where the next request starts is unknown.
@@ -163,6 +223,7 @@ impl Relay<'_> {
             if !keep || shutdown.is_cancelled() {
                 return Ended::Close;
             }
+            clock.answered(!self.cbuf.is_empty());
         }
     }
 
@@ -182,14 +243,14 @@ impl Relay<'_> {
         record.emit(bytes, bytes_in);
     }
 
-    /// Reads the next request head into `cbuf`. `None`: the client left, or the server is draining
-    /// and the connection is idle.
-    async fn read_request_head(&mut self, shutdown: &CancellationToken) -> Result<Option<RequestHead>, HeadError> {
+    /// Reads the next request head into `cbuf`, within `clock`'s timeouts.
+    async fn read_request_head(&mut self, shutdown: &CancellationToken, clock: &mut Clock<'_>) -> Result<Next, HeadError> {
         loop {
             if !self.cbuf.is_empty() {
                 if let Some(head) = RequestHead::parse(self.cbuf.filled(), self.conn.access_log)? {
-                    return Ok(Some(head));
+                    return Ok(Next::Request(head));
                 }
+                clock.head_begun();
             }
             let idle = self.cbuf.is_empty();
             let read = {
@@ -198,14 +259,19 @@ impl Relay<'_> {
                     tokio::select! {
                         biased;
                         r = self.client.read(spare) => r,
-                        _ = shutdown.cancelled() => return Ok(None),
+                        _ = shutdown.cancelled() => return Ok(Next::Gone),
+                        _ = clock.sleep.as_mut() => return Ok(Next::TimedOut(clock.expired())),
                     }
                 } else {
-                    self.client.read(spare).await
+                    tokio::select! {
+                        biased;
+                        r = self.client.read(spare) => r,
+                        _ = clock.sleep.as_mut() => return Ok(Next::TimedOut(Expired::Header)),
+                    }
                 }
             };
             match read {
-                Ok(0) | Err(_) => return Ok(None),
+                Ok(0) | Err(_) => return Ok(Next::Gone),
                 Ok(n) => self.cbuf.end += n,
             }
         }

@@ -9,6 +9,9 @@
 //!
 //! A handler with nothing to check ([`Handler::transparent_upstream`]) gets the raw relay instead
 //! ([`super::relay`]); the relay hands the connection back here if a reload adds checks.
+//!
+//! Between requests the connection is held to the listener's header-read and idle timeouts
+//! ([`super::clock`]); a request being answered and a hijacked stream never are.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,10 +27,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::body::{AccessRecord, LoggedBody};
+use super::clock::{Activity, Deadline, Tracked, Watched};
 use super::hijack::{splice, Prefixed};
 use super::relay::{self, RelayConn, Relayed};
+use super::serve::{ConnServer, Timeouts};
 use super::ProxyBody;
-use crate::transport::{ClientStream, Connector, PeerInfo};
+use crate::transport::{Accepted, ClientStream, Connector, PeerInfo};
 
 /// What a higher layer plugs in to answer requests.
 pub trait Handler: Send + Sync + 'static {
@@ -65,6 +70,8 @@ pub struct ConnCtx {
     peer_label: Arc<str>,
     access_log: bool,
     hijacked: Mutex<Option<Hijacked>>,
+    /// Where the connection is, for its timeouts.
+    activity: Arc<Activity>,
 }
 
 struct Hijacked {
@@ -76,6 +83,8 @@ impl ConnCtx {
     /// Parks the daemon's side of a hijacked exchange. The response the handler returns next is the
     /// last one on this connection: after its head is written, the socket is spliced to `upstream`.
     pub fn hijack(&self, upstream: hyper::upgrade::Upgraded) {
+        // A hijacked session may be silent for hours (`docker run -it`, BuildKit): no timeout.
+        self.activity.hijacked();
         if let Ok(mut slot) = self.hijacked.lock() {
             *slot = Some(Hijacked { upstream, record: None });
         }
@@ -93,18 +102,41 @@ pub struct ServeOptions {
     pub access_log: bool,
 }
 
-/// Serves one accepted connection until the client leaves, the handler hijacks it, or `shutdown` is
-/// cancelled (then in-flight requests finish and keep-alive stops).
+/// The connections of a listener served with a [`Handler`]: Docker listeners, job sockets, the
+/// registry proxy, the control socket.
+pub struct HandlerConns<H> {
+    pub opts: ServeOptions,
+    pub handler: Arc<H>,
+    /// Cancelled on stop: connections finish their current request and close.
+    pub draining: CancellationToken,
+}
+
+impl<H: Handler> ConnServer for HandlerConns<H> {
+    type Stream = ClientStream;
+
+    async fn handshake(&self, accepted: Accepted) -> std::io::Result<(ClientStream, PeerInfo)> {
+        accepted.into_stream().await
+    }
+
+    async fn serve(self: Arc<Self>, stream: ClientStream, peer: PeerInfo, timeouts: Timeouts) {
+        serve_connection(stream, peer, self.opts.clone(), self.handler.clone(), self.draining.clone(), timeouts).await
+    }
+}
+
+/// Serves one accepted connection until the client leaves, the handler hijacks it, it waits too
+/// long for a request (`timeouts`), or `shutdown` is cancelled (then in-flight requests finish and
+/// keep-alive stops).
 pub async fn serve_connection<H: Handler>(
     stream: ClientStream,
     peer: PeerInfo,
     opts: ServeOptions,
     handler: Arc<H>,
     shutdown: CancellationToken,
+    timeouts: Timeouts,
 ) {
     let peer_label: Arc<str> = Arc::from(peer.to_string());
     let stream = if handler.transparent_upstream(RelayAsk::Connection).is_some() {
-        let conn = RelayConn { listener: &opts.listener, peer_label: &peer_label, access_log: opts.access_log };
+        let conn = RelayConn { listener: &opts.listener, peer_label: &peer_label, access_log: opts.access_log, timeouts };
         match relay::serve(stream, conn, &*handler, &shutdown).await {
             Relayed::Closed => return,
             Relayed::HandBack(stream) => stream,
@@ -112,27 +144,41 @@ pub async fn serve_connection<H: Handler>(
     } else {
         Prefixed::new(bytes::Bytes::new(), stream)
     };
-    let ctx = Arc::new(ConnCtx { listener: opts.listener, peer_label, peer, access_log: opts.access_log, hijacked: Mutex::new(None) });
+    let activity = Arc::new(Activity::default());
+    let ctx = Arc::new(ConnCtx {
+        listener: opts.listener,
+        peer_label,
+        peer,
+        access_log: opts.access_log,
+        hijacked: Mutex::new(None),
+        activity: activity.clone(),
+    });
     let svc = ConnService { handler, ctx: ctx.clone() };
-    let mut conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc);
+    let io = TokioIo::new(Watched::new(stream, activity.clone()));
+    let mut conn = http1::Builder::new().keep_alive(true).serve_connection(io, svc);
 
+    let mut deadline = Deadline::new(timeouts);
     let mut draining = false;
     let result = loop {
         tokio::select! {
-            r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+            biased;
+            r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break Ok(r),
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
                 Pin::new(&mut conn).graceful_shutdown();
             }
+            expired = std::future::poll_fn(|cx| deadline.poll_expired(cx, &activity)) => break Err(expired),
         }
     };
-    if let Err(e) = result {
+    match result {
         // Malformed requests were already answered 400 by hyper; this is for the debug log only.
-        tracing::debug!(listener = %ctx.listener, peer = %ctx.peer_label, error = %e, "connection ended with an error");
+        Ok(Err(e)) => tracing::debug!(listener = %ctx.listener, peer = %ctx.peer_label, error = %e, "connection ended with an error"),
+        Ok(Ok(())) => {}
+        Err(expired) => expired.log(&ctx.listener, &ctx.peer_label),
     }
     let parts = conn.into_parts();
     let hijacked = ctx.hijacked.lock().ok().and_then(|mut s| s.take());
-    let mut client = parts.io.into_inner();
+    let mut client = parts.io.into_inner().into_inner();
     match hijacked {
         Some(h) => {
             let stats = splice(Prefixed::new(parts.read_buf, client), TokioIo::new(h.upstream)).await;
@@ -153,11 +199,12 @@ struct ConnService<H> {
 }
 
 impl<H: Handler> hyper::service::Service<Request<Incoming>> for ConnService<H> {
-    type Response = Response<LoggedBody>;
+    type Response = Response<Tracked<LoggedBody>>;
     type Error = std::convert::Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let ticket = self.ctx.activity.request();
         let handler = self.handler.clone();
         let ctx = self.ctx.clone();
         let started = Instant::now();
@@ -195,7 +242,7 @@ impl<H: Handler> hyper::service::Service<Request<Incoming>> for ConnService<H> {
                 } else {
                     record
                 };
-                Ok(Response::from_parts(parts, LoggedBody::new(body, record)))
+                Ok(Response::from_parts(parts, Tracked::new(LoggedBody::new(body, record), ticket)))
             }
             .instrument(span),
         )

@@ -76,16 +76,41 @@ pub struct JsonBody {
     pub unknown: Vec<String>,
 }
 
-/// A policy's refusal. The client sees `ctproxy: <what> is not allowed by policy <name>`.
+/// A policy's refusal. The client sees `ctproxy: <what>, <note>, is not allowed by policy <name>`
+/// (403; without the note when there is none), or `ctproxy: <what>` for a request the policy found
+/// malformed (400).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub status: StatusCode,
     /// What was refused, phrased to complete "... is not allowed": `privileged mode (HostConfig.Privileged)`.
     pub what: String,
+    /// Why nothing allows it, or how an administrator could (`unless listed in the policy's setting
+    /// allowed_bind_paths`, `unknown to ctproxy 0.1.0`): the client passes the message on to
+    /// whoever runs ctproxy, who then knows what to look at.
+    pub note: Option<String>,
 }
 
 impl Refusal {
     pub fn forbidden(what: impl Into<String>) -> Refusal {
-        Refusal { status: StatusCode::FORBIDDEN, what: what.into() }
+        Refusal { status: StatusCode::FORBIDDEN, what: what.into(), note: None }
+    }
+
+    /// A request the daemon would refuse as malformed too (an address that does not parse): 400.
+    pub fn bad_request(what: impl Into<String>) -> Refusal {
+        Refusal { status: StatusCode::BAD_REQUEST, what: what.into(), note: None }
+    }
+
+    /// Adds the note (see [`Refusal::note`]).
+    pub fn note(mut self, note: impl Into<String>) -> Refusal {
+        self.note = Some(note.into());
+        self
+    }
+
+    /// What the audit log records: what was refused, and the note.
+    pub fn reason(&self) -> String {
+        match &self.note {
+            Some(note) => format!("{}, {note}", self.what),
+            None => self.what.clone(),
+        }
     }
 }

@@ -34,7 +34,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::RegistryProxyConfig;
-use crate::http::server::{serve_connection, ServeOptions};
+use crate::http::serve::{serve_listener, Gate, Limits};
+use crate::http::server::{HandlerConns, ServeOptions};
 use crate::http::{AccessIdentity, ConnCtx, Handler, ProxyBody};
 use crate::transport::{ListenAddr, Listener, UnixSocketOptions};
 
@@ -106,7 +107,11 @@ impl RegistryProxy {
         let stop = CancellationToken::new();
         let draining = CancellationToken::new();
         let connections = TaskTracker::new();
-        let task = tokio::spawn(accept_loop(listener, handler, connections.clone(), draining.clone(), stop.clone()));
+        let opts = ServeOptions { listener: Arc::from("registry-proxy"), access_log: true };
+        let conns = Arc::new(HandlerConns { opts, handler, draining: draining.clone() });
+        let limits = Limits::plain(config.header_timeout.0, config.idle_timeout.0, config.max_connections as usize);
+        let gate = Gate::new("registry-proxy", limits);
+        let task = tokio::spawn(serve_listener(listener, gate, conns, connections.clone(), stop.clone()));
         tracing::info!(address = %addr, "registry proxy listening");
         Ok(RegistryProxy { tokens, addr, stop, draining, connections, task })
     }
@@ -134,37 +139,6 @@ impl RegistryProxy {
         self.connections.close();
         if tokio::time::timeout(grace, self.connections.wait()).await.is_err() {
             tracing::warn!(connections = self.connections.len(), "registry proxy: grace time over; cutting transfers");
-        }
-    }
-}
-
-async fn accept_loop(
-    listener: Listener,
-    handler: Arc<RegistryHandler>,
-    connections: TaskTracker,
-    draining: CancellationToken,
-    stop: CancellationToken,
-) {
-    let opts = ServeOptions { listener: Arc::from("registry-proxy"), access_log: true };
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok(accepted) => {
-                let (opts, handler, draining) = (opts.clone(), handler.clone(), draining.clone());
-                connections.spawn(async move {
-                    match accepted.into_stream().await {
-                        Ok((stream, peer)) => serve_connection(stream, peer, opts, handler, draining).await,
-                        Err(e) => tracing::debug!(error = %e, "registry proxy: connection failed"),
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "registry proxy: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
         }
     }
 }

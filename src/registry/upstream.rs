@@ -22,13 +22,14 @@ use std::time::{Duration, Instant};
 use hyper::header::HeaderValue;
 use hyper::header::{HeaderMap, WWW_AUTHENTICATE};
 use hyper::{Method, StatusCode};
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::Url;
 
 use super::error::RegistryError;
 use super::token::{Grant, TokenId};
 use crate::config::RegistryProxyConfig;
 use crate::docker::AuthConfig;
+pub use crate::transport::ssrf::is_internal;
+use crate::transport::ssrf::{describe, internal_address, PublicOnly};
 
 /// How long to wait for a TCP (and TLS) connection to a registry.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -40,69 +41,6 @@ const CHALLENGE_TTL: Duration = Duration::from_secs(300);
 const TOKEN_BODY_MAX: usize = 64 * 1024;
 /// Used when a token response gives no `expires_in` (the distribution spec's default).
 const DEFAULT_TOKEN_TTL: u64 = 60;
-
-/// Is `ip` somewhere a namespace must not make the proxy connect to?
-pub fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || o[0] == 0
-                || (o[0] == 100 && (64..128).contains(&o[1])) // shared address space (CGNAT)
-                || (o[0] == 192 && o[1] == 0 && o[2] == 0) // IETF protocol assignments
-                || (o[0] == 198 && (18..20).contains(&o[1])) // benchmarking
-                || o[0] >= 240 // reserved
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_internal(IpAddr::V4(v4));
-            }
-            let s = v6.segments();
-            // NAT64 (64:ff9b::/96) reaches IPv4 addresses: judge the embedded one.
-            if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
-                let o = v6.octets();
-                return is_internal(IpAddr::V4(std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15])));
-            }
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00 // unique local
-                || (s[0] & 0xffc0) == 0xfe80 // link-local
-                || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
-                || s[..6] == [0, 0, 0, 0, 0, 0] // IPv4-compatible and other reserved
-        }
-    }
-}
-
-/// The resolver's refusal; found again in reqwest's error chain to answer `DENIED`.
-#[derive(Debug, thiserror::Error)]
-#[error("registry {0} resolves to no public address; list it in registry_proxy.allow_private if it is meant to be reached")]
-struct InternalAddress(String);
-
-/// A resolver that never yields internal addresses (nor the proxy's own IP).
-struct PublicOnly {
-    own_ip: IpAddr,
-}
-
-impl Resolve for PublicOnly {
-    fn resolve(&self, name: Name) -> Resolving {
-        let own_ip = self.own_ip;
-        Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.filter(|a| !is_internal(a.ip()) && a.ip() != own_ip).collect();
-            if addrs.is_empty() {
-                return Err(Box::new(InternalAddress(host)) as Box<dyn std::error::Error + Send + Sync>);
-            }
-            Ok(Box::new(addrs.into_iter()) as Addrs)
-        })
-    }
-}
 
 /// What an upstream request authenticates with.
 #[derive(Clone)]
@@ -236,7 +174,7 @@ impl Upstreams {
             b.build().map_err(|e| RegistryError::Tls(e.to_string()))
         };
         Ok(Upstreams {
-            public: build(Some(Arc::new(PublicOnly { own_ip: own.ip() })))?,
+            public: build(Some(Arc::new(PublicOnly::new(Some(own.ip())))))?,
             open: build(None)?,
             insecure: config.insecure.iter().cloned().collect(),
             allow_private: config.allow_private.iter().cloned().collect(),
@@ -507,28 +445,13 @@ pub async fn read_limited(mut rsp: reqwest::Response, max: usize) -> Result<Vec<
 
 /// A failed upstream exchange: `DENIED` when the resolver refused the address, else a gateway error.
 fn upstream_err(e: reqwest::Error) -> RegistryError {
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        if let Some(refusal) = s.downcast_ref::<InternalAddress>() {
-            return RegistryError::Denied(refusal.to_string());
-        }
-        source = s.source();
+    if let Some(refusal) = internal_address(&e) {
+        return RegistryError::Denied(format!(
+            "registry {} resolves to no public address; list it in registry_proxy.allow_private if it is meant to be reached",
+            refusal.host
+        ));
     }
     RegistryError::Upstream(describe(e))
-}
-
-/// A reqwest error with its causes (the resolver's refusal is in the source chain), without the URL
-/// (whose query may hold upload state).
-fn describe(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 /// rustls for upstream registries: the system's roots plus the configured extra CAs, ring provider.
@@ -571,30 +494,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn internal_addresses() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "0.0.0.0",
-            "100.64.0.1",
-            "::1",
-            "fe80::1",
-            "fd00::1",
-            "::ffff:127.0.0.1",
-            "64:ff9b::a9fe:a9fe",
-            "::",
-        ] {
-            assert!(is_internal(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["1.1.1.1", "8.8.8.8", "2606:4700::1111", "::ffff:1.1.1.1"] {
-            assert!(!is_internal(ip.parse().unwrap()), "{ip}");
-        }
-    }
-
-    #[test]
     fn challenges() {
         let mut h = HeaderMap::new();
         h.insert(
@@ -621,12 +520,14 @@ mod tests {
 
     #[tokio::test]
     async fn ssrf_checks() {
-        let config = RegistryProxyConfig {
-            address: "127.0.0.1:5001".parse().unwrap(),
-            insecure: vec!["127.0.0.1:5000".into()],
-            allow_private: vec!["10.0.0.1:443".into()],
-            ca: vec![],
-        };
+        let config: RegistryProxyConfig = toml::from_str(
+            r#"
+                address = "127.0.0.1:5001"
+                insecure = ["127.0.0.1:5000"]
+                allow_private = ["10.0.0.1:443"]
+            "#,
+        )
+        .unwrap();
         let u = Upstreams::new(&config, config.address).unwrap();
         let url = |s: &str| Url::parse(s).unwrap();
         assert_eq!(u.origin("docker.io").unwrap().as_str(), "https://registry-1.docker.io/");
@@ -650,7 +551,7 @@ mod tests {
         let u = Upstreams::new(&config, config.address).unwrap();
         assert!(matches!(u.check(&url("http://127.0.0.1:5001/v2/")).await, Err(RegistryError::Denied(_))));
         // Names are judged by the resolver.
-        let r = PublicOnly { own_ip: "127.0.0.1".parse().unwrap() };
-        assert!(r.resolve("localhost".parse().unwrap()).await.is_err());
+        let r = PublicOnly::new(Some("127.0.0.1".parse().unwrap()));
+        assert!(reqwest::dns::Resolve::resolve(&r, "localhost".parse().unwrap()).await.is_err());
     }
 }

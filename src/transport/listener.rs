@@ -10,10 +10,16 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_rustls::TlsAcceptor;
 
 use super::{ClientStream, TransportError};
+
+/// What [`Accepted::refuse`] reads (and drops) at most from a refused client before closing.
+const LINGER_BYTES: usize = 64 * 1024;
 
 /// Where a listener listens, as written in the configuration (`unix:///path`, `tcp://host:port`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -196,6 +202,42 @@ impl Drop for Listener {
 }
 
 impl Accepted {
+    /// Whether the connection starts with a TLS handshake (nothing can be said to it before).
+    pub fn is_tls(&self) -> bool {
+        matches!(self.raw, Raw::Tls(..))
+    }
+
+    /// Says `answer` and closes, for a connection that will not be served: the answer is written,
+    /// the write half shut, and what the client sends is read and dropped until it closes, for at
+    /// most `linger` and `LINGER_BYTES`. Why not close at once: closing a socket whose request is
+    /// unread resets the connection (TCP sends RST; a unix socket gives the peer `ECONNRESET`), and
+    /// a client that is still writing gets `EPIPE`, so it would see an error of its own instead
+    /// of the answer. TLS connections are closed without a word (there is no handshake to say it
+    /// in).
+    pub async fn refuse(self, answer: &[u8], linger: Duration) {
+        async fn say<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, answer: &[u8]) {
+            if s.write_all(answer).await.is_err() || s.shutdown().await.is_err() {
+                return;
+            }
+            let mut scratch = [0u8; 4096];
+            let mut left = LINGER_BYTES;
+            while left > 0 {
+                match s.read(&mut scratch).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        }
+        let said = async {
+            match self.raw {
+                Raw::Unix(s) => say(s, answer).await,
+                Raw::Tcp(s) => say(s, answer).await,
+                Raw::Tls(..) => {}
+            }
+        };
+        let _ = tokio::time::timeout(linger, said).await;
+    }
+
     /// Finishes the connection setup: the TLS handshake for TLS listeners (which also tells who
     /// the client certificate names), nothing otherwise.
     pub async fn into_stream(self) -> std::io::Result<(ClientStream, PeerInfo)> {

@@ -5,6 +5,7 @@
 //! the HTTP layer never branches on the kind of socket.
 
 pub mod listener;
+pub mod ssrf;
 pub mod stream;
 pub mod tls;
 pub mod upstream;

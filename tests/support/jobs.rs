@@ -40,6 +40,11 @@ impl JobHost {
     }
 
     pub fn start_with(extra: &str) -> JobHost {
+        Self::start_with_namespaces("", extra)
+    }
+
+    /// With `namespaces` added to the `[namespaces]` section and `extra` at the end.
+    pub fn start_with_namespaces(namespaces: &str, extra: &str) -> JobHost {
         let toml = format!(
             r#"
 [listener.main]
@@ -53,6 +58,8 @@ memory = "2g"
 pids_limit = 4096
 [namespaces]
 shared_images = ["ctproxy-test/*"]
+network_pool = ["10.200.0.0/16"]
+{namespaces}
 [jobs]
 control_socket = "{{dir}}/control.sock"
 dir = "{{dir}}/jobs"
@@ -112,17 +119,20 @@ impl JobSocket {
         http_json(&self.socket, method, path, body)
     }
 
-    /// Everything on the daemon that carries this job's namespace label: containers, networks,
-    /// volumes (IDs or names).
+    /// Everything on the daemon that carries this job's namespace label: containers (IDs), networks
+    /// and volumes (names). The namespace's default network (`ctp.<ns>.bridge`, made by the first
+    /// request that needs it) is the namespace's own `bridge`, like the daemon's predefined ones,
+    /// and is not listed.
     pub fn on_daemon(&self) -> Vec<String> {
         let label = format!("label=io.ctproxy.namespace={}", self.namespace);
+        let default_network = format!("ctp.{}.bridge", self.namespace);
         let mut all = Vec::new();
         for args in [
             vec!["ps", "-aq", "--filter", &label],
-            vec!["network", "ls", "-q", "--filter", &label],
+            vec!["network", "ls", "--format", "{{.Name}}", "--filter", &label],
             vec!["volume", "ls", "-q", "--filter", &label],
         ] {
-            all.extend(docker(direct(), &args).split_whitespace().map(str::to_owned));
+            all.extend(docker(direct(), &args).split_whitespace().filter(|n| *n != default_network).map(str::to_owned));
         }
         all
     }

@@ -123,7 +123,11 @@ impl Proxy {
         require_docker();
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("ctproxy.toml");
-        std::fs::write(&config, toml.replace("{dir}", &dir.path().display().to_string())).expect("write config");
+        let mut text = toml.replace("{dir}", &dir.path().display().to_string());
+        if !text.contains("[upstream]") {
+            text = format!("[upstream]\nurl = \"{}\"\n{text}", direct());
+        }
+        std::fs::write(&config, text).expect("write config");
         let sock = dir.path().join(wait_sock);
         Self::spawn(dir, sock, &["--config", config.to_str().expect("utf-8 path")])
     }
@@ -131,18 +135,9 @@ impl Proxy {
     pub fn spawn(dir: tempfile::TempDir, sock: PathBuf, args: &[&str]) -> Proxy {
         let log = dir.path().join("ctproxy.log");
         let logf = std::fs::File::create(&log).expect("log file");
-        // Every test's ctproxy forwards to the daemon under test, unless the test chose another
-        // upstream itself: an `--upstream` of its own, or a configuration whose `[upstream]` names
-        // a `url` (a daemon that is down, a TLS hop in front of the daemon under test).
-        let chosen = args.contains(&"--upstream")
-            || args.windows(2).any(|w| {
-                w[0] == "--config"
-                    && std::fs::read_to_string(w[1])
-                        .ok()
-                        .and_then(|t| t.parse::<toml::Table>().ok())
-                        .is_some_and(|t| t.get("upstream").and_then(|u| u.get("url")).is_some())
-            });
-        let upstream: &[&str] = if chosen { &[] } else { &["--upstream", direct()] };
+        // Every test's ctproxy forwards to the daemon under test, unless the test says otherwise
+        // (configurations get an `[upstream]` in `start_with_config`).
+        let upstream: &[&str] = if args.iter().any(|a| *a == "--upstream" || *a == "--config") { &[] } else { &["--upstream", direct()] };
         let child = Command::new(env!("CARGO_BIN_EXE_ctproxy"))
             .arg("serve")
             .args(args)

@@ -5,8 +5,16 @@
 //! rewrite: PAX `path`/`size` records and GNU long names override the header, header-only types have no
 //! data whatever their size field says, names are `filepath.Clean`ed. Payloads are forwarded as the
 //! slices they arrived in; only headers and the Dockerfile itself are copied.
+//!
+//! The rewrite may be asynchronous ([`RewrittenContext::with_async`]): while its future runs (the
+//! caller asks the daemon about base images, or fetches `ADD` URLs), the archive stops where the
+//! Dockerfile ends and no more of the request is read, so nothing is buffered but the Dockerfile and
+//! the one input chunk it ended in. Its answer may add files ([`Appended`]) to the archive: they are
+//! streamed from their (temporary) files just before the end-of-archive blocks, where dockerd's untar
+//! still reads them, under [`RESERVED_DIR`], which the client's own members may not use.
 
 use std::collections::{HashSet, VecDeque};
+use std::future::Future;
 use std::io::Write;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -19,6 +27,38 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The callback that rewrites the Dockerfile text.
 pub type RewriteFn = Box<dyn FnMut(&str) -> Result<String, String> + Send>;
+
+/// The asynchronous rewrite of one Dockerfile (its text as read from the archive).
+pub type AsyncRewriteFn = Box<dyn FnMut(String) -> RewriteFuture + Send>;
+pub type RewriteFuture = Pin<Box<dyn Future<Output = Result<Rewritten, BuildContextError>> + Send>>;
+/// Files to append to the archive, awaited only when the client's archive has ended: the caller can
+/// produce them (download them) while the rest of the context streams by.
+pub type Appendix = Pin<Box<dyn Future<Output = Result<Vec<Appended>, BuildContextError>> + Send>>;
+
+/// What an asynchronous rewrite made of a Dockerfile.
+pub struct Rewritten {
+    pub dockerfile: String,
+    pub appendix: Option<Appendix>,
+}
+
+/// A regular file added to the archive.
+pub struct Appended {
+    /// Its path in the archive: under [`RESERVED_DIR`], clean (no `.`/`..`, no leading `/`).
+    pub path: String,
+    /// Permission bits, as dockerd's untar will set them.
+    pub mode: u32,
+    /// Modification time in seconds since the epoch, as dockerd's untar will set it.
+    pub mtime: u64,
+    /// Exactly the number of bytes read from `file`, from its current position.
+    pub size: u64,
+    pub file: tokio::fs::File,
+}
+
+/// The directory of the build context where appended files go. A client archive with a member there
+/// is refused when something is appended: its member could stand in for ctproxy's.
+pub const RESERVED_DIR: &str = ".ctproxy";
+/// Bytes of an appended file read per step (one frame of the body).
+const APPEND_CHUNK: usize = 64 * 1024;
 
 const BLOCK: usize = 512;
 /// Go's `archive/tar` refuses PAX and GNU long-name records larger than this.
@@ -53,6 +93,26 @@ pub enum BuildContextError {
     /// The rewrite callback refused the Dockerfile; the message is the callback's.
     #[error("{0}")]
     Rewrite(String),
+    /// The rewrite refused the build for what it would make the daemon do (answer 403); the
+    /// message is the caller's.
+    #[error("{0}")]
+    Refused(String),
+    /// Something the rewrite needed failed on ctproxy's side (answer 502).
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("the build context path {0} is reserved for files ctproxy adds to the context")]
+    Reserved(String),
+}
+
+impl BuildContextError {
+    /// The HTTP status of the answer to a client whose build context failed this way.
+    pub fn status(&self) -> hyper::StatusCode {
+        match self {
+            BuildContextError::Refused(_) => hyper::StatusCode::FORBIDDEN,
+            BuildContextError::Unavailable(_) => hyper::StatusCode::BAD_GATEWAY,
+            _ => hyper::StatusCode::BAD_REQUEST,
+        }
+    }
 }
 
 /// A build context (`POST /build` body) with its Dockerfile rewritten, as a streaming body.
@@ -65,6 +125,9 @@ pub struct RewrittenContext<B> {
     input: Input,
     tar: TarRewriter,
     out: VecDeque<Bytes>,
+    /// The client's body has ended; what is left is being finished ([`Self::finish_step`]).
+    body_done: bool,
+    /// Everything has been produced (or an error ended the body).
     finished: bool,
 }
 
@@ -87,6 +150,20 @@ where
     /// default). When it is the default, a lower-case `dockerfile` member is rewritten too, since
     /// dockerd falls back to it. `max_dockerfile` caps the size of the Dockerfile buffered.
     pub fn new(body: B, dockerfile: Option<&str>, max_dockerfile: usize, rewrite: RewriteFn) -> Result<Self, BuildContextError> {
+        Self::build(body, dockerfile, max_dockerfile, Rewriter::Sync(rewrite))
+    }
+
+    /// The same with an asynchronous rewrite, which may also add files to the archive.
+    pub fn with_async(
+        body: B,
+        dockerfile: Option<&str>,
+        max_dockerfile: usize,
+        rewrite: AsyncRewriteFn,
+    ) -> Result<Self, BuildContextError> {
+        Self::build(body, dockerfile, max_dockerfile, Rewriter::Async(rewrite))
+    }
+
+    fn build(body: B, dockerfile: Option<&str>, max_dockerfile: usize, rewrite: Rewriter) -> Result<Self, BuildContextError> {
         let raw = dockerfile.filter(|d| !d.is_empty()).unwrap_or(DEFAULT_DOCKERFILE);
         let path = member_key(raw);
         if path == ".." || path.starts_with("../") {
@@ -101,6 +178,7 @@ where
             input: Input::Detect(BytesMut::new()),
             tar: TarRewriter::new(candidates, max_dockerfile, rewrite),
             out: VecDeque::new(),
+            body_done: false,
             finished: false,
         })
     }
@@ -155,21 +233,31 @@ where
         matches!(&self.input, Input::Gzip { pending, .. } if !pending.is_empty())
     }
 
-    fn finish(&mut self) -> Result<(), BuildContextError> {
+    /// One step of finishing after the client's body ended; `true` once nothing is left to do.
+    /// Steps, because each may stop at an asynchronous rewrite or appendix.
+    fn finish_step(&mut self) -> Result<bool, BuildContextError> {
         if let Input::Detect(_) = self.input {
             self.push_input(Bytes::new(), true)?;
+            return Ok(false);
         }
-        while self.has_pending() {
+        if self.has_pending() {
             self.inflate_step()?;
+            return Ok(false);
         }
         if let Input::Gzip { decoder, .. } = &mut self.input {
             decoder.try_finish().map_err(BuildContextError::Gzip)?;
             let inflated = std::mem::take(decoder.get_mut());
+            self.input = Input::Plain;
             if !inflated.is_empty() {
                 self.tar.feed(Bytes::from(inflated), &mut self.out)?;
             }
+            return Ok(false);
         }
-        self.tar.finish(&mut self.out)
+        if !self.tar.finished {
+            self.tar.finish(&mut self.out)?;
+            return Ok(false);
+        }
+        Ok(true)
     }
 }
 
@@ -190,13 +278,30 @@ where
             if this.finished {
                 return Poll::Ready(None);
             }
-            let step = if this.has_pending() {
+            let step = if this.tar.busy() {
+                // A rewrite in flight or files being appended: no input is read meanwhile.
+                match this.tar.poll_busy(cx, &mut this.out) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(r) => r,
+                }
+            } else if this.tar.has_backlog() {
+                this.tar.resume(&mut this.out)
+            } else if this.has_pending() {
                 this.inflate_step()
+            } else if this.body_done {
+                match this.finish_step() {
+                    Ok(true) => {
+                        this.finished = true;
+                        Ok(())
+                    }
+                    Ok(false) => Ok(()),
+                    Err(e) => Err(e),
+                }
             } else {
                 match ready!(this.body.as_mut().poll_frame(cx)) {
                     None => {
-                        this.finished = true;
-                        this.finish()
+                        this.body_done = true;
+                        Ok(())
                     }
                     Some(Err(e)) => Err(BuildContextError::Body(e.into())),
                     // Trailers are not part of the archive.
@@ -237,6 +342,28 @@ fn detect_compression(head: &[u8]) -> Option<&'static str> {
 
 // === The tar reader ===
 
+enum Rewriter {
+    Sync(RewriteFn),
+    Async(AsyncRewriteFn),
+}
+
+/// An asynchronous rewrite in flight: the Dockerfile member waits for its new text.
+struct Waiting {
+    header: Bytes,
+    future: RewriteFuture,
+}
+
+/// Files being appended before the end of the archive.
+struct Appending {
+    /// Appendices not settled yet, in order.
+    pending: VecDeque<Appendix>,
+    members: VecDeque<Appended>,
+    /// The file being copied: what is left of it, then its padding.
+    current: Option<(tokio::fs::File, u64, usize)>,
+    /// The first end-of-archive block, emitted after the appended members.
+    end_block: Option<Bytes>,
+}
+
 enum State {
     /// Collecting a 512-byte header.
     Header(BytesMut),
@@ -263,16 +390,26 @@ struct TarRewriter {
     state: State,
     candidates: Vec<String>,
     max: usize,
-    rewrite: RewriteFn,
+    rewrite: Rewriter,
     symlinks: HashSet<String>,
     /// Raw PAX/GNU members waiting for the member they describe.
     held: Vec<Bytes>,
     pax: Option<Pax>,
     long_name: Option<String>,
+    waiting: Option<Waiting>,
+    appending: Option<Appending>,
+    /// Input not read yet because the reader stopped (a rewrite or an appendix in flight).
+    backlog: Bytes,
+    /// Appendices of the rewrites so far, awaited at the end of the archive.
+    appendices: Vec<Appendix>,
+    /// The first client member under [`RESERVED_DIR`].
+    reserved: Option<String>,
+    /// [`Self::finish`] ran.
+    finished: bool,
 }
 
 impl TarRewriter {
-    fn new(candidates: Vec<String>, max: usize, rewrite: RewriteFn) -> Self {
+    fn new(candidates: Vec<String>, max: usize, rewrite: Rewriter) -> Self {
         TarRewriter {
             state: State::Header(BytesMut::with_capacity(BLOCK)),
             candidates,
@@ -282,11 +419,114 @@ impl TarRewriter {
             held: Vec::new(),
             pax: None,
             long_name: None,
+            waiting: None,
+            appending: None,
+            backlog: Bytes::new(),
+            appendices: Vec::new(),
+            reserved: None,
+            finished: false,
         }
+    }
+
+    /// Whether the reader is stopped until [`Self::poll_busy`] says otherwise.
+    fn busy(&self) -> bool {
+        self.waiting.is_some() || self.appending.is_some()
+    }
+
+    fn has_backlog(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    /// Reads on from where the reader stopped.
+    fn resume(&mut self, out: &mut VecDeque<Bytes>) -> Result<(), BuildContextError> {
+        let data = std::mem::take(&mut self.backlog);
+        self.feed(data, out)
+    }
+
+    /// Drives a rewrite in flight, then the appended files (one chunk per call, so that the body
+    /// emits it before the next is read). `Ready(Ok)` whenever there is output or nothing is left.
+    fn poll_busy(&mut self, cx: &mut Context<'_>, out: &mut VecDeque<Bytes>) -> Poll<Result<(), BuildContextError>> {
+        if let Some(w) = &mut self.waiting {
+            let rewritten = ready!(w.future.as_mut().poll(cx));
+            let Some(w) = self.waiting.take() else { return Poll::Ready(Ok(())) };
+            let rewritten = rewritten?;
+            if let Some(a) = rewritten.appendix {
+                self.appendices.push(a);
+            }
+            return Poll::Ready(self.emit_dockerfile(w.header, Bytes::from(rewritten.dockerfile.into_bytes()), out));
+        }
+        let Some(app) = &mut self.appending else { return Poll::Ready(Ok(())) };
+        loop {
+            if let Some(next) = app.pending.front_mut() {
+                let members = ready!(next.as_mut().poll(cx))?;
+                app.pending.pop_front();
+                app.members.extend(members);
+                continue;
+            }
+            if let Some((file, left, pad)) = &mut app.current {
+                if *left > 0 {
+                    let want = (*left).min(APPEND_CHUNK as u64) as usize;
+                    let mut buf = vec![0u8; want];
+                    let mut rb = tokio::io::ReadBuf::new(&mut buf);
+                    ready!(tokio::io::AsyncRead::poll_read(Pin::new(file), cx, &mut rb))
+                        .map_err(|e| BuildContextError::Unavailable(format!("reading a file added to the build context: {e}")))?;
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        return Poll::Ready(Err(BuildContextError::Unavailable(
+                            "a file added to the build context is shorter than announced".into(),
+                        )));
+                    }
+                    buf.truncate(n);
+                    *left -= n as u64;
+                    out.push_back(Bytes::from(buf));
+                    return Poll::Ready(Ok(()));
+                }
+                if *pad > 0 {
+                    out.push_back(Bytes::from(vec![0u8; *pad]));
+                }
+                app.current = None;
+                continue;
+            }
+            if let Some(m) = app.members.pop_front() {
+                out.extend(member_headers(&m)?);
+                app.current = Some((m.file, m.size, padding(m.size) as usize));
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(end) = app.end_block.take() {
+                out.push_back(end);
+            }
+            self.appending = None;
+            return Poll::Ready(Ok(()));
+        }
+    }
+
+    /// Starts appending the files of every rewrite so far, if there are any; `end_block` is the
+    /// client's first end-of-archive block, which goes after them.
+    fn start_appending(&mut self, end_block: Option<Bytes>, out: &mut VecDeque<Bytes>) -> Result<(), BuildContextError> {
+        if self.appendices.is_empty() {
+            out.extend(end_block);
+            return Ok(());
+        }
+        if let Some(path) = self.reserved.take() {
+            return Err(BuildContextError::Reserved(path));
+        }
+        self.appending =
+            Some(Appending { pending: self.appendices.drain(..).collect(), members: VecDeque::new(), current: None, end_block });
+        Ok(())
     }
 
     fn feed(&mut self, mut data: Bytes, out: &mut VecDeque<Bytes>) -> Result<(), BuildContextError> {
         while !data.is_empty() {
+            if self.busy() {
+                self.backlog = if self.backlog.is_empty() {
+                    data
+                } else {
+                    let mut joined = BytesMut::from(&self.backlog[..]);
+                    joined.extend_from_slice(&data);
+                    joined.freeze()
+                };
+                return Ok(());
+            }
             match &mut self.state {
                 State::Header(buf) | State::Zero(buf) => {
                     let n = (BLOCK - buf.len()).min(data.len());
@@ -342,8 +582,13 @@ impl TarRewriter {
             State::End => {}
             _ => return Err(BuildContextError::Tar("unexpected end of the archive")),
         }
+        self.finished = true;
         out.extend(self.held.drain(..));
-        Ok(())
+        if matches!(self.state, State::End) {
+            return Ok(());
+        }
+        // No end-of-archive blocks: the appended members are the last ones.
+        self.start_appending(None, out)
     }
 
     fn on_header(&mut self, block: Bytes, out: &mut VecDeque<Bytes>) -> Result<(), BuildContextError> {
@@ -351,9 +596,8 @@ impl TarRewriter {
             out.extend(self.held.drain(..));
             self.pax = None;
             self.long_name = None;
-            out.push_back(block);
             self.state = State::Zero(BytesMut::with_capacity(BLOCK));
-            return Ok(());
+            return self.start_appending(Some(block), out);
         }
         let hdr = Header::parse(&block)?;
         match hdr.typeflag {
@@ -408,6 +652,9 @@ impl TarRewriter {
         };
         let path = member_key(&name);
         self.check_symlinks(&path, typeflag)?;
+        if self.reserved.is_none() && (path == RESERVED_DIR || path.strip_prefix(RESERVED_DIR).is_some_and(|r| r.starts_with('/'))) {
+            self.reserved = Some(path.clone());
+        }
 
         if self.candidates.contains(&path) && typeflag != b'5' {
             if typeflag != b'0' {
@@ -490,8 +737,21 @@ impl TarRewriter {
 
     fn on_dockerfile(&mut self, path: String, header: Bytes, content: Bytes, out: &mut VecDeque<Bytes>) -> Result<(), BuildContextError> {
         let text = std::str::from_utf8(&content).map_err(|_| BuildContextError::NotUtf8(path.clone()))?;
-        let new = (self.rewrite)(text).map_err(BuildContextError::Rewrite)?;
-        let new = Bytes::from(new.into_bytes());
+        match &mut self.rewrite {
+            Rewriter::Sync(f) => {
+                let new = f(text).map_err(BuildContextError::Rewrite)?;
+                self.emit_dockerfile(header, Bytes::from(new.into_bytes()), out)
+            }
+            Rewriter::Async(f) => {
+                let future = f(text.to_owned());
+                self.waiting = Some(Waiting { header, future });
+                Ok(())
+            }
+        }
+    }
+
+    /// The Dockerfile member with its new content, after the PAX and GNU records held for it.
+    fn emit_dockerfile(&mut self, header: Bytes, new: Bytes, out: &mut VecDeque<Bytes>) -> Result<(), BuildContextError> {
         if let Some(pax) = self.pax.take() {
             if pax.records.iter().any(|(k, v)| k == "size" && !v.is_empty()) {
                 // Drop the size record: the header's size field says it from now on.
@@ -520,6 +780,47 @@ impl TarRewriter {
         }
         Ok(())
     }
+}
+
+/// The header of an appended member (ustar; a PAX `path` record first when the path does not fit).
+fn member_headers(m: &Appended) -> Result<Vec<Bytes>, BuildContextError> {
+    let bad = |why: &str| BuildContextError::Unavailable(format!("cannot add {:?} to the build context: {why}", m.path));
+    if member_key(&m.path) != m.path || !m.path.starts_with(RESERVED_DIR) || m.path.contains('\0') {
+        return Err(bad("not a clean path under the reserved directory"));
+    }
+    if m.size >= 1 << 33 || m.mtime >= 1 << 33 || m.mode > 0o7777 {
+        return Err(bad("size, time or mode out of range"));
+    }
+    let mut out = Vec::new();
+    let mut name = m.path.as_bytes();
+    if name.len() > 100 {
+        let data = encode_pax(&[("path".to_string(), m.path.clone())]);
+        let mut h = ustar_header(b"././@PaxHeader", 0o644, data.len() as u64, 0, b'x');
+        h.extend_from_slice(&data);
+        h.resize(h.len() + padding(data.len() as u64) as usize, 0);
+        out.push(Bytes::from(h));
+        name = &name[..100];
+    }
+    out.push(Bytes::from(ustar_header(name, m.mode, m.size, m.mtime, b'0')));
+    Ok(out)
+}
+
+/// A ustar header block; `name` at most 100 bytes, numbers in range.
+fn ustar_header(name: &[u8], mode: u32, size: u64, mtime: u64, typeflag: u8) -> Vec<u8> {
+    let mut h = vec![0u8; BLOCK];
+    h[..name.len()].copy_from_slice(name);
+    h[100..108].copy_from_slice(format!("{mode:07o}\0").as_bytes());
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    h[136..148].copy_from_slice(format!("{mtime:011o}\0").as_bytes());
+    h[156] = typeflag;
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u64 = h.iter().map(|&c| u64::from(c)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h
 }
 
 fn padding(n: u64) -> u64 {

@@ -30,6 +30,17 @@ impl Daemon {
 
     /// Sends one request; returns the status and the whole body.
     pub async fn call(&self, method: Method, path_and_query: &str, body: Option<&Value>) -> Result<(StatusCode, Bytes), NsError> {
+        self.call_with(method, path_and_query, body, &[]).await
+    }
+
+    /// [`Daemon::call`] with extra request headers (a pull's `X-Registry-Auth`).
+    pub async fn call_with(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+        headers: &[(hyper::header::HeaderName, hyper::header::HeaderValue)],
+    ) -> Result<(StatusCode, Bytes), NsError> {
         let bytes = match body {
             Some(v) => Bytes::from(serde_json::to_vec(v).map_err(|e| NsError::Daemon(e.to_string()))?),
             None => Bytes::new(),
@@ -37,6 +48,9 @@ impl Daemon {
         let mut req = Request::builder().method(method).uri(path_and_query);
         if body.is_some() {
             req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        for (k, v) in headers {
+            req = req.header(k, v);
         }
         let req = req.body(full_body(bytes)).map_err(|e| NsError::Daemon(e.to_string()))?;
         let rsp = self.forwarder.send(req, None).await.map_err(|e| NsError::Daemon(e.to_string()))?;

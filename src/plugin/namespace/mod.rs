@@ -11,15 +11,21 @@
 //! - [`resolve`]: a client's reference (name, ID, ID prefix) to an object the namespace owns, or the
 //!   daemon's own not-found answer;
 //! - [`request`]: per-endpoint rewriting of paths, queries, headers and JSON bodies;
-//! - [`response`]: de-mangling and filtering of answers, buffered or streamed line by line.
+//! - [`response`]: de-mangling and filtering of answers, buffered or streamed line by line;
+//! - [`archive`]: image names inside `docker load` bodies and `docker save` answers.
 //!
 //! Ownership lives on the daemon (the [`NS_LABEL`] label, image tags under the namespace's prefix),
 //! so a restarted ctproxy needs no state of its own to give every namespace exactly its own world.
 
+pub mod archive;
+mod build;
 pub mod daemon;
 pub mod destroy;
+pub mod fetch;
 pub mod filters;
 pub mod names;
+pub mod network;
+pub mod pool;
 pub mod request;
 pub mod resolve;
 pub mod response;
@@ -55,6 +61,8 @@ pub struct Settings {
     pub tokens: Option<Arc<dyn RegistryTokens>>,
     /// The largest answer buffered for rewriting (lists, inspect).
     pub max_response: usize,
+    /// Where namespace networks get their subnets (`None`: the daemon's pools, no chosen subnets).
+    pub pool: Option<pool::NetworkPool>,
 }
 
 /// One namespace, as a request sees it.

@@ -9,7 +9,9 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::Method;
 use serde_json::{Map, Value};
 
+use super::archive::LoadGuard;
 use super::filters::{Filters, NameMatch};
+use super::network::is_predefined;
 use super::resolve::ImageRef;
 use super::response::{After, ListKind};
 use super::{Daemon, Namespace, NsError, NS_LABEL};
@@ -61,7 +63,18 @@ impl Namespace {
             Info => After::Info,
             SystemDf => After::SystemDf,
             Events => self.events_query(daemon, req.query).await?,
-            Auth | ImageSearch | DistributionInspect => After::Pass,
+            Auth => After::Pass,
+            ImageSearch => {
+                search_on_hub(req.query.get("term").unwrap_or(""))?;
+                After::Pass
+            }
+            // dockerd asks the image's registry itself: through the registry proxy, as a pull.
+            DistributionInspect => {
+                let r = Reference::parse(&typed).map_err(|e| NsError::Malformed(format!("invalid reference format: {e}")))?;
+                req.route.set_target(&self.name.image(&self.settings.registry, &r)?.to_string());
+                self.registry_auth(req.headers, &X_REGISTRY_AUTH)?;
+                After::Json
+            }
 
             ContainerList => self.list_query(req.query, ListKind::Containers, daemon).await?,
             ContainerCreate => {
@@ -126,7 +139,12 @@ impl Namespace {
             ImageInspect | ImageHistory => {
                 let img = self.image(daemon, &typed).await?;
                 req.route.set_target(img.daemon_name());
-                After::Json
+                // By ID, the answer carries every namespace's tags of the image.
+                if endpoint == ImageInspect {
+                    After::ImageInspect
+                } else {
+                    After::ImageHistory
+                }
             }
             ImageTag => {
                 let img = self.image(daemon, &typed).await?;
@@ -158,7 +176,9 @@ impl Namespace {
                         "image {typed} is shared by the administrator and cannot be pushed; tag it first"
                     )));
                 }
-                let m = self.name.image(&self.settings.registry, &Reference { tag: None, digest: None, ..r })?;
+                // The name as typed (its tag too: without one, dockerd pushes every tag), `tag` as sent.
+                let typed_ref = Reference::parse(&typed).map_err(|_| NsError::no_image(&typed))?;
+                let m = self.name.image(&self.settings.registry, &typed_ref)?;
                 req.route.set_target(&m.to_string());
                 self.registry_auth(req.headers, &X_REGISTRY_AUTH)?;
                 After::Lines
@@ -174,6 +194,11 @@ impl Namespace {
                 if req.query.get("remote").is_some_and(|r| !r.is_empty()) {
                     return Err(NsError::Refused("builds from a remote context are not available in a namespace".into()));
                 }
+                // `RUN` steps join a network like a container does: the namespace's own, never
+                // another's by its daemon-side name or ID.
+                let mode = req.query.get("networkmode").unwrap_or("").to_owned();
+                let network = self.build_network(daemon, &mode).await?;
+                req.query.set("networkmode", &network);
                 let tags: Vec<String> = req.query.get_all("t").map(str::to_owned).collect();
                 req.query.remove("t");
                 for t in tags {
@@ -221,23 +246,17 @@ impl Namespace {
                 After::NetworkInspect
             }
             NetworkDelete => {
+                if is_predefined(&typed) {
+                    return Ok(Prepared::Answer(
+                        hyper::StatusCode::FORBIDDEN,
+                        serde_json::json!({ "message": format!("{typed} is a pre-defined network and cannot be removed") }),
+                    ));
+                }
                 let name = self.network(daemon, &typed).await?;
                 req.route.set_target(&name);
                 After::Json
             }
-            NetworkCreate => {
-                if let Some(Value::Object(body)) = req.body {
-                    let name = body.get("Name").and_then(Value::as_str).unwrap_or("").to_owned();
-                    body.insert("Name".into(), Value::String(self.name.object(&name)?));
-                    self.set_label(body.entry("Labels").or_insert(Value::Null));
-                    if let Some(Value::Object(from)) = body.get_mut("ConfigFrom") {
-                        if let Some(n) = from.get("Network").and_then(Value::as_str).filter(|n| !n.is_empty()).map(str::to_owned) {
-                            from.insert("Network".into(), Value::String(self.network(daemon, &n).await?));
-                        }
-                    }
-                }
-                After::Json
-            }
+            NetworkCreate => return self.network_create(daemon, req.body).await,
             NetworkConnect | NetworkDisconnect => {
                 let net = self.network(daemon, &typed).await?;
                 req.route.set_target(&net);
@@ -245,8 +264,9 @@ impl Namespace {
                     let c = body.get("Container").and_then(Value::as_str).unwrap_or("").to_owned();
                     let id = self.container(daemon, &c).await?;
                     body.insert("Container".into(), Value::String(id));
-                    if let Some(Value::Object(ep)) = body.get_mut("EndpointConfig") {
+                    if let Some(ep) = body.get_mut("EndpointConfig").filter(|ep| ep.is_object()) {
                         self.mangle_links(ep.get_mut("Links"))?;
+                        self.endpoint_network_id(daemon, ep, &net).await?;
                     }
                     if endpoint == NetworkConnect && !is_predefined(&net) && self.name.object(&c).is_ok() {
                         // The container answers to the name its namespace knows it by.
@@ -298,7 +318,8 @@ impl Namespace {
             ImageLoad => {
                 req.headers.remove(hyper::header::CONTENT_LENGTH);
                 req.headers.remove(hyper::header::CONTENT_ENCODING);
-                return Ok(Prepared::ForwardBody(After::Lines, self.load_rewrite()));
+                let guard = LoadGuard::default();
+                return Ok(Prepared::ForwardBody(After::Load(guard.clone()), self.load_rewrite(guard)));
             }
             _ => return Err(NsError::Refused(format!("{} is not available in a namespace", endpoint.name()))),
         };
@@ -307,13 +328,19 @@ impl Namespace {
 
     /// The build context's Dockerfile, with every image it names (`FROM`, `COPY --from`) turned
     /// into the namespace's own reference: the daemon would resolve them against every namespace's
-    /// images, by name and by ID prefix.
-    async fn dockerfile_rewrite(&self, daemon: &Daemon, q: &Query) -> Result<BodyRewrite, NsError> {
-        use crate::docker::buildctx::{rewrite_dockerfile, RewrittenContext};
+    /// images, by name and by ID prefix. Base images are checked and pinned, and `ADD <url>` is
+    /// downloaded by ctproxy (`build.rs`). `pull` is taken out of the query: ctproxy pulls the base
+    /// images itself, and the daemon could not pull the image IDs the `FROM`s are pinned to.
+    async fn dockerfile_rewrite(&self, daemon: &Daemon, q: &mut Query) -> Result<BodyRewrite, NsError> {
+        use crate::docker::buildctx::RewrittenContext;
         let build_args: std::collections::HashMap<String, Option<String>> = match q.get("buildargs").filter(|b| !b.is_empty()) {
             Some(b) => serde_json::from_str(b).map_err(|e| NsError::Malformed(format!("invalid buildargs: {e}")))?,
             None => Default::default(),
         };
+        // dockerd's httputils.BoolValue.
+        let pull =
+            q.get("pull").map(|p| p.trim().to_ascii_lowercase()).is_some_and(|p| !matches!(p.as_str(), "" | "0" | "no" | "false" | "none"));
+        q.remove("pull");
         // Image IDs the namespace may name: those of its own and of shared images.
         let images = daemon.list("/images/json").await?;
         let ids: Vec<String> = images
@@ -321,69 +348,32 @@ impl Namespace {
             .filter(|img| !self.own_tags(img).is_empty() || self.shared_tags(img).next().is_some())
             .filter_map(|img| img.get("Id").and_then(Value::as_str).map(str::to_owned))
             .collect();
-        let ns = self.clone();
-        let resolve = move |typed: &str| -> Result<String, String> {
-            let hex = typed.strip_prefix("sha256:");
-            if hex.is_some() || (typed.len() == 64 && typed.bytes().all(|b| b.is_ascii_hexdigit())) {
-                let full = format!("sha256:{}", hex.unwrap_or(typed));
-                return ids.iter().find(|id| **id == full).cloned().ok_or_else(|| format!("No such image: {typed}"));
-            }
-            let r = Reference::parse(typed).map_err(|e| format!("{typed}: {e}"))?;
-            let repo = Reference { tag: None, digest: None, ..r.clone() }.familiar();
-            if ns.is_shared(&repo) {
-                return Ok(r.familiar());
-            }
-            ns.name.image(&ns.settings.registry, &r).map(|m| m.to_string()).map_err(|e| e.to_string())
-        };
+        let rewrite = self.build_rewrite(daemon, build_args, ids, q.get("platform").map(str::to_owned), pull);
         let dockerfile = q.get("dockerfile").map(str::to_owned);
         Ok(Box::new(move |body| {
-            let mut resolve = resolve;
-            let rewrite: crate::docker::buildctx::RewriteFn =
-                Box::new(move |text: &str| rewrite_dockerfile(text, &build_args, &mut resolve).map_err(|e| e.to_string()));
-            let ctx =
-                RewrittenContext::new(body, dockerfile.as_deref(), 1 << 20, rewrite).map_err(|e| NsError::Malformed(e.to_string()))?;
+            let ctx = RewrittenContext::with_async(body, dockerfile.as_deref(), 1 << 20, rewrite)
+                .map_err(|e| NsError::Malformed(e.to_string()))?;
             Ok(http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(ctx, |e| Box::new(e) as crate::http::BoxError)))
         }))
     }
 
-    /// `docker load`: the image names inside the tar (`manifest.json` tags, `repositories` keys)
-    /// become the namespace's, so a load can never create or overwrite a name outside it.
-    fn load_rewrite(&self) -> BodyRewrite {
+    /// `docker load`: every image name the daemon reads from the tar (`manifest.json` tags,
+    /// `repositories` keys, `index.json` annotations) becomes the namespace's, so a load can never
+    /// create or overwrite a name outside it (`super::archive`). A refusal cuts the body short and
+    /// is recorded in `guard`, which answers the client instead of the daemon.
+    fn load_rewrite(&self, guard: LoadGuard) -> BodyRewrite {
+        use crate::docker::image_archive::{INDEX_JSON, MANIFEST_JSON, REPOSITORIES_FILE};
         let ns = self.clone();
         Box::new(move |body| {
-            let (m, r) = (ns.clone(), ns.clone());
-            let manifest = tar_member(body, "manifest.json", move |text| {
-                let mut v: Value = serde_json::from_str(text).map_err(|e| format!("manifest.json: {e}"))?;
-                for entry in v.as_array_mut().into_iter().flatten() {
-                    if let Some(Value::Array(tags)) = entry.get_mut("RepoTags") {
-                        for t in tags.iter_mut() {
-                            let typed = t.as_str().unwrap_or("").to_owned();
-                            *t = Value::String(m.load_name(&typed)?.to_string());
-                        }
-                    }
-                }
-                serde_json::to_string(&v).map_err(|e| e.to_string())
-            })?;
-            let repositories = tar_member(manifest, "repositories", move |text| {
-                let v: Map<String, Value> = serde_json::from_str(text).map_err(|e| format!("repositories: {e}"))?;
-                let mut out = Map::new();
-                for (repo, tags) in v {
-                    out.insert(r.load_name(&repo)?.name(), tags);
-                }
-                serde_json::to_string(&out).map_err(|e| e.to_string())
-            })?;
-            Ok(http_body_util::BodyExt::boxed_unsync(repositories))
+            let b = tar_member(body, MANIFEST_JSON, guard.member(ns.clone(), Namespace::load_manifest))?;
+            let b = tar_member(b, REPOSITORIES_FILE, guard.member(ns.clone(), Namespace::load_repositories))?;
+            let b = tar_member(b, INDEX_JSON, guard.member(ns, Namespace::load_index))?;
+            Ok(http_body_util::BodyExt::boxed_unsync(guard.watch(b)))
         })
     }
 
-    /// A name inside a loaded tar: always the namespace's (even a shared image's name).
-    fn load_name(&self, typed: &str) -> Result<Reference, String> {
-        let r = Reference::parse(typed).map_err(|e| format!("{typed}: {e}"))?;
-        self.name.image(&self.settings.registry, &r).map_err(|e| e.to_string())
-    }
-
     /// Labels a namespace object as its own (and drops any reserved label the client set).
-    fn set_label(&self, labels: &mut Value) {
+    pub(super) fn set_label(&self, labels: &mut Value) {
         if !labels.is_object() {
             *labels = Value::Object(Map::new());
         }
@@ -393,13 +383,14 @@ impl Namespace {
         }
     }
 
-    /// `repo` and `tag` of commit, tag and import: the target image name.
+    /// `repo` and `tag` of commit, tag and import: the target image name. A digest stays, for
+    /// dockerd to refuse it as it does (`cannot import digest reference`).
     fn mangle_repo_tag(&self, q: &mut Query) -> Result<(), NsError> {
         let Some(repo) = q.get("repo").filter(|r| !r.is_empty()).map(str::to_owned) else { return Ok(()) };
         let r = Reference::parse(&repo).map_err(|e| NsError::Malformed(format!("invalid reference {repo:?}: {e}")))?;
         let tag = q.get("tag").filter(|t| !t.is_empty()).map(str::to_owned).or(r.tag.clone());
-        let m = self.name.image(&self.settings.registry, &Reference { tag: None, digest: None, ..r })?;
-        q.set("repo", &m.name());
+        let m = self.name.image(&self.settings.registry, &Reference { tag: None, ..r })?;
+        q.set("repo", &m.to_string());
         if let Some(t) = tag {
             q.set("tag", &t);
         }
@@ -461,15 +452,15 @@ impl Namespace {
                     f.add("volume", mapped);
                 }
                 for v in f.take("ancestor") {
-                    match self.image(daemon, &v).await {
-                        Ok(img) => f.add("ancestor", img.daemon_name().to_owned()),
-                        Err(_) => f.add("ancestor", v),
-                    }
+                    f.add("ancestor", self.image_filter(daemon, &v).await?);
                 }
             }
             ListKind::Volumes => f.add("label", self.label_filter()),
-            // Predefined networks have no label: ownership is judged on the answer.
-            ListKind::Networks => {}
+            // Predefined networks have no label: ownership is judged on the answer. The
+            // namespace's own `bridge` is listed as soon as it is asked for, as the daemon's is.
+            ListKind::Networks => {
+                self.default_network(daemon).await?;
+            }
             ListKind::Images => {
                 refs = f.take("reference");
                 for key in ["before", "since"] {
@@ -501,10 +492,7 @@ impl Namespace {
             }
         }
         for v in f.take("image") {
-            match self.image(daemon, &v).await {
-                Ok(img) => f.add("image", img.daemon_name().to_owned()),
-                Err(_) => f.add("image", v),
-            }
+            f.add("image", self.image_filter(daemon, &v).await?);
         }
         if !f.0.is_empty() {
             q.set("filters", &f.encode());
@@ -512,19 +500,26 @@ impl Namespace {
         Ok(After::Events)
     }
 
-    /// `POST /images/create`: a pull (through the registry proxy) or an import (`fromSrc=-`).
+    /// `POST /images/create`, in the branch dockerd takes (`docker::image_create`: `fromImage`
+    /// first): a pull goes through the registry proxy with the namespace's token, an import of the
+    /// request body gets the namespace's name, and an import of a URL is refused (dockerd would
+    /// download it itself, from wherever it can reach, past the registry proxy's SSRF check).
     async fn image_create(&self, daemon: &Daemon, q: &mut Query, headers: &mut HeaderMap) -> Result<Prepared, NsError> {
-        if q.get("fromSrc").is_some_and(|s| !s.is_empty()) {
-            self.mangle_repo_tag(q)?;
-            return Ok(Prepared::Forward(After::Lines));
-        }
-        let from = q.get("fromImage").unwrap_or("").to_owned();
-        let r = Reference::parse(from.trim_end_matches(':')).map_err(|e| NsError::Malformed(format!("invalid reference format: {e}")))?;
-        let r = match q.get("tag").filter(|t| !t.is_empty()) {
-            Some(t) if t.contains(':') => Reference { digest: Some(t.to_owned()), ..r },
-            Some(t) => Reference { tag: Some(t.to_owned()), ..r },
-            None => r,
+        use crate::docker::image_create::{classify, ImageCreate};
+        let (from_image, tag) = match classify(q) {
+            ImageCreate::ImportUrl { url } => {
+                return Err(NsError::Refused(format!(
+                    "importing an image from a URL the daemon downloads (fromSrc={url}) is not available in a namespace; send the archive in the request body (fromSrc=-)"
+                )))
+            }
+            ImageCreate::ImportBody => {
+                self.mangle_repo_tag(q)?;
+                return Ok(Prepared::Forward(After::Lines));
+            }
+            ImageCreate::Pull { from_image, tag } => (from_image.to_owned(), tag.to_owned()),
         };
+        let typed = Reference::parse(&from_image).map_err(|e| NsError::Malformed(format!("invalid reference format: {e}")))?;
+        let r = pull_target(&typed, &tag);
         let repo = Reference { tag: None, digest: None, ..r.clone() }.familiar();
         if self.is_shared(&repo) {
             // Shared images are the administrator's: a namespace uses the local copy, never refreshes it.
@@ -537,10 +532,64 @@ impl Namespace {
                 None => Err(NsError::Refused(format!("image {} is shared by the administrator but not present", r.familiar()))),
             };
         }
-        let m = self.name.image(&self.settings.registry, &Reference { tag: None, digest: None, ..r.clone() })?;
-        q.set("fromImage", &m.name());
+        // `fromImage` as typed (tag and digest included), `tag` as sent: dockerd combines them into
+        // the same reference as it would have, in the namespace's repository.
+        let m = self.name.image(&self.settings.registry, &typed)?;
+        q.set("fromImage", &m.to_string());
         self.registry_auth(headers, &X_REGISTRY_AUTH)?;
         Ok(Prepared::Forward(After::Lines))
+    }
+
+    /// An image a container uses (`Config.Image`, an image mount's `Source`) → the daemon-side
+    /// name: an image the namespace owns or shares (by name, ID or ID prefix), else, for a name, the
+    /// namespace's own (missing) name so that the daemon answers its own not-found with it. An ID
+    /// the namespace does not hold is not found, whoever holds it.
+    async fn image_to_use(&self, daemon: &Daemon, typed: &str) -> Result<String, NsError> {
+        if typed.starts_with("sha256:") || (typed.len() == 64 && typed.bytes().all(|b| b.is_ascii_hexdigit())) {
+            return Ok(self.image(daemon, typed).await?.daemon_name().to_owned());
+        }
+        let r = Reference::parse(typed).map_err(|e| NsError::Malformed(format!("invalid reference format: {e}")))?;
+        match self.image(daemon, typed).await {
+            Ok(found) => Ok(found.daemon_name().to_owned()),
+            Err(NsError::NotFound(_)) => self.image_name(&r),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `HostConfig.Mounts` of type `image` (API 1.48): the container reads the `Source` image, which
+    /// dockerd resolves by name, ID or ID prefix like `Config.Image`, so it is resolved the same way.
+    async fn image_mounts(&self, daemon: &Daemon, host: &mut Map<String, Value>) -> Result<(), NsError> {
+        let Some(Value::Array(mounts)) = host.get_mut("Mounts") else { return Ok(()) };
+        for m in mounts.iter_mut() {
+            // dockerd compares the type exactly (`mount.TypeImage`); any other spelling is refused by it.
+            if m.get("Type").and_then(Value::as_str) != Some("image") {
+                continue;
+            }
+            let Some(src) = m.get("Source").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned) else { continue };
+            let resolved = self.image_to_use(daemon, &src).await?;
+            m["Source"] = Value::String(resolved);
+        }
+        Ok(())
+    }
+
+    /// An image in a list or events filter (`ancestor`, `image`): the daemon-side name of an image
+    /// the namespace may use; anything else becomes a name that exists nowhere, so the filter
+    /// matches nothing, as the daemon's filter does for an image that does not exist (an ID or
+    /// prefix of another namespace's image must not select anything).
+    async fn image_filter(&self, daemon: &Daemon, typed: &str) -> Result<String, NsError> {
+        match self.image(daemon, typed).await {
+            Ok(img) => Ok(img.daemon_name().to_owned()),
+            Err(NsError::NotFound(_)) => {
+                let nothing = Reference::parse(typed).unwrap_or_else(|_| Reference {
+                    domain: crate::docker::reference::DEFAULT_DOMAIN.into(),
+                    path: "ctproxy/no-such-image".into(),
+                    tag: None,
+                    digest: None,
+                });
+                Ok(self.name.image(&self.settings.registry, &nothing)?.to_string())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// `DELETE /images/{id}` by ID: each of the namespace's tags is removed; the daemon deletes the
@@ -595,22 +644,16 @@ impl Namespace {
     /// `POST /containers/create`: every name in the body, and the ownership label.
     async fn create_body(&self, daemon: &Daemon, body: &mut Value, name: &str) -> Result<(), NsError> {
         let Value::Object(body) = body else { return Ok(()) };
+        // The default network is the namespace's own, even when the body has no HostConfig.
+        if !body.get("HostConfig").is_some_and(Value::is_object) {
+            body.insert("HostConfig".into(), Value::Object(Map::new()));
+        }
         self.set_label(body.entry("Labels").or_insert(Value::Null));
         if let Some(img) = body.get("Image").and_then(Value::as_str).filter(|i| !i.is_empty()).map(str::to_owned) {
-            let daemon_name = match Reference::parse(&img) {
-                // An ID (or ID prefix) the namespace owns, else the (possibly missing) own name.
-                _ if img.starts_with("sha256:") || (img.len() == 64 && img.bytes().all(|b| b.is_ascii_hexdigit())) => {
-                    self.image(daemon, &img).await?.daemon_name().to_owned()
-                }
-                Ok(r) => match self.image(daemon, &img).await {
-                    Ok(found) => found.daemon_name().to_owned(),
-                    Err(_) => self.image_name(&r)?,
-                },
-                Err(e) => return Err(NsError::Malformed(format!("invalid reference format: {e}"))),
-            };
-            body.insert("Image".into(), Value::String(daemon_name));
+            body.insert("Image".into(), Value::String(self.image_to_use(daemon, &img).await?));
         }
-        let Some(Value::Object(host)) = body.get_mut("HostConfig") else { return self.endpoints(daemon, body, None, name).await };
+        let Some(Value::Object(host)) = body.get_mut("HostConfig") else { return Ok(()) };
+        self.image_mounts(daemon, host).await?;
         if let Some(Value::Array(binds)) = host.get_mut("Binds") {
             for b in binds.iter_mut() {
                 let Some(s) = b.as_str() else { continue };
@@ -660,10 +703,12 @@ impl Namespace {
             let id = self.container(daemon, c).await?;
             host.insert("NetworkMode".into(), Value::String(format!("container:{id}")));
             None
-        } else if mode.is_empty() || is_predefined(&mode) {
+        } else if matches!(mode.as_str(), "host" | "none") {
             None
         } else {
-            let net = self.network(daemon, &mode).await?;
+            // No mode, `default` and `bridge` are the namespace's own default network, as dockerd
+            // turns them into its default `bridge`.
+            let net = if mode.is_empty() { self.default_network(daemon).await? } else { self.network(daemon, &mode).await? };
             host.insert("NetworkMode".into(), Value::String(net.clone()));
             Some((mode, net))
         };
@@ -692,13 +737,16 @@ impl Namespace {
             if let Value::Object(e) = &mut ep {
                 self.mangle_links(e.get_mut("Links"))?;
             }
+            self.endpoint_network_id(daemon, &mut ep, &resolved).await?;
             if !is_predefined(&resolved) {
                 add_alias(&mut ep, name);
             }
             out.insert(resolved, ep);
         }
+        // The mode's network gets the container's name as an alias too, unless the client named
+        // other networks only (one endpoint is all an API < 1.44 create may have).
         if let Some((_, resolved)) = mode {
-            if !out.contains_key(&resolved) {
+            if out.is_empty() {
                 let mut ep = Value::Object(Map::new());
                 add_alias(&mut ep, name);
                 out.insert(resolved, ep);
@@ -746,8 +794,30 @@ where
     Ok(http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(ctx, |e| Box::new(e) as crate::http::BoxError)))
 }
 
-fn is_predefined(net: &str) -> bool {
-    matches!(net, "bridge" | "host" | "none" | "default")
+/// The reference dockerd pulls for `fromImage` and `tag` (moby `postImagesCreate`): a `tag` that
+/// is a digest replaces tag and digest, any other `tag` replaces the tag.
+fn pull_target(from_image: &Reference, tag: &str) -> Reference {
+    if tag.is_empty() {
+        return from_image.clone();
+    }
+    if Reference::parse(&format!("x@{tag}")).is_ok() {
+        return Reference { tag: None, digest: Some(tag.to_owned()), ..from_image.clone() };
+    }
+    Reference { tag: Some(tag.to_owned()), ..from_image.clone() }
+}
+
+/// `GET /images/search`: dockerd queries the registry named in the term itself (plain HTTP for
+/// loopback and insecure registries), past the registry proxy: only Docker Hub is searched from a
+/// namespace (moby `splitReposSearchTerm`, `normalizeIndexName`).
+fn search_on_hub(term: &str) -> Result<(), NsError> {
+    let index = match term.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first,
+        _ => return Ok(()),
+    };
+    if matches!(index, "docker.io" | "index.docker.io") {
+        return Ok(());
+    }
+    Err(NsError::Refused(format!("searching the registry {index} is not available in a namespace (the daemon would contact it directly)")))
 }
 
 fn add_alias(ep: &mut Value, alias: &str) {
@@ -789,4 +859,30 @@ fn random_hex64() -> String {
     let mut b = [0u8; 32];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod image_tests {
+    use super::*;
+
+    #[test]
+    fn pull_target_combines_like_dockerd() {
+        let r = |s: &str| Reference::parse(s).unwrap();
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(pull_target(&r("busybox:1"), ""), r("busybox:1"));
+        assert_eq!(pull_target(&r("busybox:1"), "2"), r("busybox:2"));
+        // A digest replaces tag and digest; a tag keeps the digest.
+        assert_eq!(pull_target(&r("busybox:1"), &d), r(&format!("busybox@{d}")));
+        assert_eq!(pull_target(&r(&format!("busybox@{d}")), "3").to_string(), format!("docker.io/library/busybox:3@{d}"));
+    }
+
+    #[test]
+    fn search_stays_on_docker_hub() {
+        for ok in ["busybox", "team/app", "docker.io/library/x", "index.docker.io/x", "a_b/c"] {
+            assert!(search_on_hub(ok).is_ok(), "{ok}");
+        }
+        for bad in ["127.0.0.1:8080/x", "localhost/x", "registry.example.com/x", "host:5000/a/b"] {
+            assert_eq!(search_on_hub(bad).unwrap_err().status(), hyper::StatusCode::FORBIDDEN, "{bad}");
+        }
+    }
 }

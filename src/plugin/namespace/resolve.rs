@@ -77,11 +77,14 @@ impl Namespace {
         Err(NsError::no_container(typed))
     }
 
-    /// A network reference → the name to give the daemon: a mangled name, or a predefined network
-    /// (`bridge`, `host`, `none`) that every namespace may use.
+    /// A network reference → the name to give the daemon: a mangled name, the namespace's own
+    /// default network for `bridge` and `default` (see [`super::network`]), or `host` and `none`,
+    /// which join nothing another namespace can see.
     pub async fn network(&self, daemon: &Daemon, typed: &str) -> Result<String, NsError> {
-        if matches!(typed, "bridge" | "host" | "none" | "default") {
-            return Ok(typed.to_owned());
+        match typed {
+            "host" | "none" => return Ok(typed.to_owned()),
+            "bridge" | "default" => return self.default_network(daemon).await,
+            _ => {}
         }
         if let Ok(name) = self.name.object(typed) {
             if let Some(n) = daemon.get(&format!("/networks/{}", enc(&name))).await? {

@@ -43,6 +43,12 @@ pub enum After {
     Build,
     /// `docker save`: the image names inside the tar de-mangled.
     SaveTar,
+    /// `docker load`: JSON lines, unless the archive rewrite stopped the load (then its refusal).
+    Load(super::archive::LoadGuard),
+    /// Image inspect: only the tags the namespace may see.
+    ImageInspect,
+    /// Image history: only the tags the namespace may see.
+    ImageHistory,
     /// The event stream: other namespaces' events dropped, the rest de-mangled.
     Events,
     Info,
@@ -62,6 +68,21 @@ const MAX_LINE: usize = 1 << 20;
 impl Namespace {
     /// Applies `after` to the daemon's answer.
     pub async fn finish(&self, daemon: &Daemon, after: After, rsp: Response<ProxyBody>) -> Response<ProxyBody> {
+        if let After::Load(guard) = &after {
+            // The body was cut short on purpose: whatever the daemon said about a truncated archive
+            // (or the connection it lost) is not the answer.
+            if let Some(e) = guard.take() {
+                tracing::warn!(
+                    target: "ctproxy::audit",
+                    namespace = %self.name,
+                    endpoint = "ImageLoad",
+                    status = e.status().as_u16(),
+                    reason = %e,
+                    "request refused by namespace"
+                );
+                return crate::http::respond::error(e.status(), &e.to_string());
+            }
+        }
         let status = rsp.status();
         if status == StatusCode::SWITCHING_PROTOCOLS || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             return rsp;
@@ -72,7 +93,29 @@ impl Namespace {
         match after {
             After::Pass => rsp,
             After::Json => self.rewrite_whole(rsp, |_, v| Ok(v)).await,
-            After::Lines | After::Build => self.rewrite_lines(rsp, false),
+            After::Lines | After::Build | After::Load(_) => self.rewrite_lines(rsp, false),
+            After::ImageInspect => {
+                let users = self.own_users(daemon).await;
+                self.rewrite_whole(rsp, move |ns, mut v| {
+                    ns.image_users(&mut v, &users);
+                    ns.visible_tags(&mut v, "RepoTags");
+                    ns.visible_tags(&mut v, "RepoDigests");
+                    ns.client_sources(&mut v);
+                    ns.scrub_foreign(&mut v);
+                    Ok(v)
+                })
+                .await
+            }
+            After::ImageHistory => {
+                self.rewrite_whole(rsp, |ns, mut v| {
+                    for entry in v.as_array_mut().into_iter().flatten() {
+                        ns.visible_tags(entry, "Tags");
+                    }
+                    ns.scrub_foreign(&mut v);
+                    Ok(v)
+                })
+                .await
+            }
             After::Events => self.rewrite_lines(rsp, true),
             After::SaveTar => self.rewrite_save(rsp),
             After::Info => {
@@ -90,10 +133,12 @@ impl Namespace {
                 .await
             }
             After::SystemDf => {
-                self.rewrite_whole(rsp, |ns, mut v| {
+                let users = self.own_users(daemon).await;
+                self.rewrite_whole(rsp, move |ns, mut v| {
                     if let Value::Object(m) = &mut v {
                         if let Some(Value::Array(images)) = m.get_mut("Images") {
                             images.retain_mut(|img| ns.keep_image(img, &[]));
+                            images.iter_mut().for_each(|img| ns.image_users(img, &users));
                         }
                         for key in ["Containers", "Volumes"] {
                             if let Some(Value::Array(items)) = m.get_mut(key) {
@@ -120,7 +165,15 @@ impl Namespace {
                 .await
             }
             After::List { kind, names, limit, refs } => {
-                self.rewrite_whole(rsp, move |ns, v| ns.filter_list(kind, &names, limit, &refs, v)).await
+                let users = if kind == ListKind::Images { self.own_users(daemon).await } else { Vec::new() };
+                self.rewrite_whole(rsp, move |ns, v| {
+                    let mut v = ns.filter_list(kind, &names, limit, &refs, v)?;
+                    if kind == ListKind::Images {
+                        v.as_array_mut().into_iter().flatten().for_each(|img| ns.image_users(img, &users));
+                    }
+                    Ok(v)
+                })
+                .await
             }
         }
     }
@@ -129,13 +182,69 @@ impl Namespace {
         labels.and_then(|l| l.get(NS_LABEL)).and_then(Value::as_str) == Some(self.name.as_str())
     }
 
+    /// The namespace's containers as (ID, image ID): an image's users as the namespace may see them.
+    /// None when the daemon cannot say (then no user is shown).
+    async fn own_users(&self, daemon: &Daemon) -> Vec<(String, String)> {
+        let str_of = |c: &Value, k: &str| c.get(k).and_then(Value::as_str).map(str::to_owned);
+        match self.own_containers(daemon).await {
+            Ok(list) => list.iter().filter_map(|c| Some((str_of(c, "Id")?, str_of(c, "ImageID").unwrap_or_default()))).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// An image summary or inspect answer counts and lists the containers that use it, in every
+    /// namespace (`Containers`, `Manifests[].ImageData.Containers`): only the namespace's own stay.
+    fn image_users(&self, img: &mut Value, own: &[(String, String)]) {
+        let id = img.get("Id").and_then(Value::as_str).unwrap_or("").to_owned();
+        if img.get("Containers").and_then(Value::as_i64).is_some_and(|n| n >= 0) {
+            img["Containers"] = own.iter().filter(|(_, image)| *image == id).count().into();
+        }
+        if let Some(Value::Array(manifests)) = img.get_mut("Manifests") {
+            for m in manifests.iter_mut() {
+                if let Some(Value::Array(users)) = m.pointer_mut("/ImageData/Containers") {
+                    users.retain(|c| c.as_str().is_some_and(|c| own.iter().any(|(o, _)| o == c)));
+                }
+            }
+        }
+    }
+
+    /// Whether the namespace may see an image reference: its own, or a shared one.
+    fn visible_ref(&self, t: &str) -> bool {
+        self.name.unimage_str(&self.settings.registry, t).is_some()
+            || Reference::parse(t).is_ok_and(|r| self.is_shared(&Reference { tag: None, digest: None, ..r }.familiar()))
+    }
+
+    /// Keeps only the visible references of the array `key` of `v`.
+    fn visible_tags(&self, v: &mut Value, key: &str) {
+        if let Some(Value::Array(a)) = v.get_mut(key) {
+            a.retain(|t| t.as_str().is_some_and(|t| self.visible_ref(t)));
+        }
+    }
+
+    /// Removes every string that names another namespace's image (a reference under the registry
+    /// proxy outside this namespace's prefix), wherever it is: array items, and object entries whose
+    /// key or value it is (descriptor annotations, identity records of newer daemons).
+    pub(super) fn scrub_foreign(&self, v: &mut Value) {
+        let reg = format!("{}/", self.settings.registry);
+        let own = format!("{reg}{}/", self.name);
+        let foreign = |s: &str| s.starts_with(&reg) && !s.starts_with(&own);
+        match v {
+            Value::Array(a) => {
+                a.retain(|x| !x.as_str().is_some_and(foreign));
+                a.iter_mut().for_each(|x| self.scrub_foreign(x));
+            }
+            Value::Object(m) => {
+                m.retain(|k, x| !foreign(k) && !x.as_str().is_some_and(foreign));
+                m.values_mut().for_each(|x| self.scrub_foreign(x));
+            }
+            _ => {}
+        }
+    }
+
     /// Keeps an image summary if the namespace may see it, with only the tags it may see.
     fn keep_image(&self, img: &mut Value, refs: &[String]) -> bool {
         let reg = self.settings.registry.as_str();
-        let visible = |t: &str| -> bool {
-            self.name.unimage_str(reg, t).is_some()
-                || Reference::parse(t).is_ok_and(|r| self.is_shared(&Reference { tag: None, digest: None, ..r }.familiar()))
-        };
+        let visible = |t: &str| self.visible_ref(t);
         let tags: Vec<Value> = strings(img.get("RepoTags")).filter(|t| visible(t)).map(|t| Value::String(t.to_owned())).collect();
         if tags.is_empty() {
             return false;
@@ -156,6 +265,7 @@ impl Namespace {
             m.insert("RepoTags".into(), Value::Array(tags));
             m.insert("RepoDigests".into(), Value::Array(digests));
         }
+        self.scrub_foreign(img);
         true
     }
 
@@ -195,7 +305,8 @@ impl Namespace {
                 items.retain_mut(|n| {
                     let name = n.get("Name").and_then(Value::as_str).unwrap_or("").to_owned();
                     let own = self.owns_labels(n.get("Labels"));
-                    let predefined = matches!(name.as_str(), "bridge" | "host" | "none");
+                    // The daemon's `bridge` is replaced by the namespace's own (see `network`).
+                    let predefined = matches!(name.as_str(), "host" | "none");
                     if predefined {
                         if let Some(Value::Object(cs)) = n.get_mut("Containers") {
                             cs.clear();
@@ -289,18 +400,18 @@ impl Namespace {
         Response::from_parts(parts, ProxyBody::boxed(LineBody::new(body, Box::new(map))))
     }
 
+    /// `docker save`: every name in the archive (`manifest.json`, `repositories`, `index.json`
+    /// annotations) becomes the client's, so that loading it again in the namespace gives the same
+    /// names (`super::archive`).
     fn rewrite_save(&self, rsp: Response<ProxyBody>) -> Response<ProxyBody> {
+        use crate::docker::image_archive::{INDEX_JSON, MANIFEST_JSON, REPOSITORIES_FILE};
         let (mut parts, body) = rsp.into_parts();
         parts.headers.remove(header::CONTENT_LENGTH);
-        let demangle = |ns: Namespace| {
-            move |text: &str| -> Result<String, String> {
-                let mut v: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-                Demangler::new(&ns.name, &ns.settings.registry).value(&mut v);
-                serde_json::to_string(&v).map_err(|e| e.to_string())
-            }
-        };
-        let rewritten = super::request::tar_member(body, "manifest.json", demangle(self.clone()))
-            .and_then(|b| super::request::tar_member(b, "repositories", demangle(self.clone())));
+        let member = |ns: Namespace| move |text: &str| ns.save_member(text);
+        let index = |ns: Namespace| move |text: &str| ns.save_index(text);
+        let rewritten = super::request::tar_member(body, MANIFEST_JSON, member(self.clone()))
+            .and_then(|b| super::request::tar_member(b, REPOSITORIES_FILE, member(self.clone())))
+            .and_then(|b| super::request::tar_member(b, INDEX_JSON, index(self.clone())));
         match rewritten {
             Ok(b) => Response::from_parts(parts, ProxyBody::Boxed(b)),
             Err(e) => crate::http::respond::error(e.status(), &e.to_string()),

@@ -41,9 +41,18 @@ pub struct Denied {
 }
 
 impl Denied {
-    /// The message the client sees; the docker CLI prints it as-is.
+    /// The message the client sees; the docker CLI prints it as-is. It always ends with "is not
+    /// allowed by policy <name>" (a 400 says only what is malformed); how to allow it, if a setting
+    /// can, comes between the two.
     pub fn message(&self) -> String {
-        format!("ctproxy: {} is not allowed by policy {}", self.refusal.what, self.policy)
+        let r = &self.refusal;
+        if r.status == hyper::StatusCode::BAD_REQUEST {
+            return format!("ctproxy: {}", r.what);
+        }
+        match &r.note {
+            Some(note) => format!("ctproxy: {}, {note}, is not allowed by policy {}", r.what, self.policy),
+            None => format!("ctproxy: {} is not allowed by policy {}", r.what, self.policy),
+        }
     }
 }
 
@@ -118,7 +127,7 @@ impl PolicyChain {
                 endpoint = req.route.endpoint.map_or("unknown", Endpoint::name),
                 path = %req.route.path,
                 policy = %denied.policy,
-                reason = %denied.refusal.what,
+                reason = %denied.refusal.reason(),
                 "request would be refused (dry run)"
             );
             return Ok(());

@@ -368,3 +368,134 @@ fn numeric_fields() {
     assert!(parse_pax(b"5 a=b\n").is_err());
     assert!(parse_pax(b"6 a=b\n").is_ok());
 }
+
+// === Asynchronous rewrites and appended files ===
+
+/// A temporary file holding `data`, opened for reading from its start.
+fn temp_with(data: &[u8]) -> tokio::fs::File {
+    let mut f = tempfile::tempfile().expect("tempfile");
+    std::io::Write::write_all(&mut f, data).expect("write");
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0)).expect("seek");
+    tokio::fs::File::from_std(f)
+}
+
+/// Rewrites like [`upper`], later, and appends `files` (path, content, mtime).
+fn async_upper(files: Vec<(String, Vec<u8>, u64)>, gate: Option<tokio::sync::oneshot::Receiver<()>>) -> AsyncRewriteFn {
+    let mut gate = gate;
+    let mut files = Some(files);
+    Box::new(move |text: String| {
+        let gate = gate.take();
+        let files = files.take().unwrap_or_default();
+        Box::pin(async move {
+            if let Some(g) = gate {
+                let _ = g.await;
+            }
+            let appendix = (!files.is_empty()).then(|| {
+                Box::pin(async move {
+                    Ok(files
+                        .into_iter()
+                        .map(|(path, data, mtime)| Appended { path, mode: 0o600, mtime, size: data.len() as u64, file: temp_with(&data) })
+                        .collect())
+                }) as Appendix
+            });
+            Ok(Rewritten { dockerfile: text.replace("placeholder", "ns.invalid/real"), appendix })
+        })
+    })
+}
+
+async fn run_async(input: &Bytes, chunk: usize, rewrite: AsyncRewriteFn) -> Result<Vec<u8>, BuildContextError> {
+    let body = RewrittenContext::with_async(chunked(input, chunk), None, 1 << 20, rewrite)?;
+    let collected = http_body_util::BodyExt::collect(body).await?;
+    Ok(collected.to_bytes().to_vec())
+}
+
+#[tokio::test]
+async fn async_rewrite_appends_files_before_the_end_of_the_archive() {
+    let input = sample();
+    let long = format!(".ctproxy/add/1/{}", "n".repeat(120));
+    for chunk in [1, 513, 65536, usize::MAX] {
+        let files = vec![(".ctproxy/add/0/README".to_string(), noise(1500), 784111777), (long.clone(), b"x".to_vec(), 0)];
+        let out = run_async(&input, chunk, async_upper(files, None)).await.unwrap_or_else(|e| panic!("chunk {chunk}: {e}"));
+        let after = entries(&out);
+        let names: Vec<&str> = after.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(names, ["a.txt", "dir/", "dir/big.bin", "Dockerfile", "link", "exact.bin", ".ctproxy/add/0/README", long.as_str()]);
+        assert_eq!(after[3].2, DOCKERFILE.replace("placeholder", "ns.invalid/real").as_bytes());
+        assert_eq!(after[6].2, noise(1500));
+        let mut ar = tar::Archive::new(&out[..]);
+        let e = ar.entries().expect("archive").nth(6).expect("entry").expect("entry");
+        assert_eq!((e.header().mode().ok(), e.header().mtime().ok(), e.header().uid().ok()), (Some(0o600), Some(784111777), Some(0)));
+        // Still one well-formed archive: two zero blocks at the very end.
+        assert!(out.len() % 512 == 0 && out[out.len() - 1024..].iter().all(|&b| b == 0));
+    }
+}
+
+#[tokio::test]
+async fn async_rewrite_of_a_late_dockerfile_streams_what_comes_before() {
+    // The Dockerfile comes after 100 kB: those are emitted while the rewrite has not answered.
+    let input = sample();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut body =
+        Box::pin(RewrittenContext::with_async(chunked(&input, 4096), None, 1 << 20, async_upper(Vec::new(), Some(rx))).expect("new"));
+    let mut seen = 0;
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    loop {
+        match body.as_mut().poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(f))) => seen += f.into_data().map(|d| d.len()).unwrap_or(0),
+            Poll::Pending => break,
+            other => panic!("unexpected {:?}", other.map(|o| o.map(|r| r.map(|_| ()))),),
+        }
+    }
+    let at = input.windows(10).position(|w| w == b"Dockerfile").expect("header");
+    assert!(seen >= 100_000 && seen <= at, "{seen} bytes before the rewrite answered");
+    tx.send(()).expect("gate");
+    let rest = http_body_util::BodyExt::collect(body).await.expect("rest").to_bytes();
+    assert_eq!(seen + rest.len(), run(&input, 4096, None, 1 << 20).expect("sync").len());
+}
+
+#[tokio::test]
+async fn appended_files_need_the_reserved_directory_free() {
+    let mut b = tar::Builder::new(Vec::new());
+    file(&mut b, "Dockerfile", DOCKERFILE.as_bytes());
+    file(&mut b, "./.ctproxy/add/0/README", b"mine");
+    let input = Bytes::from(b.into_inner().expect("tar"));
+    let files = vec![(".ctproxy/add/0/README".to_string(), b"theirs".to_vec(), 0)];
+    let r = run_async(&input, 512, async_upper(files, None)).await;
+    assert!(matches!(r, Err(BuildContextError::Reserved(ref p)) if p == ".ctproxy/add/0/README"), "{r:?}");
+    // Nothing appended: the directory is the client's business.
+    assert!(run_async(&input, 512, async_upper(Vec::new(), None)).await.is_ok());
+    // Appended paths must be clean and under the reserved directory.
+    let r = run_async(&sample(), 512, async_upper(vec![("../x".to_string(), b"x".to_vec(), 0)], None)).await;
+    assert!(matches!(r, Err(BuildContextError::Unavailable(_))), "{r:?}");
+}
+
+#[tokio::test]
+async fn appended_files_without_end_blocks_and_from_gzip() {
+    let mut b = tar::Builder::new(Vec::new());
+    file(&mut b, "Dockerfile", DOCKERFILE.as_bytes());
+    let mut raw = b.into_inner().expect("tar");
+    raw.truncate(raw.len() - 1024); // a clean end of stream at a header boundary, no end blocks
+    let files = || vec![(".ctproxy/add/0/f".to_string(), b"hello".to_vec(), 5)];
+    let out = run_async(&Bytes::from(raw.clone()), 100, async_upper(files(), None)).await.expect("rewrite");
+    let names: Vec<String> = entries(&out).into_iter().map(|e| e.0).collect();
+    assert_eq!(names, ["Dockerfile", ".ctproxy/add/0/f"]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&sample()).expect("gzip");
+    let out = run_async(&Bytes::from(gz.finish().expect("gzip")), 333, async_upper(files(), None)).await.expect("rewrite");
+    assert_eq!(entries(&out).last().map(|e| (e.0.clone(), e.2.clone())), Some((".ctproxy/add/0/f".to_string(), b"hello".to_vec())));
+}
+
+#[tokio::test]
+async fn async_refusal_ends_the_body_with_its_error() {
+    let refuse: AsyncRewriteFn = Box::new(|_| Box::pin(async { Err(BuildContextError::Refused("no".into())) }));
+    let r = run_async(&sample(), 4096, refuse).await;
+    assert!(matches!(r, Err(BuildContextError::Refused(ref m)) if m == "no"), "{r:?}");
+    let late: AsyncRewriteFn = Box::new(|t| {
+        Box::pin(async move {
+            let appendix = Box::pin(async { Err(BuildContextError::Refused("late".into())) }) as Appendix;
+            Ok(Rewritten { dockerfile: t, appendix: Some(appendix) })
+        })
+    });
+    let r = run_async(&sample(), 4096, late).await;
+    assert!(matches!(r, Err(BuildContextError::Refused(ref m)) if m == "late"), "{r:?}");
+    assert_eq!(BuildContextError::Refused(String::new()).status(), hyper::StatusCode::FORBIDDEN);
+}

@@ -176,7 +176,7 @@ fn resolver_errors_and_bad_answers() {
 
 #[test]
 fn unknown_and_other_instructions_are_left_alone() {
-    let src = "FROM a\nONBUILD COPY --from=x / /\nADD --from=y a b\nLABEL from=z\nfoo bar\n";
+    let src = "FROM a\nADD --from=y a b\nLABEL from=z\nfoo bar\n";
     let (out, seen) = rw_args(src, &[]);
     assert_eq!(seen, vec!["a"]);
     assert_eq!(out.unwrap(), src.replacen("FROM a", "FROM ns.invalid/a", 1));
@@ -193,4 +193,208 @@ fn lexer_quotes_and_escapes() {
     assert_eq!(ex("${A:?}"), Ok("x".into()));
     assert!(ex("${E:?gone}").is_err());
     assert!(ex("'x").is_err());
+}
+
+// === Plans: pinned base images, triggers, ADD <url> ===
+
+fn plan_args(text: &str, args: &[(&str, Option<&str>)]) -> Result<Plan, RewriteError> {
+    let args: HashMap<String, Option<String>> = args.iter().map(|(k, v)| (k.to_string(), v.map(str::to_string))).collect();
+    plan_dockerfile(text, &args, &mut |r: &str| Ok(format!("ns.invalid/{r}")))
+}
+
+fn plan(text: &str) -> Plan {
+    plan_args(text, &[]).unwrap_or_else(|e| panic!("plan failed: {e}"))
+}
+
+/// Every FROM of `p` seen as an image with `env` and no triggers.
+fn bases(p: &Plan, env: &[&str]) -> Vec<Option<BaseImage>> {
+    p.froms
+        .iter()
+        .map(|f| f.image.as_ref().map(|_| BaseImage { env: env.iter().map(|s| s.to_string()).collect(), triggers: false }))
+        .collect()
+}
+
+fn urls(text: &str, args: &[(&str, Option<&str>)], env: &[&str]) -> Result<Vec<Vec<String>>, RewriteError> {
+    let p = plan_args(text, args)?;
+    Ok(p.add_urls(&bases(&p, env))?.into_iter().map(|a| a.urls).collect())
+}
+
+#[test]
+fn from_is_pinned_to_what_the_caller_checked() {
+    let p = plan("FROM a AS one\nFROM one\nFROM --platform=linux/arm64 b\n");
+    assert_eq!(
+        p.froms.iter().map(|f| f.image.clone()).collect::<Vec<_>>(),
+        vec![Some("ns.invalid/a".into()), None, Some("ns.invalid/b".into())]
+    );
+    assert_eq!(p.froms[1].stage, Some(0));
+    assert_eq!(p.froms[2].platform.as_deref(), Some("linux/arm64"));
+    let id = format!("sha256:{}", "a".repeat(64));
+    assert_eq!(
+        p.finish(&[Some(id.clone()), None, None], &[]).unwrap(),
+        format!("FROM {id} AS one\nFROM one\nFROM --platform=linux/arm64 ns.invalid/b\n")
+    );
+    assert!(matches!(p.finish(&[Some("a b".into())], &[]), Err(RewriteError::BadResolution { .. })));
+}
+
+#[test]
+fn add_url_becomes_copy_of_a_context_file() {
+    let src = "FROM a\nADD --chown=1:2 https://h.example/debian/README /x/\nadd [\"http://h.example/a\", \"http://h.example/b\", \"/d/\"]\nADD local.tgz /y\n";
+    let p = plan(src);
+    let adds = p.add_urls(&bases(&p, &[])).unwrap();
+    assert_eq!(
+        adds.iter().map(|a| (a.line, a.urls.clone(), a.dest_dir)).collect::<Vec<_>>(),
+        vec![
+            (2, vec!["https://h.example/debian/README".to_string()], Some(true)),
+            (3, vec!["http://h.example/a".to_string(), "http://h.example/b".to_string()], Some(true)),
+        ]
+    );
+    let out = p
+        .finish(
+            &[],
+            &[(adds[0].id, vec![".ctproxy/add/0/README".into()]), (adds[1].id, vec![".ctproxy/add/1/a".into(), ".ctproxy/add/2/b".into()])],
+        )
+        .unwrap();
+    assert_eq!(
+        out,
+        "FROM ns.invalid/a\nCOPY --chown=1:2 .ctproxy/add/0/README /x/\nCOPY [\".ctproxy/add/1/a\", \".ctproxy/add/2/b\", \"/d/\"]\nADD local.tgz /y\n"
+    );
+}
+
+#[test]
+fn add_url_split_over_lines_is_rewritten_on_its_first_line() {
+    let src = "FROM a\nADD http://h.example/\\\nfile \\\n  /dest\nRUN true\n";
+    let p = plan(src);
+    let adds = p.add_urls(&bases(&p, &[])).unwrap();
+    assert_eq!(adds[0].urls, vec!["http://h.example/file"]);
+    assert_eq!(adds[0].dest_dir, Some(false));
+    let out = p.finish(&[], &[(adds[0].id, vec![".ctproxy/add/0/file".into()])]).unwrap();
+    assert_eq!(out, "FROM ns.invalid/a\nCOPY .ctproxy/add/0/file   /dest\n\n\nRUN true\n");
+}
+
+#[test]
+fn add_url_forms_that_copy_cannot_reproduce_are_refused() {
+    for src in [
+        "FROM a\nADD http://h/x local /d/\n",
+        "FROM a\nADD --checksum=sha256:00 http://h/x /d\n",
+        "FROM a\nADD --keep-git-dir=true http://h/x /d\n",
+        "FROM a\nADD [\"http://h/x\", \"/d\"] trailing\n",
+        "FROM a\nADD [\"http://h/x\", 1]\n",
+    ] {
+        assert!(matches!(urls(src, &[], &[]), Err(RewriteError::Unsupported { line: 2, .. })), "{src}");
+    }
+    // --link and --chmod are kept: dockerd treats them the same way for ADD and COPY.
+    assert_eq!(urls("FROM a\nADD --link --chmod=644 http://h/x /d\n", &[], &[]).unwrap(), vec![vec!["http://h/x".to_string()]]);
+    // Not URLs to dockerd: local paths, left alone.
+    assert!(urls("FROM a\nADD HTTP://h/x git@github.com:x/y /d/\n", &[], &[]).unwrap().is_empty());
+}
+
+#[test]
+fn add_url_hidden_by_quotes_or_escapes_is_found() {
+    assert_eq!(
+        urls("FROM a\nADD \"h\"ttp://h/x h\\ttps://h/y /d/\n", &[], &[]).unwrap(),
+        vec![vec!["http://h/x".to_string(), "https://h/y".to_string()]]
+    );
+    assert_eq!(urls("# escape=`\nFROM a\nADD h`ttp://h/x /d/\n", &[], &[]).unwrap(), vec![vec!["http://h/x".to_string()]]);
+    assert_eq!(urls("FROM a\nADD [\"h\\u0074tp://h/x\", \"/d/\"]\n", &[], &[]).unwrap(), vec![vec!["http://h/x".to_string()]]);
+}
+
+#[test]
+fn add_url_variables_are_expanded_as_the_builder_does() {
+    let u = |src: &str, args: &[(&str, Option<&str>)], env: &[&str]| urls(src, args, env).map(|v| v.concat());
+    // A stage ARG: its default, or the build argument.
+    assert_eq!(u("FROM a\nARG V=1\nADD http://h/$V /d/\n", &[], &[]).unwrap(), vec!["http://h/1"]);
+    assert_eq!(u("FROM a\nARG V=1\nADD http://h/$V /d/\n", &[("V", Some("2"))], &[]).unwrap(), vec!["http://h/2"]);
+    // Not declared in the stage: unset.
+    assert_eq!(u("FROM a\nADD http://h/x$V /d/\n", &[("V", Some("2"))], &[]).unwrap(), vec!["http://h/x"]);
+    // A global ARG is visible in a stage once declared there again (its value, not its name).
+    assert_eq!(u("ARG V=g\nFROM a\nARG V\nADD http://h/${V} /d/\n", &[], &[]).unwrap(), vec!["http://h/g"]);
+    // ENV, both forms, and the image's environment wins over ARG.
+    assert_eq!(u("FROM a\nENV P=/x Q=y\nENV R  z z\nADD http://h$P/$Q/${R} /d/\n", &[], &[]).unwrap(), vec!["http://h/x/y/z z"]);
+    assert_eq!(u("FROM a\nARG V=arg\nADD http://h/$V /d/\n", &[], &["V=img"]).unwrap(), vec!["http://h/img"]);
+    // ENV pairs of one instruction see the environment before it.
+    assert_eq!(u("FROM a\nENV A=1\nENV A=2 B=$A\nADD http://h/$B /d/\n", &[], &[]).unwrap(), vec!["http://h/1"]);
+    // A later stage FROM an earlier one inherits its ENV.
+    assert_eq!(u("FROM a AS one\nENV V=s\nFROM one\nADD http://h/$V /d/\n", &[], &[]).unwrap(), vec!["http://h/s"]);
+    // A variable can make a URL out of a local-looking source.
+    assert_eq!(u("FROM a\nARG S=http://h/y\nADD $S /d/\n", &[], &[]).unwrap(), vec!["http://h/y"]);
+}
+
+#[test]
+fn add_url_variables_ctproxy_cannot_know_are_refused() {
+    let p = plan("FROM a\nADD http://h/$V /d/\n");
+    let unknown = vec![Some(BaseImage { env: vec![], triggers: true })];
+    assert!(matches!(p.add_urls(&unknown), Err(RewriteError::Unsupported { line: 2, .. })));
+    assert!(matches!(p.add_urls(&[None]), Err(RewriteError::Unsupported { line: 2, .. })));
+    // Defined twice in the image: dockerd versions disagree on which wins.
+    assert!(matches!(urls("FROM a\nADD http://h/$V /d/\n", &[], &["V=1", "V=2"]), Err(RewriteError::Unsupported { .. })));
+    // ALL_PROXY is a builtin argument of newer dockerd only.
+    assert!(matches!(
+        urls("FROM a\nADD http://h/$ALL_PROXY /d/\n", &[("ALL_PROXY", Some("x"))], &[]),
+        Err(RewriteError::Unsupported { .. })
+    ));
+    // Without variables nothing needs to be known.
+    let plain = plan("FROM a\nADD http://h/x /d/\n");
+    assert_eq!(plain.add_urls(&unknown).unwrap()[0].urls, vec!["http://h/x"]);
+    // An unknown destination only matters when the file name cannot be determined.
+    let d = plan("FROM a\nADD http://h/x $D\n");
+    assert_eq!(d.add_urls(&unknown).unwrap()[0].dest_dir, None);
+}
+
+#[test]
+fn onbuild_copy_from_names_the_namespace_image_and_is_recorded() {
+    let src = "FROM a AS tools\nONBUILD COPY --from=img:1 /a /b\nONBUILD COPY --from=tools /a /b\nONBUILD ADD http://h/x /x\nFROM tools\n";
+    let p = plan(src);
+    assert_eq!(
+        p.finish(&[], &[]).unwrap(),
+        "FROM ns.invalid/a AS tools\nONBUILD COPY --from=ns.invalid/img:1 /a /b\nONBUILD COPY --from=tools /a /b\nONBUILD ADD http://h/x /x\nFROM tools\n"
+    );
+    assert_eq!(p.stage_triggers(1), ["COPY --from=ns.invalid/img:1 /a /b", "COPY --from=tools /a /b", "ADD http://h/x /x"]);
+    assert!(p.stage_triggers(0).is_empty());
+    // At `FROM tools`, the stage `tools` is finished: its name is a stage to the trigger; the ADD is not allowed.
+    let mut seen = Vec::new();
+    let r = p.check_triggers(1, p.stage_triggers(1), &mut |r| {
+        seen.push(r.to_string());
+        Ok(())
+    });
+    assert!(matches!(r, Err(RewriteError::Refused { line: 5, .. })), "{r:?}");
+    assert_eq!(seen, vec!["ns.invalid/img:1"]);
+    assert!(matches!(err("FROM a\nONBUILD COPY --from=$X / /\n"), RewriteError::Unsupported { line: 2, .. }));
+}
+
+#[test]
+fn base_image_triggers_are_read_as_dockerd_reads_them() {
+    let p = plan("FROM a AS s0\nFROM b\n");
+    let check = |triggers: &[&str]| {
+        let t: Vec<String> = triggers.iter().map(|s| s.to_string()).collect();
+        let mut asked = Vec::new();
+        let r = p.check_triggers(1, &t, &mut |r| {
+            asked.push(r.to_string());
+            if r.starts_with("mine/") {
+                Ok(())
+            } else {
+                Err("not in the namespace".into())
+            }
+        });
+        (r.map_err(|e| e.to_string()), asked)
+    };
+    assert_eq!(check(&["RUN make", "COPY . /src", "ENV A=1"]), (Ok(()), vec![]));
+    assert_eq!(check(&["COPY --from=mine/x /a /b"]), (Ok(()), vec!["mine/x".to_string()]));
+    // Stage names and indexes known at this FROM are stages, not images.
+    assert_eq!(check(&["COPY --from=S0 /a /b", "copy --from=0 /a /b"]).0, Ok(()));
+    let refused = |triggers: &[&str]| {
+        let (r, _) = check(triggers);
+        assert!(r.is_err(), "{triggers:?} should be refused");
+        r.unwrap_err()
+    };
+    assert!(refused(&["COPY --from=127.0.0.1:5001/other/docker.io/library/secret /s /s"]).contains("not in the namespace"));
+    assert!(refused(&["ADD http://127.0.0.1:9/secret /s"]).contains("download http://127.0.0.1:9/secret"));
+    assert!(refused(&["ADD [\"h\\u0074tp://x/y\", \"/d\"]"]).contains("download"));
+    refused(&["ADD $URL /s"]);
+    refused(&["COPY --from=$IMG /a /b"]);
+    refused(&["COPY --from=\"other\" /a /b"]);
+    refused(&["FROM other"]);
+    refused(&["COPY . /a\nCOPY --from=other /a /b"]);
+    refused(&["RUN <<EOF\nx\nEOF"]);
+    // A trigger is parsed on its own: its own escape directive applies.
+    assert!(refused(&["# escape=`\nADD h`ttp://x/y /d"]).contains("download http://x/y"));
 }
