@@ -77,7 +77,7 @@ fn config_with(listeners: &[&str]) -> String {
 }
 
 fn write_config(p: &Proxy, text: &str) {
-    std::fs::write(p.dir().join("ctproxy.toml"), text.replace("{dir}", &p.dir().display().to_string())).expect("config");
+    std::fs::write(p.dir().join("ctproxy.toml"), with_upstream(&text.replace("{dir}", &p.dir().display().to_string()))).expect("config");
 }
 
 #[test]

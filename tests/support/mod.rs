@@ -99,6 +99,18 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
+/// A configuration that forwards to the daemon under test: `toml` with an `[upstream]` naming
+/// [`direct`] after it (line numbers in errors stay the test's), unless it has an `[upstream]` of its
+/// own. For every configuration a test writes, at the start and before a reload (a reloaded file
+/// without `[upstream]` would switch ctproxy to the default socket, dockerd 20.10's).
+pub fn with_upstream(toml: &str) -> String {
+    if toml.contains("[upstream") {
+        toml.to_owned()
+    } else {
+        format!("{toml}\n[upstream]\nurl = \"{}\"\n", direct())
+    }
+}
+
 /// A running `ctproxy serve`, killed on drop.
 pub struct Proxy {
     pub child: Child,
@@ -123,11 +135,7 @@ impl Proxy {
         require_docker();
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("ctproxy.toml");
-        let mut text = toml.replace("{dir}", &dir.path().display().to_string());
-        if !text.contains("[upstream]") {
-            text = format!("[upstream]\nurl = \"{}\"\n{text}", direct());
-        }
-        std::fs::write(&config, text).expect("write config");
+        std::fs::write(&config, with_upstream(&toml.replace("{dir}", &dir.path().display().to_string()))).expect("write config");
         let sock = dir.path().join(wait_sock);
         Self::spawn(dir, sock, &["--config", config.to_str().expect("utf-8 path")])
     }
