@@ -20,6 +20,11 @@ fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
+/// The access log's `path=` of a request the docker CLI 28 sends to `rest` (`/v<negotiated>/rest`).
+fn cli_path(rest: &str) -> String {
+    format!("path=/v{}/{rest}", cli_api_version())
+}
+
 /// Asserts that the access log of `proxy` shows a request answered `status` for `identity`.
 fn assert_logged(proxy: &Proxy, identity: &str, status: u16) {
     let needle = format!("identity=\"{identity}\"");
@@ -108,11 +113,11 @@ policies = []
     // alice: version and ps work, and the access log names her.
     let out = tls_docker(port, &alice, &["version", "--format", "{{.Server.APIVersion}}"]);
     assert!(out.status.success(), "{}\nlog:\n{}", text(&out), proxy.log_text());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1.41");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), daemon_api_version());
     let out = tls_docker(port, &alice, &["ps", "-a", "--format", "{{.ID}}"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_logged(&proxy, "alice", 200);
-    assert!(wait_line(&proxy, &["identity=\"alice\"", "path=/v1.41/containers/json", "status=200"]), "{}", proxy.log_text());
+    assert!(wait_line(&proxy, &["identity=\"alice\"", &cli_path("containers/json"), "status=200"]), "{}", proxy.log_text());
 
     // alice runs under `strict`: an ordinary container is fine, a privileged one is refused (403).
     let plain = unique("tls-plain");
@@ -128,7 +133,7 @@ policies = []
     assert!(!out.status.success(), "privileged run was allowed for alice: {}", text(&out));
     let msg = text(&out);
     assert!(msg.contains("privileged mode (HostConfig.Privileged) is not allowed by policy strict"), "{msg}");
-    assert!(wait_line(&proxy, &["identity=\"alice\"", "path=/v1.41/containers/create", "status=403"]), "{}", proxy.log_text());
+    assert!(wait_line(&proxy, &["identity=\"alice\"", &cli_path("containers/create"), "status=403"]), "{}", proxy.log_text());
     assert!(wait_line(&proxy, &["request refused by policy", "identity=alice", "policy=strict"]), "{}", proxy.log_text());
     assert!(!docker_output(direct(), &["container", "inspect", &refused]).status.success(), "the refused container exists");
 
@@ -142,7 +147,7 @@ policies = []
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "true");
     let out = tls_docker(port, &bob, &["rm", &allowed]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(wait_line(&proxy, &["identity=\"admin\"", "path=/v1.41/containers/create", "status=201"]), "{}", proxy.log_text());
+    assert!(wait_line(&proxy, &["identity=\"admin\"", &cli_path("containers/create"), "status=201"]), "{}", proxy.log_text());
 
     // mallory: verified certificate, no mapping → 401 invalid credentials.
     let out = tls_docker(port, &mallory, &["version"]);
@@ -246,7 +251,7 @@ fn http_basic_and_bearer_from_cli_config() {
     let fmt = ["version", "--format", "{{.Server.APIVersion}}"];
     let out = docker_with_config(&proxy, &basic_ok, &fmt);
     assert!(out.status.success(), "{}\nlog:\n{}", text(&out), proxy.log_text());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1.41");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), daemon_api_version());
     assert_logged(&proxy, "alice", 200);
 
     for (dir, what) in [(&basic_bad, "wrong password"), (&basic_nobody, "unknown user"), (&bearer_bad, "wrong token")] {
@@ -270,7 +275,7 @@ fn http_basic_and_bearer_from_cli_config() {
     let out = docker_with_config(&proxy, &basic_ok, &["ps", "-a", "--format", "{{.ID}}"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(wait_line(&proxy, &["identity=\"alice\"", "path=/_ping", "status=200"]), "{}", proxy.log_text());
-    assert!(wait_line(&proxy, &["identity=\"alice\"", "path=/v1.41/containers/json", "status=200"]), "{}", proxy.log_text());
+    assert!(wait_line(&proxy, &["identity=\"alice\"", &cli_path("containers/json"), "status=200"]), "{}", proxy.log_text());
 }
 
 /// Several requests on one keep-alive connection: each is authenticated on its own (a good header
@@ -399,7 +404,7 @@ fn unix_peer_uid_and_gid_mapping() {
     assert!(wait_line(&proxy, &["status=401", &format!("uid={uid},gid={gid}")]), "{}", proxy.log_text());
     let out = docker_cmd("docker", &proxy.docker_host(), &fmt).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1.41");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), daemon_api_version());
     assert_logged(&proxy, "root-id", 200);
     drop(proxy);
 
@@ -407,7 +412,7 @@ fn unix_peer_uid_and_gid_mapping() {
     let proxy = peer_proxy(&format!(r#"uids = {{ "0" = "root-id", "{TEST_USER}" = "tester" }}"#));
     let out = docker_as_user(&proxy, uid, gid, &fmt);
     assert!(out.status.success(), "mapped user refused: {}\nlog:\n{}", text(&out), proxy.log_text());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1.41");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), daemon_api_version());
     assert_logged(&proxy, "tester", 200);
     assert!(wait_line(&proxy, &["identity=\"tester\"", &format!("uid={uid},gid={gid}")]), "{}", proxy.log_text());
     drop(proxy);
@@ -416,7 +421,7 @@ fn unix_peer_uid_and_gid_mapping() {
     let proxy = peer_proxy(&format!("uids = {{ \"0\" = \"root-id\" }}\ngids = {{ \"{gid}\" = \"testers\" }}"));
     let out = docker_as_user(&proxy, uid, gid, &["ps", "-a", "--format", "{{.ID}}"]);
     assert!(out.status.success(), "mapped group refused: {}\nlog:\n{}", text(&out), proxy.log_text());
-    assert!(wait_line(&proxy, &["identity=\"testers\"", "path=/v1.41/containers/json", "status=200"]), "{}", proxy.log_text());
+    assert!(wait_line(&proxy, &["identity=\"testers\"", &cli_path("containers/json"), "status=200"]), "{}", proxy.log_text());
     // uid wins over gid: root (gid 0 unmapped) is still root-id.
     let out = docker_cmd("docker", &proxy.docker_host(), &fmt).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));

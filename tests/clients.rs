@@ -588,7 +588,7 @@ fn python_sdk_flows() {
     let p = Proxy::start();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/sdk_flows.py");
     let mut cmd = Command::new("python3");
-    cmd.args([script, &p.docker_host(), BUSYBOX, &unique("sdk")]);
+    cmd.args([script, &p.docker_host(), BUSYBOX, &unique("sdk")]).env("CTPROXY_TEST_DOCKER_HOST", support::direct());
     let out = ok_within(
         cmd,
         None,

@@ -115,7 +115,7 @@ fn jobs_survive_a_crash_of_ctproxy_and_dead_ones_are_reaped() {
     let state_dir: PathBuf = state.path().to_path_buf();
     let cfg = config(&state_dir.display().to_string(), "grace_s = 0");
     let cfg_path = state_dir.join("ctproxy.toml");
-    std::fs::write(&cfg_path, &cfg).expect("config");
+    std::fs::write(&cfg_path, with_upstream(&cfg)).expect("config");
     let start = || {
         Proxy::spawn(
             tempfile::tempdir().expect("tempdir"),

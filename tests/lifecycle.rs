@@ -26,7 +26,8 @@ fn unix_listener(name: &str, extra: &str) -> String {
 }
 
 fn write_config(p: &Proxy, text: &str) {
-    std::fs::write(p.dir().join("ctproxy.toml"), text.replace("{dir}", &p.dir().display().to_string())).expect("write config");
+    std::fs::write(p.dir().join("ctproxy.toml"), with_upstream(&text.replace("{dir}", &p.dir().display().to_string())))
+        .expect("write config");
 }
 
 /// Sends SIGHUP and waits for one more log line containing `outcome` than there was before.

@@ -107,9 +107,10 @@ fn unix_tcp_and_tls_listeners_at_once() {
         }
     }
     // The access log tells the listeners apart, and names the verified certificate.
-    wait_log_line(&p, &["ctproxy::access", "listener=local", "peer=uid=", "path=/v1.41/version", "status=200"]);
-    wait_log_line(&p, &["ctproxy::access", "listener=plain", "peer=127.0.0.1:", "path=/v1.41/version", "status=200"]);
-    wait_log_line(&p, &["ctproxy::access", "listener=secure", ",cn=ctproxy-client", "path=/v1.41/version", "status=200"]);
+    let path = format!("path=/v{}/version", cli_api_version());
+    wait_log_line(&p, &["ctproxy::access", "listener=local", "peer=uid=", &path, "status=200"]);
+    wait_log_line(&p, &["ctproxy::access", "listener=plain", "peer=127.0.0.1:", &path, "status=200"]);
+    wait_log_line(&p, &["ctproxy::access", "listener=secure", ",cn=ctproxy-client", &path, "status=200"]);
 
     // A hijacked session over TLS: stdin in, output back, EOF through.
     let mut cleanup = Cleanup::new();

@@ -457,10 +457,17 @@ fn save_and_load_stay_in_the_namespace() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tar = dir.path().join("mine.tar");
     ok(&p.a, &["save", "-o", &tar.display().to_string(), "mine:1"]);
-    // The tar names the image as the user knows it.
-    let manifest = Command::new("tar").args(["-xOf", &tar.display().to_string(), "manifest.json"]).output().expect("tar");
-    let manifest = String::from_utf8_lossy(&manifest.stdout);
+    // The tar names the image as the user knows it: in manifest.json, and in the OCI index.json
+    // that the containerd image store (Docker 28) writes too (`io.containerd.image.name`).
+    let member = |name: &str| {
+        let out = Command::new("tar").args(["-xOf", &tar.display().to_string(), name]).output().expect("tar");
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let manifest = member("manifest.json").expect("manifest.json");
     assert!(manifest.contains("\"mine:1\"") && !manifest.contains(&p.rp), "{manifest}");
+    if let Some(index) = member("index.json") {
+        assert!(!index.contains(&p.rp) && !index.contains(&p.ns_a), "index.json names the daemon's real image: {index}");
+    }
     // b loads it into its own namespace; a's tag and the daemon's real names are untouched.
     let out = ok(&p.b, &["load", "-i", &tar.display().to_string()]);
     assert!(out.contains("Loaded image: mine:1"), "{out}");

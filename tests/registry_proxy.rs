@@ -70,7 +70,10 @@ impl Fixture {
     /// A request to any HTTP server from the test: (status, headers, body).
     fn get(&self, method: reqwest::Method, url: &str, auth: Auth) -> (u16, reqwest::header::HeaderMap, String) {
         self.rt.block_on(async {
-            let mut req = self.http.request(method, url);
+            // Manifests as dockerd asks for them: Docker 28's containerd image store pushes OCI
+            // manifests, which distribution answers with 404 to a client that does not accept them.
+            let accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, */*";
+            let mut req = self.http.request(method, url).header(reqwest::header::ACCEPT, accept);
             req = match auth {
                 Auth::None => req,
                 Auth::Bearer(t) => req.bearer_auth(t),
@@ -120,7 +123,9 @@ fn registry_auth(token: &str) -> String {
     h.to_str().expect("ascii").to_owned()
 }
 
-/// The error of a progress stream (push/pull), or the digest a push reported.
+/// The error of a progress stream (push/pull), or the digest a push reported: in its `aux` message
+/// (graph drivers), or only in its last status, `TAG: digest: sha256:... size: N` (the containerd
+/// image store of Docker 28 sends no `aux`).
 fn progress_outcome(reply: &HttpReply) -> Result<Option<String>, String> {
     if reply.status != 200 {
         return Err(format!("HTTP {}: {}", reply.status, reply.text()));
@@ -133,6 +138,8 @@ fn progress_outcome(reply: &HttpReply) -> Result<Option<String>, String> {
         }
         if let Some(d) = v.pointer("/aux/Digest").and_then(|d| d.as_str()) {
             digest = Some(d.to_owned());
+        } else if let Some(d) = v.get("status").and_then(|s| s.as_str()).and_then(|s| s.split(": digest: ").nth(1)) {
+            digest = digest.or_else(|| d.split(' ').next().map(str::to_owned));
         }
     }
     Ok(digest)

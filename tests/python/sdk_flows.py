@@ -1,7 +1,8 @@
 """The Python docker SDK through ctproxy: the flows a CI script or Testcontainers would use.
 
 Usage: sdk_flows.py DOCKER_HOST [IMAGE [NAME_PREFIX]]. Exits non-zero on the first mismatch. Where a
-result can be had twice (version, info), it is compared with the daemon's own socket.
+result can be had twice (version, info), it is compared with the daemon's own socket: the daemon under
+test, CTPROXY_TEST_DOCKER_HOST (default unix:///var/run/docker.sock).
 """
 import os
 import io
@@ -11,7 +12,7 @@ import time
 
 import docker
 
-DIRECT = "unix:///var/run/docker.sock"
+DIRECT = os.environ.get("CTPROXY_TEST_DOCKER_HOST", "unix:///var/run/docker.sock")
 host = sys.argv[1]
 image = sys.argv[2] if len(sys.argv) > 2 else "ctproxy-test/busybox:latest"
 prefix = sys.argv[3] if len(sys.argv) > 3 else f"ctproxy-test-sdk-{os.getpid()}"

@@ -30,6 +30,29 @@ pub fn direct() -> &'static str {
 pub fn direct_socket() -> &'static Path {
     Path::new(direct().strip_prefix("unix://").unwrap_or("/var/run/docker.sock"))
 }
+/// The daemon under test's own `docker version` (`{{json .Server}}`): `Version`, `ApiVersion` (the
+/// newest API version it speaks), `MinAPIVersion`. Expectations that differ between daemons (20.10
+/// speaks API 1.41, Docker 28.5 1.51) read it instead of naming one.
+pub fn daemon_version() -> &'static serde_json::Value {
+    static V: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    V.get_or_init(|| {
+        let out = docker(direct(), &["version", "--format", "{{json .Server}}"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("docker version: {e}: {out}"))
+    })
+}
+
+/// `daemon_version()["ApiVersion"]`.
+pub fn daemon_api_version() -> &'static str {
+    daemon_version()["ApiVersion"].as_str().expect("ApiVersion")
+}
+
+/// The API version the docker CLI 28 (first on PATH) settles on with the daemon under test: its
+/// requests go to `/v<this>/...` (20.10: 1.41; Docker 28.5: the CLI's own newest, 1.50 for 28.2).
+pub fn cli_api_version() -> &'static str {
+    static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    V.get_or_init(|| docker(direct(), &["version", "--format", "{{.Client.APIVersion}}"]).trim().to_owned())
+}
+
 /// The busybox image built by `scripts/test-env`.
 pub const BUSYBOX: &str = "ctproxy-test/busybox:latest";
 /// busybox plus the static docker CLI: a CI job image.
@@ -38,19 +61,28 @@ pub const DOCKER_CLI_IMAGE: &str = "ctproxy-test/docker-cli:latest";
 pub const CI_IMAGE: &str = "ctproxy-test/ci:latest";
 /// Debian's docker 20.10 CLI (the static 28.x one is first on PATH as `docker`).
 pub const DOCKER_2010: &str = "/usr/bin/docker";
+/// Debian's docker 28.5 CLI, unpacked by `scripts/test-env` beside the Docker 28 daemon; its buildx
+/// and compose v2 plugins are in /usr/local/lib/docker/cli-plugins, where every CLI here finds them.
+pub const DOCKER_28: &str = "/opt/ctproxy-docker28/usr/bin/docker";
+/// busybox, the docker 28.5 CLI and its buildx and compose v2 plugins: a CI job image for BuildKit.
+pub const CI28_IMAGE: &str = "ctproxy-test/ci28:latest";
 
 static ENV_CHECK: Once = Once::new();
 
 /// Fails loudly unless the daemon and the test images are there.
 pub fn require_docker() {
     ENV_CHECK.call_once(|| {
-        let out =
-            Command::new("docker").args(["image", "inspect", BUSYBOX, DOCKER_CLI_IMAGE, CI_IMAGE]).env("DOCKER_HOST", direct()).output();
+        let out = Command::new("docker")
+            .args(["image", "inspect", BUSYBOX, DOCKER_CLI_IMAGE, CI_IMAGE, CI28_IMAGE])
+            .env("DOCKER_HOST", direct())
+            .output();
         match out {
             Ok(o) if o.status.success() => {}
-            Ok(o) => {
-                panic!("dockerd or the test images are missing ({}); run scripts/test-env first", String::from_utf8_lossy(&o.stderr).trim())
-            }
+            Ok(o) => panic!(
+                "the daemon under test ({}) or the test images are missing ({}); run scripts/test-env first",
+                direct(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
             Err(e) => panic!("cannot run the docker CLI ({e}); run scripts/test-env first"),
         }
     });
@@ -65,6 +97,18 @@ pub fn unique(what: &str) -> String {
 /// A free TCP port on loopback (racy by nature, good enough for tests).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A configuration that forwards to the daemon under test: `toml` with an `[upstream]` naming
+/// [`direct`] after it (line numbers in errors stay the test's), unless it has an `[upstream]` of its
+/// own. For every configuration a test writes, at the start and before a reload (a reloaded file
+/// without `[upstream]` would switch ctproxy to the default socket, dockerd 20.10's).
+pub fn with_upstream(toml: &str) -> String {
+    if toml.contains("[upstream") {
+        toml.to_owned()
+    } else {
+        format!("{toml}\n[upstream]\nurl = \"{}\"\n", direct())
+    }
 }
 
 /// A running `ctproxy serve`, killed on drop.
@@ -91,11 +135,7 @@ impl Proxy {
         require_docker();
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("ctproxy.toml");
-        let mut text = toml.replace("{dir}", &dir.path().display().to_string());
-        if !text.contains("[upstream]") {
-            text = format!("[upstream]\nurl = \"{}\"\n{text}", direct());
-        }
-        std::fs::write(&config, text).expect("write config");
+        std::fs::write(&config, with_upstream(&toml.replace("{dir}", &dir.path().display().to_string()))).expect("write config");
         let sock = dir.path().join(wait_sock);
         Self::spawn(dir, sock, &["--config", config.to_str().expect("utf-8 path")])
     }
