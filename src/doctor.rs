@@ -66,18 +66,24 @@ impl Check {
         Check { status: Status::Fail, name, detail: detail.into(), fix: Some(fix.into()) }
     }
 
-    /// The printed line: `ok   daemon: ...` or `FAIL shared images: ... -> fix: ...`.
+    /// The printed line: `ok   daemon: ...` or `FAIL shared images: ... -> fix: ...`. Always one
+    /// line (a TOML parse error spans several: they are joined), so the output can be grepped.
     pub fn line(&self) -> String {
+        let detail = one_line(&self.detail);
         let tag = match self.status {
             Status::Ok => "ok  ",
             Status::Warn => "WARN",
             Status::Fail => "FAIL",
         };
         match (&self.fix, self.status) {
-            (Some(fix), Status::Warn | Status::Fail) => format!("{tag} {}: {} -> fix: {fix}", self.name, self.detail),
-            _ => format!("{tag} {}: {}", self.name, self.detail),
+            (Some(fix), Status::Warn | Status::Fail) => format!("{tag} {}: {detail} -> fix: {}", self.name, one_line(fix)),
+            _ => format!("{tag} {}: {detail}", self.name),
         }
     }
+}
+
+fn one_line(text: &str) -> String {
+    text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 /// Everything `doctor` found; decides the exit status in one place.
@@ -676,6 +682,7 @@ concurrent = 3
         r.checks.push(Check::fail("x", "y", "z"));
         assert_eq!(r.exit_code(), 1);
         assert!(r.checks[1].line().starts_with("FAIL x: y -> fix: z"));
+        assert_eq!(Check::fail("c", "a\n  |\nb\n", "f").line(), "FAIL c: a | b -> fix: f");
         r.config_unreadable = true;
         assert_eq!(r.exit_code(), 2);
     }

@@ -131,4 +131,5 @@ fn unreadable_configuration_exits_2() {
     let (out, text) = host.doctor(&host.path("bad.toml"), &host.path("config.toml"));
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(line(&text, "FAIL config:").contains("--check"), "{text}");
+    assert_eq!(text.lines().count(), 1, "one line, nothing else checked: {text}");
 }
