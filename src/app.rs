@@ -113,7 +113,8 @@ struct RunningJobs {
     reaper: tokio::task::JoinHandle<()>,
 }
 
-fn build_forwarder(config: &Config) -> Result<Arc<Forwarder>, AppError> {
+/// The pooled client to the configured daemon (`ctproxy doctor` asks the daemon through the same one).
+pub fn build_forwarder(config: &Config) -> Result<Arc<Forwarder>, AppError> {
     let tls = match &config.upstream.tls {
         Some(t) => {
             let pair = t.cert.as_deref().zip(t.key.as_deref());
@@ -230,7 +231,7 @@ fn job_pipeline(config: &Config, jobs: &JobsConfig, tokens: &Option<Arc<dyn Regi
 async fn start_cache(config: &CacheConfig, proxy: &DockerProxy) -> Option<Arc<CacheService>> {
     let ip = match config.listen.parse::<std::net::IpAddr>() {
         Ok(ip) => ip,
-        Err(_) => match bridge_gateway(proxy).await {
+        Err(_) => match bridge_gateway(&proxy.daemon()).await {
             Some(ip) => ip,
             None => {
                 tracing::error!("cache not started: dockerd's bridge network has no gateway to listen on (set cache.listen)");
@@ -249,8 +250,8 @@ async fn start_cache(config: &CacheConfig, proxy: &DockerProxy) -> Option<Arc<Ca
 
 /// The gateway address of dockerd's default `bridge` network: from its IPAM configuration, or
 /// (dockerd 20.10 leaves it out there) the IPv4 address of its bridge interface on this host.
-async fn bridge_gateway(proxy: &DockerProxy) -> Option<std::net::IpAddr> {
-    let net = proxy.daemon().get("/networks/bridge").await.ok()??;
+pub async fn bridge_gateway(daemon: &crate::plugin::namespace::Daemon) -> Option<std::net::IpAddr> {
+    let net = daemon.get("/networks/bridge").await.ok()??;
     let configured = net
         .pointer("/IPAM/Config")
         .and_then(|c| c.as_array())

@@ -14,6 +14,7 @@ pub mod app;
 pub mod cache;
 pub mod config;
 pub mod docker;
+pub mod doctor;
 pub mod executor;
 pub mod http;
 pub mod jobs;

@@ -9,8 +9,11 @@ use ctproxy::app::{ConfigSource, Server};
 use ctproxy::config::{LogFormat, Overrides};
 use ctproxy::transport::{ListenAddr, UpstreamAddr};
 
+/// The package version and the commit it was built from (build.rs), so a bug report names the exact source.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CTPROXY_GIT_COMMIT"), ")");
+
 #[derive(Parser)]
-#[command(name = "ctproxy", version, about = "Container Tuning Proxy: a reverse proxy for the Docker Engine API")]
+#[command(name = "ctproxy", version = VERSION, about = "Container Tuning Proxy: a reverse proxy for the Docker Engine API")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,6 +61,26 @@ enum Command {
         helper_image: Option<String>,
         #[command(subcommand)]
         stage: Stage,
+    },
+    /// Check this host for what ctproxy needs (daemon, cgroups, address pools, ports, gitlab-runner,
+    /// disk, shared images); one line per check, with the fix when it fails. Exit status 1 when a
+    /// check fails, 2 when the configuration cannot be read.
+    Doctor {
+        /// ctproxy's configuration (the one `ctproxy serve` runs with).
+        #[arg(long, short, default_value = "/etc/ctproxy/ctproxy.toml")]
+        config: PathBuf,
+        /// gitlab-runner's configuration, whose `[runners.custom]` should call this ctproxy.
+        #[arg(long, default_value = "/etc/gitlab-runner/config.toml")]
+        runner_config: PathBuf,
+        /// Concurrent jobs to plan for (default: `concurrent` of the runner configuration, else 4).
+        #[arg(long)]
+        concurrency: Option<u32>,
+    },
+    /// Write the man page and the bash, zsh and fish completions into DIR (packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Output directory: DIR/ctproxy*.1, DIR/ctproxy.bash, DIR/_ctproxy, DIR/ctproxy.fish.
+        dir: PathBuf,
     },
     /// Read a password on stdin and print its bcrypt hash, for `users` of an `http` authenticator.
     HashPassword,
@@ -214,9 +237,35 @@ fn parse_upstream(s: &str) -> Result<UpstreamAddr, String> {
     UpstreamAddr::parse(s).map_err(|e| e.to_string())
 }
 
+/// The man page (clap_mangen) and shell completions (clap_complete), generated from the same CLI
+/// definition the binary parses, so they never drift from it.
+fn generate_assets(dir: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    use clap_complete::{generate_to, Shell};
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Cli::command();
+    // ctproxy.1 and one page per subcommand (ctproxy-serve.1, ctproxy-doctor.1, ...).
+    clap_mangen::generate_to(cmd.clone(), dir)?;
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        generate_to(shell, &mut cmd, "ctproxy", dir)?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::GenerateAssets { dir } => match generate_assets(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ctproxy: cannot write into {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Doctor { config, runner_config, concurrency } => {
+            let opts = ctproxy::doctor::Options { config, runner_config, concurrency };
+            ExitCode::from(ctproxy::doctor::main(&opts).exit_code())
+        }
         Command::HashPassword => print_hash(|s| bcrypt::hash(s, bcrypt::DEFAULT_COST).map_err(|e| e.to_string())),
         Command::HashToken => print_hash(|s| Ok(ctproxy::plugin::auth::hash_token(s))),
         Command::Job { control, action } => job_command(control, action),
