@@ -19,6 +19,13 @@ use crate::docker::reference::{Reference, ReferenceError};
 pub const MARKER: &str = "ctp.";
 /// The label that records the owning namespace on containers, volumes and networks.
 pub const NS_LABEL: &str = "io.ctproxy.namespace";
+/// The repository of a namespace's hidden tags (`<registry proxy>/<ns>/ctproxy-untagged:<token>`):
+/// an image the namespace made without a name (`docker build` without `-t`, `docker commit`
+/// without a repository, an untagged `docker load` entry) carries one, so that the daemon itself
+/// records that the namespace owns it. It has two path components where every name a client can
+/// write has at least three (`<ns>/<domain>/<path>`), so no client reference ever mangles to it,
+/// and it is never shown ([`NsName::unimage`] does not read it back).
+pub const HIDDEN_REPO: &str = "ctproxy-untagged";
 /// Names longer than this are refused rather than cut (the daemon's limit for images is 255).
 const NAME_MAX: usize = 255;
 
@@ -104,6 +111,16 @@ impl NsName {
             return Err(NameError::TooLong);
         }
         Ok(out)
+    }
+
+    /// The repository of this namespace's hidden tags ([`HIDDEN_REPO`]).
+    pub fn hidden_repo(&self, registry: &str) -> String {
+        format!("{registry}/{}/{HIDDEN_REPO}", self.0)
+    }
+
+    /// Whether a daemon-side reference string is one of this namespace's hidden tags.
+    pub fn is_hidden(&self, registry: &str, s: &str) -> bool {
+        s.strip_prefix(&self.hidden_repo(registry)).is_some_and(|rest| rest.starts_with([':', '@']))
     }
 
     /// The client's reference for a daemon-side one, if it is this namespace's.
@@ -203,6 +220,11 @@ mod tests {
         assert_eq!(split_repository("alice/localhost__5000/team/x"), Some(("alice", "localhost:5000".into(), "team/x")));
         assert_eq!(split_repository("alice/docker.io"), None);
         assert!(a.image(rp, &Reference::parse("[::1]:5000/x").unwrap()).is_err());
+        let hidden = format!("{}:abc", a.hidden_repo(rp));
+        assert!(a.is_hidden(rp, &hidden));
+        assert_eq!(a.unimage_str(rp, &hidden), None);
+        assert!(!ns("alice-2").is_hidden(rp, &hidden));
+        assert!(!a.is_hidden(rp, &format!("{}x:abc", a.hidden_repo(rp))));
         assert!(a.image(rp, &Reference::parse(&format!("a/{}", "b".repeat(230))).unwrap()).is_err());
     }
 }

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use super::archive::LoadGuard;
 use super::filters::{Filters, NameMatch};
 use super::network::is_predefined;
-use super::resolve::ImageRef;
+use super::resolve::{strings, ImageRef};
 use super::response::{After, ListKind};
 use super::{Daemon, Namespace, NsError, NS_LABEL};
 use crate::docker::reference::Reference;
@@ -76,7 +76,7 @@ impl Namespace {
                 After::Json
             }
 
-            ContainerList => self.list_query(req.query, ListKind::Containers, daemon).await?,
+            ContainerList => self.list_query(req.query, ListKind::Containers, daemon, req.route.version).await?,
             ContainerCreate => {
                 let name = match req.query.get("name").filter(|n| !n.is_empty()) {
                     Some(n) => n.to_owned(),
@@ -129,13 +129,14 @@ impl Namespace {
                 let id = self.container(daemon, req.query.get("container").unwrap_or("")).await?;
                 req.query.set("container", &id);
                 self.mangle_repo_tag(req.query)?;
+                self.hide_unnamed(req.query);
                 if let Some(Value::Object(cfg)) = req.body {
                     strip_reserved_labels(cfg.get_mut("Labels"));
                 }
                 After::Json
             }
 
-            ImageList => self.list_query(req.query, ListKind::Images, daemon).await?,
+            ImageList => self.list_query(req.query, ListKind::Images, daemon, req.route.version).await?,
             ImageInspect | ImageHistory => {
                 let img = self.image(daemon, &typed).await?;
                 req.route.set_target(img.daemon_name());
@@ -156,6 +157,15 @@ impl Namespace {
                 return match self.image(daemon, &typed).await? {
                     ImageRef::Shared(_) => Err(NsError::Refused(format!("image {typed} is shared by the administrator and read-only"))),
                     ImageRef::Owned(name) => {
+                        // The last name the client sees: the image goes, as the daemon removes an
+                        // image with its last tag, hidden tags and all.
+                        if let Some(img) = daemon.get(&format!("/images/{}/json", super::daemon::enc(&name))).await? {
+                            let tags = self.own_tags(&img);
+                            let all_own = strings(img.get("RepoTags")).all(|t| tags.iter().any(|o| o == t));
+                            if self.visible_own_tags(&img).len() == 1 && tags.len() > 1 && all_own {
+                                return self.untag_all(daemon, &tags, req.query).await;
+                            }
+                        }
                         req.route.set_target(&name);
                         Ok(Prepared::Forward(After::Json))
                     }
@@ -205,6 +215,9 @@ impl Namespace {
                     let r = Reference::parse(&t).map_err(|e| NsError::Malformed(format!("invalid tag {t:?}: {e}")))?;
                     req.query.push("t", &self.name.image(&self.settings.registry, &r.with_default_tag())?.to_string());
                 }
+                // Every image a build makes is the namespace's, even once its name moves to a newer
+                // build (then it is dangling, as on the daemon).
+                req.query.push("t", &self.hidden_tag(&random_hex64()));
                 if let Some(cf) = req.query.get("cachefrom").filter(|c| !c.is_empty()) {
                     let refs: Vec<String> = serde_json::from_str(cf).map_err(|e| NsError::Malformed(format!("invalid cachefrom: {e}")))?;
                     let mut out = Vec::new();
@@ -239,7 +252,7 @@ impl Namespace {
                 return Ok(Prepared::Answer(hyper::StatusCode::OK, serde_json::json!({"CachesDeleted": null, "SpaceReclaimed": 0})));
             }
 
-            NetworkList | NetworkListSlash => self.list_query(req.query, ListKind::Networks, daemon).await?,
+            NetworkList | NetworkListSlash => self.list_query(req.query, ListKind::Networks, daemon, req.route.version).await?,
             NetworkInspect => {
                 let name = self.network(daemon, &typed).await?;
                 req.route.set_target(&name);
@@ -281,7 +294,7 @@ impl Namespace {
                 After::Json
             }
 
-            VolumeList => self.list_query(req.query, ListKind::Volumes, daemon).await?,
+            VolumeList => self.list_query(req.query, ListKind::Volumes, daemon, req.route.version).await?,
             VolumeCreate => {
                 if let Some(Value::Object(body)) = req.body {
                     let name = body.get("Name").and_then(Value::as_str).filter(|n| !n.is_empty()).map(str::to_owned);
@@ -372,6 +385,15 @@ impl Namespace {
         })
     }
 
+    /// `commit` and `import` without a repository: the image gets a hidden tag of the namespace
+    /// (`Namespace::hidden_tag`), which makes it the namespace's own on the daemon.
+    fn hide_unnamed(&self, q: &mut Query) {
+        if q.get("repo").is_none_or(str::is_empty) {
+            q.set("repo", &self.name.hidden_repo(&self.settings.registry));
+            q.set("tag", &random_hex64());
+        }
+    }
+
     /// Labels a namespace object as its own (and drops any reserved label the client set).
     pub(super) fn set_label(&self, labels: &mut Value) {
         if !labels.is_object() {
@@ -431,10 +453,17 @@ impl Namespace {
 
     /// List endpoints: the namespace's label as a filter, and the filters on names (which the daemon
     /// would match against mangled names) applied here instead.
-    async fn list_query(&self, q: &mut Query, kind: ListKind, daemon: &Daemon) -> Result<After, NsError> {
+    async fn list_query(
+        &self,
+        q: &mut Query,
+        kind: ListKind,
+        daemon: &Daemon,
+        version: Option<crate::docker::ApiVersion>,
+    ) -> Result<After, NsError> {
         let mut f = Filters::parse(q.get("filters"))?;
         let names = NameMatch::new(&f.take("name"))?;
         let mut refs = Vec::new();
+        let mut dangling = None;
         match kind {
             ListKind::Containers => {
                 f.add("label", self.label_filter());
@@ -463,6 +492,10 @@ impl Namespace {
             }
             ListKind::Images => {
                 refs = f.take("reference");
+                // Dangling means "no tag the client sees": judged on the answer (hidden tags).
+                for d in f.take("dangling") {
+                    dangling = Some(crate::docker::query::go_bool(&d));
+                }
                 for key in ["before", "since"] {
                     for v in f.take(key) {
                         f.add(key, self.image(daemon, &v).await?.daemon_name().to_owned());
@@ -477,7 +510,8 @@ impl Namespace {
             q.remove("limit");
         }
         q.set("filters", &f.encode());
-        Ok(After::List { kind, names, limit, refs })
+        let none_placeholder = version.is_some_and(|v| v < crate::docker::ApiVersion { major: 1, minor: 43 });
+        Ok(After::List { kind, names, limit, refs, dangling, none_placeholder })
     }
 
     /// `GET /events`: the filters on objects are mangled; ownership is judged per event.
@@ -514,6 +548,7 @@ impl Namespace {
             }
             ImageCreate::ImportBody => {
                 self.mangle_repo_tag(q)?;
+                self.hide_unnamed(q);
                 return Ok(Prepared::Forward(After::Lines));
             }
             ImageCreate::Pull { from_image, tag } => (from_image.to_owned(), tag.to_owned()),
@@ -600,32 +635,36 @@ impl Namespace {
             let path = format!("/images/{}?force={}&noprune={}", super::daemon::enc(t), q.bool("force"), q.bool("noprune"));
             let (status, body) = daemon.call(Method::DELETE, &path, None).await?;
             let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            // A reference that went with an earlier one (a digest of a removed tag) is no error.
+            if status == hyper::StatusCode::NOT_FOUND && !out.is_empty() {
+                continue;
+            }
             if !status.is_success() {
                 return Ok(Prepared::Answer(status, v));
             }
             if let Value::Array(items) = v {
-                out.extend(items);
+                let reg = &self.settings.registry;
+                out.extend(
+                    items.into_iter().filter(|i| !i.get("Untagged").and_then(Value::as_str).is_some_and(|t| self.name.is_hidden(reg, t))),
+                );
             }
         }
         Ok(Prepared::Answer(hyper::StatusCode::OK, Value::Array(out)))
     }
 
     /// `POST /images/prune`: the daemon would prune every namespace's images, so it is done here.
-    /// Untagged images belong to no namespace; with `dangling=false`, the namespace's images that no
-    /// container uses are untagged.
+    /// Its images that no container uses and that have no tag the client sees (only hidden ones)
+    /// go; with `dangling=false`, all its images that no container uses.
     async fn image_prune(&self, daemon: &Daemon, q: &Query) -> Result<Prepared, NsError> {
         let f = Filters::parse(q.get("filters"))?;
         let dangling_only = f.0.get("dangling").is_none_or(|v| v.iter().any(|d| crate::docker::query::go_bool(d)));
-        if dangling_only {
-            return Ok(Prepared::Answer(hyper::StatusCode::OK, serde_json::json!({"ImagesDeleted": null, "SpaceReclaimed": 0})));
-        }
         let used: Vec<String> =
             self.own_containers(daemon).await?.iter().filter_map(|c| c.get("ImageID").and_then(Value::as_str).map(str::to_owned)).collect();
         let images = daemon.list("/images/json").await?;
         let mut deleted = Vec::new();
         for img in &images {
             let id = img.get("Id").and_then(Value::as_str).unwrap_or("");
-            if used.iter().any(|u| u == id) {
+            if used.iter().any(|u| u == id) || (dangling_only && !self.visible_own_tags(img).is_empty()) {
                 continue;
             }
             for t in self.own_tags(img) {

@@ -59,6 +59,10 @@ pub enum After {
         names: NameMatch,
         limit: Option<usize>,
         refs: Vec<String>,
+        /// The `dangling` filter, applied here: the daemon counts hidden tags as tags.
+        dangling: Option<bool>,
+        /// API < 1.43: an image without tags lists `<none>:<none>` (dockerd's `useNone`).
+        none_placeholder: bool,
     },
 }
 
@@ -137,7 +141,7 @@ impl Namespace {
                 self.rewrite_whole(rsp, move |ns, mut v| {
                     if let Value::Object(m) = &mut v {
                         if let Some(Value::Array(images)) = m.get_mut("Images") {
-                            images.retain_mut(|img| ns.keep_image(img, &[]));
+                            images.retain_mut(|img| ns.keep_image(img, &[], None));
                             images.iter_mut().for_each(|img| ns.image_users(img, &users));
                         }
                         for key in ["Containers", "Volumes"] {
@@ -164,10 +168,19 @@ impl Namespace {
                 })
                 .await
             }
-            After::List { kind, names, limit, refs } => {
+            After::List { kind, names, limit, refs, dangling, none_placeholder } => {
                 let users = if kind == ListKind::Images { self.own_users(daemon).await } else { Vec::new() };
                 self.rewrite_whole(rsp, move |ns, v| {
-                    let mut v = ns.filter_list(kind, &names, limit, &refs, v)?;
+                    let mut v = ns.filter_list(kind, &names, limit, &refs, v, dangling)?;
+                    if kind == ListKind::Images && none_placeholder {
+                        for img in v.as_array_mut().into_iter().flatten() {
+                            let empty = |k: &str| img.get(k).and_then(Value::as_array).is_none_or(Vec::is_empty);
+                            if empty("RepoTags") && empty("RepoDigests") {
+                                img["RepoTags"] = serde_json::json!(["<none>:<none>"]);
+                                img["RepoDigests"] = serde_json::json!(["<none>@<none>"]);
+                            }
+                        }
+                    }
                     if kind == ListKind::Images {
                         v.as_array_mut().into_iter().flatten().for_each(|img| ns.image_users(img, &users));
                     }
@@ -241,12 +254,17 @@ impl Namespace {
         }
     }
 
-    /// Keeps an image summary if the namespace may see it, with only the tags it may see.
-    fn keep_image(&self, img: &mut Value, refs: &[String]) -> bool {
+    /// Keeps an image summary if the namespace may see it (it has a visible tag, or it is the
+    /// namespace's own untagged image), with only the tags it may see; `dangling` selects images
+    /// without (`true`) or with (`false`) a tag the client sees.
+    fn keep_image(&self, img: &mut Value, refs: &[String], dangling: Option<bool>) -> bool {
         let reg = self.settings.registry.as_str();
         let visible = |t: &str| self.visible_ref(t);
         let tags: Vec<Value> = strings(img.get("RepoTags")).filter(|t| visible(t)).map(|t| Value::String(t.to_owned())).collect();
-        if tags.is_empty() {
+        if tags.is_empty() && (self.own_tags(img).is_empty() || !refs.is_empty()) {
+            return false;
+        }
+        if dangling.is_some_and(|d| d != tags.is_empty()) {
             return false;
         }
         let digests: Vec<Value> = strings(img.get("RepoDigests")).filter(|t| visible(t)).map(|t| Value::String(t.to_owned())).collect();
@@ -276,6 +294,7 @@ impl Namespace {
         limit: Option<usize>,
         refs: &[String],
         mut v: Value,
+        dangling: Option<bool>,
     ) -> Result<Value, NsError> {
         let d = Demangler::new(&self.name, &self.settings.registry);
         let items = match (&kind, &mut v) {
@@ -300,7 +319,7 @@ impl Namespace {
                     items.truncate(l);
                 }
             }
-            ListKind::Images => items.retain_mut(|img| self.keep_image(img, refs)),
+            ListKind::Images => items.retain_mut(|img| self.keep_image(img, refs, dangling)),
             ListKind::Networks => {
                 items.retain_mut(|n| {
                     let name = n.get("Name").and_then(Value::as_str).unwrap_or("").to_owned();
@@ -330,7 +349,7 @@ impl Namespace {
         let state = |s: &str| cs.iter().filter(|c| c.get("State").and_then(Value::as_str) == Some(s)).count();
         let (running, paused) = (state("running"), state("paused"));
         let mut images = daemon.list("/images/json").await?;
-        images.retain_mut(|img| self.keep_image(img, &[]));
+        images.retain_mut(|img| self.keep_image(img, &[], None));
         Ok((cs.len(), running, paused, cs.len() - running - paused, images.len()))
     }
 
@@ -376,6 +395,7 @@ impl Namespace {
         parts.headers.remove(header::CONTENT_LENGTH);
         let ns = self.clone();
         let demangler = Demangler::new(&self.name, &self.settings.registry);
+        let hidden = self.name.hidden_repo(&self.settings.registry);
         let map = move |line: &[u8]| -> Option<Bytes> {
             let trimmed = trim_ascii(line);
             if trimmed.is_empty() {
@@ -388,6 +408,9 @@ impl Namespace {
                 return (!events).then(|| Bytes::copy_from_slice(line));
             };
             if events && !ns.sees_event(&v) {
+                return None;
+            }
+            if !events && !hide_line(&mut v, &hidden) {
                 return None;
             }
             demangler.value(&mut v);
@@ -432,6 +455,21 @@ impl Namespace {
             _ => false,
         }
     }
+}
+
+/// A progress line that names a hidden tag (`super::names::HIDDEN_REPO`): the build's
+/// "Successfully tagged" goes (false), and `docker load`'s "Loaded image: <hidden>:<id>" becomes
+/// what the daemon says of an untagged image, "Loaded image ID: sha256:<id>".
+fn hide_line(v: &mut Value, hidden: &str) -> bool {
+    let Some(Value::String(s)) = v.get_mut("stream") else { return true };
+    if !s.contains(hidden) {
+        return true;
+    }
+    if s.starts_with("Successfully tagged ") {
+        return false;
+    }
+    *s = s.replace(&format!("Loaded image: {hidden}:"), "Loaded image ID: sha256:");
+    true
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {

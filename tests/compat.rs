@@ -1,0 +1,119 @@
+//! Compatibility through a job socket (issue 17): inside its namespace, a job's Docker API answers
+//! as the daemon does. Each test runs on Debian's dockerd 20.10 and on Docker 28.5 with the
+//! containerd image store (`CTPROXY_TEST_DOCKER_HOST=unix:///run/ctproxy-d28/docker.sock`).
+
+mod support;
+
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::jobs::*;
+use support::*;
+
+/// The docker CLI 28 on a job's socket, with the classic builder (BuildKit is refused in a namespace).
+fn job_docker(job: &JobSocket, args: &[&str]) -> Output {
+    let mut c = docker_cmd("docker", &job.host, args);
+    c.env("DOCKER_BUILDKIT", "0");
+    output_within(c, None, Duration::from_secs(300), &args.join(" "))
+}
+
+fn job_ok(job: &JobSocket, args: &[&str]) -> String {
+    let out = job_docker(job, args);
+    check(&out, args);
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A build context with `dockerfile` as its Dockerfile.
+fn context(dockerfile: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).expect("Dockerfile");
+    dir
+}
+
+fn id_hex(id: &str) -> &str {
+    id.trim().strip_prefix("sha256:").unwrap_or(id.trim())
+}
+
+/// Item 1: images a namespace made without a name are its own: by full ID, short ID, in lists
+/// (`dangling=true`), removed with the namespace; another namespace does not see them.
+#[test]
+fn untagged_images_are_the_namespaces_own() {
+    require_docker();
+    let host = JobHost::start();
+    let job = host.job();
+    let other = host.job();
+    let ctx = context(&format!("FROM {BUSYBOX}\nRUN echo {} > /marker\n", unique("m")));
+    let built = job_ok(&job, &["build", "-q", &ctx.path().display().to_string()]);
+    let hex = id_hex(&built).to_owned();
+    assert_eq!(hex.len(), 64, "build -q prints the ID: {built}");
+
+    // By full ID, short ID and sha256: ID.
+    for r in [built.trim(), &hex[..12], &hex] {
+        assert!(job_ok(&job, &["run", "--rm", r, "cat", "/marker"]).len() > 1, "run {r}");
+    }
+    assert_eq!(id_hex(&job_ok(&job, &["image", "inspect", "--format", "{{.Id}}", &hex[..12]])), hex);
+    // Dangling for the client: no tag it sees.
+    let tags = job_ok(&job, &["image", "inspect", "--format", "{{json .RepoTags}}", &hex]);
+    assert!(tags == "[]" || tags == "null", "tags: {tags}");
+    let dangling = job_ok(&job, &["images", "-q", "--no-trunc", "--filter", "dangling=true"]);
+    assert!(dangling.contains(&hex), "dangling=true lists it: {dangling}");
+    let tagged = job_ok(&job, &["images", "-q", "--no-trunc", "--filter", "dangling=false"]);
+    assert!(!tagged.contains(&hex), "dangling=false does not: {tagged}");
+    assert!(job_ok(&job, &["images", "-q", "--no-trunc"]).contains(&hex));
+    assert!(!job_ok(&job, &["images", "--format", "{{.Repository}}"]).contains("ctproxy-untagged"), "hidden tags never show");
+
+    // commit without a name; inspect by the ID it printed.
+    job_ok(&job, &["create", "--name", "c1", &hex, "true"]);
+    let committed = job_ok(&job, &["commit", "c1"]);
+    assert_eq!(id_hex(&job_ok(&job, &["image", "inspect", "--format", "{{.Id}}", &committed])), id_hex(&committed));
+
+    // Another namespace sees none of it.
+    for r in [&hex[..12], &hex, id_hex(&committed)] {
+        assert!(!other.docker(&["image", "inspect", r]).status.success(), "other namespace sees {r}");
+        assert!(!other.docker(&["images", "-q", "--no-trunc"]).stdout.windows(12).any(|w| w == &r.as_bytes()[..12]));
+    }
+
+    // tag then rmi the tag: the image goes with its last name, as on the daemon.
+    job_ok(&job, &["rm", "c1"]);
+    job_ok(&job, &["tag", id_hex(&committed), "named:1"]);
+    job_ok(&job, &["rmi", "named:1"]);
+    assert!(!docker_output(direct(), &["image", "inspect", id_hex(&committed)]).status.success(), "rmi of the last name removes the image");
+
+    // image prune (dangling) removes the namespace's own untagged images.
+    job_ok(&job, &["image", "prune", "-f"]);
+    assert!(!docker_output(direct(), &["image", "inspect", &hex]).status.success(), "image prune removed the untagged build");
+
+    // Removed with the namespace.
+    let again = job_ok(&job, &["build", "-q", &ctx.path().display().to_string()]);
+    let again = id_hex(&again).to_owned();
+    assert!(docker_output(direct(), &["image", "inspect", &again]).status.success());
+    job.remove();
+    assert!(!docker_output(direct(), &["image", "inspect", &again]).status.success(), "namespace removal removed its untagged image");
+}
+
+/// Item 1: `docker load` of an untagged archive prints the ID, and the image is the namespace's.
+#[test]
+fn untagged_loads_are_the_namespaces_own() {
+    require_docker();
+    let host = JobHost::start();
+    let job = host.job();
+    let ctx = context(&format!("FROM {BUSYBOX}\nRUN echo {} > /marker\n", unique("l")));
+    let built = job_ok(&job, &["build", "-q", &ctx.path().display().to_string()]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tar = dir.path().join("img.tar");
+    job_ok(&job, &["save", "-o", &tar.display().to_string(), id_hex(&built)]);
+    job_ok(&job, &["rmi", id_hex(&built)]);
+    let loaded = job_ok(&job, &["load", "-i", &tar.display().to_string()]);
+    let id = loaded.rsplit(' ').next().unwrap_or("").to_owned();
+    assert!(loaded.contains("Loaded image ID: sha256:"), "load: {loaded}");
+    job_ok(&job, &["image", "inspect", &id]);
+    job_ok(&job, &["run", "--rm", &id, "cat", "/marker"]);
+    let other = host.job();
+    assert!(!other.docker(&["image", "inspect", &id]).status.success());
+}
+
+#[allow(dead_code)]
+fn json(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or(Value::Null)
+}
