@@ -117,3 +117,70 @@ fn untagged_loads_are_the_namespaces_own() {
 fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or(Value::Null)
 }
+
+/// Item 6: a broken archive gets the daemon's kind of answer (its message, a client error), not a
+/// 502 "cannot reach the daemon".
+#[test]
+fn broken_load_is_the_clients_error() {
+    require_docker();
+    let host = JobHost::start();
+    let job = host.job();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let junk = dir.path().join("junk.tar");
+    std::fs::write(&junk, random_bytes(3000)).expect("junk");
+    let direct_out = docker_output(direct(), &["load", "-i", &junk.display().to_string()]);
+    assert!(!direct_out.status.success());
+    let out = job.docker(&["load", "-i", &junk.display().to_string()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("invalid tar header"), "the daemon's message: {err}");
+    assert!(!err.contains("502") && !err.contains("Body stream") && !err.contains("cannot reach"), "{err}");
+    // An archive that is a tar but not an image: the daemon's own answer.
+    let tar = dir.path().join("empty.tar");
+    run_ok(
+        {
+            let mut c = std::process::Command::new("tar");
+            c.args(["-cf", &tar.display().to_string(), "-C", &dir.path().display().to_string(), "junk.tar"]);
+            c
+        },
+        "tar",
+    );
+    let direct_out = docker_output(direct(), &["load", "-i", &tar.display().to_string()]);
+    let out = job.docker(&["load", "-i", &tar.display().to_string()]);
+    assert_eq!(out.status.success(), direct_out.status.success());
+    let digits = |o: &Output| String::from_utf8_lossy(&o.stderr).replace(|c: char| c.is_ascii_digit(), "");
+    assert_eq!(digits(&out), digits(&direct_out));
+}
+
+/// Item 6: swarm endpoints on a node that is not part of a swarm answer as dockerd does (503 and
+/// its message), so that clients' teardown code works.
+#[test]
+fn swarm_endpoints_answer_as_on_a_non_swarm_node() {
+    require_docker();
+    let state = docker(direct(), &["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+    assert_eq!(state.trim(), "inactive", "the test daemons are not in a swarm");
+    let host = JobHost::start();
+    let job = host.job();
+    for (method, path) in [
+        ("POST", "/v1.41/swarm/leave"),
+        ("GET", "/v1.41/swarm"),
+        ("GET", "/v1.41/services"),
+        ("GET", "/v1.41/nodes"),
+        ("GET", "/v1.41/tasks"),
+        ("GET", "/v1.41/secrets"),
+        ("GET", "/v1.41/configs"),
+        ("GET", "/v1.41/swarm/unlockkey"),
+        ("GET", "/v1.41/services/x"),
+        ("DELETE", "/v1.41/nodes/x"),
+    ] {
+        let want = http_json(direct_socket(), method, path, None);
+        let got = job.request(method, path, None);
+        assert_eq!(want.0, 503, "{method} {path} on the daemon: {want:?}");
+        assert_eq!(got, want, "{method} {path}");
+    }
+    let out = job.docker(&["swarm", "leave", "--force"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("This node is not part of a swarm"), "{out:?}");
+    // Joining a swarm stays refused: it changes the daemon for everyone.
+    let (status, _) = job.request("POST", "/v1.41/swarm/init", Some("{}"));
+    assert_eq!(status, 403);
+}

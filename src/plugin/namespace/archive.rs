@@ -27,7 +27,7 @@ use crate::http::BoxError;
 
 /// Why a `docker load` body was cut short, shared by its member rewriters and the answer's handling.
 #[derive(Clone, Default)]
-pub struct LoadGuard(Arc<Mutex<Option<NsError>>>);
+pub struct LoadGuard(Arc<Mutex<Option<NsError>>>, Arc<Mutex<Option<String>>>);
 
 impl LoadGuard {
     /// Records the refusal (the first one wins: later errors are its consequences).
@@ -41,6 +41,12 @@ impl LoadGuard {
     /// The refusal, if the load was stopped.
     pub fn take(&self) -> Option<NsError> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    /// The archive was not a tar archive: dockerd's own message for it (Go's `archive/tar`), which
+    /// the answer gives as dockerd does, as an error line of the load's progress stream.
+    pub fn take_unreadable(&self) -> Option<String> {
+        self.1.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 
     /// A member rewriter for [`super::request::tar_member`] that records its refusal here.
@@ -82,9 +88,25 @@ where
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Err(e))) = &polled {
-            // The tar reader is the build context's: its messages say "build context".
-            let message = e.to_string().replace("build context", "archive");
-            this.guard.stop(NsError::Malformed(format!("docker load: {message}")));
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+            let mut unreadable = None;
+            while let Some(s) = source {
+                if let Some(crate::docker::buildctx::BuildContextError::Tar(why)) = s.downcast_ref() {
+                    // What Go's archive/tar says of the same bytes.
+                    unreadable = Some(if why.contains("unexpected end") { "unexpected EOF" } else { "archive/tar: invalid tar header" });
+                }
+                source = s.source();
+            }
+            match unreadable {
+                Some(m) if this.guard.0.lock().unwrap_or_else(PoisonError::into_inner).is_none() => {
+                    this.guard.1.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert_with(|| m.to_owned());
+                }
+                _ => {
+                    // The tar reader is the build context's: its messages say "build context".
+                    let message = e.to_string().replace("build context", "archive");
+                    this.guard.stop(NsError::Malformed(format!("docker load: {message}")));
+                }
+            }
         }
         polled
     }

@@ -29,6 +29,7 @@ pub mod pool;
 pub mod request;
 pub mod resolve;
 pub mod response;
+pub mod swarm;
 pub mod text;
 
 use std::sync::Arc;

@@ -86,6 +86,15 @@ impl Namespace {
                 );
                 return crate::http::respond::error(e.status(), &e.to_string());
             }
+            // Not a tar archive: dockerd answers 200 and ends its progress stream with the error.
+            if let Some(m) = guard.take_unreadable() {
+                let line = serde_json::json!({"errorDetail": {"message": m}, "error": m});
+                let mut b = serde_json::to_vec(&line).unwrap_or_default();
+                b.push(b'\n');
+                let mut rsp = Response::new(ProxyBody::full(Bytes::from(b)));
+                rsp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                return rsp;
+            }
         }
         let status = rsp.status();
         if status == StatusCode::SWITCHING_PROTOCOLS || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
