@@ -184,3 +184,28 @@ fn swarm_endpoints_answer_as_on_a_non_swarm_node() {
     let (status, _) = job.request("POST", "/v1.41/swarm/init", Some("{}"));
     assert_eq!(status, 403);
 }
+
+/// Item 5: dockerd's routes take the rest of the path as the name (`{name:.*}`): removing a link
+/// (`docker rm --link /web/db`) reaches the daemon, for the namespace's own containers only. (In a
+/// namespace every container is on a user-defined network, where links are network aliases, not
+/// names: the daemon then answers its own not-found, as it does on any user-defined network.)
+#[test]
+fn link_removal_is_routed_like_dockerd() {
+    require_docker();
+    let host = JobHost::start();
+    let job = host.job();
+    job_ok(&job, &["run", "-d", "--name", "db", BUSYBOX, "sleep", "300"]);
+    job_ok(&job, &["run", "-d", "--name", "web", "--link", "db:dbalias", BUSYBOX, "sleep", "300"]);
+    let out = job_docker(&job, &["rm", "--link", "/web/dbalias"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("endpoint") && !err.contains("ctproxy"), "routed to the daemon: {err}");
+    assert!(err.contains("No such container: web/dbalias") || out.status.success(), "the daemon's answer, de-mangled: {err}");
+    // Another namespace cannot name it.
+    let other = host.job();
+    let out = other.docker(&["rm", "--link", "/web/dbalias"]);
+    assert_refused(&out, "No such container: web/dbalias");
+    // A path with a slash on other container routes gets the daemon's not-found, not "unknown endpoint".
+    let (status, body) = job.request("GET", "/v1.41/containers/a/b/json", None);
+    assert_eq!(status, 404, "{body}");
+    job_ok(&job, &["rm", "-f", "web", "db"]);
+}

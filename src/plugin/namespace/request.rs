@@ -92,6 +92,20 @@ impl Namespace {
                 self.scope_prune(req.query)?;
                 After::Json
             }
+            // `docker rm --link /web/db`: the link's name is `/<parent>/<alias>` (dockerd's route
+            // takes the rest of the path); the parent must be the namespace's, and is named as the
+            // daemon knows it.
+            ContainerDelete if req.query.bool("link") && typed.trim_start_matches('/').contains('/') => {
+                let (parent, alias) = typed.trim_start_matches('/').rsplit_once('/').unwrap_or(("", ""));
+                let id = self.container(daemon, parent).await.map_err(|_| NsError::no_container(&typed))?;
+                let c = daemon.get(&format!("/containers/{id}/json")).await?.ok_or_else(|| NsError::no_container(&typed))?;
+                let name = c.get("Name").and_then(Value::as_str).unwrap_or("").trim_start_matches('/').to_owned();
+                if name.is_empty() || alias.is_empty() {
+                    return Err(NsError::no_container(&typed));
+                }
+                req.route.set_target(&format!("{name}/{alias}"));
+                After::Json
+            }
             ContainerInspect | ContainerTop | ContainerChanges | ContainerResize | ContainerStart | ContainerStop | ContainerRestart
             | ContainerKill | ContainerPause | ContainerUnpause | ContainerUpdate | ContainerDelete | ContainerExec => {
                 let id = self.container(daemon, &typed).await?;
