@@ -209,3 +209,61 @@ fn link_removal_is_routed_like_dockerd() {
     assert_eq!(status, 404, "{body}");
     job_ok(&job, &["rm", "-f", "web", "db"]);
 }
+
+/// Item 2: a container reports its image as the client wrote it (`Config.Image`, `ps`, events),
+/// as the daemon does: `busybox`, not `busybox:latest`.
+#[test]
+fn image_names_come_back_as_written() {
+    require_docker();
+    let host = JobHost::start();
+    let job = host.job();
+    let shared = BUSYBOX.trim_end_matches(":latest");
+    job_ok(&job, &["tag", BUSYBOX, "mine"]);
+    let since = timestamp_now();
+    for (name, image) in [("c-shared", shared), ("c-own", "mine"), ("c-tagged", "mine:latest")] {
+        job_ok(&job, &["create", "--name", name, image, "true"]);
+        assert_eq!(job_ok(&job, &["inspect", "--format", "{{.Config.Image}}", name]), image);
+        assert_eq!(job_ok(&job, &["ps", "-a", "--filter", &format!("name=^{name}$"), "--format", "{{.Image}}"]), image);
+    }
+    // The daemon itself reports the same for the shared image.
+    let direct_name = unique("compat-direct");
+    docker(direct(), &["create", "--name", &direct_name, shared, "true"]);
+    let want = docker(direct(), &["inspect", "--format", "{{.Config.Image}}", &direct_name]);
+    docker(direct(), &["rm", &direct_name]);
+    assert_eq!(want.trim(), shared);
+    let events =
+        job_ok(&job, &["events", "--since", &since, "--until", &timestamp_now(), "--filter", "event=create", "--format", "{{.From}}"]);
+    assert!(events.lines().any(|l| l == shared) && events.lines().any(|l| l == "mine"), "events: {events}");
+    job_ok(&job, &["rm", "c-shared", "c-own", "c-tagged"]);
+}
+
+/// Item 4: names the daemon accepts are accepted (a network name with a space), and names it
+/// refuses are refused with its own message; mangling keeps working in filters and answers.
+#[test]
+fn names_the_daemon_accepts_are_accepted() {
+    require_docker();
+    let host = JobHost::start();
+    let job = host.job();
+    let net = "my net";
+    job_ok(&job, &["network", "create", net]);
+    assert_eq!(job_ok(&job, &["network", "inspect", "--format", "{{.Name}}", net]), net);
+    let listed = job_ok(&job, &["network", "ls", "--filter", "name=my net", "--format", "{{.Name}}"]);
+    assert_eq!(listed, net);
+    job_ok(&job, &["run", "-d", "--name", "c-net", "--network", net, BUSYBOX, "sleep", "300"]);
+    let nets = job_ok(&job, &["inspect", "--format", "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}", "c-net"]);
+    assert_eq!(nets, net);
+    assert_eq!(job_ok(&job, &["ps", "--filter", "network=my net", "--format", "{{.Names}}"]), "c-net");
+    job_ok(&job, &["rm", "-f", "c-net"]);
+    job_ok(&job, &["network", "rm", net]);
+    // Refused where the daemon refuses, with its message.
+    for (args, name) in [
+        (vec!["create", "--name", "x", BUSYBOX, "true"], "x"),
+        (vec!["volume", "create", "x"], "x"),
+        (vec!["volume", "create", "a b"], "a b"),
+    ] {
+        let want = docker_output(direct(), &args);
+        let got = job.docker(&args);
+        assert!(!want.status.success() && !got.status.success(), "{name}");
+        assert_eq!(String::from_utf8_lossy(&got.stderr), String::from_utf8_lossy(&want.stderr), "{args:?}");
+    }
+}

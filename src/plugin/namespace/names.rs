@@ -41,6 +41,9 @@ pub enum NameError {
     Reserved,
     #[error("invalid name {0:?}: only \"[a-zA-Z0-9][a-zA-Z0-9_.-]+\" are allowed")]
     Invalid(String),
+    /// A name the daemon refuses, with the daemon's own message.
+    #[error("{0}")]
+    Daemon(String),
     #[error("name too long")]
     TooLong,
     #[error("{0}")]
@@ -81,6 +84,46 @@ impl NsName {
         let valid =
             b.len() >= 2 && b[0].is_ascii_alphanumeric() && b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
         if !valid {
+            return Err(NameError::Invalid(name.to_owned()));
+        }
+        let out = format!("{MARKER}{}.{name}", self.0);
+        if out.len() > NAME_MAX {
+            return Err(NameError::TooLong);
+        }
+        Ok(out)
+    }
+
+    /// [`NsName::object`] for a container the client names at creation or rename, refused with
+    /// dockerd's own message (`daemon/names.go`).
+    pub fn container(&self, name: &str) -> Result<String, NameError> {
+        self.object(name).map_err(|e| match e {
+            NameError::Invalid(n) => NameError::Daemon(format!("Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")),
+            e => e,
+        })
+    }
+
+    /// [`NsName::object`] for a volume the client creates, refused with the local driver's own
+    /// messages (`volume/local`).
+    pub fn volume(&self, name: &str) -> Result<String, NameError> {
+        self.object(name).map_err(|e| match e {
+            NameError::Invalid(n) if n.len() < 2 => {
+                NameError::Daemon(format!("create {n}: volume name is too short, names should be at least two alphanumeric characters"))
+            }
+            NameError::Invalid(n) => NameError::Daemon(format!(
+                "create {n}: {n:?} includes invalid characters for a local volume name, only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed. If you intended to pass a host directory, use absolute path"
+            )),
+            e => e,
+        })
+    }
+
+    /// The daemon-side name of a network: dockerd takes any non-empty name for a network (spaces,
+    /// slashes, any character), so the namespace does too; only the reserved marker and the
+    /// length are refused.
+    pub fn network(&self, name: &str) -> Result<String, NameError> {
+        if name.len() >= MARKER.len() && name.as_bytes()[..MARKER.len()].eq_ignore_ascii_case(MARKER.as_bytes()) {
+            return Err(NameError::Reserved);
+        }
+        if name.is_empty() || name.chars().any(char::is_control) {
             return Err(NameError::Invalid(name.to_owned()));
         }
         let out = format!("{MARKER}{}.{name}", self.0);
@@ -204,6 +247,13 @@ mod tests {
         for bad in ["", "a", "_x", ".x", "a b", "a/b", "a:b"] {
             assert!(a.object(bad).is_err(), "{bad:?}");
         }
+        for good in ["a b", "a", "a/b", "é", ".dot", "a:b"] {
+            let m = a.network(good).unwrap();
+            assert_eq!(a.unobject(&m), Some(good), "{good:?}");
+        }
+        assert_eq!(a.network("ctp.bob.x"), Err(NameError::Reserved));
+        assert!(a.network("").is_err());
+        assert_eq!(a.container("x").unwrap_err().to_string(), "Invalid container name (x), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed");
     }
 
     #[test]

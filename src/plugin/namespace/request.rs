@@ -82,7 +82,7 @@ impl Namespace {
                     Some(n) => n.to_owned(),
                     None => generated_name(),
                 };
-                req.query.set("name", &self.name.object(&name)?);
+                req.query.set("name", &self.name.container(&name)?);
                 if let Some(body) = req.body {
                     self.create_body(daemon, body, &name).await?;
                 }
@@ -128,7 +128,7 @@ impl Namespace {
                 let id = self.container(daemon, &typed).await?;
                 req.route.set_target(&id);
                 let new = req.query.get("name").unwrap_or("").to_owned();
-                req.query.set("name", &self.name.object(&new)?);
+                req.query.set("name", &self.name.container(&new)?);
                 After::Json
             }
             ExecStart | ExecResize | ExecInspect => {
@@ -315,7 +315,7 @@ impl Namespace {
                     // An anonymous volume still needs a name of the namespace: a random one, as the
                     // daemon would make.
                     let name = name.unwrap_or_else(random_hex64);
-                    body.insert("Name".into(), Value::String(self.name.object(&name)?));
+                    body.insert("Name".into(), Value::String(self.name.volume(&name)?));
                     self.set_label(body.entry("Labels").or_insert(Value::Null));
                 }
                 After::Json
@@ -533,7 +533,8 @@ impl Namespace {
         let mut f = Filters::parse(q.get("filters"))?;
         for key in ["container", "volume", "network"] {
             for v in f.take(key) {
-                match self.name.object(&v) {
+                let mangled = if key == "network" { self.name.network(&v) } else { self.name.object(&v) };
+                match mangled {
                     Ok(m) => f.add(key, m),
                     Err(_) => f.add(key, v),
                 }
@@ -599,6 +600,11 @@ impl Namespace {
         }
         let r = Reference::parse(typed).map_err(|e| NsError::Malformed(format!("invalid reference format: {e}")))?;
         match self.image(daemon, typed).await {
+            // As the client wrote it (`alpine`, not `alpine:latest`): the daemon records the
+            // string in `Config.Image`, `ps` and events, and resolves the same image from it.
+            Ok(ImageRef::Owned(m) | ImageRef::Shared(m)) if r.tag.is_none() && r.digest.is_none() => {
+                Ok(m.strip_suffix(":latest").map_or(m.clone(), str::to_owned))
+            }
             Ok(found) => Ok(found.daemon_name().to_owned()),
             Err(NsError::NotFound(_)) => self.image_name(&r),
             Err(e) => Err(e),

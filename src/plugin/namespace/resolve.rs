@@ -86,7 +86,7 @@ impl Namespace {
             "bridge" | "default" => return self.default_network(daemon).await,
             _ => {}
         }
-        if let Ok(name) = self.name.object(typed) {
+        if let Ok(name) = self.name.network(typed) {
             if let Some(n) = daemon.get(&format!("/networks/{}", enc(&name))).await? {
                 if owned_by(n.get("Labels"), self) {
                     return Ok(name);
