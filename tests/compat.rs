@@ -267,3 +267,51 @@ fn names_the_daemon_accepts_are_accepted() {
         assert_eq!(String::from_utf8_lossy(&got.stderr), String::from_utf8_lossy(&want.stderr), "{args:?}");
     }
 }
+
+/// A job host whose containers get the cache's CA (the `[cache]` section; no origins are needed
+/// for the decoration itself).
+fn job_host_with_cache() -> JobHost {
+    let (http, https, metrics) = (free_port(), free_port(), free_port());
+    JobHost::start_with(&format!(
+        r#"
+[cache]
+hosts = ["repo.test"]
+listen = "127.0.0.1"
+http_port = {http}
+https_port = {https}
+dir = "{{dir}}/cache"
+metrics_listen = "127.0.0.1:{metrics}"
+"#
+    ))
+}
+
+/// Item 3: `docker diff` of a fresh container lists nothing ctproxy's CA injection made.
+#[test]
+fn decoration_does_not_show_in_diff() {
+    require_docker();
+    let host = job_host_with_cache();
+    let job = host.job();
+    job_ok(&job, &["create", "--name", "fresh", BUSYBOX, "true"]);
+    let mounts = job_ok(&job, &["inspect", "--format", "{{range .Mounts}}{{.Destination}} {{end}}", "fresh"]);
+    assert!(mounts.contains("/run/ctproxy-ca"), "the cache decorates job containers: {mounts}\n{}", host.log_text());
+    job_ok(&job, &["start", "fresh"]);
+    job_ok(&job, &["wait", "fresh"]);
+    let diff = job_ok(&job, &["diff", "fresh"]);
+    assert_eq!(diff, "", "a fresh container has no changes");
+    // The job's own changes still show, next to the mount points.
+    job_ok(&job, &["run", "--name", "busy", BUSYBOX, "sh", "-c", "mkdir -p /run/mine /usr/local/x && touch /run/mine/f"]);
+    let diff = job_ok(&job, &["diff", "busy"]);
+    // Compared with the same container on the daemon, without the decoration.
+    let name = unique("compat-diff");
+    docker(direct(), &["run", "--name", &name, BUSYBOX, "sh", "-c", "mkdir -p /run/mine /usr/local/x && touch /run/mine/f"]);
+    let want = docker(direct(), &["diff", &name]);
+    docker(direct(), &["rm", &name]);
+    let sorted = |s: &str| {
+        let mut l: Vec<String> = s.lines().map(str::to_owned).collect();
+        l.sort();
+        l
+    };
+    assert_eq!(sorted(&diff), sorted(&want));
+    assert!(!diff.contains("ctproxy"), "{diff}");
+    job_ok(&job, &["rm", "fresh", "busy"]);
+}

@@ -106,8 +106,13 @@ impl Namespace {
                 req.route.set_target(&format!("{name}/{alias}"));
                 After::Json
             }
-            ContainerInspect | ContainerTop | ContainerChanges | ContainerResize | ContainerStart | ContainerStop | ContainerRestart
-            | ContainerKill | ContainerPause | ContainerUnpause | ContainerUpdate | ContainerDelete | ContainerExec => {
+            ContainerChanges => {
+                let id = self.container(daemon, &typed).await?;
+                req.route.set_target(&id);
+                After::Changes(id)
+            }
+            ContainerInspect | ContainerTop | ContainerResize | ContainerStart | ContainerStop | ContainerRestart | ContainerKill
+            | ContainerPause | ContainerUnpause | ContainerUpdate | ContainerDelete | ContainerExec => {
                 let id = self.container(daemon, &typed).await?;
                 req.route.set_target(&id);
                 After::Json

@@ -51,6 +51,9 @@ pub enum After {
     ImageHistory,
     /// The event stream: other namespaces' events dropped, the rest de-mangled.
     Events,
+    /// `GET /containers/{id}/changes` of this container: the mount points ctproxy added (and the
+    /// parents their creation changed) left out.
+    Changes(String),
     Info,
     SystemDf,
     NetworkInspect,
@@ -130,6 +133,19 @@ impl Namespace {
                 .await
             }
             After::Events => self.rewrite_lines(rsp, true),
+            After::Changes(id) => {
+                let added = match daemon.get(&format!("/containers/{}/json", super::daemon::enc(&id))).await {
+                    Ok(Some(c)) => decoration_mounts(&c),
+                    _ => Vec::new(),
+                };
+                self.rewrite_whole(rsp, move |_, mut v| {
+                    if let Value::Array(changes) = &mut v {
+                        hide_decoration(changes, &added);
+                    }
+                    Ok(v)
+                })
+                .await
+            }
             After::SaveTar => self.rewrite_save(rsp),
             After::Info => {
                 let counts = self.counts(daemon).await;
@@ -462,6 +478,49 @@ impl Namespace {
             "volume" => self.name.unobject(id).is_some(),
             "image" => attr("name").or(Some(id)).is_some_and(|n| self.name.unimage_str(reg, n).is_some()),
             _ => false,
+        }
+    }
+}
+
+/// The mount points of a container that ctproxy's CA injection added (`crate::cache`: read-only
+/// binds at [`crate::cache::TRUST_MOUNT`] and [`crate::cache::LOCAL_CA_MOUNT`]; a namespace cannot
+/// bind host paths itself).
+fn decoration_mounts(c: &Value) -> Vec<String> {
+    strings(c.pointer("/HostConfig/Binds"))
+        .filter_map(|b| b.split(':').nth(1))
+        .filter(|t| [crate::cache::TRUST_MOUNT, crate::cache::LOCAL_CA_MOUNT].contains(t))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Removes from a `changes` answer the mount points `added` (when the daemon created them: kind
+/// 1, "added", so the image did not have them) and the parent directories that only changed
+/// because of them: created ones (kind 1) and modified ones (kind 0) under which nothing else
+/// changed.
+fn hide_decoration(changes: &mut Vec<Value>, added: &[String]) {
+    let path = |c: &Value| c.get("Path").and_then(Value::as_str).unwrap_or("").to_owned();
+    let kind = |c: &Value| c.get("Kind").and_then(Value::as_i64).unwrap_or(-1);
+    for m in added {
+        if !changes.iter().any(|c| path(c) == *m && kind(c) == 1) {
+            continue;
+        }
+        changes.retain(|c| path(c) != *m);
+        // Parents, deepest first.
+        let mut p = m.as_str();
+        while let Some((parent, _)) = p.rsplit_once('/') {
+            if parent.is_empty() {
+                break;
+            }
+            let prefix = format!("{parent}/");
+            let others = changes.iter().any(|c| path(c).starts_with(&prefix));
+            let Some(i) = changes.iter().position(|c| path(c) == parent) else { break };
+            if others {
+                break;
+            }
+            if kind(&changes[i]) == 1 || kind(&changes[i]) == 0 {
+                changes.remove(i);
+            }
+            p = parent;
         }
     }
 }
