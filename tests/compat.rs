@@ -315,3 +315,33 @@ fn decoration_does_not_show_in_diff() {
     assert!(!diff.contains("ctproxy"), "{diff}");
     job_ok(&job, &["rm", "fresh", "busy"]);
 }
+
+/// The member names of a tar archive.
+fn tar_names(tar: &[u8]) -> Vec<String> {
+    let mut c = std::process::Command::new("tar");
+    c.args(["-tf", "-"]);
+    let out = output_within(c, Some(tar.to_vec()), Duration::from_secs(60), "tar -t");
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+    names.sort();
+    names
+}
+
+/// Item 3: `docker export` of a decorated container has the file system the daemon would give
+/// without the decoration.
+#[test]
+fn decoration_does_not_show_in_export() {
+    require_docker();
+    let host = job_host_with_cache();
+    let job = host.job();
+    job_ok(&job, &["create", "--name", "fresh", BUSYBOX, "true"]);
+    let via = job_docker(&job, &["export", "fresh"]);
+    assert!(via.status.success());
+    let name = unique("compat-export");
+    docker(direct(), &["create", "--name", &name, BUSYBOX, "true"]);
+    let direct_out = docker_output(direct(), &["export", &name]);
+    docker(direct(), &["rm", &name]);
+    let (got, want) = (tar_names(&via.stdout), tar_names(&direct_out.stdout));
+    assert!(!got.iter().any(|n| n.contains("ctproxy")), "{got:?}");
+    assert_eq!(got, want);
+    job_ok(&job, &["rm", "fresh"]);
+}

@@ -21,6 +21,7 @@ pub mod archive;
 mod build;
 pub mod daemon;
 pub mod destroy;
+pub mod export;
 pub mod fetch;
 pub mod filters;
 pub mod names;

@@ -106,10 +106,14 @@ impl Namespace {
                 req.route.set_target(&format!("{name}/{alias}"));
                 After::Json
             }
-            ContainerChanges => {
+            ContainerChanges | ContainerExport => {
                 let id = self.container(daemon, &typed).await?;
                 req.route.set_target(&id);
-                After::Changes(id)
+                if endpoint == ContainerChanges {
+                    After::Changes(id)
+                } else {
+                    After::Export(id)
+                }
             }
             ContainerInspect | ContainerTop | ContainerResize | ContainerStart | ContainerStop | ContainerRestart | ContainerKill
             | ContainerPause | ContainerUnpause | ContainerUpdate | ContainerDelete | ContainerExec => {
@@ -119,7 +123,7 @@ impl Namespace {
             }
             // Streams: `wait` sends its head at once and its body when the container stops.
             ContainerLogs | ContainerAttach | ContainerAttachWs | ContainerWait | ContainerArchiveGet | ContainerArchiveHead
-            | ContainerArchivePut | ContainerExport => {
+            | ContainerArchivePut => {
                 let id = self.container(daemon, &typed).await?;
                 req.route.set_target(&id);
                 After::Pass

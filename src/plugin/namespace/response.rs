@@ -54,6 +54,8 @@ pub enum After {
     /// `GET /containers/{id}/changes` of this container: the mount points ctproxy added (and the
     /// parents their creation changed) left out.
     Changes(String),
+    /// `docker export` of this container: the same directories left out of the tar.
+    Export(String),
     Info,
     SystemDf,
     NetworkInspect,
@@ -145,6 +147,29 @@ impl Namespace {
                     Ok(v)
                 })
                 .await
+            }
+            After::Export(id) => {
+                let enc_id = super::daemon::enc(&id);
+                let added = match daemon.get(&format!("/containers/{enc_id}/json")).await {
+                    Ok(Some(c)) => decoration_mounts(&c),
+                    _ => Vec::new(),
+                };
+                if added.is_empty() {
+                    return rsp;
+                }
+                let mut changes = match daemon.get(&format!("/containers/{enc_id}/changes")).await {
+                    Ok(Some(Value::Array(c))) => c,
+                    _ => Vec::new(),
+                };
+                // Only what the daemon created for the mounts (kind 1): modified parents are the image's.
+                let drop: std::collections::HashSet<String> = hide_decoration(&mut changes, &added)
+                    .into_iter()
+                    .filter(|c| c.get("Kind").and_then(Value::as_i64) == Some(1))
+                    .filter_map(|c| c.get("Path").and_then(Value::as_str).map(|p| p.trim_matches('/').to_owned()))
+                    .collect();
+                let (mut parts, body) = rsp.into_parts();
+                parts.headers.remove(header::CONTENT_LENGTH);
+                Response::from_parts(parts, ProxyBody::boxed(super::export::ExportFilter::new(body, drop)))
             }
             After::SaveTar => self.rewrite_save(rsp),
             After::Info => {
@@ -497,14 +522,17 @@ fn decoration_mounts(c: &Value) -> Vec<String> {
 /// 1, "added", so the image did not have them) and the parent directories that only changed
 /// because of them: created ones (kind 1) and modified ones (kind 0) under which nothing else
 /// changed.
-fn hide_decoration(changes: &mut Vec<Value>, added: &[String]) {
+fn hide_decoration(changes: &mut Vec<Value>, added: &[String]) -> Vec<Value> {
+    let mut removed = Vec::new();
     let path = |c: &Value| c.get("Path").and_then(Value::as_str).unwrap_or("").to_owned();
     let kind = |c: &Value| c.get("Kind").and_then(Value::as_i64).unwrap_or(-1);
     for m in added {
         if !changes.iter().any(|c| path(c) == *m && kind(c) == 1) {
             continue;
         }
-        changes.retain(|c| path(c) != *m);
+        while let Some(i) = changes.iter().position(|c| path(c) == *m) {
+            removed.push(changes.remove(i));
+        }
         // Parents, deepest first.
         let mut p = m.as_str();
         while let Some((parent, _)) = p.rsplit_once('/') {
@@ -518,11 +546,12 @@ fn hide_decoration(changes: &mut Vec<Value>, added: &[String]) {
                 break;
             }
             if kind(&changes[i]) == 1 || kind(&changes[i]) == 0 {
-                changes.remove(i);
+                removed.push(changes.remove(i));
             }
             p = parent;
         }
     }
+    removed
 }
 
 /// A progress line that names a hidden tag (`super::names::HIDDEN_REPO`): the build's
