@@ -55,7 +55,11 @@ impl Namespace {
     pub async fn prepare(&self, daemon: &Daemon, req: NsRequest<'_>) -> Result<Prepared, NsError> {
         use Endpoint::*;
         let Some(endpoint) = req.route.endpoint else {
-            return Err(NsError::Refused("this endpoint is not available in a namespace".into()));
+            return Err(NsError::Refused(format!(
+                "{} {} is not an endpoint of the Docker API that ctproxy knows, so it is not available in a namespace (it could act outside the namespace); no setting allows it",
+                req.method,
+                req.route.path
+            )));
         };
         let typed = req.route.target().unwrap_or("").to_owned();
         let after = match endpoint {
@@ -178,7 +182,9 @@ impl Namespace {
             }
             ImageDelete => {
                 return match self.image(daemon, &typed).await? {
-                    ImageRef::Shared(_) => Err(NsError::Refused(format!("image {typed} is shared by the administrator and read-only"))),
+                    ImageRef::Shared(_) => Err(NsError::Refused(format!(
+                        "image {typed} is shared by the administrator ([namespaces] shared_images) and read-only in a namespace; tag it to have a copy of your own"
+                    ))),
                     ImageRef::Owned(name) => {
                         // The last name the client sees: the image goes, as the daemon removes an
                         // image with its last tag, hidden tags and all.
@@ -357,7 +363,12 @@ impl Namespace {
                 let guard = LoadGuard::default();
                 return Ok(Prepared::ForwardBody(After::Load(guard.clone()), self.load_rewrite(guard)));
             }
-            _ => return Err(NsError::Refused(format!("{} is not available in a namespace", endpoint.name()))),
+            _ => {
+                return Err(NsError::Refused(format!(
+                    "{} is not available in a namespace: it acts on the daemon as a whole (swarm, plugins, daemon-wide state), which a namespace cannot scope; no setting allows it (use a listener without [jobs] namespaces)",
+                    endpoint.name()
+                )))
+            }
         };
         Ok(Prepared::Forward(after))
     }
@@ -444,7 +455,7 @@ impl Namespace {
 
     /// Replaces the client's registry credentials by a token of the registry proxy that carries them.
     fn registry_auth(&self, headers: &mut HeaderMap, name: &HeaderName) -> Result<(), NsError> {
-        let tokens = self.settings.tokens.as_ref().ok_or_else(|| NsError::Refused("no registry proxy is configured".into()))?;
+        let tokens = self.settings.tokens.as_ref().ok_or_else(|| NsError::Refused("pulls and pushes in a namespace go through ctproxy's registry proxy, and none is configured: the administrator sets [registry_proxy]".into()))?;
         let value = tokens.issue(&self.name, headers.get(name));
         headers.insert(name.clone(), value);
         Ok(())
@@ -588,7 +599,10 @@ impl Namespace {
                     hyper::StatusCode::OK,
                     serde_json::json!({"status": format!("Status: Image is up to date for {}", r.familiar())}),
                 )),
-                None => Err(NsError::Refused(format!("image {} is shared by the administrator but not present", r.familiar()))),
+                None => Err(NsError::Refused(format!(
+                    "image {} is shared by the administrator ([namespaces] shared_images) but not present on the daemon; a namespace does not pull shared images: the administrator pulls them",
+                    r.familiar()
+                ))),
             };
         }
         // `fromImage` as typed (tag and digest included), `tag` as sent: dockerd combines them into
