@@ -345,3 +345,84 @@ fn decoration_does_not_show_in_export() {
     assert_eq!(got, want);
     job_ok(&job, &["rm", "fresh"]);
 }
+
+/// Item 8: the Python SDK's usual flows through a job socket (`tests/python/compat_job.py`).
+#[test]
+fn python_sdk_flows_through_a_job_socket() {
+    require_docker();
+    let host = JobHost::start();
+    let job = host.job();
+    let mut c = std::process::Command::new("python3");
+    c.arg("tests/python/compat_job.py").env("DOCKER_HOST", &job.host).env("BUSYBOX", BUSYBOX);
+    let out = output_within(c, None, Duration::from_secs(300), "python3 tests/python/compat_job.py");
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        host.log_text()
+    );
+}
+
+/// Item 8: the 20.10 CLI and docker-compose 1.29 through a job socket, compared with the daemon
+/// where the answer does not depend on the namespace.
+#[test]
+fn cli_2010_and_compose_flows_through_a_job_socket() {
+    require_docker();
+    let host = JobHost::start();
+    let job = host.job();
+    let old = |args: &[&str]| {
+        let mut c = docker_cmd(DOCKER_2010, &job.host, args);
+        c.env("DOCKER_BUILDKIT", "0");
+        let out = output_within(c, None, Duration::from_secs(300), &args.join(" "));
+        check(&out, args);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let ctx = context(&format!("FROM {BUSYBOX}\nRUN echo old > /marker\n"));
+    let id = old(&["build", "-q", &ctx.path().display().to_string()]);
+    assert_eq!(old(&["run", "--rm", &id, "cat", "/marker"]), "old");
+    let dangling = old(&["images", "-q", "--no-trunc", "--filter", "dangling=true"]);
+    assert!(dangling.contains(id_hex(&id)), "{dangling}");
+    old(&["run", "--name", "c2010", BUSYBOX, "sh", "-c", "echo hi > /f"]);
+    assert_eq!(old(&["diff", "c2010"]), "A /f");
+    assert_eq!(old(&["logs", "c2010"]), "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("f");
+    old(&["cp", "c2010:/f", &f.display().to_string()]);
+    assert_eq!(std::fs::read_to_string(&f).expect("cp").trim(), "hi");
+    let committed = old(&["commit", "c2010"]);
+    old(&["image", "inspect", &committed]);
+    // import of an export, without a name.
+    let tar = dir.path().join("c.tar");
+    old(&["export", "-o", &tar.display().to_string(), "c2010"]);
+    let imported = old(&["import", &tar.display().to_string()]);
+    assert_eq!(old(&["run", "--rm", &imported, "cat", "/f"]), "hi");
+    old(&["rm", "c2010"]);
+    old(&["image", "prune", "-f"]);
+    for gone in [&id, &committed, &imported] {
+        assert!(!docker_output(direct(), &["image", "inspect", id_hex(gone)]).status.success(), "pruned: {gone}");
+    }
+    let (status, _) = job.request("GET", "/v1.41/system/df", None);
+    assert_eq!(status, 200);
+
+    // compose v1: up, ps, down.
+    let proj = dir.path().join("proj");
+    std::fs::create_dir(&proj).expect("proj");
+    std::fs::write(
+        proj.join("docker-compose.yml"),
+        format!("version: '2.4'\nservices:\n  app:\n    image: {BUSYBOX}\n    command: sleep 60\n    networks: [back]\n    volumes: [data:/data]\nnetworks:\n  back: {{}}\nvolumes:\n  data: {{}}\n"),
+    )
+    .expect("compose file");
+    let compose = |args: &[&str]| {
+        let mut c = std::process::Command::new("docker-compose");
+        c.args(["-p", "compat"]).args(args).current_dir(&proj).env("DOCKER_HOST", &job.host);
+        let out = output_within(c, None, Duration::from_secs(300), &args.join(" "));
+        check(&out, args);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    compose(&["up", "-d"]);
+    assert!(compose(&["ps", "-q"]).len() >= 12);
+    assert_eq!(job_ok(&job, &["ps", "--format", "{{.Names}} {{.Image}}"]), format!("compat_app_1 {BUSYBOX}"));
+    compose(&["down", "-v", "-t", "0"]);
+    assert!(job.on_daemon().is_empty(), "compose down left {:?}", job.on_daemon());
+}
