@@ -426,3 +426,21 @@ fn cli_2010_and_compose_flows_through_a_job_socket() {
     compose(&["down", "-v", "-t", "0"]);
     assert!(job.on_daemon().is_empty(), "compose down left {:?}", job.on_daemon());
 }
+
+/// Item 1: the result of an untagged multi-stage build is the namespace's, and `FROM <its ID>`
+/// works in a later build.
+#[test]
+fn untagged_multi_stage_results_are_the_namespaces_own() {
+    require_docker();
+    let host = JobHost::start();
+    let job = host.job();
+    let ctx = context(&format!("FROM {BUSYBOX} AS first\nRUN echo {} > /a\nFROM {BUSYBOX}\nCOPY --from=first /a /b\n", unique("ms")));
+    let id = job_ok(&job, &["build", "-q", &ctx.path().display().to_string()]);
+    assert!(job_ok(&job, &["run", "--rm", &id, "cat", "/b"]).contains("ms"));
+    let next = context(&format!("FROM {}\nRUN cat /b\n", id_hex(&id)));
+    let id2 = job_ok(&job, &["build", "-q", &next.path().display().to_string()]);
+    job_ok(&job, &["image", "inspect", &id2]);
+    let other = host.job();
+    let out = job_docker(&other, &["build", "-q", &next.path().display().to_string()]);
+    assert!(!out.status.success(), "another namespace builds FROM this namespace's untagged image");
+}
