@@ -255,6 +255,10 @@ fn names_the_daemon_accepts_are_accepted() {
     assert_eq!(job_ok(&job, &["ps", "--filter", "network=my net", "--format", "{{.Names}}"]), "c-net");
     job_ok(&job, &["rm", "-f", "c-net"]);
     job_ok(&job, &["network", "rm", net]);
+    // A slash too (dockerd's network routes take the rest of the path).
+    job_ok(&job, &["network", "create", "team/net"]);
+    assert_eq!(job_ok(&job, &["network", "inspect", "--format", "{{.Name}}", "team/net"]), "team/net");
+    job_ok(&job, &["network", "rm", "team/net"]);
     // Refused where the daemon refuses, with its message.
     for (args, name) in [
         (vec!["create", "--name", "x", BUSYBOX, "true"], "x"),

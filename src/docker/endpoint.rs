@@ -106,7 +106,7 @@ endpoints! {
     NetworkListSlash = GET "/networks/",
     NetworkCreate = POST "/networks/create",
     NetworkPrune = POST "/networks/prune",
-    NetworkInspect = GET "/networks/{id}",
+    NetworkInspect = GET "/networks/{id*}",
     NetworkConnect = POST "/networks/{id*}/connect",
     NetworkDisconnect = POST "/networks/{id*}/disconnect",
     NetworkDelete = DELETE "/networks/{id*}",
@@ -377,7 +377,7 @@ mod tests {
         assert_eq!(ep(Method::DELETE, "/containers/c/checkpoints/k"), Some(Endpoint::CheckpointDelete));
         assert_eq!(ep(Method::GET, "/containers/json"), Some(Endpoint::ContainerList));
         assert_eq!(ep(Method::DELETE, "/volumes/a/b"), Some(Endpoint::VolumeDelete));
-        assert_eq!(ep(Method::GET, "/networks/a/b"), None);
+        assert_eq!(ep(Method::GET, "/networks/a/b"), Some(Endpoint::NetworkInspect));
     }
 
     #[test]
