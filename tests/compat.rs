@@ -337,11 +337,12 @@ fn decoration_does_not_show_in_export() {
     require_docker();
     let host = job_host_with_cache();
     let job = host.job();
-    job_ok(&job, &["create", "--name", "fresh", BUSYBOX, "true"]);
+    // Run once: the daemon makes the mount points when the container starts.
+    job_ok(&job, &["run", "--name", "fresh", BUSYBOX, "true"]);
     let via = job_docker(&job, &["export", "fresh"]);
     assert!(via.status.success());
     let name = unique("compat-export");
-    docker(direct(), &["create", "--name", &name, BUSYBOX, "true"]);
+    docker(direct(), &["run", "--name", &name, BUSYBOX, "true"]);
     let direct_out = docker_output(direct(), &["export", &name]);
     docker(direct(), &["rm", &name]);
     let (got, want) = (tar_names(&via.stdout), tar_names(&direct_out.stdout));
