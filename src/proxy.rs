@@ -196,6 +196,14 @@ impl ListenerHandler {
             namespaced: namespace.is_some(),
             own_socket: pipeline.own_socket.as_deref(),
         };
+        // Swarm endpoints on a node without a swarm: the daemon's own answer, not a refusal.
+        if let (Some(_), Some(e)) = (namespace, route.endpoint) {
+            match namespace::swarm::answer(&self.proxy.daemon(), e).await {
+                Ok(Some((status, message))) => return Ok(Admitted::Answer(respond::error(status, message))),
+                Ok(None) => {}
+                Err(e) => return Err(Refused { status: e.status(), message: e.to_string(), logged: false }),
+            }
+        }
         chain.check(&mut ctx).map_err(|d| refusal(&ctx, d))?;
 
         let ns_reads = |e| namespace.is_some() && namespace::request::reads_body(e);

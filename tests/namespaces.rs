@@ -349,7 +349,8 @@ fn reserved_and_invalid_names_are_refused_clearly() {
         assert!(!out.status.success() && err.contains("reserved"), "{args:?}: {err}");
     }
     let out = cli(&p.a, &["volume", "create", "a/b"]);
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("invalid name"));
+    // The daemon's own message (issue 17).
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("includes invalid characters for a local volume name"));
     let out = cli(&p.a, &["run", "--rm", "--name", "x", BUSYBOX, "true"]);
     assert!(!out.status.success(), "a one-character name is refused, as dockerd does");
     // BuildKit's build and session are refused in a namespace, with a reason.

@@ -48,36 +48,37 @@ endpoints! {
     ContainerList = GET "/containers/json",
     ContainerCreate = POST "/containers/create",
     ContainerPrune = POST "/containers/prune",
-    ContainerInspect = GET "/containers/{id}/json",
-    ContainerTop = GET "/containers/{id}/top",
-    ContainerLogs = GET "/containers/{id}/logs",
-    ContainerChanges = GET "/containers/{id}/changes",
-    ContainerExport = GET "/containers/{id}/export",
-    ContainerStats = GET "/containers/{id}/stats",
-    ContainerAttachWs = GET "/containers/{id}/attach/ws",
-    ContainerArchiveGet = GET "/containers/{id}/archive",
-    ContainerArchiveHead = HEAD "/containers/{id}/archive",
-    ContainerArchivePut = PUT "/containers/{id}/archive",
-    ContainerResize = POST "/containers/{id}/resize",
-    ContainerStart = POST "/containers/{id}/start",
-    ContainerStop = POST "/containers/{id}/stop",
-    ContainerRestart = POST "/containers/{id}/restart",
-    ContainerKill = POST "/containers/{id}/kill",
-    ContainerPause = POST "/containers/{id}/pause",
-    ContainerUnpause = POST "/containers/{id}/unpause",
-    ContainerUpdate = POST "/containers/{id}/update",
-    ContainerRename = POST "/containers/{id}/rename",
-    ContainerAttach = POST "/containers/{id}/attach",
-    ContainerWait = POST "/containers/{id}/wait",
-    ContainerExec = POST "/containers/{id}/exec",
-    ContainerDelete = DELETE "/containers/{id}",
-    CheckpointList = GET "/containers/{id}/checkpoints",
-    CheckpointCreate = POST "/containers/{id}/checkpoints",
+    // dockerd registers the checkpoint router before the container router.
     CheckpointDelete = DELETE "/containers/{id}/checkpoints/{checkpoint}",
+    ContainerInspect = GET "/containers/{id*}/json",
+    ContainerTop = GET "/containers/{id*}/top",
+    ContainerLogs = GET "/containers/{id*}/logs",
+    ContainerChanges = GET "/containers/{id*}/changes",
+    ContainerExport = GET "/containers/{id*}/export",
+    ContainerStats = GET "/containers/{id*}/stats",
+    ContainerAttachWs = GET "/containers/{id*}/attach/ws",
+    ContainerArchiveGet = GET "/containers/{id*}/archive",
+    ContainerArchiveHead = HEAD "/containers/{id*}/archive",
+    ContainerArchivePut = PUT "/containers/{id*}/archive",
+    ContainerResize = POST "/containers/{id*}/resize",
+    ContainerStart = POST "/containers/{id*}/start",
+    ContainerStop = POST "/containers/{id*}/stop",
+    ContainerRestart = POST "/containers/{id*}/restart",
+    ContainerKill = POST "/containers/{id*}/kill",
+    ContainerPause = POST "/containers/{id*}/pause",
+    ContainerUnpause = POST "/containers/{id*}/unpause",
+    ContainerUpdate = POST "/containers/{id*}/update",
+    ContainerRename = POST "/containers/{id*}/rename",
+    ContainerAttach = POST "/containers/{id*}/attach",
+    ContainerWait = POST "/containers/{id*}/wait",
+    ContainerExec = POST "/containers/{id*}/exec",
+    ContainerDelete = DELETE "/containers/{id*}",
+    CheckpointList = GET "/containers/{id*}/checkpoints",
+    CheckpointCreate = POST "/containers/{id*}/checkpoints",
 
-    ExecStart = POST "/exec/{id}/start",
-    ExecResize = POST "/exec/{id}/resize",
-    ExecInspect = GET "/exec/{id}/json",
+    ExecStart = POST "/exec/{id*}/start",
+    ExecResize = POST "/exec/{id*}/resize",
+    ExecInspect = GET "/exec/{id*}/json",
     Commit = POST "/commit",
 
     ImageList = GET "/images/json",
@@ -105,17 +106,17 @@ endpoints! {
     NetworkListSlash = GET "/networks/",
     NetworkCreate = POST "/networks/create",
     NetworkPrune = POST "/networks/prune",
-    NetworkInspect = GET "/networks/{id}",
-    NetworkConnect = POST "/networks/{id}/connect",
-    NetworkDisconnect = POST "/networks/{id}/disconnect",
-    NetworkDelete = DELETE "/networks/{id}",
+    NetworkInspect = GET "/networks/{id*}",
+    NetworkConnect = POST "/networks/{id*}/connect",
+    NetworkDisconnect = POST "/networks/{id*}/disconnect",
+    NetworkDelete = DELETE "/networks/{id*}",
 
     VolumeList = GET "/volumes",
     VolumeCreate = POST "/volumes/create",
     VolumePrune = POST "/volumes/prune",
-    VolumeInspect = GET "/volumes/{name}",
-    VolumeUpdate = PUT "/volumes/{name}",
-    VolumeDelete = DELETE "/volumes/{name}",
+    VolumeInspect = GET "/volumes/{name*}",
+    VolumeUpdate = PUT "/volumes/{name*}",
+    VolumeDelete = DELETE "/volumes/{name*}",
 
     PluginList = GET "/plugins",
     PluginPrivileges = GET "/plugins/privileges",
@@ -368,6 +369,15 @@ mod tests {
         assert_eq!(ep(Method::POST, "/v1.041/exec/e/start"), Some(Endpoint::ExecStart));
         assert_eq!(ep(Method::OPTIONS, "/anything/at/all"), Some(Endpoint::Options));
         assert_eq!(ep(Method::GET, "/networks/"), Some(Endpoint::NetworkListSlash));
+        // dockerd's `{name:.*}`: the rest of the path is the name (link removal: `/web/db`).
+        let r = Route::classify(&Method::DELETE, "/v1.41/containers/web/db").unwrap();
+        assert_eq!((r.endpoint, r.target()), (Some(Endpoint::ContainerDelete), Some("web/db")));
+        let r = Route::classify(&Method::GET, "/containers/a/b/json").unwrap();
+        assert_eq!((r.endpoint, r.target()), (Some(Endpoint::ContainerInspect), Some("a/b")));
+        assert_eq!(ep(Method::DELETE, "/containers/c/checkpoints/k"), Some(Endpoint::CheckpointDelete));
+        assert_eq!(ep(Method::GET, "/containers/json"), Some(Endpoint::ContainerList));
+        assert_eq!(ep(Method::DELETE, "/volumes/a/b"), Some(Endpoint::VolumeDelete));
+        assert_eq!(ep(Method::GET, "/networks/a/b"), Some(Endpoint::NetworkInspect));
     }
 
     #[test]

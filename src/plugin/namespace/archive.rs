@@ -27,7 +27,7 @@ use crate::http::BoxError;
 
 /// Why a `docker load` body was cut short, shared by its member rewriters and the answer's handling.
 #[derive(Clone, Default)]
-pub struct LoadGuard(Arc<Mutex<Option<NsError>>>);
+pub struct LoadGuard(Arc<Mutex<Option<NsError>>>, Arc<Mutex<Option<String>>>);
 
 impl LoadGuard {
     /// Records the refusal (the first one wins: later errors are its consequences).
@@ -41,6 +41,12 @@ impl LoadGuard {
     /// The refusal, if the load was stopped.
     pub fn take(&self) -> Option<NsError> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    /// The archive was not a tar archive: dockerd's own message for it (Go's `archive/tar`), which
+    /// the answer gives as dockerd does, as an error line of the load's progress stream.
+    pub fn take_unreadable(&self) -> Option<String> {
+        self.1.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 
     /// A member rewriter for [`super::request::tar_member`] that records its refusal here.
@@ -82,9 +88,25 @@ where
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Err(e))) = &polled {
-            // The tar reader is the build context's: its messages say "build context".
-            let message = e.to_string().replace("build context", "archive");
-            this.guard.stop(NsError::Malformed(format!("docker load: {message}")));
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+            let mut unreadable = None;
+            while let Some(s) = source {
+                if let Some(crate::docker::buildctx::BuildContextError::Tar(why)) = s.downcast_ref() {
+                    // What Go's archive/tar says of the same bytes.
+                    unreadable = Some(if why.contains("unexpected end") { "unexpected EOF" } else { "archive/tar: invalid tar header" });
+                }
+                source = s.source();
+            }
+            match unreadable {
+                Some(m) if this.guard.0.lock().unwrap_or_else(PoisonError::into_inner).is_none() => {
+                    this.guard.1.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert_with(|| m.to_owned());
+                }
+                _ => {
+                    // The tar reader is the build context's: its messages say "build context".
+                    let message = e.to_string().replace("build context", "archive");
+                    this.guard.stop(NsError::Malformed(format!("docker load: {message}")));
+                }
+            }
         }
         polled
     }
@@ -109,6 +131,17 @@ impl Namespace {
                     if let Some(a) = d.get_mut("annotations") {
                         self.load_annotations(a, &format!("manifests[{i}]"))?;
                     }
+                    // An unnamed image gets a hidden tag of the namespace named after its digest
+                    // (its ID on the containerd store), so that it is the namespace's.
+                    let named = |k: &str| d.pointer(&format!("/annotations/{}", k.replace('~', "~0").replace('/', "~1"))).is_some();
+                    let unnamed = !named(ia::IMAGE_NAME) && !named(ia::REF_NAME);
+                    let hex = d.get("digest").and_then(Value::as_str).and_then(|s| s.strip_prefix("sha256:")).and_then(config_hex);
+                    if let (true, Some(hex), Value::Object(m)) = (unnamed, hex, &mut *d) {
+                        let a = m.entry("annotations").or_insert_with(|| Value::Object(Map::new()));
+                        if let Value::Object(a) = a {
+                            a.insert(ia::IMAGE_NAME.into(), Value::String(self.hidden_tag(&hex)));
+                        }
+                    }
                 }
             }
             if let Some(a) = index.get_mut("subject").and_then(|s| s.get_mut("annotations")) {
@@ -125,6 +158,14 @@ impl Namespace {
     pub fn load_manifest(&self, text: &str) -> Result<String, NsError> {
         let mut v = decode(MANIFEST_JSON, text, &ia::MANIFEST)?;
         for entry in v.as_array_mut().into_iter().flatten() {
+            // An untagged image gets a hidden tag of the namespace named after its config (its ID
+            // on the daemon's own store), so that it is the namespace's (`names::HIDDEN_REPO`).
+            let untagged = entry.get("RepoTags").and_then(Value::as_array).is_none_or(Vec::is_empty);
+            let config = entry.get("Config").and_then(Value::as_str).map(config_hex);
+            if let (true, Some(Some(hex)), Value::Object(m)) = (untagged, config, &mut *entry) {
+                m.insert("RepoTags".into(), Value::Array(vec![Value::String(self.hidden_tag(&hex))]));
+                continue;
+            }
             if let Some(Value::Array(tags)) = entry.get_mut("RepoTags") {
                 for t in tags.iter_mut() {
                     let typed = t
@@ -294,6 +335,13 @@ fn host_of(domain: &str) -> &str {
 
 fn encode(v: &Value) -> Result<String, NsError> {
     serde_json::to_string(v).map_err(|e| NsError::Malformed(e.to_string()))
+}
+
+/// The hex digest of a `manifest.json` `Config` path (`<hex>.json`, `blobs/sha256/<hex>`), if it is one.
+fn config_hex(path: &str) -> Option<String> {
+    let file = path.rsplit('/').next()?;
+    let hex = file.strip_suffix(".json").unwrap_or(file);
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then(|| hex.to_owned())
 }
 
 #[cfg(test)]

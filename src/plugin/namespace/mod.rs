@@ -21,6 +21,7 @@ pub mod archive;
 mod build;
 pub mod daemon;
 pub mod destroy;
+pub mod export;
 pub mod fetch;
 pub mod filters;
 pub mod names;
@@ -29,6 +30,7 @@ pub mod pool;
 pub mod request;
 pub mod resolve;
 pub mod response;
+pub mod swarm;
 pub mod text;
 
 use std::sync::Arc;
@@ -78,7 +80,7 @@ pub enum NsError {
     /// Exactly the daemon's answer for an object that does not exist.
     #[error("{0}")]
     NotFound(String),
-    #[error("ctproxy: {0}")]
+    #[error("{}", bad_name(.0))]
     BadName(#[from] NameError),
     #[error("ctproxy: {0}")]
     Malformed(String),
@@ -86,6 +88,15 @@ pub enum NsError {
     Refused(String),
     #[error("ctproxy: {0}")]
     Daemon(String),
+}
+
+/// A name the daemon itself refuses is refused with its message; the others say they are ctproxy's.
+fn bad_name(e: &NameError) -> String {
+    match e {
+        NameError::Daemon(m) => m.clone(),
+        NameError::Reserved => format!("ctproxy: {e} (a namespace's own objects are named {MARKER}<namespace>.<name> on the daemon)"),
+        e => format!("ctproxy: {e}"),
+    }
 }
 
 impl NsError {

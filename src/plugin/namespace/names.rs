@@ -19,6 +19,13 @@ use crate::docker::reference::{Reference, ReferenceError};
 pub const MARKER: &str = "ctp.";
 /// The label that records the owning namespace on containers, volumes and networks.
 pub const NS_LABEL: &str = "io.ctproxy.namespace";
+/// The repository of a namespace's hidden tags (`<registry proxy>/<ns>/ctproxy-untagged:<token>`):
+/// an image the namespace made without a name (`docker build` without `-t`, `docker commit`
+/// without a repository, an untagged `docker load` entry) carries one, so that the daemon itself
+/// records that the namespace owns it. It has two path components where every name a client can
+/// write has at least three (`<ns>/<domain>/<path>`), so no client reference ever mangles to it,
+/// and it is never shown ([`NsName::unimage`] does not read it back).
+pub const HIDDEN_REPO: &str = "ctproxy-untagged";
 /// Names longer than this are refused rather than cut (the daemon's limit for images is 255).
 const NAME_MAX: usize = 255;
 
@@ -34,6 +41,9 @@ pub enum NameError {
     Reserved,
     #[error("invalid name {0:?}: only \"[a-zA-Z0-9][a-zA-Z0-9_.-]+\" are allowed")]
     Invalid(String),
+    /// A name the daemon refuses, with the daemon's own message.
+    #[error("{0}")]
+    Daemon(String),
     #[error("name too long")]
     TooLong,
     #[error("{0}")]
@@ -83,6 +93,46 @@ impl NsName {
         Ok(out)
     }
 
+    /// [`NsName::object`] for a container the client names at creation or rename, refused with
+    /// dockerd's own message (`daemon/names.go`).
+    pub fn container(&self, name: &str) -> Result<String, NameError> {
+        self.object(name).map_err(|e| match e {
+            NameError::Invalid(n) => NameError::Daemon(format!("Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")),
+            e => e,
+        })
+    }
+
+    /// [`NsName::object`] for a volume the client creates, refused with the local driver's own
+    /// messages (`volume/local`).
+    pub fn volume(&self, name: &str) -> Result<String, NameError> {
+        self.object(name).map_err(|e| match e {
+            NameError::Invalid(n) if n.len() < 2 => {
+                NameError::Daemon(format!("create {n}: volume name is too short, names should be at least two alphanumeric characters"))
+            }
+            NameError::Invalid(n) => NameError::Daemon(format!(
+                "create {n}: {n:?} includes invalid characters for a local volume name, only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed. If you intended to pass a host directory, use absolute path"
+            )),
+            e => e,
+        })
+    }
+
+    /// The daemon-side name of a network: dockerd takes any non-empty name for a network (spaces,
+    /// slashes, any character), so the namespace does too; only the reserved marker and the
+    /// length are refused.
+    pub fn network(&self, name: &str) -> Result<String, NameError> {
+        if name.len() >= MARKER.len() && name.as_bytes()[..MARKER.len()].eq_ignore_ascii_case(MARKER.as_bytes()) {
+            return Err(NameError::Reserved);
+        }
+        if name.is_empty() || name.chars().any(char::is_control) {
+            return Err(NameError::Invalid(name.to_owned()));
+        }
+        let out = format!("{MARKER}{}.{name}", self.0);
+        if out.len() > NAME_MAX {
+            return Err(NameError::TooLong);
+        }
+        Ok(out)
+    }
+
     /// The client's name for a daemon-side object name, if this namespace owns the name.
     pub fn unobject<'a>(&self, mangled: &'a str) -> Option<&'a str> {
         let rest = mangled.strip_prefix('/').unwrap_or(mangled).strip_prefix(MARKER)?;
@@ -104,6 +154,16 @@ impl NsName {
             return Err(NameError::TooLong);
         }
         Ok(out)
+    }
+
+    /// The repository of this namespace's hidden tags ([`HIDDEN_REPO`]).
+    pub fn hidden_repo(&self, registry: &str) -> String {
+        format!("{registry}/{}/{HIDDEN_REPO}", self.0)
+    }
+
+    /// Whether a daemon-side reference string is one of this namespace's hidden tags.
+    pub fn is_hidden(&self, registry: &str, s: &str) -> bool {
+        s.strip_prefix(&self.hidden_repo(registry)).is_some_and(|rest| rest.starts_with([':', '@']))
     }
 
     /// The client's reference for a daemon-side one, if it is this namespace's.
@@ -187,6 +247,13 @@ mod tests {
         for bad in ["", "a", "_x", ".x", "a b", "a/b", "a:b"] {
             assert!(a.object(bad).is_err(), "{bad:?}");
         }
+        for good in ["a b", "a", "a/b", "é", ".dot", "a:b"] {
+            let m = a.network(good).unwrap();
+            assert_eq!(a.unobject(&m), Some(good), "{good:?}");
+        }
+        assert_eq!(a.network("ctp.bob.x"), Err(NameError::Reserved));
+        assert!(a.network("").is_err());
+        assert_eq!(a.container("x").unwrap_err().to_string(), "Invalid container name (x), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed");
     }
 
     #[test]
@@ -203,6 +270,11 @@ mod tests {
         assert_eq!(split_repository("alice/localhost__5000/team/x"), Some(("alice", "localhost:5000".into(), "team/x")));
         assert_eq!(split_repository("alice/docker.io"), None);
         assert!(a.image(rp, &Reference::parse("[::1]:5000/x").unwrap()).is_err());
+        let hidden = format!("{}:abc", a.hidden_repo(rp));
+        assert!(a.is_hidden(rp, &hidden));
+        assert_eq!(a.unimage_str(rp, &hidden), None);
+        assert!(!ns("alice-2").is_hidden(rp, &hidden));
+        assert!(!a.is_hidden(rp, &format!("{}x:abc", a.hidden_repo(rp))));
         assert!(a.image(rp, &Reference::parse(&format!("a/{}", "b".repeat(230))).unwrap()).is_err());
     }
 }

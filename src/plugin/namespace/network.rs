@@ -72,7 +72,7 @@ impl Namespace {
                 json!({ "message": format!("operation is not permitted on predefined {typed} network ") }),
             ));
         }
-        body.insert("Name".into(), Value::String(self.name.object(&typed)?));
+        body.insert("Name".into(), Value::String(self.name.network(&typed)?));
         self.set_label(body.entry("Labels").or_insert(Value::Null));
         if let Some(Value::Object(from)) = body.get_mut("ConfigFrom") {
             if let Some(n) = from.get("Network").and_then(Value::as_str).filter(|n| !n.is_empty()).map(str::to_owned) {

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use super::archive::LoadGuard;
 use super::filters::{Filters, NameMatch};
 use super::network::is_predefined;
-use super::resolve::ImageRef;
+use super::resolve::{strings, ImageRef};
 use super::response::{After, ListKind};
 use super::{Daemon, Namespace, NsError, NS_LABEL};
 use crate::docker::reference::Reference;
@@ -55,7 +55,11 @@ impl Namespace {
     pub async fn prepare(&self, daemon: &Daemon, req: NsRequest<'_>) -> Result<Prepared, NsError> {
         use Endpoint::*;
         let Some(endpoint) = req.route.endpoint else {
-            return Err(NsError::Refused("this endpoint is not available in a namespace".into()));
+            return Err(NsError::Refused(format!(
+                "{} {} is not an endpoint of the Docker API that ctproxy knows, so it is not available in a namespace (it could act outside the namespace); no setting allows it",
+                req.method,
+                req.route.path
+            )));
         };
         let typed = req.route.target().unwrap_or("").to_owned();
         let after = match endpoint {
@@ -76,13 +80,13 @@ impl Namespace {
                 After::Json
             }
 
-            ContainerList => self.list_query(req.query, ListKind::Containers, daemon).await?,
+            ContainerList => self.list_query(req.query, ListKind::Containers, daemon, req.route.version).await?,
             ContainerCreate => {
                 let name = match req.query.get("name").filter(|n| !n.is_empty()) {
                     Some(n) => n.to_owned(),
                     None => generated_name(),
                 };
-                req.query.set("name", &self.name.object(&name)?);
+                req.query.set("name", &self.name.container(&name)?);
                 if let Some(body) = req.body {
                     self.create_body(daemon, body, &name).await?;
                 }
@@ -92,15 +96,38 @@ impl Namespace {
                 self.scope_prune(req.query)?;
                 After::Json
             }
-            ContainerInspect | ContainerTop | ContainerChanges | ContainerResize | ContainerStart | ContainerStop | ContainerRestart
-            | ContainerKill | ContainerPause | ContainerUnpause | ContainerUpdate | ContainerDelete | ContainerExec => {
+            // `docker rm --link /web/db`: the link's name is `/<parent>/<alias>` (dockerd's route
+            // takes the rest of the path); the parent must be the namespace's, and is named as the
+            // daemon knows it.
+            ContainerDelete if req.query.bool("link") && typed.trim_start_matches('/').contains('/') => {
+                let (parent, alias) = typed.trim_start_matches('/').rsplit_once('/').unwrap_or(("", ""));
+                let id = self.container(daemon, parent).await.map_err(|_| NsError::no_container(&typed))?;
+                let c = daemon.get(&format!("/containers/{id}/json")).await?.ok_or_else(|| NsError::no_container(&typed))?;
+                let name = c.get("Name").and_then(Value::as_str).unwrap_or("").trim_start_matches('/').to_owned();
+                if name.is_empty() || alias.is_empty() {
+                    return Err(NsError::no_container(&typed));
+                }
+                req.route.set_target(&format!("{name}/{alias}"));
+                After::Json
+            }
+            ContainerChanges | ContainerExport => {
+                let id = self.container(daemon, &typed).await?;
+                req.route.set_target(&id);
+                if endpoint == ContainerChanges {
+                    After::Changes(id)
+                } else {
+                    After::Export(id)
+                }
+            }
+            ContainerInspect | ContainerTop | ContainerResize | ContainerStart | ContainerStop | ContainerRestart | ContainerKill
+            | ContainerPause | ContainerUnpause | ContainerUpdate | ContainerDelete | ContainerExec => {
                 let id = self.container(daemon, &typed).await?;
                 req.route.set_target(&id);
                 After::Json
             }
             // Streams: `wait` sends its head at once and its body when the container stops.
             ContainerLogs | ContainerAttach | ContainerAttachWs | ContainerWait | ContainerArchiveGet | ContainerArchiveHead
-            | ContainerArchivePut | ContainerExport => {
+            | ContainerArchivePut => {
                 let id = self.container(daemon, &typed).await?;
                 req.route.set_target(&id);
                 After::Pass
@@ -114,7 +141,7 @@ impl Namespace {
                 let id = self.container(daemon, &typed).await?;
                 req.route.set_target(&id);
                 let new = req.query.get("name").unwrap_or("").to_owned();
-                req.query.set("name", &self.name.object(&new)?);
+                req.query.set("name", &self.name.container(&new)?);
                 After::Json
             }
             ExecStart | ExecResize | ExecInspect => {
@@ -129,13 +156,14 @@ impl Namespace {
                 let id = self.container(daemon, req.query.get("container").unwrap_or("")).await?;
                 req.query.set("container", &id);
                 self.mangle_repo_tag(req.query)?;
+                self.hide_unnamed(req.query);
                 if let Some(Value::Object(cfg)) = req.body {
                     strip_reserved_labels(cfg.get_mut("Labels"));
                 }
                 After::Json
             }
 
-            ImageList => self.list_query(req.query, ListKind::Images, daemon).await?,
+            ImageList => self.list_query(req.query, ListKind::Images, daemon, req.route.version).await?,
             ImageInspect | ImageHistory => {
                 let img = self.image(daemon, &typed).await?;
                 req.route.set_target(img.daemon_name());
@@ -154,8 +182,19 @@ impl Namespace {
             }
             ImageDelete => {
                 return match self.image(daemon, &typed).await? {
-                    ImageRef::Shared(_) => Err(NsError::Refused(format!("image {typed} is shared by the administrator and read-only"))),
+                    ImageRef::Shared(_) => Err(NsError::Refused(format!(
+                        "image {typed} is shared by the administrator ([namespaces] shared_images) and read-only in a namespace; tag it to have a copy of your own"
+                    ))),
                     ImageRef::Owned(name) => {
+                        // The last name the client sees: the image goes, as the daemon removes an
+                        // image with its last tag, hidden tags and all.
+                        if let Some(img) = daemon.get(&format!("/images/{}/json", super::daemon::enc(&name))).await? {
+                            let tags = self.own_tags(&img);
+                            let all_own = strings(img.get("RepoTags")).all(|t| tags.iter().any(|o| o == t));
+                            if self.visible_own_tags(&img).len() == 1 && tags.len() > 1 && all_own {
+                                return self.untag_all(daemon, &tags, req.query).await;
+                            }
+                        }
                         req.route.set_target(&name);
                         Ok(Prepared::Forward(After::Json))
                     }
@@ -205,6 +244,9 @@ impl Namespace {
                     let r = Reference::parse(&t).map_err(|e| NsError::Malformed(format!("invalid tag {t:?}: {e}")))?;
                     req.query.push("t", &self.name.image(&self.settings.registry, &r.with_default_tag())?.to_string());
                 }
+                // Every image a build makes is the namespace's, even once its name moves to a newer
+                // build (then it is dangling, as on the daemon).
+                req.query.push("t", &self.hidden_tag(&random_hex64()));
                 if let Some(cf) = req.query.get("cachefrom").filter(|c| !c.is_empty()) {
                     let refs: Vec<String> = serde_json::from_str(cf).map_err(|e| NsError::Malformed(format!("invalid cachefrom: {e}")))?;
                     let mut out = Vec::new();
@@ -239,7 +281,7 @@ impl Namespace {
                 return Ok(Prepared::Answer(hyper::StatusCode::OK, serde_json::json!({"CachesDeleted": null, "SpaceReclaimed": 0})));
             }
 
-            NetworkList | NetworkListSlash => self.list_query(req.query, ListKind::Networks, daemon).await?,
+            NetworkList | NetworkListSlash => self.list_query(req.query, ListKind::Networks, daemon, req.route.version).await?,
             NetworkInspect => {
                 let name = self.network(daemon, &typed).await?;
                 req.route.set_target(&name);
@@ -281,14 +323,14 @@ impl Namespace {
                 After::Json
             }
 
-            VolumeList => self.list_query(req.query, ListKind::Volumes, daemon).await?,
+            VolumeList => self.list_query(req.query, ListKind::Volumes, daemon, req.route.version).await?,
             VolumeCreate => {
                 if let Some(Value::Object(body)) = req.body {
                     let name = body.get("Name").and_then(Value::as_str).filter(|n| !n.is_empty()).map(str::to_owned);
                     // An anonymous volume still needs a name of the namespace: a random one, as the
                     // daemon would make.
                     let name = name.unwrap_or_else(random_hex64);
-                    body.insert("Name".into(), Value::String(self.name.object(&name)?));
+                    body.insert("Name".into(), Value::String(self.name.volume(&name)?));
                     self.set_label(body.entry("Labels").or_insert(Value::Null));
                 }
                 After::Json
@@ -321,7 +363,12 @@ impl Namespace {
                 let guard = LoadGuard::default();
                 return Ok(Prepared::ForwardBody(After::Load(guard.clone()), self.load_rewrite(guard)));
             }
-            _ => return Err(NsError::Refused(format!("{} is not available in a namespace", endpoint.name()))),
+            _ => {
+                return Err(NsError::Refused(format!(
+                    "{} is not available in a namespace: it acts on the daemon as a whole (swarm, plugins, daemon-wide state), which a namespace cannot scope; no setting allows it (use a listener without [jobs] namespaces)",
+                    endpoint.name()
+                )))
+            }
         };
         Ok(Prepared::Forward(after))
     }
@@ -372,6 +419,15 @@ impl Namespace {
         })
     }
 
+    /// `commit` and `import` without a repository: the image gets a hidden tag of the namespace
+    /// (`Namespace::hidden_tag`), which makes it the namespace's own on the daemon.
+    fn hide_unnamed(&self, q: &mut Query) {
+        if q.get("repo").is_none_or(str::is_empty) {
+            q.set("repo", &self.name.hidden_repo(&self.settings.registry));
+            q.set("tag", &random_hex64());
+        }
+    }
+
     /// Labels a namespace object as its own (and drops any reserved label the client set).
     pub(super) fn set_label(&self, labels: &mut Value) {
         if !labels.is_object() {
@@ -399,7 +455,7 @@ impl Namespace {
 
     /// Replaces the client's registry credentials by a token of the registry proxy that carries them.
     fn registry_auth(&self, headers: &mut HeaderMap, name: &HeaderName) -> Result<(), NsError> {
-        let tokens = self.settings.tokens.as_ref().ok_or_else(|| NsError::Refused("no registry proxy is configured".into()))?;
+        let tokens = self.settings.tokens.as_ref().ok_or_else(|| NsError::Refused("pulls and pushes in a namespace go through ctproxy's registry proxy, and none is configured: the administrator sets [registry_proxy]".into()))?;
         let value = tokens.issue(&self.name, headers.get(name));
         headers.insert(name.clone(), value);
         Ok(())
@@ -431,10 +487,17 @@ impl Namespace {
 
     /// List endpoints: the namespace's label as a filter, and the filters on names (which the daemon
     /// would match against mangled names) applied here instead.
-    async fn list_query(&self, q: &mut Query, kind: ListKind, daemon: &Daemon) -> Result<After, NsError> {
+    async fn list_query(
+        &self,
+        q: &mut Query,
+        kind: ListKind,
+        daemon: &Daemon,
+        version: Option<crate::docker::ApiVersion>,
+    ) -> Result<After, NsError> {
         let mut f = Filters::parse(q.get("filters"))?;
         let names = NameMatch::new(&f.take("name"))?;
         let mut refs = Vec::new();
+        let mut dangling = None;
         match kind {
             ListKind::Containers => {
                 f.add("label", self.label_filter());
@@ -463,6 +526,10 @@ impl Namespace {
             }
             ListKind::Images => {
                 refs = f.take("reference");
+                // Dangling means "no tag the client sees": judged on the answer (hidden tags).
+                for d in f.take("dangling") {
+                    dangling = Some(crate::docker::query::go_bool(&d));
+                }
                 for key in ["before", "since"] {
                     for v in f.take(key) {
                         f.add(key, self.image(daemon, &v).await?.daemon_name().to_owned());
@@ -477,7 +544,8 @@ impl Namespace {
             q.remove("limit");
         }
         q.set("filters", &f.encode());
-        Ok(After::List { kind, names, limit, refs })
+        let none_placeholder = version.is_some_and(|v| v < crate::docker::ApiVersion { major: 1, minor: 43 });
+        Ok(After::List { kind, names, limit, refs, dangling, none_placeholder })
     }
 
     /// `GET /events`: the filters on objects are mangled; ownership is judged per event.
@@ -485,7 +553,8 @@ impl Namespace {
         let mut f = Filters::parse(q.get("filters"))?;
         for key in ["container", "volume", "network"] {
             for v in f.take(key) {
-                match self.name.object(&v) {
+                let mangled = if key == "network" { self.name.network(&v) } else { self.name.object(&v) };
+                match mangled {
                     Ok(m) => f.add(key, m),
                     Err(_) => f.add(key, v),
                 }
@@ -514,6 +583,7 @@ impl Namespace {
             }
             ImageCreate::ImportBody => {
                 self.mangle_repo_tag(q)?;
+                self.hide_unnamed(q);
                 return Ok(Prepared::Forward(After::Lines));
             }
             ImageCreate::Pull { from_image, tag } => (from_image.to_owned(), tag.to_owned()),
@@ -529,7 +599,10 @@ impl Namespace {
                     hyper::StatusCode::OK,
                     serde_json::json!({"status": format!("Status: Image is up to date for {}", r.familiar())}),
                 )),
-                None => Err(NsError::Refused(format!("image {} is shared by the administrator but not present", r.familiar()))),
+                None => Err(NsError::Refused(format!(
+                    "image {} is shared by the administrator ([namespaces] shared_images) but not present on the daemon; a namespace does not pull shared images: the administrator pulls them",
+                    r.familiar()
+                ))),
             };
         }
         // `fromImage` as typed (tag and digest included), `tag` as sent: dockerd combines them into
@@ -550,6 +623,11 @@ impl Namespace {
         }
         let r = Reference::parse(typed).map_err(|e| NsError::Malformed(format!("invalid reference format: {e}")))?;
         match self.image(daemon, typed).await {
+            // As the client wrote it (`alpine`, not `alpine:latest`): the daemon records the
+            // string in `Config.Image`, `ps` and events, and resolves the same image from it.
+            Ok(ImageRef::Owned(m) | ImageRef::Shared(m)) if r.tag.is_none() && r.digest.is_none() => {
+                Ok(m.strip_suffix(":latest").map_or(m.clone(), str::to_owned))
+            }
             Ok(found) => Ok(found.daemon_name().to_owned()),
             Err(NsError::NotFound(_)) => self.image_name(&r),
             Err(e) => Err(e),
@@ -600,32 +678,36 @@ impl Namespace {
             let path = format!("/images/{}?force={}&noprune={}", super::daemon::enc(t), q.bool("force"), q.bool("noprune"));
             let (status, body) = daemon.call(Method::DELETE, &path, None).await?;
             let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            // A reference that went with an earlier one (a digest of a removed tag) is no error.
+            if status == hyper::StatusCode::NOT_FOUND && !out.is_empty() {
+                continue;
+            }
             if !status.is_success() {
                 return Ok(Prepared::Answer(status, v));
             }
             if let Value::Array(items) = v {
-                out.extend(items);
+                let reg = &self.settings.registry;
+                out.extend(
+                    items.into_iter().filter(|i| !i.get("Untagged").and_then(Value::as_str).is_some_and(|t| self.name.is_hidden(reg, t))),
+                );
             }
         }
         Ok(Prepared::Answer(hyper::StatusCode::OK, Value::Array(out)))
     }
 
     /// `POST /images/prune`: the daemon would prune every namespace's images, so it is done here.
-    /// Untagged images belong to no namespace; with `dangling=false`, the namespace's images that no
-    /// container uses are untagged.
+    /// Its images that no container uses and that have no tag the client sees (only hidden ones)
+    /// go; with `dangling=false`, all its images that no container uses.
     async fn image_prune(&self, daemon: &Daemon, q: &Query) -> Result<Prepared, NsError> {
         let f = Filters::parse(q.get("filters"))?;
         let dangling_only = f.0.get("dangling").is_none_or(|v| v.iter().any(|d| crate::docker::query::go_bool(d)));
-        if dangling_only {
-            return Ok(Prepared::Answer(hyper::StatusCode::OK, serde_json::json!({"ImagesDeleted": null, "SpaceReclaimed": 0})));
-        }
         let used: Vec<String> =
             self.own_containers(daemon).await?.iter().filter_map(|c| c.get("ImageID").and_then(Value::as_str).map(str::to_owned)).collect();
         let images = daemon.list("/images/json").await?;
         let mut deleted = Vec::new();
         for img in &images {
             let id = img.get("Id").and_then(Value::as_str).unwrap_or("");
-            if used.iter().any(|u| u == id) {
+            if used.iter().any(|u| u == id) || (dangling_only && !self.visible_own_tags(img).is_empty()) {
                 continue;
             }
             for t in self.own_tags(img) {

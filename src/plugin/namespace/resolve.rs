@@ -86,7 +86,7 @@ impl Namespace {
             "bridge" | "default" => return self.default_network(daemon).await,
             _ => {}
         }
-        if let Ok(name) = self.name.object(typed) {
+        if let Ok(name) = self.name.network(typed) {
             if let Some(n) = daemon.get(&format!("/networks/{}", enc(&name))).await? {
                 if owned_by(n.get("Labels"), self) {
                     return Ok(name);
@@ -174,10 +174,28 @@ impl Namespace {
         Err(NsError::no_image(typed))
     }
 
-    /// The namespace's tags of an image summary or inspect answer (daemon-side strings).
+    /// The namespace's references on an image summary or inspect answer (daemon-side strings):
+    /// its tags, its digests and its hidden tags ([`super::names::HIDDEN_REPO`]). An image with
+    /// any of them is the namespace's, tagged or not (for the client, an image with only hidden
+    /// ones is dangling).
     pub fn own_tags(&self, img: &Value) -> Vec<String> {
         let reg = &self.settings.registry;
+        strings(img.get("RepoTags"))
+            .chain(strings(img.get("RepoDigests")))
+            .filter(|t| self.name.unimage_str(reg, t).is_some() || self.name.is_hidden(reg, t))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The namespace's tags of an image that the client sees (not the hidden ones, no digests).
+    pub fn visible_own_tags(&self, img: &Value) -> Vec<String> {
+        let reg = &self.settings.registry;
         strings(img.get("RepoTags")).filter(|t| self.name.unimage_str(reg, t).is_some()).map(str::to_owned).collect()
+    }
+
+    /// A new hidden tag for an image the namespace is about to make without a name.
+    pub fn hidden_tag(&self, token: &str) -> String {
+        format!("{}:{token}", self.name.hidden_repo(&self.settings.registry))
     }
 
     /// The tags of an image that the administrator shares.

@@ -51,6 +51,11 @@ pub enum After {
     ImageHistory,
     /// The event stream: other namespaces' events dropped, the rest de-mangled.
     Events,
+    /// `GET /containers/{id}/changes` of this container: the mount points ctproxy added (and the
+    /// parents their creation changed) left out.
+    Changes(String),
+    /// `docker export` of this container: the same directories left out of the tar.
+    Export(String),
     Info,
     SystemDf,
     NetworkInspect,
@@ -59,6 +64,10 @@ pub enum After {
         names: NameMatch,
         limit: Option<usize>,
         refs: Vec<String>,
+        /// The `dangling` filter, applied here: the daemon counts hidden tags as tags.
+        dangling: Option<bool>,
+        /// API < 1.43: an image without tags lists `<none>:<none>` (dockerd's `useNone`).
+        none_placeholder: bool,
     },
 }
 
@@ -81,6 +90,15 @@ impl Namespace {
                     "request refused by namespace"
                 );
                 return crate::http::respond::error(e.status(), &e.to_string());
+            }
+            // Not a tar archive: dockerd answers 200 and ends its progress stream with the error.
+            if let Some(m) = guard.take_unreadable() {
+                let line = serde_json::json!({"errorDetail": {"message": m}, "error": m});
+                let mut b = serde_json::to_vec(&line).unwrap_or_default();
+                b.push(b'\n');
+                let mut rsp = Response::new(ProxyBody::full(Bytes::from(b)));
+                rsp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                return rsp;
             }
         }
         let status = rsp.status();
@@ -117,6 +135,42 @@ impl Namespace {
                 .await
             }
             After::Events => self.rewrite_lines(rsp, true),
+            After::Changes(id) => {
+                let added = match daemon.get(&format!("/containers/{}/json", super::daemon::enc(&id))).await {
+                    Ok(Some(c)) => decoration_mounts(&c),
+                    _ => Vec::new(),
+                };
+                self.rewrite_whole(rsp, move |_, mut v| {
+                    if let Value::Array(changes) = &mut v {
+                        hide_decoration(changes, &added);
+                    }
+                    Ok(v)
+                })
+                .await
+            }
+            After::Export(id) => {
+                let enc_id = super::daemon::enc(&id);
+                let added = match daemon.get(&format!("/containers/{enc_id}/json")).await {
+                    Ok(Some(c)) => decoration_mounts(&c),
+                    _ => Vec::new(),
+                };
+                if added.is_empty() {
+                    return rsp;
+                }
+                let mut changes = match daemon.get(&format!("/containers/{enc_id}/changes")).await {
+                    Ok(Some(Value::Array(c))) => c,
+                    _ => Vec::new(),
+                };
+                // Only what the daemon created for the mounts (kind 1): modified parents are the image's.
+                let drop: std::collections::HashSet<String> = hide_decoration(&mut changes, &added)
+                    .into_iter()
+                    .filter(|c| c.get("Kind").and_then(Value::as_i64) == Some(1))
+                    .filter_map(|c| c.get("Path").and_then(Value::as_str).map(|p| p.trim_matches('/').to_owned()))
+                    .collect();
+                let (mut parts, body) = rsp.into_parts();
+                parts.headers.remove(header::CONTENT_LENGTH);
+                Response::from_parts(parts, ProxyBody::boxed(super::export::ExportFilter::new(body, drop)))
+            }
             After::SaveTar => self.rewrite_save(rsp),
             After::Info => {
                 let counts = self.counts(daemon).await;
@@ -137,7 +191,7 @@ impl Namespace {
                 self.rewrite_whole(rsp, move |ns, mut v| {
                     if let Value::Object(m) = &mut v {
                         if let Some(Value::Array(images)) = m.get_mut("Images") {
-                            images.retain_mut(|img| ns.keep_image(img, &[]));
+                            images.retain_mut(|img| ns.keep_image(img, &[], None));
                             images.iter_mut().for_each(|img| ns.image_users(img, &users));
                         }
                         for key in ["Containers", "Volumes"] {
@@ -164,10 +218,19 @@ impl Namespace {
                 })
                 .await
             }
-            After::List { kind, names, limit, refs } => {
+            After::List { kind, names, limit, refs, dangling, none_placeholder } => {
                 let users = if kind == ListKind::Images { self.own_users(daemon).await } else { Vec::new() };
                 self.rewrite_whole(rsp, move |ns, v| {
-                    let mut v = ns.filter_list(kind, &names, limit, &refs, v)?;
+                    let mut v = ns.filter_list(kind, &names, limit, &refs, v, dangling)?;
+                    if kind == ListKind::Images && none_placeholder {
+                        for img in v.as_array_mut().into_iter().flatten() {
+                            let empty = |k: &str| img.get(k).and_then(Value::as_array).is_none_or(Vec::is_empty);
+                            if empty("RepoTags") && empty("RepoDigests") {
+                                img["RepoTags"] = serde_json::json!(["<none>:<none>"]);
+                                img["RepoDigests"] = serde_json::json!(["<none>@<none>"]);
+                            }
+                        }
+                    }
                     if kind == ListKind::Images {
                         v.as_array_mut().into_iter().flatten().for_each(|img| ns.image_users(img, &users));
                     }
@@ -241,12 +304,17 @@ impl Namespace {
         }
     }
 
-    /// Keeps an image summary if the namespace may see it, with only the tags it may see.
-    fn keep_image(&self, img: &mut Value, refs: &[String]) -> bool {
+    /// Keeps an image summary if the namespace may see it (it has a visible tag, or it is the
+    /// namespace's own untagged image), with only the tags it may see; `dangling` selects images
+    /// without (`true`) or with (`false`) a tag the client sees.
+    fn keep_image(&self, img: &mut Value, refs: &[String], dangling: Option<bool>) -> bool {
         let reg = self.settings.registry.as_str();
         let visible = |t: &str| self.visible_ref(t);
         let tags: Vec<Value> = strings(img.get("RepoTags")).filter(|t| visible(t)).map(|t| Value::String(t.to_owned())).collect();
-        if tags.is_empty() {
+        if tags.is_empty() && (self.own_tags(img).is_empty() || !refs.is_empty()) {
+            return false;
+        }
+        if dangling.is_some_and(|d| d != tags.is_empty()) {
             return false;
         }
         let digests: Vec<Value> = strings(img.get("RepoDigests")).filter(|t| visible(t)).map(|t| Value::String(t.to_owned())).collect();
@@ -276,6 +344,7 @@ impl Namespace {
         limit: Option<usize>,
         refs: &[String],
         mut v: Value,
+        dangling: Option<bool>,
     ) -> Result<Value, NsError> {
         let d = Demangler::new(&self.name, &self.settings.registry);
         let items = match (&kind, &mut v) {
@@ -300,7 +369,7 @@ impl Namespace {
                     items.truncate(l);
                 }
             }
-            ListKind::Images => items.retain_mut(|img| self.keep_image(img, refs)),
+            ListKind::Images => items.retain_mut(|img| self.keep_image(img, refs, dangling)),
             ListKind::Networks => {
                 items.retain_mut(|n| {
                     let name = n.get("Name").and_then(Value::as_str).unwrap_or("").to_owned();
@@ -330,7 +399,7 @@ impl Namespace {
         let state = |s: &str| cs.iter().filter(|c| c.get("State").and_then(Value::as_str) == Some(s)).count();
         let (running, paused) = (state("running"), state("paused"));
         let mut images = daemon.list("/images/json").await?;
-        images.retain_mut(|img| self.keep_image(img, &[]));
+        images.retain_mut(|img| self.keep_image(img, &[], None));
         Ok((cs.len(), running, paused, cs.len() - running - paused, images.len()))
     }
 
@@ -376,6 +445,7 @@ impl Namespace {
         parts.headers.remove(header::CONTENT_LENGTH);
         let ns = self.clone();
         let demangler = Demangler::new(&self.name, &self.settings.registry);
+        let hidden = self.name.hidden_repo(&self.settings.registry);
         let map = move |line: &[u8]| -> Option<Bytes> {
             let trimmed = trim_ascii(line);
             if trimmed.is_empty() {
@@ -388,6 +458,9 @@ impl Namespace {
                 return (!events).then(|| Bytes::copy_from_slice(line));
             };
             if events && !ns.sees_event(&v) {
+                return None;
+            }
+            if !events && !hide_line(&mut v, &hidden) {
                 return None;
             }
             demangler.value(&mut v);
@@ -432,6 +505,68 @@ impl Namespace {
             _ => false,
         }
     }
+}
+
+/// The mount points of a container that ctproxy's CA injection added (`crate::cache`: read-only
+/// binds at [`crate::cache::TRUST_MOUNT`] and [`crate::cache::LOCAL_CA_MOUNT`]; a namespace cannot
+/// bind host paths itself).
+fn decoration_mounts(c: &Value) -> Vec<String> {
+    strings(c.pointer("/HostConfig/Binds"))
+        .filter_map(|b| b.split(':').nth(1))
+        .filter(|t| [crate::cache::TRUST_MOUNT, crate::cache::LOCAL_CA_MOUNT].contains(t))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Removes from a `changes` answer the mount points `added` (when the daemon created them: kind
+/// 1, "added", so the image did not have them) and the parent directories that only changed
+/// because of them: created ones (kind 1) and modified ones (kind 0) under which nothing else
+/// changed.
+fn hide_decoration(changes: &mut Vec<Value>, added: &[String]) -> Vec<Value> {
+    let mut removed = Vec::new();
+    let path = |c: &Value| c.get("Path").and_then(Value::as_str).unwrap_or("").to_owned();
+    let kind = |c: &Value| c.get("Kind").and_then(Value::as_i64).unwrap_or(-1);
+    for m in added {
+        if !changes.iter().any(|c| path(c) == *m && kind(c) == 1) {
+            continue;
+        }
+        while let Some(i) = changes.iter().position(|c| path(c) == *m) {
+            removed.push(changes.remove(i));
+        }
+        // Parents, deepest first.
+        let mut p = m.as_str();
+        while let Some((parent, _)) = p.rsplit_once('/') {
+            if parent.is_empty() {
+                break;
+            }
+            let prefix = format!("{parent}/");
+            let others = changes.iter().any(|c| path(c).starts_with(&prefix));
+            let Some(i) = changes.iter().position(|c| path(c) == parent) else { break };
+            if others {
+                break;
+            }
+            if kind(&changes[i]) == 1 || kind(&changes[i]) == 0 {
+                removed.push(changes.remove(i));
+            }
+            p = parent;
+        }
+    }
+    removed
+}
+
+/// A progress line that names a hidden tag (`super::names::HIDDEN_REPO`): the build's
+/// "Successfully tagged" goes (false), and `docker load`'s "Loaded image: <hidden>:<id>" becomes
+/// what the daemon says of an untagged image, "Loaded image ID: sha256:<id>".
+fn hide_line(v: &mut Value, hidden: &str) -> bool {
+    let Some(Value::String(s)) = v.get_mut("stream") else { return true };
+    if !s.contains(hidden) {
+        return true;
+    }
+    if s.starts_with("Successfully tagged ") {
+        return false;
+    }
+    *s = s.replace(&format!("Loaded image: {hidden}:"), "Loaded image ID: sha256:");
+    true
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {

@@ -1,0 +1,451 @@
+//! Compatibility through a job socket (issue 17): inside its namespace, a job's Docker API answers
+//! as the daemon does. Each test runs on Debian's dockerd 20.10 and on Docker 28.5 with the
+//! containerd image store (`CTPROXY_TEST_DOCKER_HOST=unix:///run/ctproxy-d28/docker.sock`).
+
+mod support;
+
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::jobs::*;
+use support::*;
+
+/// The docker CLI 28 on a job's socket, with the classic builder (BuildKit is refused in a namespace).
+fn job_docker(job: &JobSocket, args: &[&str]) -> Output {
+    let mut c = docker_cmd("docker", &job.host, args);
+    c.env("DOCKER_BUILDKIT", "0");
+    output_within(c, None, Duration::from_secs(300), &args.join(" "))
+}
+
+fn job_ok(job: &JobSocket, args: &[&str]) -> String {
+    let out = job_docker(job, args);
+    check(&out, args);
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A build context with `dockerfile` as its Dockerfile.
+fn context(dockerfile: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).expect("Dockerfile");
+    dir
+}
+
+fn id_hex(id: &str) -> &str {
+    id.trim().strip_prefix("sha256:").unwrap_or(id.trim())
+}
+
+/// Item 1: images a namespace made without a name are its own: by full ID, short ID, in lists
+/// (`dangling=true`), removed with the namespace; another namespace does not see them.
+#[test]
+fn untagged_images_are_the_namespaces_own() {
+    require_docker();
+    let host = JobHost::start();
+    let job = host.job();
+    let other = host.job();
+    let ctx = context(&format!("FROM {BUSYBOX}\nRUN echo {} > /marker\n", unique("m")));
+    let built = job_ok(&job, &["build", "-q", &ctx.path().display().to_string()]);
+    let hex = id_hex(&built).to_owned();
+    assert_eq!(hex.len(), 64, "build -q prints the ID: {built}");
+
+    // By full ID, short ID and sha256: ID.
+    for r in [built.trim(), &hex[..12], &hex] {
+        assert!(job_ok(&job, &["run", "--rm", r, "cat", "/marker"]).len() > 1, "run {r}");
+    }
+    assert_eq!(id_hex(&job_ok(&job, &["image", "inspect", "--format", "{{.Id}}", &hex[..12]])), hex);
+    // Dangling for the client: no tag it sees.
+    let tags = job_ok(&job, &["image", "inspect", "--format", "{{json .RepoTags}}", &hex]);
+    assert!(tags == "[]" || tags == "null", "tags: {tags}");
+    let dangling = job_ok(&job, &["images", "-q", "--no-trunc", "--filter", "dangling=true"]);
+    assert!(dangling.contains(&hex), "dangling=true lists it: {dangling}");
+    let tagged = job_ok(&job, &["images", "-q", "--no-trunc", "--filter", "dangling=false"]);
+    assert!(!tagged.contains(&hex), "dangling=false does not: {tagged}");
+    assert!(job_ok(&job, &["images", "-q", "--no-trunc"]).contains(&hex));
+    assert!(!job_ok(&job, &["images", "--format", "{{.Repository}}"]).contains("ctproxy-untagged"), "hidden tags never show");
+
+    // commit without a name; inspect by the ID it printed.
+    job_ok(&job, &["create", "--name", "c1", &hex, "true"]);
+    let committed = job_ok(&job, &["commit", "c1"]);
+    assert_eq!(id_hex(&job_ok(&job, &["image", "inspect", "--format", "{{.Id}}", &committed])), id_hex(&committed));
+
+    // Another namespace sees none of it.
+    for r in [&hex[..12], &hex, id_hex(&committed)] {
+        assert!(!other.docker(&["image", "inspect", r]).status.success(), "other namespace sees {r}");
+        assert!(!other.docker(&["images", "-q", "--no-trunc"]).stdout.windows(12).any(|w| w == &r.as_bytes()[..12]));
+    }
+
+    // tag then rmi the tag: the image goes with its last name, as on the daemon.
+    job_ok(&job, &["rm", "c1"]);
+    job_ok(&job, &["tag", id_hex(&committed), "named:1"]);
+    job_ok(&job, &["rmi", "named:1"]);
+    assert!(!docker_output(direct(), &["image", "inspect", id_hex(&committed)]).status.success(), "rmi of the last name removes the image");
+
+    // image prune (dangling) removes the namespace's own untagged images.
+    job_ok(&job, &["image", "prune", "-f"]);
+    assert!(!docker_output(direct(), &["image", "inspect", &hex]).status.success(), "image prune removed the untagged build");
+
+    // Removed with the namespace.
+    let again = job_ok(&job, &["build", "-q", &ctx.path().display().to_string()]);
+    let again = id_hex(&again).to_owned();
+    assert!(docker_output(direct(), &["image", "inspect", &again]).status.success());
+    job.remove();
+    assert!(!docker_output(direct(), &["image", "inspect", &again]).status.success(), "namespace removal removed its untagged image");
+}
+
+/// Item 1: `docker load` of an untagged archive prints the ID, and the image is the namespace's.
+#[test]
+fn untagged_loads_are_the_namespaces_own() {
+    require_docker();
+    let host = JobHost::start();
+    let job = host.job();
+    let ctx = context(&format!("FROM {BUSYBOX}\nRUN echo {} > /marker\n", unique("l")));
+    let built = job_ok(&job, &["build", "-q", &ctx.path().display().to_string()]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tar = dir.path().join("img.tar");
+    job_ok(&job, &["save", "-o", &tar.display().to_string(), id_hex(&built)]);
+    job_ok(&job, &["rmi", id_hex(&built)]);
+    let loaded = job_ok(&job, &["load", "-i", &tar.display().to_string()]);
+    let id = loaded.rsplit(' ').next().unwrap_or("").to_owned();
+    assert!(loaded.contains("Loaded image ID: sha256:"), "load: {loaded}");
+    job_ok(&job, &["image", "inspect", &id]);
+    job_ok(&job, &["run", "--rm", &id, "cat", "/marker"]);
+    let other = host.job();
+    assert!(!other.docker(&["image", "inspect", &id]).status.success());
+}
+
+#[allow(dead_code)]
+fn json(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or(Value::Null)
+}
+
+/// Item 6: a broken archive gets the daemon's kind of answer (its message, a client error), not a
+/// 502 "cannot reach the daemon".
+#[test]
+fn broken_load_is_the_clients_error() {
+    require_docker();
+    let host = JobHost::start();
+    let job = host.job();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let junk = dir.path().join("junk.tar");
+    std::fs::write(&junk, random_bytes(3000)).expect("junk");
+    let direct_out = docker_output(direct(), &["load", "-i", &junk.display().to_string()]);
+    assert!(!direct_out.status.success());
+    let out = job.docker(&["load", "-i", &junk.display().to_string()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("invalid tar header"), "the daemon's message: {err}");
+    assert!(!err.contains("502") && !err.contains("Body stream") && !err.contains("cannot reach"), "{err}");
+    // An archive that is a tar but not an image: the daemon's own answer.
+    let tar = dir.path().join("empty.tar");
+    run_ok(
+        {
+            let mut c = std::process::Command::new("tar");
+            c.args(["-cf", &tar.display().to_string(), "-C", &dir.path().display().to_string(), "junk.tar"]);
+            c
+        },
+        "tar",
+    );
+    let direct_out = docker_output(direct(), &["load", "-i", &tar.display().to_string()]);
+    let out = job.docker(&["load", "-i", &tar.display().to_string()]);
+    assert_eq!(out.status.success(), direct_out.status.success());
+    let digits = |o: &Output| String::from_utf8_lossy(&o.stderr).replace(|c: char| c.is_ascii_digit(), "");
+    assert_eq!(digits(&out), digits(&direct_out));
+}
+
+/// Item 6: swarm endpoints on a node that is not part of a swarm answer as dockerd does (503 and
+/// its message), so that clients' teardown code works.
+#[test]
+fn swarm_endpoints_answer_as_on_a_non_swarm_node() {
+    require_docker();
+    let state = docker(direct(), &["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+    assert_eq!(state.trim(), "inactive", "the test daemons are not in a swarm");
+    let host = JobHost::start();
+    let job = host.job();
+    for (method, path) in [
+        ("POST", "/v1.41/swarm/leave"),
+        ("GET", "/v1.41/swarm"),
+        ("GET", "/v1.41/services"),
+        ("GET", "/v1.41/nodes"),
+        ("GET", "/v1.41/tasks"),
+        ("GET", "/v1.41/secrets"),
+        ("GET", "/v1.41/configs"),
+        ("GET", "/v1.41/swarm/unlockkey"),
+        ("GET", "/v1.41/services/x"),
+        ("DELETE", "/v1.41/nodes/x"),
+    ] {
+        let want = http_json(direct_socket(), method, path, None);
+        let got = job.request(method, path, None);
+        assert_eq!(want.0, 503, "{method} {path} on the daemon: {want:?}");
+        assert_eq!(got, want, "{method} {path}");
+    }
+    let out = job.docker(&["swarm", "leave", "--force"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("This node is not part of a swarm"), "{out:?}");
+    // Joining a swarm stays refused: it changes the daemon for everyone.
+    let (status, _) = job.request("POST", "/v1.41/swarm/init", Some("{}"));
+    assert_eq!(status, 403);
+}
+
+/// Item 5: dockerd's routes take the rest of the path as the name (`{name:.*}`): removing a link
+/// (`docker rm --link /web/db`) reaches the daemon, for the namespace's own containers only. (In a
+/// namespace every container is on a user-defined network, where links are network aliases, not
+/// names: the daemon then answers its own not-found, as it does on any user-defined network.)
+#[test]
+fn link_removal_is_routed_like_dockerd() {
+    require_docker();
+    let host = JobHost::start();
+    let job = host.job();
+    job_ok(&job, &["run", "-d", "--name", "db", BUSYBOX, "sleep", "300"]);
+    job_ok(&job, &["run", "-d", "--name", "web", "--link", "db:dbalias", BUSYBOX, "sleep", "300"]);
+    let out = job_docker(&job, &["rm", "--link", "/web/dbalias"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("endpoint") && !err.contains("ctproxy"), "routed to the daemon: {err}");
+    assert!(err.contains("No such container: web/dbalias") || out.status.success(), "the daemon's answer, de-mangled: {err}");
+    // Another namespace cannot name it.
+    let other = host.job();
+    let out = other.docker(&["rm", "--link", "/web/dbalias"]);
+    assert_refused(&out, "No such container: web/dbalias");
+    // A path with a slash on other container routes gets the daemon's not-found, not "unknown endpoint".
+    let (status, body) = job.request("GET", "/v1.41/containers/a/b/json", None);
+    assert_eq!(status, 404, "{body}");
+    job_ok(&job, &["rm", "-f", "web", "db"]);
+}
+
+/// Item 2: a container reports its image as the client wrote it (`Config.Image`, `ps`, events),
+/// as the daemon does: `busybox`, not `busybox:latest`.
+#[test]
+fn image_names_come_back_as_written() {
+    require_docker();
+    let host = JobHost::start();
+    let job = host.job();
+    let shared = BUSYBOX.trim_end_matches(":latest");
+    job_ok(&job, &["tag", BUSYBOX, "mine"]);
+    let since = timestamp_now();
+    for (name, image) in [("c-shared", shared), ("c-own", "mine"), ("c-tagged", "mine:latest")] {
+        job_ok(&job, &["create", "--name", name, image, "true"]);
+        assert_eq!(job_ok(&job, &["inspect", "--format", "{{.Config.Image}}", name]), image);
+        assert_eq!(job_ok(&job, &["ps", "-a", "--filter", &format!("name=^{name}$"), "--format", "{{.Image}}"]), image);
+    }
+    // The daemon itself reports the same for the shared image.
+    let direct_name = unique("compat-direct");
+    docker(direct(), &["create", "--name", &direct_name, shared, "true"]);
+    let want = docker(direct(), &["inspect", "--format", "{{.Config.Image}}", &direct_name]);
+    docker(direct(), &["rm", &direct_name]);
+    assert_eq!(want.trim(), shared);
+    let events =
+        job_ok(&job, &["events", "--since", &since, "--until", &timestamp_now(), "--filter", "event=create", "--format", "{{.From}}"]);
+    assert!(events.lines().any(|l| l == shared) && events.lines().any(|l| l == "mine"), "events: {events}");
+    job_ok(&job, &["rm", "c-shared", "c-own", "c-tagged"]);
+}
+
+/// Item 4: names the daemon accepts are accepted (a network name with a space), and names it
+/// refuses are refused with its own message; mangling keeps working in filters and answers.
+#[test]
+fn names_the_daemon_accepts_are_accepted() {
+    require_docker();
+    let host = JobHost::start();
+    let job = host.job();
+    let net = "my net";
+    job_ok(&job, &["network", "create", net]);
+    assert_eq!(job_ok(&job, &["network", "inspect", "--format", "{{.Name}}", net]), net);
+    let listed = job_ok(&job, &["network", "ls", "--filter", "name=my net", "--format", "{{.Name}}"]);
+    assert_eq!(listed, net);
+    job_ok(&job, &["run", "-d", "--name", "c-net", "--network", net, BUSYBOX, "sleep", "300"]);
+    let nets = job_ok(&job, &["inspect", "--format", "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}", "c-net"]);
+    assert_eq!(nets, net);
+    assert_eq!(job_ok(&job, &["ps", "--filter", "network=my net", "--format", "{{.Names}}"]), "c-net");
+    job_ok(&job, &["rm", "-f", "c-net"]);
+    job_ok(&job, &["network", "rm", net]);
+    // A slash too (dockerd's network routes take the rest of the path).
+    job_ok(&job, &["network", "create", "team/net"]);
+    assert_eq!(job_ok(&job, &["network", "inspect", "--format", "{{.Name}}", "team/net"]), "team/net");
+    job_ok(&job, &["network", "rm", "team/net"]);
+    // Refused where the daemon refuses, with its message.
+    for (args, name) in [
+        (vec!["create", "--name", "x", BUSYBOX, "true"], "x"),
+        (vec!["volume", "create", "x"], "x"),
+        (vec!["volume", "create", "a b"], "a b"),
+    ] {
+        let want = docker_output(direct(), &args);
+        let got = job.docker(&args);
+        assert!(!want.status.success() && !got.status.success(), "{name}");
+        assert_eq!(String::from_utf8_lossy(&got.stderr), String::from_utf8_lossy(&want.stderr), "{args:?}");
+    }
+}
+
+/// A job host whose containers get the cache's CA (the `[cache]` section; no origins are needed
+/// for the decoration itself).
+fn job_host_with_cache() -> JobHost {
+    let (http, https, metrics) = (free_port(), free_port(), free_port());
+    JobHost::start_with(&format!(
+        r#"
+[cache]
+hosts = ["repo.test"]
+listen = "127.0.0.1"
+http_port = {http}
+https_port = {https}
+dir = "{{dir}}/cache"
+metrics_listen = "127.0.0.1:{metrics}"
+"#
+    ))
+}
+
+/// Item 3: `docker diff` of a fresh container lists nothing ctproxy's CA injection made.
+#[test]
+fn decoration_does_not_show_in_diff() {
+    require_docker();
+    let host = job_host_with_cache();
+    let job = host.job();
+    job_ok(&job, &["create", "--name", "fresh", BUSYBOX, "true"]);
+    let mounts = job_ok(&job, &["inspect", "--format", "{{range .Mounts}}{{.Destination}} {{end}}", "fresh"]);
+    assert!(mounts.contains("/run/ctproxy-ca"), "the cache decorates job containers: {mounts}\n{}", host.log_text());
+    job_ok(&job, &["start", "fresh"]);
+    job_ok(&job, &["wait", "fresh"]);
+    let diff = job_ok(&job, &["diff", "fresh"]);
+    assert_eq!(diff, "", "a fresh container has no changes");
+    // The job's own changes still show, next to the mount points.
+    job_ok(&job, &["run", "--name", "busy", BUSYBOX, "sh", "-c", "mkdir -p /run/mine /usr/local/x && touch /run/mine/f"]);
+    let diff = job_ok(&job, &["diff", "busy"]);
+    // Compared with the same container on the daemon, without the decoration.
+    let name = unique("compat-diff");
+    docker(direct(), &["run", "--name", &name, BUSYBOX, "sh", "-c", "mkdir -p /run/mine /usr/local/x && touch /run/mine/f"]);
+    let want = docker(direct(), &["diff", &name]);
+    docker(direct(), &["rm", &name]);
+    let sorted = |s: &str| {
+        let mut l: Vec<String> = s.lines().map(str::to_owned).collect();
+        l.sort();
+        l
+    };
+    assert_eq!(sorted(&diff), sorted(&want));
+    assert!(!diff.contains("ctproxy"), "{diff}");
+    job_ok(&job, &["rm", "fresh", "busy"]);
+}
+
+/// The member names of a tar archive.
+fn tar_names(tar: &[u8]) -> Vec<String> {
+    let mut c = std::process::Command::new("tar");
+    c.args(["-tf", "-"]);
+    let out = output_within(c, Some(tar.to_vec()), Duration::from_secs(60), "tar -t");
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+    names.sort();
+    names
+}
+
+/// Item 3: `docker export` of a decorated container has the file system the daemon would give
+/// without the decoration.
+#[test]
+fn decoration_does_not_show_in_export() {
+    require_docker();
+    let host = job_host_with_cache();
+    let job = host.job();
+    // Run once: the daemon makes the mount points when the container starts.
+    job_ok(&job, &["run", "--name", "fresh", BUSYBOX, "true"]);
+    let via = job_docker(&job, &["export", "fresh"]);
+    assert!(via.status.success());
+    let name = unique("compat-export");
+    docker(direct(), &["run", "--name", &name, BUSYBOX, "true"]);
+    let direct_out = docker_output(direct(), &["export", &name]);
+    docker(direct(), &["rm", &name]);
+    let (got, want) = (tar_names(&via.stdout), tar_names(&direct_out.stdout));
+    assert!(!got.iter().any(|n| n.contains("ctproxy")), "{got:?}");
+    assert_eq!(got, want);
+    job_ok(&job, &["rm", "fresh"]);
+}
+
+/// Item 8: the Python SDK's usual flows through a job socket (`tests/python/compat_job.py`).
+#[test]
+fn python_sdk_flows_through_a_job_socket() {
+    require_docker();
+    let host = JobHost::start();
+    let job = host.job();
+    let mut c = std::process::Command::new("python3");
+    c.arg("tests/python/compat_job.py").env("DOCKER_HOST", &job.host).env("BUSYBOX", BUSYBOX);
+    let out = output_within(c, None, Duration::from_secs(300), "python3 tests/python/compat_job.py");
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        host.log_text()
+    );
+}
+
+/// Item 8: the 20.10 CLI and docker-compose 1.29 through a job socket, compared with the daemon
+/// where the answer does not depend on the namespace.
+#[test]
+fn cli_2010_and_compose_flows_through_a_job_socket() {
+    require_docker();
+    let host = JobHost::start();
+    let job = host.job();
+    let old = |args: &[&str]| {
+        let mut c = docker_cmd(DOCKER_2010, &job.host, args);
+        c.env("DOCKER_BUILDKIT", "0");
+        let out = output_within(c, None, Duration::from_secs(300), &args.join(" "));
+        check(&out, args);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let ctx = context(&format!("FROM {BUSYBOX}\nRUN echo old > /marker\n"));
+    let id = old(&["build", "-q", &ctx.path().display().to_string()]);
+    assert_eq!(old(&["run", "--rm", &id, "cat", "/marker"]), "old");
+    let dangling = old(&["images", "-q", "--no-trunc", "--filter", "dangling=true"]);
+    assert!(dangling.contains(id_hex(&id)), "{dangling}");
+    old(&["run", "--name", "c2010", BUSYBOX, "sh", "-c", "echo hi > /f"]);
+    assert_eq!(old(&["diff", "c2010"]), "A /f");
+    assert_eq!(old(&["logs", "c2010"]), "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("f");
+    old(&["cp", "c2010:/f", &f.display().to_string()]);
+    assert_eq!(std::fs::read_to_string(&f).expect("cp").trim(), "hi");
+    let committed = old(&["commit", "c2010"]);
+    old(&["image", "inspect", &committed]);
+    // import of an export, without a name.
+    let tar = dir.path().join("c.tar");
+    old(&["export", "-o", &tar.display().to_string(), "c2010"]);
+    let imported = old(&["import", &tar.display().to_string()]);
+    assert_eq!(old(&["run", "--rm", &imported, "cat", "/f"]), "hi");
+    old(&["rm", "c2010"]);
+    old(&["image", "prune", "-f"]);
+    for gone in [&id, &committed, &imported] {
+        assert!(!docker_output(direct(), &["image", "inspect", id_hex(gone)]).status.success(), "pruned: {gone}");
+    }
+    let (status, _) = job.request("GET", "/v1.41/system/df", None);
+    assert_eq!(status, 200);
+
+    // compose v1: up, ps, down.
+    let proj = dir.path().join("proj");
+    std::fs::create_dir(&proj).expect("proj");
+    std::fs::write(
+        proj.join("docker-compose.yml"),
+        format!("version: '2.4'\nservices:\n  app:\n    image: {BUSYBOX}\n    command: sleep 60\n    networks: [back]\n    volumes: [data:/data]\nnetworks:\n  back: {{}}\nvolumes:\n  data: {{}}\n"),
+    )
+    .expect("compose file");
+    let compose = |args: &[&str]| {
+        let mut c = std::process::Command::new("docker-compose");
+        c.args(["-p", "compat"]).args(args).current_dir(&proj).env("DOCKER_HOST", &job.host);
+        let out = output_within(c, None, Duration::from_secs(300), &args.join(" "));
+        check(&out, args);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    compose(&["up", "-d"]);
+    assert!(compose(&["ps", "-q"]).len() >= 12);
+    assert_eq!(job_ok(&job, &["ps", "--format", "{{.Names}} {{.Image}}"]), format!("compat_app_1 {BUSYBOX}"));
+    compose(&["down", "-v", "-t", "0"]);
+    assert!(job.on_daemon().is_empty(), "compose down left {:?}", job.on_daemon());
+}
+
+/// Item 1: the result of an untagged multi-stage build is the namespace's, and `FROM <its ID>`
+/// works in a later build.
+#[test]
+fn untagged_multi_stage_results_are_the_namespaces_own() {
+    require_docker();
+    let host = JobHost::start();
+    let job = host.job();
+    let ctx = context(&format!("FROM {BUSYBOX} AS first\nRUN echo {} > /a\nFROM {BUSYBOX}\nCOPY --from=first /a /b\n", unique("ms")));
+    let id = job_ok(&job, &["build", "-q", &ctx.path().display().to_string()]);
+    assert!(job_ok(&job, &["run", "--rm", &id, "cat", "/b"]).contains("ms"));
+    let next = context(&format!("FROM {}\nRUN cat /b\n", id_hex(&id)));
+    let id2 = job_ok(&job, &["build", "-q", &next.path().display().to_string()]);
+    job_ok(&job, &["image", "inspect", &id2]);
+    let other = host.job();
+    let out = job_docker(&other, &["build", "-q", &next.path().display().to_string()]);
+    assert!(!out.status.success(), "another namespace builds FROM this namespace's untagged image");
+}
