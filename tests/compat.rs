@@ -449,3 +449,54 @@ fn untagged_multi_stage_results_are_the_namespaces_own() {
     let out = job_docker(&other, &["build", "-q", &next.path().display().to_string()]);
     assert!(!out.status.success(), "another namespace builds FROM this namespace's untagged image");
 }
+
+/// Compose v2 (the `docker compose` plugin that Docker 23+ ships, 2.40 here) through a job socket:
+/// a project with a network, a volume and two services that reach each other by name, up, ps,
+/// exec, logs and down, leaving nothing behind in the job's namespace.
+#[test]
+fn compose_v2_through_a_job_socket() {
+    let host = JobHost::start();
+    let job = host.job();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("compose.yaml"),
+        format!(
+            r#"services:
+  web:
+    image: {BUSYBOX}
+    command: ["sh", "-c", "mkdir -p /www && echo pong > /www/ping && exec httpd -f -p 8080 -h /www"]
+    networks: [back]
+    volumes: [data:/data]
+  client:
+    image: {BUSYBOX}
+    command: ["sleep", "600"]
+    networks: [back]
+    depends_on: [web]
+networks:
+  back: {{}}
+volumes:
+  data: {{}}
+"#
+        ),
+    )
+    .expect("compose file");
+    let compose = |args: &[&str]| {
+        let mut c = docker_cmd("docker", &job.host, &["compose", "--ansi", "never", "-p", "proj"]);
+        c.args(args).current_dir(dir.path());
+        let out = output_within(c, None, Duration::from_secs(180), &format!("docker compose {}", args.join(" ")));
+        assert!(out.status.success(), "docker compose {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    compose(&["up", "-d"]);
+    let mut services: Vec<String> = compose(&["ps", "--services"]).lines().map(str::to_owned).collect();
+    services.sort();
+    assert_eq!(services, ["client", "web"]);
+    let reach = "for i in $(seq 1 100); do wget -q -O - http://web:8080/ping && exit 0; sleep 0.1; done; exit 1";
+    assert_eq!(compose(&["exec", "-T", "client", "sh", "-c", reach]), "pong\n");
+    let ps = compose(&["ps", "--format", "{{.Name}} {{.State}}"]);
+    assert!(ps.contains("proj-web-1 running") && ps.contains("proj-client-1 running"), "{ps}");
+    assert!(job.docker_ok(&["volume", "ls", "--format", "{{.Name}}"]).contains("proj_data"));
+    compose(&["logs", "web"]);
+    compose(&["down", "-v", "-t", "0"]);
+    assert!(job.on_daemon().is_empty(), "compose down left {:?}", job.on_daemon());
+}
