@@ -183,7 +183,7 @@ impl Namespace {
             ImageDelete => {
                 return match self.image(daemon, &typed).await? {
                     ImageRef::Shared(_) => Err(NsError::Refused(format!(
-                        "image {typed} is shared by the administrator ([namespaces] shared_images) and read-only in a namespace; tag it to have a copy of your own"
+                        "image {typed} is shared by the administrator ([namespaces] shared_images) and read-only in a namespace; tag it to have a copy of your own (no setting allows changing it)"
                     ))),
                     ImageRef::Owned(name) => {
                         // The last name the client sees: the image goes, as the daemon removes an
@@ -212,7 +212,7 @@ impl Namespace {
                 let repo = Reference { tag: None, digest: None, ..r.clone() }.familiar();
                 if self.is_shared(&repo) {
                     return Err(NsError::Refused(format!(
-                        "image {typed} is shared by the administrator and cannot be pushed; tag it first"
+                        "image {typed} is shared by the administrator ([namespaces] shared_images) and cannot be pushed from a namespace; tag it first (no setting allows it)"
                     )));
                 }
                 // The name as typed (its tag too: without one, dockerd pushes every tag), `tag` as sent.
@@ -578,7 +578,7 @@ impl Namespace {
         let (from_image, tag) = match classify(q) {
             ImageCreate::ImportUrl { url } => {
                 return Err(NsError::Refused(format!(
-                    "importing an image from a URL the daemon downloads (fromSrc={url}) is not available in a namespace; send the archive in the request body (fromSrc=-)"
+                    "importing an image from a URL the daemon downloads (fromSrc={url}) is not available in a namespace; send the archive in the request body (fromSrc=-); no setting allows it"
                 )))
             }
             ImageCreate::ImportBody => {
@@ -899,7 +899,9 @@ fn search_on_hub(term: &str) -> Result<(), NsError> {
     if matches!(index, "docker.io" | "index.docker.io") {
         return Ok(());
     }
-    Err(NsError::Refused(format!("searching the registry {index} is not available in a namespace (the daemon would contact it directly)")))
+    Err(NsError::Refused(format!(
+        "searching the registry {index} is not available in a namespace (the daemon would contact it directly); no setting allows it"
+    )))
 }
 
 fn add_alias(ep: &mut Value, alias: &str) {
