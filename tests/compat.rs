@@ -500,3 +500,66 @@ volumes:
     compose(&["down", "-v", "-t", "0"]);
     assert!(job.on_daemon().is_empty(), "compose down left {:?}", job.on_daemon());
 }
+
+/// Item e: `image prune` in a namespace applies `dangling`, `until`, `label` and `label!` as dockerd
+/// does, to the namespace's own images only, and refuses the filters dockerd refuses, with its message.
+#[test]
+fn image_prune_honours_filters() {
+    require_docker();
+    let host = JobHost::start();
+    let job = host.job();
+    let other = host.job();
+    let mark = unique("prune");
+    let build = |j: &JobSocket, label: &str, tag: Option<&str>| {
+        let ctx = context(&format!("FROM {BUSYBOX}\n{label}\nRUN echo {mark}{label} > /m\n"));
+        let dir = ctx.path().display().to_string();
+        let mut args = vec!["build", "-q"];
+        if let Some(t) = tag {
+            args.extend(["-t", t]);
+        }
+        args.push(&dir);
+        let out = job_docker(j, &args);
+        check(&out, &args);
+        id_hex(&String::from_utf8_lossy(&out.stdout)).to_owned()
+    };
+    let exists = |hex: &str| docker_output(direct(), &["image", "inspect", hex]).status.success();
+    let keep_no = build(&job, "LABEL keep=no", None);
+    let keep_yes = build(&job, "LABEL keep=yes", None);
+    let plain = build(&job, "", None);
+    let tagged_no = build(&job, "LABEL keep=no tagged=1", Some("pruned:1"));
+    let others = build(&other, "LABEL keep=no other=1", None);
+
+    // label=k=v: only the untagged keep=no of this namespace.
+    let pruned = job_ok(&job, &["image", "prune", "-f", "--filter", "label=keep=no"]);
+    let listing = docker(direct(), &["images", "--no-trunc", "--format", "{{.ID}} {{.Repository}}:{{.Tag}} {{.CreatedAt}}"]);
+    assert!(!exists(&keep_no), "label=keep=no pruned: {pruned}; {keep_no} in {listing}");
+    assert!(exists(&keep_yes) && exists(&plain) && exists(&tagged_no), "the others stay");
+    assert!(exists(&others), "another namespace's image stays");
+
+    // label!=keep: the one without the label.
+    job_ok(&job, &["image", "prune", "-f", "--filter", "label!=keep"]);
+    assert!(!exists(&plain), "label!=keep pruned the unlabelled one");
+    assert!(exists(&keep_yes));
+
+    // until: images created after it stay; 0s (now) reaches them.
+    job_ok(&job, &["image", "prune", "-f", "--filter", "until=1h"]);
+    assert!(exists(&keep_yes), "created within the hour: kept by until=1h");
+    job_ok(&job, &["image", "prune", "-f", "--filter", "until=2000-01-01T00:00:00Z"]);
+    assert!(exists(&keep_yes), "created after 2000: kept");
+    job_ok(&job, &["image", "prune", "-f", "--filter", "until=0s"]);
+    assert!(!exists(&keep_yes), "until=0s (now) pruned it");
+
+    // dangling=false (-a) with a label: the tagged image goes too.
+    assert!(exists(&tagged_no));
+    job_ok(&job, &["image", "prune", "-a", "-f", "--filter", "label=tagged=1"]);
+    assert!(!exists(&tagged_no), "-a with label=tagged=1 pruned the tagged image");
+    assert!(exists(&others), "another namespace's image stays");
+
+    // What dockerd refuses, refused with its message (validated before anything is pruned).
+    let direct_err = docker_output(direct(), &["image", "prune", "-f", "--filter", "foo=bar"]);
+    let job_err = job_docker(&job, &["image", "prune", "-f", "--filter", "foo=bar"]);
+    assert!(!direct_err.status.success() && !job_err.status.success());
+    assert_eq!(String::from_utf8_lossy(&job_err.stderr), String::from_utf8_lossy(&direct_err.stderr));
+    let bad = job_docker(&job, &["image", "prune", "-f", "--filter", "until=soon"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("invalid value for 'until' filter"), "{bad:?}");
+}
