@@ -469,7 +469,7 @@ fn refusal(ctx: &RequestCtx<'_>, d: Denied) -> Refused {
         endpoint = ctx.route.endpoint.map_or("unknown", Endpoint::name),
         path = %ctx.route.path,
         policy = %d.policy,
-        reason = %d.refusal.reason(),
+        reason = %d.refusal.reason(&d.policy),
         "request refused by policy"
     );
     Refused { status: d.refusal.status, message, logged: true }

@@ -500,3 +500,115 @@ volumes:
     compose(&["down", "-v", "-t", "0"]);
     assert!(job.on_daemon().is_empty(), "compose down left {:?}", job.on_daemon());
 }
+
+/// Item e: `image prune` in a namespace applies `dangling`, `until`, `label` and `label!` as dockerd
+/// does, to the namespace's own images only, and refuses the filters dockerd refuses, with its message.
+#[test]
+fn image_prune_honours_filters() {
+    require_docker();
+    let host = JobHost::start();
+    let job = host.job();
+    let other = host.job();
+    let mark = unique("prune");
+    let build = |j: &JobSocket, label: &str, tag: Option<&str>| {
+        let ctx = context(&format!("FROM {BUSYBOX}\n{label}\nRUN echo {mark}{label} > /m\n"));
+        let dir = ctx.path().display().to_string();
+        let mut args = vec!["build", "-q"];
+        if let Some(t) = tag {
+            args.extend(["-t", t]);
+        }
+        args.push(&dir);
+        let out = job_docker(j, &args);
+        check(&out, &args);
+        id_hex(&String::from_utf8_lossy(&out.stdout)).to_owned()
+    };
+    let exists = |hex: &str| docker_output(direct(), &["image", "inspect", hex]).status.success();
+    let keep_no = build(&job, "LABEL keep=no", None);
+    let keep_yes = build(&job, "LABEL keep=yes", None);
+    let plain = build(&job, "", None);
+    let tagged_no = build(&job, "LABEL keep=no tagged=1", Some("pruned:1"));
+    let others = build(&other, "LABEL keep=no other=1", None);
+
+    // label=k=v: only the untagged keep=no of this namespace.
+    let pruned = job_ok(&job, &["image", "prune", "-f", "--filter", "label=keep=no"]);
+    let listing = docker(direct(), &["images", "--no-trunc", "--format", "{{.ID}} {{.Repository}}:{{.Tag}} {{.CreatedAt}}"]);
+    assert!(!exists(&keep_no), "label=keep=no pruned: {pruned}; {keep_no} in {listing}");
+    assert!(exists(&keep_yes) && exists(&plain) && exists(&tagged_no), "the others stay");
+    assert!(exists(&others), "another namespace's image stays");
+
+    // label!=keep: the one without the label.
+    job_ok(&job, &["image", "prune", "-f", "--filter", "label!=keep"]);
+    assert!(!exists(&plain), "label!=keep pruned the unlabelled one");
+    assert!(exists(&keep_yes));
+
+    // until: images created after it stay; 0s (now) reaches them.
+    job_ok(&job, &["image", "prune", "-f", "--filter", "until=1h"]);
+    assert!(exists(&keep_yes), "created within the hour: kept by until=1h");
+    job_ok(&job, &["image", "prune", "-f", "--filter", "until=2000-01-01T00:00:00Z"]);
+    assert!(exists(&keep_yes), "created after 2000: kept");
+    job_ok(&job, &["image", "prune", "-f", "--filter", "until=0s"]);
+    assert!(!exists(&keep_yes), "until=0s (now) pruned it");
+
+    // dangling=false (-a) with a label: the tagged image goes too.
+    assert!(exists(&tagged_no));
+    job_ok(&job, &["image", "prune", "-a", "-f", "--filter", "label=tagged=1"]);
+    assert!(!exists(&tagged_no), "-a with label=tagged=1 pruned the tagged image");
+    assert!(exists(&others), "another namespace's image stays");
+
+    // What dockerd refuses, refused with its message (validated before anything is pruned).
+    let direct_err = docker_output(direct(), &["image", "prune", "-f", "--filter", "foo=bar"]);
+    let job_err = job_docker(&job, &["image", "prune", "-f", "--filter", "foo=bar"]);
+    assert!(!direct_err.status.success() && !job_err.status.success());
+    assert_eq!(String::from_utf8_lossy(&job_err.stderr), String::from_utf8_lossy(&direct_err.stderr));
+    let bad = job_docker(&job, &["image", "prune", "-f", "--filter", "until=soon"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("invalid value for 'until' filter"), "{bad:?}");
+}
+
+/// Item d: `docker push` through a job socket goes to the registry the job named, through the
+/// registry proxy, with the job's own login; the registry holds the digest the CLI printed, and
+/// another job pulls and runs it.
+#[test]
+fn push_through_a_job_socket() {
+    require_docker();
+    let registry = Registry::start_with_users(&[("ci", "ci-pw")]);
+    let reg = registry.addr.clone();
+    let host = JobHost::start_with(&format!("[registry_proxy]\naddress = \"127.0.0.1:{}\"\ninsecure = [\"{reg}\"]\n", free_port()));
+    let job = host.job();
+    let cfg = tempfile::tempdir().expect("tempdir");
+    let with_login = |j: &JobSocket, args: &[&str], input: Option<&[u8]>| {
+        let mut c = docker_cmd("docker", &j.host, args);
+        c.env("DOCKER_CONFIG", cfg.path());
+        output_within(c, input.map(<[u8]>::to_vec), Duration::from_secs(300), &format!("docker {}", args.join(" ")))
+    };
+    let login = with_login(&job, &["login", "-u", "ci", "--password-stdin", &reg], Some(b"ci-pw"));
+    check(&login, &["login", &reg]);
+    let repo = unique("pushed").replace("ctproxy-test-", "");
+    let target = format!("{reg}/compat/{repo}:1");
+    let ctx = context(&format!("FROM {BUSYBOX}\nRUN echo {repo} > /pushed\n"));
+    job_ok(&job, &["build", "-t", &target, &ctx.path().display().to_string()]);
+    let out = with_login(&job, &["push", &target], None);
+    check(&out, &["push", &target]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let digest = text.split_whitespace().skip_while(|w| *w != "digest:").nth(1).unwrap_or_else(|| panic!("no digest: {text}")).to_owned();
+    assert!(text.contains(&format!("[{reg}/compat/{repo}]")), "the CLI names the repository as typed: {text}");
+    // The registry holds that manifest under the name the job typed.
+    let head = std::process::Command::new("curl")
+        .args(["-sfI", "-u", "ci:ci-pw", "-H", "Accept: application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json"])
+        .arg(format!("http://{reg}/v2/compat/{repo}/manifests/1"))
+        .output()
+        .expect("curl");
+    let headers = String::from_utf8_lossy(&head.stdout).to_ascii_lowercase();
+    assert!(headers.contains(&format!("docker-content-digest: {digest}")), "registry answer: {headers}");
+    // Without a login, a push is refused by the registry (the proxy forwards no credentials of its own).
+    let anon = job_docker(&job, &["push", &target]);
+    assert!(!anon.status.success(), "push without credentials: {anon:?}");
+
+    // Another job pulls it with the same login and runs it.
+    let other = host.job();
+    let login = with_login(&other, &["login", "-u", "ci", "--password-stdin", &reg], Some(b"ci-pw"));
+    check(&login, &["login", &reg]);
+    let out = with_login(&other, &["pull", &target], None);
+    check(&out, &["pull", &target]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("Digest: {digest}")), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(other.docker_ok(&["run", "--rm", &target, "cat", "/pushed"]), repo);
+}

@@ -2,7 +2,7 @@
 //! HTTP request (or a pipelined sequence ending in one) over the proxy's unix socket that tries to
 //! elevate privilege or reach the host. Each row states the status it must get (403 refused by the
 //! policy, 400 malformed, 413 oversized), and the test checks, per row:
-//! - the status, and a Docker-style JSON `message` (`ctproxy: ... is not allowed by policy strict`
+//! - the status, and a Docker-style JSON `message` (`ctproxy: ... is not allowed by policy strict; <remedy>`
 //!   for 403, naming the reason the row expects);
 //! - a new audit line in the proxy's log;
 //! - that the daemon shows no effect: the uniquely named container / volume / network / image does
@@ -1157,7 +1157,13 @@ fn escape_corpus_is_refused_without_effect() {
         if let Some(reply) = replies.get(row.before.len()) {
             match reply.message() {
                 Some(m) if !m.starts_with("ctproxy: ") => fail(&mut failures, format!("message not from ctproxy: {m:?}")),
-                Some(m) if row.status == 403 && !m.ends_with("is not allowed by policy strict") => {
+                Some(m)
+                    if row.status == 403
+                        && !(m.contains("is not allowed by policy strict; ")
+                            && (m.ends_with("no setting allows it)")
+                                || m.ends_with("; no setting allows it")
+                                || m.contains("; an administrator can allow it by "))) =>
+                {
                     fail(&mut failures, format!("message {m:?}"))
                 }
                 Some(m) if !m.contains(row.why.as_str()) => fail(&mut failures, format!("message {m:?} does not say {:?}", row.why)),

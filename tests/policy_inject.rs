@@ -258,7 +258,12 @@ fn update_cannot_lift_forced_limits() {
         let out = docker_output(&s.host(), &cmd);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "docker {} was not refused", cmd.join(" "));
-        assert!(err.contains("limit set by the policy is not allowed by policy ci"), "docker {}: {err}", cmd.join(" "));
+        assert!(
+            err.contains("limit set by the policy (")
+                && err.contains("is not allowed by policy ci; an administrator can allow it by raising [policy.ci] force."),
+            "docker {}: {err}",
+            cmd.join(" ")
+        );
     }
     let hc = inspect(&name)["HostConfig"].take();
     assert_eq!(

@@ -15,6 +15,7 @@ pub mod query;
 pub mod reference;
 pub mod route;
 pub mod schema;
+pub mod timestamp;
 
 pub use auth_config::AuthConfig;
 pub use endpoint::{BodyKind, Endpoint, Route};

@@ -76,41 +76,70 @@ pub struct JsonBody {
     pub unknown: Vec<String>,
 }
 
-/// A policy's refusal. The client sees `ctproxy: <what>, <note>, is not allowed by policy <name>`
-/// (403; without the note when there is none), or `ctproxy: <what>` for a request the policy found
-/// malformed (400).
+/// A policy's refusal. The client sees `ctproxy: <what> is not allowed by policy <name>; <remedy>`
+/// (403), or `ctproxy: <what>` for a request the policy found malformed (400).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub status: StatusCode,
-    /// What was refused, phrased to complete "... is not allowed": `privileged mode (HostConfig.Privileged)`.
+    /// What was refused, with the field it came from, phrased to complete "... is not allowed":
+    /// `privileged mode (HostConfig.Privileged)`.
     pub what: String,
-    /// Why nothing allows it, or how an administrator could (`unless listed in the policy's setting
-    /// allowed_bind_paths`, `unknown to ctproxy 0.1.0`): the client passes the message on to
-    /// whoever runs ctproxy, who then knows what to look at.
-    pub note: Option<String>,
+    /// How an administrator could allow it, or why nothing can: the client passes the message on to
+    /// whoever runs ctproxy, who then knows which setting to look at.
+    pub remedy: Remedy,
+}
+
+/// The part of a refusal that tells an administrator what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Remedy {
+    /// No setting of the policy allows it (privilege, host access): on purpose.
+    #[default]
+    Never,
+    /// A field, parameter or value this ctproxy version does not know: no setting allows it, a newer
+    /// version may.
+    Unknown,
+    /// A setting of the policy's own `[policy.NAME]` section allows it: "by `how` [policy.NAME] `key`".
+    Setting { how: &'static str, key: &'static str },
+}
+
+impl Remedy {
+    /// The sentence, for the policy named `policy` (its `[policy.NAME]` section).
+    pub fn text(&self, policy: &str) -> String {
+        match self {
+            Remedy::Never => "no setting allows it".to_owned(),
+            Remedy::Unknown => format!("ctproxy {} does not know it (no setting allows it)", env!("CARGO_PKG_VERSION")),
+            Remedy::Setting { how, key } => format!("an administrator can allow it by {how} [policy.{policy}] {key}"),
+        }
+    }
 }
 
 impl Refusal {
     pub fn forbidden(what: impl Into<String>) -> Refusal {
-        Refusal { status: StatusCode::FORBIDDEN, what: what.into(), note: None }
+        Refusal { status: StatusCode::FORBIDDEN, what: what.into(), remedy: Remedy::Never }
     }
 
     /// A request the daemon would refuse as malformed too (an address that does not parse): 400.
     pub fn bad_request(what: impl Into<String>) -> Refusal {
-        Refusal { status: StatusCode::BAD_REQUEST, what: what.into(), note: None }
+        Refusal { status: StatusCode::BAD_REQUEST, what: what.into(), remedy: Remedy::Never }
     }
 
-    /// Adds the note (see [`Refusal::note`]).
-    pub fn note(mut self, note: impl Into<String>) -> Refusal {
-        self.note = Some(note.into());
+    /// Something this ctproxy version does not know (see [`Remedy::Unknown`]).
+    pub fn unknown(mut self) -> Refusal {
+        self.remedy = Remedy::Unknown;
         self
     }
 
-    /// What the audit log records: what was refused, and the note.
-    pub fn reason(&self) -> String {
-        match &self.note {
-            Some(note) => format!("{}, {note}", self.what),
-            None => self.what.clone(),
+    /// A setting allows it: "an administrator can allow it by `how` [policy.NAME] `key`".
+    pub fn allowed_by(mut self, how: &'static str, key: &'static str) -> Refusal {
+        self.remedy = Remedy::Setting { how, key };
+        self
+    }
+
+    /// What the audit log records (next to the policy's name): what was refused, and the remedy.
+    pub fn reason(&self, policy: &str) -> String {
+        if self.status == StatusCode::BAD_REQUEST {
+            return self.what.clone();
         }
+        format!("{}; {}", self.what, self.remedy.text(policy))
     }
 }

@@ -204,7 +204,7 @@ impl Namespace {
         map.retain(|k, _| !k.starts_with(ia::DISTRIBUTION_SOURCE));
         if let Some(key) = map.keys().find(|k| !NAME_ANNOTATIONS.contains(&k.as_str()) && !ia::PLAIN_ANNOTATIONS.contains(&k.as_str())) {
             return Err(NsError::Refused(format!(
-                "docker load: {INDEX_JSON}: {at}: the annotation {key:?} is not understood in a namespace (it could name an image outside it); remove it from the archive"
+                "docker load: {INDEX_JSON}: {at}: the annotation {key:?} is not understood in a namespace (it could name an image outside it); remove it from the archive (no setting allows it)"
             )));
         }
         let named = map.get(ia::IMAGE_NAME).and_then(Value::as_str).is_some_and(|n| !n.is_empty());
@@ -319,7 +319,7 @@ fn decode(member: &str, text: &str, kind: &Kind) -> Result<Value, NsError> {
     let c = canonicalize(raw, kind).map_err(|e| NsError::Malformed(format!("docker load: {member}: {e}")))?;
     if let Some(field) = c.unknown.first() {
         return Err(NsError::Refused(format!(
-            "docker load: {member}: the field {field:?} is not understood in a namespace; remove it from the archive"
+            "docker load: {member}: the field {field:?} is not understood in a namespace; remove it from the archive (no setting allows it)"
         )));
     }
     Ok(c.value)

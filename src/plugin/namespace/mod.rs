@@ -84,6 +84,9 @@ pub enum NsError {
     BadName(#[from] NameError),
     #[error("ctproxy: {0}")]
     Malformed(String),
+    /// A parameter the daemon itself would refuse (400), with the daemon's own message.
+    #[error("{0}")]
+    Invalid(String),
     #[error("ctproxy: {0}")]
     Refused(String),
     #[error("ctproxy: {0}")]
@@ -103,7 +106,7 @@ impl NsError {
     pub fn status(&self) -> StatusCode {
         match self {
             NsError::NotFound(_) => StatusCode::NOT_FOUND,
-            NsError::BadName(_) | NsError::Malformed(_) => StatusCode::BAD_REQUEST,
+            NsError::BadName(_) | NsError::Malformed(_) | NsError::Invalid(_) => StatusCode::BAD_REQUEST,
             NsError::Refused(_) => StatusCode::FORBIDDEN,
             NsError::Daemon(_) => StatusCode::BAD_GATEWAY,
         }

@@ -122,7 +122,7 @@ impl Namespace {
                         }
                         None => "while no network pool is configured ([namespaces] network_pool)".to_owned(),
                     };
-                    return Err(NsError::Refused(format!("the address {net} ({what}) is not allowed in a namespace: it is {pool}")));
+                    return Err(NsError::Refused(format!("the address {net} ({what}) is not allowed in a namespace: it is {pool}; an administrator can allow it by adding a range that contains it to [namespaces] network_pool")));
                 }
             }
         }
@@ -150,7 +150,7 @@ impl Namespace {
             used.extend(host_routes());
             used.extend(taken.iter().copied());
             let Some(block) = pool.allocate(&used) else {
-                return Err(NsError::Refused("the namespaces' network pool is exhausted: no free block is left".into()));
+                return Err(NsError::Refused("the namespaces' network pool is exhausted: no free block is left; an administrator can enlarge [namespaces] network_pool or raise network_prefix_len".into()));
             };
             set_ipv4_subnet(&mut body, &block.to_string());
             let (status, bytes) = daemon.call(Method::POST, "/networks/create", Some(&Value::Object(body.clone()))).await?;
@@ -199,7 +199,7 @@ impl Namespace {
             "" | "default" | "bridge" => self.default_network(daemon).await,
             "none" | "host" => Ok(mode.to_owned()),
             m if m.starts_with("container:") => {
-                Err(NsError::Refused("a build in another container's network namespace (networkmode container:…)".into()))
+                Err(NsError::Refused("a build in another container's network namespace (networkmode container:…) is not available in a namespace; no setting allows it".into()))
             }
             m => self.network(daemon, m).await,
         }

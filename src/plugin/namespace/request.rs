@@ -183,7 +183,7 @@ impl Namespace {
             ImageDelete => {
                 return match self.image(daemon, &typed).await? {
                     ImageRef::Shared(_) => Err(NsError::Refused(format!(
-                        "image {typed} is shared by the administrator ([namespaces] shared_images) and read-only in a namespace; tag it to have a copy of your own"
+                        "image {typed} is shared by the administrator ([namespaces] shared_images) and read-only in a namespace; tag it to have a copy of your own (no setting allows changing it)"
                     ))),
                     ImageRef::Owned(name) => {
                         // The last name the client sees: the image goes, as the daemon removes an
@@ -212,7 +212,7 @@ impl Namespace {
                 let repo = Reference { tag: None, digest: None, ..r.clone() }.familiar();
                 if self.is_shared(&repo) {
                     return Err(NsError::Refused(format!(
-                        "image {typed} is shared by the administrator and cannot be pushed; tag it first"
+                        "image {typed} is shared by the administrator ([namespaces] shared_images) and cannot be pushed from a namespace; tag it first (no setting allows it)"
                     )));
                 }
                 // The name as typed (its tag too: without one, dockerd pushes every tag), `tag` as sent.
@@ -578,7 +578,7 @@ impl Namespace {
         let (from_image, tag) = match classify(q) {
             ImageCreate::ImportUrl { url } => {
                 return Err(NsError::Refused(format!(
-                    "importing an image from a URL the daemon downloads (fromSrc={url}) is not available in a namespace; send the archive in the request body (fromSrc=-)"
+                    "importing an image from a URL the daemon downloads (fromSrc={url}) is not available in a namespace; send the archive in the request body (fromSrc=-); no setting allows it"
                 )))
             }
             ImageCreate::ImportBody => {
@@ -695,19 +695,33 @@ impl Namespace {
         Ok(Prepared::Answer(hyper::StatusCode::OK, Value::Array(out)))
     }
 
-    /// `POST /images/prune`: the daemon would prune every namespace's images, so it is done here.
-    /// Its images that no container uses and that have no tag the client sees (only hidden ones)
-    /// go; with `dangling=false`, all its images that no container uses.
+    /// `POST /images/prune`: the daemon would prune every namespace's images, so it is done here,
+    /// with dockerd's filters (`dangling`, `until`, `label`, `label!`). Its images that no container
+    /// uses and that have no tag the client sees (only hidden ones) go; with `dangling=false`, all
+    /// its images that no container uses.
     async fn image_prune(&self, daemon: &Daemon, q: &Query) -> Result<Prepared, NsError> {
         let f = Filters::parse(q.get("filters"))?;
-        let dangling_only = f.0.get("dangling").is_none_or(|v| v.iter().any(|d| crate::docker::query::go_bool(d)));
+        let prune = match PruneFilter::new(&f, std::time::SystemTime::now()) {
+            Ok(p) => p,
+            // dockerd before 23.0 spells it "Invalid filter".
+            Err(NsError::Invalid(m)) if m.starts_with("invalid filter") => {
+                let version = daemon.get("/version").await.ok().flatten();
+                let major = version
+                    .as_ref()
+                    .and_then(|v| v.get("Version"))
+                    .and_then(Value::as_str)
+                    .and_then(|v| v.split('.').next()?.parse::<u32>().ok());
+                return Err(NsError::Invalid(if major.is_some_and(|m| m < 23) { format!("I{}", &m[1..]) } else { m }));
+            }
+            Err(e) => return Err(e),
+        };
         let used: Vec<String> =
             self.own_containers(daemon).await?.iter().filter_map(|c| c.get("ImageID").and_then(Value::as_str).map(str::to_owned)).collect();
         let images = daemon.list("/images/json").await?;
         let mut deleted = Vec::new();
         for img in &images {
             let id = img.get("Id").and_then(Value::as_str).unwrap_or("");
-            if used.iter().any(|u| u == id) || (dangling_only && !self.visible_own_tags(img).is_empty()) {
+            if used.iter().any(|u| u == id) || (prune.dangling_only && !self.visible_own_tags(img).is_empty()) || !prune.matches(img) {
                 continue;
             }
             for t in self.own_tags(img) {
@@ -899,7 +913,9 @@ fn search_on_hub(term: &str) -> Result<(), NsError> {
     if matches!(index, "docker.io" | "index.docker.io") {
         return Ok(());
     }
-    Err(NsError::Refused(format!("searching the registry {index} is not available in a namespace (the daemon would contact it directly)")))
+    Err(NsError::Refused(format!(
+        "searching the registry {index} is not available in a namespace (the daemon would contact it directly); no setting allows it"
+    )))
 }
 
 fn add_alias(ep: &mut Value, alias: &str) {
@@ -941,6 +957,65 @@ fn random_hex64() -> String {
     let mut b = [0u8; 32];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The filters of `POST /images/prune`, checked and applied as dockerd does
+/// (`daemon/images/image_prune.go`): only `dangling`, `until`, `label` and `label!` are accepted.
+struct PruneFilter {
+    dangling_only: bool,
+    /// Images created after this (Unix seconds) are kept.
+    until: Option<f64>,
+    labels: Vec<String>,
+    not_labels: Vec<String>,
+}
+
+impl PruneFilter {
+    fn new(f: &Filters, now: std::time::SystemTime) -> Result<PruneFilter, NsError> {
+        let invalid = |m: String| NsError::Invalid(m);
+        if let Some(k) = f.0.keys().find(|k| !matches!(k.as_str(), "dangling" | "until" | "label" | "label!")) {
+            return Err(invalid(format!("invalid filter '{k}'")));
+        }
+        let dangling_only = match f.0.get("dangling") {
+            None => true,
+            Some(v) => {
+                let is_false = v.iter().any(|x| x == "0" || x == "false");
+                let is_true = v.iter().any(|x| x == "1" || x == "true");
+                if is_false == is_true {
+                    return Err(invalid(format!("invalid filter 'dangling=[{}]'", v.join(" "))));
+                }
+                is_true
+            }
+        };
+        let until = match f.0.get("until").map(Vec::as_slice) {
+            None | Some([]) => None,
+            Some([one]) => {
+                let now = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+                Some(crate::docker::timestamp::parse(one, now).map_err(|e| invalid(format!("invalid value for 'until' filter: {e}")))?)
+            }
+            Some(_) => return Err(invalid("more than one until filter specified".into())),
+        };
+        let list = |k: &str| f.0.get(k).cloned().unwrap_or_default();
+        Ok(PruneFilter { dangling_only, until, labels: list("label"), not_labels: list("label!") })
+    }
+
+    /// An image of `GET /images/json` (`Created`, `Labels`) passes `until` and the label filters.
+    fn matches(&self, img: &Value) -> bool {
+        if let Some(until) = self.until {
+            match img.get("Created").and_then(Value::as_f64) {
+                Some(created) if created <= until => {}
+                _ => return false,
+            }
+        }
+        let labels = img.get("Labels").and_then(Value::as_object);
+        // `filters.MatchKVList`: every `k` or `k=v` holds; none given always holds.
+        let all = |conds: &[String]| {
+            conds.iter().all(|c| {
+                let (k, v) = c.split_once('=').map_or((c.as_str(), None), |(k, v)| (k, Some(v)));
+                labels.and_then(|l| l.get(k)).and_then(Value::as_str).is_some_and(|have| v.is_none_or(|v| v == have))
+            })
+        };
+        all(&self.labels) && (self.not_labels.is_empty() || !all(&self.not_labels))
+    }
 }
 
 #[cfg(test)]

@@ -272,17 +272,6 @@ fn deny(what: impl Into<String>) -> Check {
     Err(Refusal::forbidden(what))
 }
 
-/// Why an unknown field, parameter or value is refused, for the message: the administrator learns
-/// that no setting allows it, and which ctproxy version does not know it (a newer one may).
-fn unknown_to_ctproxy() -> String {
-    format!("which ctproxy {} does not know (no setting allows it)", env!("CARGO_PKG_VERSION"))
-}
-
-/// The condition, in a message, under which a list setting would allow what was refused.
-fn unless_listed(setting: &str) -> String {
-    format!("unless listed in the policy's setting {setting}")
-}
-
 /// A JSON value that dockerd would read as "set": anything but absent, null, false, 0, "" or {} / [].
 fn is_set(v: Option<&Value>) -> bool {
     match v {
@@ -449,7 +438,7 @@ impl Conservative {
         }
         if !self.bind_paths.contains(&lexical) {
             return Err(Refusal::forbidden(format!("bind mount of host path {} ({field})", lexical.display()))
-                .note("unless listed exactly (not a parent directory) in the policy's setting allowed_bind_paths"));
+                .allowed_by("listing the path exactly (not a parent directory) in", "allowed_bind_paths"));
         }
         Ok(())
     }
@@ -458,7 +447,7 @@ impl Conservative {
         match mode {
             "" | "private" | "rprivate" => Ok(()),
             m if SHARED_PROPAGATION.contains(&m) => deny(format!("mount propagation {m} ({field})")),
-            m => Err(Refusal::forbidden(format!("the mount propagation {m:?} ({field})")).note(unknown_to_ctproxy())),
+            m => Err(Refusal::forbidden(format!("the mount propagation {m:?} ({field})")).unknown()),
         }
     }
 
@@ -480,7 +469,7 @@ impl Conservative {
                 o if SAFE_BIND_OPTIONS.contains(&o) => {}
                 "z" | "Z" => return deny(format!("SELinux relabelling of a host path ({field})")),
                 o if SHARED_PROPAGATION.contains(&o) => return deny(format!("mount propagation {o} ({field})")),
-                o => return Err(Refusal::forbidden(format!("the bind option {o:?} ({field})")).note(unknown_to_ctproxy())),
+                o => return Err(Refusal::forbidden(format!("the bind option {o:?} ({field})")).unknown()),
             }
         }
         if source.starts_with('/') {
@@ -494,7 +483,7 @@ impl Conservative {
         let source = str_of(m.get("Source"));
         match str_of(m.get("Consistency")) {
             "" | "default" | "consistent" | "cached" | "delegated" => {}
-            c => return Err(Refusal::forbidden(format!("the mount consistency {c:?} ({field}.Consistency)")).note(unknown_to_ctproxy())),
+            c => return Err(Refusal::forbidden(format!("the mount consistency {c:?} ({field}.Consistency)")).unknown()),
         }
         let kind = str_of(m.get("Type"));
         // Options of another type are refused by dockerd since API 1.42 and dropped before: never
@@ -542,8 +531,7 @@ impl Conservative {
                     for o in opts {
                         let name = str_of(o.get(0));
                         if !matches!(name, "exec" | "noexec") {
-                            return Err(Refusal::forbidden(format!("the tmpfs option {name:?} ({field}.TmpfsOptions.Options)"))
-                                .note(unknown_to_ctproxy()));
+                            return Err(Refusal::forbidden(format!("the tmpfs option {name:?} ({field}.TmpfsOptions.Options)")).unknown());
                         }
                     }
                 }
@@ -566,12 +554,12 @@ impl Conservative {
         if let Some(other) = mode.strip_prefix("container:") {
             if !own_containers || other.is_empty() {
                 return Err(Refusal::forbidden(format!("joining another container's network namespace ({FIELD})"))
-                    .note("unless the policy's setting allow_namespace_containers is on, on a namespaced listener"));
+                    .allowed_by("setting, on a namespaced listener,", "allow_namespace_containers = true"));
             }
             return Ok(());
         }
         if mode.contains(':') {
-            return Err(Refusal::forbidden(format!("the network mode {mode:?} ({FIELD})")).note(unknown_to_ctproxy()));
+            return Err(Refusal::forbidden(format!("the network mode {mode:?} ({FIELD})")).unknown());
         }
         Ok(())
     }
@@ -589,13 +577,13 @@ impl Conservative {
                     // settings were never checked by this policy.
                     if !own_containers || other.is_empty() {
                         return Err(Refusal::forbidden(format!("joining another container's {ns} namespace (HostConfig.{field})"))
-                            .note("unless the policy's setting allow_namespace_containers is on, on a namespaced listener"));
+                            .allowed_by("setting, on a namespaced listener,", "allow_namespace_containers = true"));
                     }
                     continue;
                 }
             }
             if !plain.contains(&mode) {
-                return Err(Refusal::forbidden(format!("the {ns} mode {mode:?} (HostConfig.{field})")).note(unknown_to_ctproxy()));
+                return Err(Refusal::forbidden(format!("the {ns} mode {mode:?} (HostConfig.{field})")).unknown());
             }
         }
         Ok(())
@@ -613,7 +601,9 @@ impl Conservative {
                 return deny(format!("capability {cap} (HostConfig.CapAdd)"));
             }
             if !self.config.allowed_capabilities.iter().any(|a| a.eq_ignore_ascii_case(norm)) {
-                return Err(Refusal::forbidden(format!("capability {cap} (HostConfig.CapAdd)")).note(unless_listed("allowed_capabilities")));
+                return Err(
+                    Refusal::forbidden(format!("capability {cap} (HostConfig.CapAdd)")).allowed_by("listing it in", "allowed_capabilities")
+                );
             }
         }
         for (field, what) in [
@@ -655,7 +645,7 @@ impl Conservative {
         // Inherits the other container's mounts, host binds included, unchecked.
         if is_set(get("VolumesFrom")) && !own_containers {
             return Err(Refusal::forbidden("mounts of another container (HostConfig.VolumesFrom)")
-                .note("unless the policy's setting allow_namespace_containers is on, on a namespaced listener"));
+                .allowed_by("setting, on a namespaced listener,", "allow_namespace_containers = true"));
         }
         for (i, bind) in string_list(get("Binds")).iter().enumerate() {
             self.check_bind(bind, i, own_socket)?;
@@ -676,13 +666,17 @@ impl Conservative {
                     None => a == key,
                 });
                 if !ok {
-                    return Err(Refusal::forbidden(format!("sysctl {key} (HostConfig.Sysctls)")).note(unless_listed("allowed_sysctls")));
+                    return Err(
+                        Refusal::forbidden(format!("sysctl {key} (HostConfig.Sysctls)")).allowed_by("listing it in", "allowed_sysctls")
+                    );
                 }
             }
         }
         let runtime = str_of(get("Runtime"));
         if !runtime.is_empty() && !self.config.allowed_runtimes.iter().any(|r| r == runtime) {
-            return Err(Refusal::forbidden(format!("runtime {runtime:?} (HostConfig.Runtime)")).note(unless_listed("allowed_runtimes")));
+            return Err(
+                Refusal::forbidden(format!("runtime {runtime:?} (HostConfig.Runtime)")).allowed_by("listing it in", "allowed_runtimes")
+            );
         }
         if !matches!(str_of(get("Isolation")), "" | "default") {
             return self.deny_option("an isolation technology", "HostConfig.Isolation");
@@ -695,9 +689,8 @@ impl Conservative {
         }
         let log = str_of(get("LogConfig").and_then(|l| l.get("Type")));
         if !log.is_empty() && !self.config.allowed_log_drivers.iter().any(|d| d == log) {
-            return Err(
-                Refusal::forbidden(format!("log driver {log:?} (HostConfig.LogConfig.Type)")).note(unless_listed("allowed_log_drivers"))
-            );
+            return Err(Refusal::forbidden(format!("log driver {log:?} (HostConfig.LogConfig.Type)"))
+                .allowed_by("listing it in", "allowed_log_drivers"));
         }
         check_restart_policy(get("RestartPolicy"), "HostConfig.RestartPolicy")?;
         // Per-container storage-driver options: `size` is the only one a driver documents for
@@ -817,7 +810,7 @@ impl Conservative {
         match str_of(v.get("Scope")) {
             "" | "local" => {}
             "swarm" | "global" => return self.deny_option("a swarm-scoped network", "Scope"),
-            other => return Err(Refusal::forbidden(format!("the network scope {other:?} (Scope)")).note(unknown_to_ctproxy())),
+            other => return Err(Refusal::forbidden(format!("the network scope {other:?} (Scope)")).unknown()),
         }
         // On a namespaced listener, the namespace stage holds explicit subnets to its own pool.
         if !namespaced {
@@ -867,7 +860,8 @@ impl Conservative {
         if self.subnets.iter().any(|allowed| allowed.contains(&net)) {
             return Ok(());
         }
-        Err(Refusal::forbidden(format!("the addresses {text} ({field})")).note("unless inside one of the policy's setting allowed_subnets"))
+        Err(Refusal::forbidden(format!("the addresses {text} ({field})"))
+            .allowed_by("listing a range that contains them in", "allowed_subnets"))
     }
 
     fn check_volume_create(&self, body: &JsonBody) -> Check {
@@ -893,12 +887,11 @@ impl Conservative {
         }
         // Otherwise `default`, `bridge`, `none` or a network's name: nothing with another `:` syntax.
         if network.contains(':') {
-            return Err(Refusal::forbidden(format!("the build network mode {network:?} (networkmode)")).note(unknown_to_ctproxy()));
+            return Err(Refusal::forbidden(format!("the build network mode {network:?} (networkmode)")).unknown());
         }
         // The builder: 1 (legacy) or 2 (BuildKit, over `/session`).
         if !matches!(q.get("version").unwrap_or(""), "" | "1" | "2") {
-            return Err(Refusal::forbidden(format!("the builder version {:?} (version)", q.get("version").unwrap_or("")))
-                .note(unknown_to_ctproxy()));
+            return Err(Refusal::forbidden(format!("the builder version {:?} (version)", q.get("version").unwrap_or(""))).unknown());
         }
         for (param, what) in [("cgroupparent", "a build cgroup parent"), ("outputs", "build outputs"), ("squash", "squashing")] {
             if q.get(param).is_some_and(|v| !v.is_empty() && v != "[]" && (param != "squash" || crate::docker::query::go_bool(v))) {
@@ -930,8 +923,9 @@ impl Conservative {
     fn check_query(&self, req: &RequestCtx<'_>, endpoint: Endpoint) -> Check {
         for (name, _) in req.query.pairs() {
             if params::find(endpoint, name).is_none() {
-                return Err(Refusal::forbidden(format!("the unknown query parameter {name:?} of {} {}", req.method, req.route.path))
-                    .note(unknown_to_ctproxy()));
+                return Err(
+                    Refusal::forbidden(format!("the unknown query parameter {name:?} of {} {}", req.method, req.route.path)).unknown()
+                );
             }
         }
         Ok(())
@@ -942,7 +936,7 @@ impl Conservative {
 fn check_restart_policy(rp: Option<&Value>, field: &str) -> Check {
     match str_of(rp.and_then(|r| r.get("Name"))) {
         "" | "no" | "always" | "on-failure" | "unless-stopped" => Ok(()),
-        other => Err(Refusal::forbidden(format!("the restart policy {other:?} ({field}.Name)")).note(unknown_to_ctproxy())),
+        other => Err(Refusal::forbidden(format!("the restart policy {other:?} ({field}.Name)")).unknown()),
     }
 }
 
@@ -961,7 +955,7 @@ impl Policy for Conservative {
         if let Some(v) = req.route.version {
             if v < self.min_api {
                 return Err(Refusal::forbidden(format!("API version {v} (the minimum is {})", self.min_api))
-                    .note("unless the policy's setting min_api_version is lowered (never below 1.24)"));
+                    .allowed_by("lowering (never below 1.24)", "min_api_version"));
             }
         }
         self.check_query(req, endpoint)?;
@@ -979,7 +973,9 @@ impl Policy for Conservative {
             {
                 self.deny_option("importing from a URL fetched by the daemon", "fromSrc")
             }
-            Endpoint::NetworkConnect if req.route.target() == Some("host") => deny("connecting to the host network"),
+            Endpoint::NetworkConnect if req.route.target() == Some("host") => {
+                deny("connecting to the host network (the network named in the path)")
+            }
             _ => Ok(()),
         }
     }
@@ -991,7 +987,7 @@ impl Policy for Conservative {
 
     fn check_body(&self, req: &mut RequestCtx<'_>, body: &mut JsonBody) -> Check {
         if let Some(path) = body.unknown.first() {
-            return Err(Refusal::forbidden(format!("the unknown field {path}")).note(unknown_to_ctproxy()));
+            return Err(Refusal::forbidden(format!("the unknown field {path}")).unknown());
         }
         match req.endpoint() {
             Some(Endpoint::ContainerCreate) => self.check_create(body, req.namespaced, req.own_socket),
@@ -1073,14 +1069,14 @@ mod tests {
     fn refused(r: Result<(), Refusal>, needle: &str) {
         let e = r.expect_err(needle);
         assert_eq!(e.status, StatusCode::FORBIDDEN, "{e:?}");
-        assert!(e.reason().contains(needle), "{needle:?} not in {:?}", e.reason());
+        assert!(e.reason("conservative").contains(needle), "{needle:?} not in {:?}", e.reason("conservative"));
     }
 
     #[test]
     fn unknown_fields_are_refused_anywhere_in_every_body() {
         let p = policy(ConservativeConfig::default());
         for (body, field) in [
-            (r#"{"Image":"x","Foo":1}"#, "the unknown field Foo,"),
+            (r#"{"Image":"x","Foo":1}"#, "the unknown field Foo;"),
             (r#"{"Image":"x","Healthcheck":{"Test":["NONE"],"Foo":1}}"#, "Healthcheck.Foo"),
             (
                 r#"{"Image":"x","HostConfig":{"Mounts":[{"Type":"image","Source":"x","Target":"/i","ImageOptions":{"Foo":1}}]}}"#,
@@ -1104,7 +1100,7 @@ mod tests {
         refused(run(&p, req(Method::POST, "/volumes/create", r#"{"Name":"v","Foo":{}}"#)), "the unknown field Foo");
         refused(run(&p, req(Method::POST, "/auth", r#"{"username":"u","Foo":""}"#)), "the unknown field Foo");
         let e = run(&p, create(r#"{"Image":"x","Foo":1}"#)).unwrap_err();
-        assert!(e.reason().contains("which ctproxy ") && e.reason().contains("does not know"), "{e:?}");
+        assert!(e.reason("c").contains("ctproxy ") && e.reason("c").contains("does not know it (no setting allows it)"), "{e:?}");
     }
 
     #[test]
@@ -1206,8 +1202,8 @@ mod tests {
         let a = allowed.display().to_string();
         run(&p, create(&bind(&a))).unwrap();
         run(&p, create(&bind(&format!("{a}/sub/..")))).unwrap();
-        refused(run(&p, create(&bind(&format!("{a}/sub")))), "unless listed exactly");
-        refused(run(&p, create(&bind(&format!("{a}/missing")))), "unless listed exactly");
+        refused(run(&p, create(&bind(&format!("{a}/sub")))), "listing the path exactly");
+        refused(run(&p, create(&bind(&format!("{a}/missing")))), "listing the path exactly");
         refused(run(&p, create(&bind(&dir.path().join("link").display().to_string()))), "passes through a symbolic link");
         let mount = |src: &str| {
             format!(
@@ -1215,7 +1211,7 @@ mod tests {
             )
         };
         run(&p, create(&mount(&a))).unwrap();
-        refused(run(&p, create(&mount(&format!("{a}/new")))), "unless listed exactly");
+        refused(run(&p, create(&mount(&format!("{a}/new")))), "listing the path exactly");
     }
 
     #[test]
@@ -1266,7 +1262,7 @@ mod tests {
         }
         for (bad, why) in [
             (r#"{"Subnet":"10.0.0.0/8"}"#, "IPAM.Config[0].Subnet"),
-            (r#"{"Subnet":"192.168.1.0/24"}"#, "unless inside one of the policy's setting allowed_subnets"),
+            (r#"{"Subnet":"192.168.1.0/24"}"#, "listing a range that contains them in [policy.conservative] allowed_subnets"),
             (r#"{"Subnet":"10.10.1.0/24","IPRange":"10.11.0.0/24"}"#, "IPAM.Config[0].IPRange"),
             (r#"{"Subnet":"10.10.1.0/24","Gateway":"10.11.0.1"}"#, "IPAM.Config[0].Gateway"),
             (r#"{"Subnet":"10.10.1.0/24","AuxiliaryAddresses":{"x":"172.17.0.1"}}"#, "AuxiliaryAddresses[\"x\"]"),

@@ -249,25 +249,27 @@ impl Inject {
     /// `docker update` may lower forced limits, never raise or remove them.
     fn check_update(&self, v: &Value) -> Result<(), Refusal> {
         let f = &self.config.force;
-        let refuse = |what: &str| Err(Refusal::forbidden(format!("raising the {what} limit set by the policy")));
+        let refuse = |what: &str, field: &str, key: &'static str| {
+            Err(Refusal::forbidden(format!("raising the {what} limit set by the policy ({field})")).allowed_by("raising", key))
+        };
         if let Some(ByteSize(cap)) = f.memory {
             let mem = num(v.get("Memory"));
             let swap = num(v.get("MemorySwap"));
             if mem < 0 || mem > cap || swap < 0 || swap > cap {
-                return refuse("memory");
+                return refuse("memory", "Memory, MemorySwap", "force.memory");
             }
         }
         if let Some(cpus) = f.cpus {
             let nano = num(v.get("NanoCpus"));
             if nano < 0 || nano > (cpus * 1e9) as i64 || num(v.get("CpuQuota")) != 0 || num(v.get("CpuPeriod")) != 0 {
-                return refuse("CPU");
+                return refuse("CPU", "NanoCpus, CpuQuota, CpuPeriod", "force.cpus");
             }
         }
         if let Some(cap) = f.pids_limit {
             if let Some(p) = v.get("PidsLimit").filter(|p| !p.is_null()) {
                 let p = p.as_i64().unwrap_or(-1);
                 if p <= 0 || p > cap {
-                    return refuse("pids");
+                    return refuse("pids", "PidsLimit", "force.pids_limit");
                 }
             }
         }

@@ -41,18 +41,16 @@ pub struct Denied {
 }
 
 impl Denied {
-    /// The message the client sees; the docker CLI prints it as-is. It always ends with "is not
-    /// allowed by policy <name>" (a 400 says only what is malformed); how to allow it, if a setting
-    /// can, comes between the two.
+    /// The message the client sees; the docker CLI prints it as-is: what was refused (with its
+    /// field), by which policy, and how an administrator allows it or that no setting can
+    /// (`ctproxy: privileged mode (HostConfig.Privileged) is not allowed by policy ci; no setting
+    /// allows it`). A 400 says only what is malformed.
     pub fn message(&self) -> String {
         let r = &self.refusal;
         if r.status == hyper::StatusCode::BAD_REQUEST {
             return format!("ctproxy: {}", r.what);
         }
-        match &r.note {
-            Some(note) => format!("ctproxy: {}, {note}, is not allowed by policy {}", r.what, self.policy),
-            None => format!("ctproxy: {} is not allowed by policy {}", r.what, self.policy),
-        }
+        format!("ctproxy: {} is not allowed by policy {}; {}", r.what, self.policy, r.remedy.text(&self.policy))
     }
 }
 
@@ -127,7 +125,7 @@ impl PolicyChain {
                 endpoint = req.route.endpoint.map_or("unknown", Endpoint::name),
                 path = %req.route.path,
                 policy = %denied.policy,
-                reason = %denied.refusal.reason(),
+                reason = %denied.refusal.reason(&denied.policy),
                 "request would be refused (dry run)"
             );
             return Ok(());
