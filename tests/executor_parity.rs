@@ -180,3 +180,24 @@ fn services_are_waited_for_and_a_late_one_gets_the_runners_warning() {
     assert_eq!(off.outcome, Outcome::Success, "{}", show(&off));
     assert!(!off.log.contains("Waiting for services"), "{}", show(&off));
 }
+
+#[test]
+fn with_a_helper_image_sources_and_cache_stages_run_there_sharing_builds_and_cache() {
+    let p = with_standin("");
+    // The helper image has a docker CLI the job image lacks: where each stage ran is visible.
+    let d = driver(&p, &["--helper-image", DOCKER_CLI_IMAGE]);
+    let project = format!("team/helper{}", std::process::id());
+    let mut job =
+        cache_job(&project, &["command -v docker && exit 7", "cat fetched-by-helper", "mkdir -p cache", "echo via-helper > cache/v"]);
+    job.get_sources = vec!["command -v docker".into(), "echo from-get-sources > fetched-by-helper".into()];
+    let run = runner::run(&d, &job);
+    assert_eq!(run.outcome, Outcome::Success, "{}", show(&run));
+    assert!(run.log.contains("from-get-sources"), "the job container sees what the helper wrote in /builds: {}", show(&run));
+    assert!(run.log.contains("Created cache"), "{}", show(&run));
+
+    let mut next = cache_job(&project, &["cat cache/v"]);
+    next.get_sources = vec!["command -v docker".into()];
+    let run = runner::run(&d, &next);
+    assert_eq!(run.outcome, Outcome::Success, "{}", show(&run));
+    assert!(run.log.contains("via-helper") && run.log.contains("Successfully extracted cache"), "{}", show(&run));
+}
