@@ -196,6 +196,7 @@ fn build_pipelines(config: &Config, tokens: &Option<Arc<dyn RegistryTokens>>) ->
                 namespace: l.namespace.as_deref().map(ns).transpose()?,
                 per_identity_ns: if identified { per_identity_ns.clone() } else { Default::default() },
                 own_socket: None,
+                granted_binds: Default::default(),
                 decorate: None,
             };
             Ok((name.clone(), pipeline))

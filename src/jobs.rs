@@ -41,6 +41,8 @@ use crate::http::server::{HandlerConns, ServeOptions};
 use crate::http::{respond, ConnCtx, Handler, ProxyBody};
 use crate::plugin::namespace::destroy::{namespaces_on_daemon, Removed};
 use crate::plugin::namespace::{self, Namespace, NsName};
+use crate::plugin::GrantedBind;
+use crate::project_cache::ProjectCaches;
 use crate::proxy::{DockerProxy, ListenerHandler, Pipeline};
 use crate::transport::{ListenAddr, Listener, PeerAddr, UnixSocketOptions};
 
@@ -54,6 +56,8 @@ pub enum JobError {
     Record(#[from] std::io::Error),
     #[error("{0}")]
     Namespace(#[from] namespace::NsError),
+    #[error("cannot make the project's cache directory: {0}")]
+    Cache(std::io::Error),
 }
 
 /// How much of a job [`JobManager::remove_with`] waits for.
@@ -88,6 +92,9 @@ struct Record {
     id: String,
     /// Seconds since the epoch after which the job is reaped.
     deadline: u64,
+    /// The GitLab project (its path, or its id), whose local cache the job mounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    project: Option<String>,
 }
 
 /// A job as the control API reports it.
@@ -100,11 +107,21 @@ pub struct JobInfo {
     /// The daemon's own socket when it is local (`unix://...`): the executor runs stage scripts
     /// there, so that a running stage survives a restart of ctproxy.
     pub daemon: Option<String>,
+    /// The host directory of the project's local cache, which the job may bind (read-write) at
+    /// its cache directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
+    /// The host's gitlab-runner binary, which the job may bind read-only; absent when the host
+    /// has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runner_binary: Option<PathBuf>,
 }
 
 struct Job {
     record: Record,
     socket: PathBuf,
+    cache_dir: Option<PathBuf>,
+    runner_binary: Option<PathBuf>,
     namespace: Namespace,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -124,6 +141,8 @@ pub struct JobManager {
     removing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Background removals in flight: a job created or removed again waits for its own first.
     pending: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// The local caches of the projects, kept across jobs.
+    caches: ProjectCaches,
 }
 
 fn now() -> u64 {
@@ -139,7 +158,9 @@ impl JobManager {
         connections: TaskTracker,
         draining: CancellationToken,
     ) -> JobManager {
+        let caches = ProjectCaches::new(config.project_cache_dir.clone(), config.project_cache_max_bytes.0);
         JobManager {
+            caches,
             config,
             proxy,
             pipeline,
@@ -165,7 +186,8 @@ impl JobManager {
     }
 
     /// Creates the job's listener, or returns the existing one (prepare may run three times).
-    pub async fn create(&self, id: &str, timeout: Option<Duration>) -> Result<JobInfo, JobError> {
+    /// `project` (its path, or its id) gives the job its project's local cache.
+    pub async fn create(&self, id: &str, timeout: Option<Duration>, project: Option<&str>) -> Result<JobInfo, JobError> {
         let name = self.job_namespace(id)?;
         self.settle(id).await;
         let timeout = timeout.unwrap_or(Duration::from_secs(self.config.timeout_s));
@@ -176,7 +198,8 @@ impl JobManager {
             write_record(&self.job_dir(id), &job.record)?;
             return Ok(self.info(job));
         }
-        let job = self.start(Record { id: id.to_owned(), deadline }, name).await?;
+        let project = project.filter(|p| !p.is_empty()).map(str::to_owned);
+        let job = self.start(Record { id: id.to_owned(), deadline, project }, name).await?;
         let out = self.info(&job);
         jobs.insert(id.to_owned(), job);
         Ok(out)
@@ -194,8 +217,20 @@ impl JobManager {
         let listener =
             Listener::bind(&ListenAddr::Unix(socket.clone()), &unix, None).await.map_err(|e| JobError::Listener(e.to_string()))?;
         let namespace = Namespace::new(name, self.settings.clone());
-        let pipeline =
-            Pipeline { namespace: Some(namespace.clone()), own_socket: Some(Arc::from(socket.as_path())), ..self.pipeline.clone() };
+        let cache_dir = match &record.project {
+            Some(p) => Some(self.caches.open(p).map_err(JobError::Cache)?),
+            None => None,
+        };
+        let runner_binary = self.config.runner_binary();
+        let mut grants = Vec::new();
+        grants.extend(cache_dir.iter().map(|p| GrantedBind { path: p.clone(), read_only: false }));
+        grants.extend(runner_binary.iter().map(|p| GrantedBind { path: p.clone(), read_only: true }));
+        let pipeline = Pipeline {
+            namespace: Some(namespace.clone()),
+            own_socket: Some(Arc::from(socket.as_path())),
+            granted_binds: Arc::new(grants),
+            ..self.pipeline.clone()
+        };
         let listener_name = format!("job-{}", record.id);
         let handler = Arc::new(ListenerHandler { proxy: self.proxy.clone(), pipeline: Arc::new(ArcSwap::from_pointee(pipeline)) });
         let opts = ServeOptions { listener: Arc::from(listener_name.as_str()), access_log: true };
@@ -206,7 +241,7 @@ impl JobManager {
         let gate = Gate::new(listener_name.as_str(), limits);
         let task = tokio::spawn(serve_listener(listener, gate, conns, self.connections.clone(), stop.clone()));
         tracing::info!(job = %record.id, socket = %socket.display(), namespace = %namespace.name, deadline = record.deadline, "job listener started");
-        Ok(Job { record, socket, namespace, stop, task })
+        Ok(Job { record, socket, cache_dir, runner_binary, namespace, stop, task })
     }
 
     /// Stops the job's listener and destroys everything its namespace holds. Idempotent.
@@ -232,6 +267,7 @@ impl JobManager {
         let namespace = Namespace::new(name, self.settings.clone());
         let daemon = self.proxy.daemon();
         let containers = namespace.destroy_containers(&daemon).await?;
+        self.evict_caches().await;
         match how {
             Removal::Complete => {
                 let removed = Removed { containers, ..namespace.destroy_rest(&daemon).await? };
@@ -254,6 +290,16 @@ impl JobManager {
                 pending.insert(id.to_owned(), task);
                 Ok(Removed { containers, ..Removed::default() })
             }
+        }
+    }
+
+    /// Keeps the project caches within their limit; the caches of live jobs stay.
+    async fn evict_caches(&self) {
+        let in_use: std::collections::HashSet<PathBuf> = self.jobs.lock().await.values().filter_map(|j| j.cache_dir.clone()).collect();
+        let caches = self.caches.clone();
+        let evicted = tokio::task::spawn_blocking(move || caches.evict(&in_use)).await.unwrap_or_default();
+        for e in evicted {
+            tracing::info!(project_cache = %e.dir, bytes = e.bytes, "least recently used project cache removed (over project_cache_max_bytes)");
         }
     }
 
@@ -364,6 +410,8 @@ impl JobManager {
             namespace: job.namespace.name.to_string(),
             deadline: job.record.deadline,
             daemon: upstream.starts_with("unix://").then_some(upstream),
+            cache_dir: job.cache_dir.clone(),
+            runner_binary: job.runner_binary.clone(),
         }
     }
 }
@@ -383,6 +431,8 @@ pub struct ControlHandler {
 #[serde(deny_unknown_fields)]
 struct CreateBody {
     timeout_s: Option<u64>,
+    /// The job's GitLab project (`CI_PROJECT_PATH`, else its id): the key of its local cache.
+    project: Option<String>,
 }
 
 impl Handler for ControlHandler {
@@ -413,7 +463,10 @@ impl Handler for ControlHandler {
                         Err(e) => return respond::error(StatusCode::BAD_REQUEST, &format!("ctproxy: invalid job: {e}")),
                     }
                 };
-                match self.jobs.create(&id, parsed.timeout_s.map(Duration::from_secs)).await {
+                if parsed.project.as_ref().is_some_and(|p| p.len() > 1024) {
+                    return respond::error(StatusCode::BAD_REQUEST, "ctproxy: invalid job: project longer than 1024 bytes");
+                }
+                match self.jobs.create(&id, parsed.timeout_s.map(Duration::from_secs), parsed.project.as_deref()).await {
                     Ok(info) => respond::json(StatusCode::OK, &serde_json::json!(info)),
                     Err(e @ JobError::Id(_)) => respond::error(StatusCode::BAD_REQUEST, &format!("ctproxy: {e}")),
                     Err(e) => respond::error(StatusCode::INTERNAL_SERVER_ERROR, &format!("ctproxy: {e}")),

@@ -19,6 +19,7 @@ pub mod executor;
 pub mod http;
 pub mod jobs;
 pub mod plugin;
+pub mod project_cache;
 pub mod proxy;
 pub mod registry;
 pub mod telemetry;

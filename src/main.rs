@@ -59,6 +59,10 @@ enum Command {
         /// caches and artifacts (prepare); without it every stage runs in the job image.
         #[arg(long)]
         helper_image: Option<String>,
+        /// Seconds to wait for every exposed TCP port of the job's services before the build
+        /// (prepare; as `wait_for_services_timeout` of the Docker executor); -1 does not wait.
+        #[arg(long, default_value_t = 30, allow_negative_numbers = true)]
+        wait_for_services_timeout: i64,
         #[command(subcommand)]
         stage: Stage,
     },
@@ -269,8 +273,8 @@ fn main() -> ExitCode {
         Command::HashPassword => print_hash(|s| bcrypt::hash(s, bcrypt::DEFAULT_COST).map_err(|e| e.to_string())),
         Command::HashToken => print_hash(|s| Ok(ctproxy::plugin::auth::hash_token(s))),
         Command::Job { control, action } => job_command(control, action),
-        Command::Executor { control, default_image, helper_image, stage } => {
-            executor_command(ctproxy::executor::Options { control, default_image, helper_image }, stage)
+        Command::Executor { control, default_image, helper_image, wait_for_services_timeout, stage } => {
+            executor_command(ctproxy::executor::Options { control, default_image, helper_image, wait_for_services_timeout }, stage)
         }
         Command::Serve { config, listen, upstream, log_format, check } => {
             let source = ConfigSource { path: config, overrides: Overrides { listen, upstream, log_format } };

@@ -46,6 +46,8 @@ pub struct Pipeline {
     /// The listener's own Docker socket (a job's): binds of the host's Docker socket in container
     /// configs are redirected to it, and policies let containers mount it.
     pub own_socket: Option<Arc<std::path::Path>>,
+    /// Host paths its containers may bind besides what the policies allow (a job's project cache).
+    pub granted_binds: Arc<Vec<crate::plugin::GrantedBind>>,
     /// Added to every container created through this listener (after the policies).
     pub decorate: Option<Arc<dyn crate::plugin::CreateDecorator>>,
 }
@@ -195,6 +197,7 @@ impl ListenerHandler {
             headers: &mut parts.headers,
             namespaced: namespace.is_some(),
             own_socket: pipeline.own_socket.as_deref(),
+            granted_binds: &pipeline.granted_binds,
         };
         // Swarm endpoints on a node without a swarm: the daemon's own answer, not a refusal.
         if let (Some(_), Some(e)) = (namespace, route.endpoint) {

@@ -375,6 +375,7 @@ fn run_policy(policy: &dyn Policy, endpoint: Endpoint, body: &mut JsonBody) -> O
         headers: &mut headers,
         namespaced: false,
         own_socket: None,
+        granted_binds: &[],
     };
     if let Err(r) = policy.check(&mut ctx) {
         return Some(r);

@@ -311,6 +311,37 @@ pub struct JobsConfig {
     /// Live connections per job socket (each job has its own count).
     #[serde(default = "default_job_max_connections")]
     pub max_connections: u32,
+    /// The host's `gitlab-runner`, mounted read-only at `/usr/local/bin/gitlab-runner` in job
+    /// containers for the cache and artifact stages. Default: the first of `/usr/bin/gitlab-runner`
+    /// and `/usr/local/bin/gitlab-runner` that exists.
+    #[serde(default)]
+    pub runner_binary: Option<PathBuf>,
+    /// Where the local cache of each GitLab project is kept across its jobs (`/cache` in a job).
+    #[serde(default = "default_project_cache_dir")]
+    pub project_cache_dir: PathBuf,
+    /// The size limit of all projects' caches; least recently used projects are removed first.
+    #[serde(default = "default_project_cache_max_bytes")]
+    pub project_cache_max_bytes: Size,
+}
+
+fn default_project_cache_dir() -> PathBuf {
+    PathBuf::from("/var/lib/ctproxy/project-cache")
+}
+
+fn default_project_cache_max_bytes() -> Size {
+    Size(20 << 30)
+}
+
+impl JobsConfig {
+    /// The runner binary to mount, resolved (no symbolic link in the path): `None` when there is
+    /// none on this host.
+    pub fn runner_binary(&self) -> Option<PathBuf> {
+        let candidates = match &self.runner_binary {
+            Some(p) => vec![p.clone()],
+            None => vec![PathBuf::from("/usr/bin/gitlab-runner"), PathBuf::from("/usr/local/bin/gitlab-runner")],
+        };
+        candidates.iter().filter_map(|p| std::fs::canonicalize(p).ok()).find(|p| p.is_file())
+    }
 }
 
 fn default_job_prefix() -> String {

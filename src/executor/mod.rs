@@ -13,6 +13,7 @@ pub mod docker;
 pub mod job_response;
 mod prepare;
 mod run;
+mod services;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,9 @@ pub const CACHE_VOLUME: &str = "ctproxy-cache";
 pub const SOCKET_DIR_IN_CONTAINER: &str = "/run/ctproxy";
 pub const BUILDS_DIR: &str = "/builds";
 pub const CACHE_DIR: &str = "/cache";
+/// Where the host's gitlab-runner binary is mounted (read-only): on the `PATH` of every image,
+/// and what gitlab-runner's scripts call (`gitlab-runner`, looked up in `PATH`).
+pub const RUNNER_BINARY_IN_CONTAINER: &str = "/usr/local/bin/gitlab-runner";
 
 /// The stage options given on the command line (`[runners.custom] *_args`).
 #[derive(Debug, Clone, Default)]
@@ -47,6 +51,9 @@ pub struct Options {
     /// An image with git, git-lfs and `gitlab-runner` (the runner's helper image) for the stages
     /// that fetch sources and handle caches and artifacts; without it they run in the job image.
     pub helper_image: Option<String>,
+    /// Seconds to wait for every exposed TCP port of the services before the build (the Docker
+    /// executor's `wait_for_services_timeout`); 0 or less (-1) does not wait.
+    pub wait_for_services_timeout: i64,
 }
 
 /// How a stage failed, which decides its exit code.

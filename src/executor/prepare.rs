@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 use super::docker::{DockerError, JobDocker, PullError};
 use super::job_response::{Credential, ImageSpec, JobResponse};
+use super::RUNNER_BINARY_IN_CONTAINER;
 use super::{current_job, Options, StageError};
 use super::{BUILDS_DIR, BUILDS_VOLUME, BUILD_CONTAINER, CACHE_DIR, CACHE_VOLUME, HELPER_CONTAINER, NETWORK, SOCKET_DIR_IN_CONTAINER};
 use crate::docker::auth_config::{encode_header, AuthConfig};
@@ -42,7 +43,7 @@ pub async fn prepare(env: &BTreeMap<String, String>, opts: &Options) -> Result<(
 
     // An earlier attempt's leftovers go first; then a fresh socket and namespace.
     control(opts, Method::DELETE, &key, None).await?;
-    let created = control(opts, Method::PUT, &key, Some(json!({ "timeout_s": job.timeout_s() }))).await?;
+    let created = control(opts, Method::PUT, &key, Some(json!({ "timeout_s": job.timeout_s(), "project": project_of(env) }))).await?;
     let socket = created.get("socket").and_then(Value::as_str).map(std::path::PathBuf::from);
     let socket = socket.ok_or_else(|| StageError::system("the control socket answered without a job socket"))?;
     let socket_dir = socket.parent().map(|d| d.display().to_string()).unwrap_or_default();
@@ -85,14 +86,19 @@ pub async fn prepare(env: &BTreeMap<String, String>, opts: &Options) -> Result<(
     for (i, service) in job.services.iter().enumerate() {
         start_service(&docker, i, service, &variables).await?;
     }
+    if opts.wait_for_services_timeout > 0 {
+        let names: Vec<String> = (0..job.services.len()).map(|i| format!("ctproxy-service-{i}")).collect();
+        let timeout = std::time::Duration::from_secs(opts.wait_for_services_timeout.unsigned_abs());
+        super::services::wait_for_services(&docker, &names, timeout).await.map_err(system)?;
+    }
 
     let mut binds = vec![
         // Redirected by the job's listener to the job's own socket.
         "/var/run/docker.sock:/var/run/docker.sock".to_owned(),
         format!("{socket_dir}:{SOCKET_DIR_IN_CONTAINER}:ro"),
         format!("{BUILDS_VOLUME}:{BUILDS_DIR}"),
-        format!("{CACHE_VOLUME}:{CACHE_DIR}"),
     ];
+    binds.extend(shared_binds(&created));
     binds.dedup();
     let containers = [(BUILD_CONTAINER, &image)];
     let helper = opts.helper_image.as_ref().map(|name| ImageSpec {
@@ -108,6 +114,35 @@ pub async fn prepare(env: &BTreeMap<String, String>, opts: &Options) -> Result<(
     }
     println!("Job container {BUILD_CONTAINER} ready (image {})", image.name);
     Ok(())
+}
+
+/// The job's GitLab project as its local cache is keyed: server and path, else server and id.
+fn project_of(env: &BTreeMap<String, String>) -> Option<String> {
+    let var = |k: &str| env.get(&format!("CUSTOM_ENV_{k}")).filter(|v| !v.is_empty());
+    let project = var("CI_PROJECT_PATH").or_else(|| var("CI_PROJECT_ID"))?;
+    Some(match var("CI_SERVER_HOST") {
+        Some(host) => format!("{host}/{project}"),
+        None => project.clone(),
+    })
+}
+
+/// The binds ctproxy granted the job: the project's local cache at the cache directory (else a
+/// volume of the job's own), and the host's gitlab-runner read-only for the cache and artifact
+/// stages (else a warning, once: those stages then skip their transfers).
+fn shared_binds(created: &Value) -> Vec<String> {
+    let path = |k: &str| created.get(k).and_then(Value::as_str).filter(|p| !p.is_empty()).map(str::to_owned);
+    let mut binds = vec![match path("cache_dir") {
+        Some(dir) => format!("{dir}:{CACHE_DIR}"),
+        None => format!("{CACHE_VOLUME}:{CACHE_DIR}"),
+    }];
+    match path("runner_binary") {
+        Some(bin) => binds.push(format!("{bin}:{RUNNER_BINARY_IN_CONTAINER}:ro")),
+        None => println!(
+            "WARNING: no gitlab-runner binary on this host ([jobs] runner_binary of ctproxy, default /usr/bin/gitlab-runner or \
+             /usr/local/bin/gitlab-runner): the cache and artifact stages will skip their transfers (\"Missing gitlab-runner\")"
+        ),
+    }
+    binds
 }
 
 /// One control request; ctproxy not running is a system failure that says so.

@@ -60,6 +60,18 @@ pub struct RequestCtx<'a> {
     /// The listener's own Docker socket (a CI job's), which its containers may mount: binds of the
     /// host's socket have already been redirected to it.
     pub own_socket: Option<&'a std::path::Path>,
+    /// Host paths ctproxy granted this listener's containers (a CI job's project cache and the
+    /// runner binary): the conservative policy lets them be bound as granted.
+    pub granted_binds: &'a [GrantedBind],
+}
+
+/// A host path a listener's containers may bind although no policy lists it: ctproxy made it for
+/// the listener's owner (a CI job's project cache) or it is a read-only tool (the runner binary).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantedBind {
+    pub path: std::path::PathBuf,
+    /// Only read-only binds of it are allowed.
+    pub read_only: bool,
 }
 
 impl RequestCtx<'_> {

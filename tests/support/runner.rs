@@ -11,8 +11,8 @@
 //! §10's.
 //!
 //! What it leaves out: git (the `get_sources` stage runs the job's [`Job::get_sources`] commands
-//! instead), cache and artifact transfer (those stages only echo), `download_artifacts` (a job here
-//! never has dependencies), PowerShell, `RUNNER_SCRIPT_TIMEOUT` / `RUNNER_AFTER_SCRIPT_TIMEOUT`
+//! instead), `download_artifacts` (a job here never has dependencies; the cache and artifact stages
+//! call `gitlab-runner` as the real scripts do, and the tests give a stand-in binary), PowerShell, `RUNNER_SCRIPT_TIMEOUT` / `RUNNER_AFTER_SCRIPT_TIMEOUT`
 //! (`after_script` always gets the default 5 minutes), `prepare_timeout` / `get_sources_timeout`,
 //! TLS variables, the 5-minute `WaitForBuildFinishTimeout` (the emulator always waits for the kill
 //! sequence to end), and masking of token prefixes (masked variables are masked).
@@ -192,7 +192,8 @@ pub struct Job {
     /// `GET_SOURCES_ATTEMPTS` (clamped to 1–10); sent as a job variable when not 1.
     pub get_sources_attempts: u32,
     /// Send a `cache:` / `artifacts:` entry (`when: always`), so that `restore_cache`,
-    /// `archive_cache*` and `upload_artifacts_*` are called; their scripts only echo.
+    /// `archive_cache*` and `upload_artifacts_*` are called; their scripts call `gitlab-runner`
+    /// (`cache-extractor`, `cache-archiver`, `artifacts-uploader`) as the real ones do.
     pub with_cache: bool,
     pub with_artifacts: bool,
 }
@@ -1141,14 +1142,77 @@ impl Emulator {
                 let cmds = self.job.extra_steps.iter().find(|(n, _)| n.to_lowercase() == name).map(|(_, c)| c.clone()).unwrap_or_default();
                 commands(&cmds, &mut line);
             }
+            "restore_cache" | "download_artifacts" => {
+                line(&cd);
+                self.runner_command(stage, &mut line);
+            }
+            s if s.starts_with("archive_cache") || s.starts_with("upload_artifacts") => {
+                line(&cd);
+                self.runner_command(stage, &mut line);
+            }
             other => {
-                // restore_cache, archive_cache*, upload_artifacts_*: no transfer, only a line.
                 line(&cd);
                 line(&echo(&format!("{} (emulated)", stage_description(other))));
             }
         }
         let trace = vars.iter().rev().find(|v| v.key == "CI_DEBUG_TRACE").is_some_and(|v| go_bool(&v.value) == Some(true));
         finish_script(&self.shell, &body, trace)
+    }
+
+    /// The cache and artifact stages as gitlab-runner's shells/abstract.go writes them for the
+    /// custom executor (runner command `gitlab-runner`, looked up in `PATH`): guarded by
+    /// `gitlab-runner --version`, else "Missing gitlab-runner. <action> is disabled."; the local
+    /// cache archive is `<cache_dir>/<server host>/<project path>/<key>/cache.zip`.
+    fn runner_command(&self, stage: &str, line: &mut dyn FnMut(&str)) {
+        let echo = |s: &str| format!("printf '%s\\n' {}", sh_quote(s));
+        let cache_dir = self.cache_dir.clone().unwrap_or_default();
+        let file = format!("{cache_dir}/{SERVER_HOST}/{}/default/cache.zip", self.job.project_path);
+        let (action, commands): (&str, Vec<String>) = match stage {
+            "restore_cache" => (
+                "Extracting cache",
+                vec![
+                    echo("Checking cache for default..."),
+                    format!("if gitlab-runner cache-extractor --file {} --timeout 10; then", sh_quote(&file)),
+                    echo("Successfully extracted cache"),
+                    "else".into(),
+                    echo("WARNING: Failed to extract cache"),
+                    "fi".into(),
+                ],
+            ),
+            "download_artifacts" => (
+                "Downloading artifacts",
+                vec![format!("gitlab-runner artifacts-downloader --url https://{SERVER_HOST}/ --token {} --id 0", sh_quote(&self.job.token))],
+            ),
+            s if s.starts_with("archive_cache") => (
+                "Creating cache",
+                vec![
+                    echo("Creating cache default..."),
+                    format!("if gitlab-runner cache-archiver --file {} --timeout 10 --path cache/; then", sh_quote(&file)),
+                    echo("Created cache"),
+                    "else".into(),
+                    echo("WARNING: Failed to create cache"),
+                    "fi".into(),
+                ],
+            ),
+            _ => (
+                "Uploading artifacts",
+                vec![
+                    echo("Uploading artifacts..."),
+                    format!(
+                        "gitlab-runner artifacts-uploader --url https://{SERVER_HOST}/ --token {} --id {} --path artifacts/ --artifact-format zip --artifact-type archive",
+                        sh_quote(&self.job.token),
+                        self.job.id
+                    ),
+                ],
+            ),
+        };
+        line("if gitlab-runner --version >/dev/null 2>/dev/null; then");
+        for c in &commands {
+            line(c);
+        }
+        line("else");
+        line(&echo(&format!("WARNING: Missing gitlab-runner. {action} is disabled.")));
+        line("fi");
     }
 
     // --- Variables and environment (§3) ---

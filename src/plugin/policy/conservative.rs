@@ -21,7 +21,15 @@ use super::Policy;
 use crate::docker::cidr::{self, Cidr};
 use crate::docker::json::{canonicalize, Kind, Raw};
 use crate::docker::{params, schema, ApiVersion, BodyKind, Endpoint};
-use crate::plugin::{JsonBody, Refusal, RequestCtx};
+use crate::plugin::{GrantedBind, JsonBody, Refusal, RequestCtx};
+
+/// What the listener's owner lets its containers bind besides `allowed_bind_paths`: a CI job's
+/// own socket and the paths ctproxy granted the job ([`RequestCtx::granted_binds`]).
+#[derive(Clone, Copy, Default)]
+struct Own<'a> {
+    socket: Option<&'a Path>,
+    grants: &'a [GrantedBind],
+}
 
 /// Settings of a `conservative` policy.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -387,10 +395,10 @@ impl Conservative {
     /// symbolic link, and is neither the Docker socket nor holds it. On a job's listener, the job's
     /// own socket may be bound as the file itself, and its directory read-only only (see
     /// [`RequestCtx::own_socket`]).
-    fn check_host_path(&self, source: &str, field: &str, read_only: bool, own_socket: Option<&Path>) -> Check {
+    fn check_host_path(&self, source: &str, field: &str, read_only: bool, own: Own<'_>) -> Check {
         let lexical = clean(source);
         let resolved = resolve(&lexical);
-        if let Some(own) = own_socket {
+        if let Some(own) = own.socket {
             let own_dir = own.parent().unwrap_or(own);
             // The job's paths as configured, and with the links of the jobs directory resolved.
             let is = |p: &Path, target: &Path| p == target || resolve(target) == p;
@@ -427,6 +435,16 @@ impl Conservative {
                 return deny(format!("mounting {}, which holds the Docker socket ({field})", p.display()));
             }
         }
+        // What ctproxy itself granted this listener (a CI job's project cache, the runner binary):
+        // exactly that path, unlinked, and read-only where the grant says so.
+        if resolved == lexical {
+            if let Some(g) = own.grants.iter().find(|g| g.path == lexical) {
+                if g.read_only && !read_only {
+                    return deny(format!("a read-write bind of {}, which this job may bind read-only only ({field})", lexical.display()));
+                }
+                return Ok(());
+            }
+        }
         // The daemon resolves the source again when the container starts: a link that pointed at an
         // allowed path at create time may point elsewhere then.
         if resolved != lexical {
@@ -453,7 +471,7 @@ impl Conservative {
 
     /// `source:target[:mode]`, split as dockerd's Linux parser splits it (at most four parts, four
     /// is an error).
-    fn check_bind(&self, bind: &str, i: usize, own_socket: Option<&Path>) -> Check {
+    fn check_bind(&self, bind: &str, i: usize, own: Own<'_>) -> Check {
         let field = format!("HostConfig.Binds[{i}]");
         let parts: Vec<&str> = bind.splitn(4, ':').collect();
         let (source, mode) = match parts.as_slice() {
@@ -473,12 +491,12 @@ impl Conservative {
             }
         }
         if source.starts_with('/') {
-            self.check_host_path(source, &field, opts.contains(&"ro"), own_socket)?;
+            self.check_host_path(source, &field, opts.contains(&"ro"), own)?;
         }
         Ok(())
     }
 
-    fn check_mount(&self, m: &Value, i: usize, own_socket: Option<&Path>) -> Check {
+    fn check_mount(&self, m: &Value, i: usize, own: Own<'_>) -> Check {
         let field = format!("HostConfig.Mounts[{i}]");
         let source = str_of(m.get("Source"));
         match str_of(m.get("Consistency")) {
@@ -509,7 +527,7 @@ impl Conservative {
                 // if it is missing: the source is exactly an allowed path (or the job's socket or its
                 // directory, which exist), so it can create nothing else.
                 let read_only = m.get("ReadOnly") == Some(&Value::Bool(true));
-                self.check_host_path(source, &field, read_only, own_socket)
+                self.check_host_path(source, &field, read_only, own)
             }
             "volume" => {
                 let driver = m.get("VolumeOptions").and_then(|v| v.get("DriverConfig"));
@@ -589,7 +607,7 @@ impl Conservative {
         Ok(())
     }
 
-    fn check_host_config(&self, hc: &Value, own_containers: bool, own_socket: Option<&Path>) -> Check {
+    fn check_host_config(&self, hc: &Value, own_containers: bool, own: Own<'_>) -> Check {
         let get = |k: &str| hc.get(k);
         if is_set(get("Privileged")) {
             return self.deny_option("privileged mode", "HostConfig.Privileged");
@@ -648,11 +666,11 @@ impl Conservative {
                 .allowed_by("setting, on a namespaced listener,", "allow_namespace_containers = true"));
         }
         for (i, bind) in string_list(get("Binds")).iter().enumerate() {
-            self.check_bind(bind, i, own_socket)?;
+            self.check_bind(bind, i, own)?;
         }
         if let Some(Value::Array(mounts)) = get("Mounts") {
             for (i, m) in mounts.iter().enumerate() {
-                self.check_mount(m, i, own_socket)?;
+                self.check_mount(m, i, own)?;
             }
         }
         let driver = str_of(get("VolumeDriver"));
@@ -730,10 +748,10 @@ impl Conservative {
         Ok(())
     }
 
-    fn check_create(&self, body: &JsonBody, namespaced: bool, own_socket: Option<&Path>) -> Check {
+    fn check_create(&self, body: &JsonBody, namespaced: bool, own: Own<'_>) -> Check {
         let own_containers = namespaced && self.config.allow_namespace_containers;
         if let Some(hc) = body.value.get("HostConfig").filter(|v| v.is_object()) {
-            self.check_host_config(hc, own_containers, own_socket)?;
+            self.check_host_config(hc, own_containers, own)?;
         }
         let endpoints = body.value.get("NetworkingConfig").and_then(|n| n.get("EndpointsConfig"));
         if let Some(Value::Object(eps)) = endpoints {
@@ -990,7 +1008,9 @@ impl Policy for Conservative {
             return Err(Refusal::forbidden(format!("the unknown field {path}")).unknown());
         }
         match req.endpoint() {
-            Some(Endpoint::ContainerCreate) => self.check_create(body, req.namespaced, req.own_socket),
+            Some(Endpoint::ContainerCreate) => {
+                self.check_create(body, req.namespaced, Own { socket: req.own_socket, grants: req.granted_binds })
+            }
             Some(Endpoint::ContainerUpdate) => self.check_update(body),
             Some(Endpoint::ContainerExec) if is_set(body.value.get("Privileged")) => self.deny_option("a privileged exec", "Privileged"),
             Some(Endpoint::NetworkCreate) => self.check_network_create(body, req.namespaced),
@@ -1020,10 +1040,11 @@ mod tests {
         body: &'a str,
         namespaced: bool,
         own_socket: Option<&'a Path>,
+        grants: &'a [GrantedBind],
     }
 
     fn req<'a>(method: Method, path: &'a str, body: &'a str) -> Req<'a> {
-        Req { method, path, body, namespaced: false, own_socket: None }
+        Req { method, path, body, namespaced: false, own_socket: None, grants: &[] }
     }
 
     fn create(body: &str) -> Req<'_> {
@@ -1046,6 +1067,7 @@ mod tests {
             headers: &mut headers,
             namespaced: r.namespaced,
             own_socket: r.own_socket,
+            granted_binds: r.grants,
         };
         p.check(&mut ctx)?;
         let Some(endpoint) = route.endpoint else { return Ok(()) };
@@ -1212,6 +1234,33 @@ mod tests {
         };
         run(&p, create(&mount(&a))).unwrap();
         refused(run(&p, create(&mount(&format!("{a}/new")))), "listing the path exactly");
+    }
+
+    #[test]
+    fn granted_paths_bind_as_granted_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let tool = dir.path().join("gitlab-runner");
+        std::fs::create_dir_all(cache.join("sub")).unwrap();
+        std::fs::write(&tool, "").unwrap();
+        let grants: &'static [GrantedBind] = Box::leak(Box::new([
+            GrantedBind { path: cache.clone(), read_only: false },
+            GrantedBind { path: tool.clone(), read_only: true },
+        ]));
+        let p = policy(ConservativeConfig::default());
+        let with = |bind: String| {
+            let body: &'static str = Box::leak(format!(r#"{{"Image":"x","HostConfig":{{"Binds":["{bind}"]}}}}"#).into_boxed_str());
+            Req { grants, namespaced: true, ..create(body) }
+        };
+        run(&p, with(format!("{}:/cache", cache.display()))).unwrap();
+        run(&p, with(format!("{}:/usr/local/bin/gitlab-runner:ro", tool.display()))).unwrap();
+        refused(run(&p, with(format!("{}:/usr/local/bin/gitlab-runner", tool.display()))), "read-only only");
+        refused(run(&p, with(format!("{}/sub:/c", cache.display()))), "unless listed exactly");
+        refused(run(&p, with(format!("{}:/d", dir.path().display()))), "unless listed exactly");
+        // Without the grant (another listener), the same path is an ordinary host path.
+        let body: &'static str =
+            Box::leak(format!(r#"{{"Image":"x","HostConfig":{{"Binds":["{}:/cache"]}}}}"#, cache.display()).into_boxed_str());
+        refused(run(&p, create(body)), "unless listed exactly");
     }
 
     #[test]
