@@ -199,6 +199,10 @@ async fn create_and_start(docker: &JobDocker, name: &str, body: &Value, spec: &I
         Err(DockerError::Refused { status, message }) if status == StatusCode::FORBIDDEN => {
             return Err(StageError::build(format!("the job's policies refuse the container of image {image}: {message}")))
         }
+        // No such image, or none for the job's platform: the job's.
+        Err(DockerError::Refused { status, message }) if status == StatusCode::NOT_FOUND => {
+            return Err(StageError::build(format!("the container of image {image} cannot be created: {message}")))
+        }
         Err(e) => return Err(system(e)),
     }
     match docker.call(Method::POST, &format!("/containers/{}/start", enc(name)), None).await {
