@@ -45,3 +45,23 @@ impl ExecutorConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+
+    fn check(executor: &str) -> Result<(), String> {
+        let text = format!("[listener.a]\naddress = \"unix:///tmp/a.sock\"\n[jobs]\n[jobs.executor]\n{executor}\n");
+        Config::parse(&text, "t").map_err(|e| e.to_string())?.validate("t").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn wrong_patterns_and_policies_are_refused_at_load() {
+        check("allowed_images = [\"ruby:*\"]\nallowed_services = [\"postgres:1{5,6}\"]\npull_policy = [\"always\", \"never\"]").unwrap();
+        let e = check("allowed_services = [\"redis:[\"]").unwrap_err();
+        assert!(e.contains("jobs.executor.allowed_services") && e.contains("unclosed '['"), "{e}");
+        let e = check("allowed_pull_policies = [\"sometimes\"]").unwrap_err();
+        assert!(e.contains("jobs.executor.allowed_pull_policies") && e.contains("\"sometimes\""), "{e}");
+        assert!(check("allowed_image = []").unwrap_err().contains("allowed_image"));
+    }
+}
