@@ -15,7 +15,8 @@
 //! lost).
 //!
 //! Control API (HTTP/1.1 on the control socket, mode 0600, peers other than uid 0 refused):
-//! `PUT /jobs/{id}` (`{"timeout_s": N}`, idempotent) → `{"id","socket","namespace","deadline"}`;
+//! `PUT /jobs/{id}` (`{"timeout_s": N}`, idempotent) → `{"id","socket","namespace","deadline","executor"}`
+//! (`executor`: `[jobs.executor]`, for prepare);
 //! `GET /jobs/{id}` → the same (404 when there is no such job); `DELETE /jobs/{id}` →
 //! `{"removed": {...}}` (idempotent; with `?rest=background` it answers once the job's containers
 //! are gone and removes its networks, volumes and images after); `GET /jobs` → the live jobs.
@@ -467,7 +468,12 @@ impl Handler for ControlHandler {
                     return respond::error(StatusCode::BAD_REQUEST, "ctproxy: invalid job: project longer than 1024 bytes");
                 }
                 match self.jobs.create(&id, parsed.timeout_s.map(Duration::from_secs), parsed.project.as_deref()).await {
-                    Ok(info) => respond::json(StatusCode::OK, &serde_json::json!(info)),
+                    Ok(info) => {
+                        // The stages have no configuration of their own: prepare gets `[jobs.executor]` here.
+                        let mut answer = serde_json::json!(info);
+                        answer["executor"] = serde_json::json!(self.jobs.config.executor);
+                        respond::json(StatusCode::OK, &answer)
+                    }
                     Err(e @ JobError::Id(_)) => respond::error(StatusCode::BAD_REQUEST, &format!("ctproxy: {e}")),
                     Err(e) => respond::error(StatusCode::INTERNAL_SERVER_ERROR, &format!("ctproxy: {e}")),
                 }

@@ -475,9 +475,172 @@ fn a_private_image_is_pulled_with_the_jobs_own_credentials_and_never_handed_to_a
     check(&docker_output(direct(), &["exec", &build, "touch", "/tmp/go"]), &["exec"]);
     let run = handle.join();
     assert_eq!(run.outcome, Outcome::Success, "{}", show(&run));
-    assert!(run.log.contains("Pulling image") && run.log.lines().any(|l| l.trim() == "private-image-runs"), "{}", show(&run));
+    assert!(run.log.contains("Pulling docker image") && run.log.lines().any(|l| l.trim() == "private-image-runs"), "{}", show(&run));
     // The host never had it under its own name.
     assert!(!docker_output(direct(), &["image", "inspect", &image]).status.success(), "the private image reached the host's own names");
     assert_clean(&namespace(&with_creds));
     assert_clean(&namespace(&without));
+}
+
+// === Allow-lists, pull policies, credentials and platform (issue 16) ===
+
+/// `ctproxy serve` with `[jobs.executor]` set to `executor` (and the registry proxy's `extra`).
+fn host_with_executor(executor: &str, registry_proxy_extra: &str) -> Proxy {
+    Proxy::start_with_config(&format!("{}[jobs.executor]\n{executor}\n", config(registry_proxy_extra)), "docker.sock")
+}
+
+fn with_service(mut job: Job, image: &str) -> Job {
+    job.services.push(Image { command: Some(vec!["sleep".into(), "600".into()]), ..Image::new(image) });
+    job
+}
+
+#[test]
+fn allow_lists_refuse_images_and_services_in_prepare_with_gitlab_runners_wording() {
+    let p = host_with_executor(
+        "allowed_images = [\"ctproxy-test/ci:*\"]\nallowed_services = [\"ctproxy-test/busybox:*\", \"postgres:1{5,6}\"]",
+        "",
+    );
+    let drv = driver(&p);
+
+    let job = Job::new(job_id(), BUSYBOX, &["echo must-not-run"]);
+    let run = runner::run(&drv, &job);
+    assert!(matches!(run.outcome, Outcome::BuildFailure { .. }), "{}", show(&run));
+    let wording = "ERROR: The \"ctproxy-test/busybox:latest\" image is not present on list of allowed images:\n- ctproxy-test/ci:*\n";
+    assert!(run.log.contains(wording), "{}", show(&run));
+    assert!(run.log.contains("Please check runner's allowed_images configuration"), "{}", show(&run));
+    assert!(!run.log.lines().any(|l| l.trim() == "must-not-run"), "{}", show(&run));
+    assert_clean(&namespace(&job));
+
+    let job = with_service(ci_job(&["echo must-not-run"]), DOCKER_CLI_IMAGE);
+    let run = runner::run(&drv, &job);
+    assert!(matches!(run.outcome, Outcome::BuildFailure { .. }), "{}", show(&run));
+    let wording = "The \"ctproxy-test/docker-cli:latest\" image is not present on list of allowed services:\n- ctproxy-test/busybox:*\n- postgres:1{5,6}\n";
+    assert!(run.log.contains(wording), "{}", show(&run));
+    assert_clean(&namespace(&job));
+
+    // On both lists: the job runs, with its service.
+    let job = with_service(ci_job(&["ping -c1 -W5 ctproxy-test__busybox >/dev/null && echo service-reached"]), BUSYBOX);
+    let run = runner::run(&drv, &job);
+    assert_eq!(run.outcome, Outcome::Success, "{}", show(&run));
+    assert!(run.log.lines().any(|l| l.trim() == "service-reached"), "{}", show(&run));
+    assert_clean(&namespace(&job));
+}
+
+#[test]
+fn pull_policies_are_the_jobs_within_the_allowed_ones_as_gitlab_runner_computes_them() {
+    let p = host_with_executor("pull_policy = [\"if-not-present\"]\nallowed_pull_policies = [\"if-not-present\", \"never\"]", "");
+    let drv = driver(&p);
+
+    // The runner's policy: the shared image is used as the host has it.
+    let job = ci_job(&["echo default-policy-ran"]);
+    let run = runner::run(&drv, &job);
+    assert_eq!(run.outcome, Outcome::Success, "{}", show(&run));
+    assert!(run.log.contains(&format!("Using effective pull policy of [if-not-present] for container {CI_IMAGE}")), "{}", show(&run));
+    assert!(run.log.contains("Using locally found image version due to \"if-not-present\" pull policy"), "{}", show(&run));
+
+    // The job's own `never`, allowed: a shared image the host has is used.
+    let mut job = ci_job(&["echo never-ran"]);
+    job.image = Some(Image { pull_policy: vec!["never".into()], ..Image::new(CI_IMAGE) });
+    let run = runner::run(&drv, &job);
+    assert_eq!(run.outcome, Outcome::Success, "{}", show(&run));
+
+    // `never` and a missing image: gitlab-runner's words.
+    let mut job = ci_job(&["echo must-not-run"]);
+    job.image = Some(Image { pull_policy: vec!["never".into()], ..Image::new("ctproxy-test-absent/nothing:1") });
+    let run = runner::run(&drv, &job);
+    assert!(matches!(run.outcome, Outcome::BuildFailure { .. }), "{}", show(&run));
+    assert!(run.log.contains("WARNING: Failed to pull image with policy \"never\""), "{}", show(&run));
+    assert!(
+        run.log.contains("failed to pull image \"ctproxy-test-absent/nothing:1\" with specified policies [never]: Error response from daemon: No such image"),
+        "{}",
+        show(&run)
+    );
+    assert_clean(&namespace(&job));
+
+    // A policy the administrator does not allow, for a service.
+    let mut job = ci_job(&["echo must-not-run"]);
+    job.services.push(Image { pull_policy: vec!["always".into()], ..Image::new(BUSYBOX) });
+    let run = runner::run(&drv, &job);
+    assert!(matches!(run.outcome, Outcome::BuildFailure { .. }), "{}", show(&run));
+    let wording = format!("invalid pull policy for image \"{BUSYBOX}\": pull_policy ([always]) defined in GitLab pipeline config is not one of the allowed_pull_policies ([if-not-present never])");
+    assert!(run.log.contains(&wording), "{}", show(&run));
+    assert_clean(&namespace(&job));
+}
+
+#[test]
+fn the_jobs_platform_reaches_the_container_creates() {
+    let p = host();
+    let drv = driver(&p);
+    let native = if cfg!(target_arch = "aarch64") { "linux/arm64" } else { "linux/amd64" };
+    let foreign = if cfg!(target_arch = "aarch64") { "linux/amd64" } else { "linux/arm64" };
+    let mut job = ci_job(&["echo native-platform-ran"]);
+    job.image = Some(Image { platform: Some(native.into()), ..Image::new(CI_IMAGE) });
+    let run = runner::run(&drv, &job);
+    assert_eq!(run.outcome, Outcome::Success, "{}", show(&run));
+    // gitlab-runner's default policy, `always`, on a shared image: the namespace answers the pull
+    // from the administrator's copy, which it never refreshes.
+    assert!(run.log.contains(&format!("Using effective pull policy of [always] for container {CI_IMAGE}")), "{}", show(&run));
+    assert!(run.log.contains("Image is up to date for ctproxy-test/ci:latest"), "{}", show(&run));
+    // The shared image exists for the host's platform only: a create for another one is refused
+    // by the daemon, which shows that the platform reached it.
+    let mut job = ci_job(&["echo must-not-run"]);
+    job.image = Some(Image { platform: Some(foreign.into()), ..Image::new(CI_IMAGE) });
+    let run = runner::run(&drv, &job);
+    assert!(matches!(run.outcome, Outcome::BuildFailure { .. }), "{}", show(&run));
+    assert!(run.log.contains("platform"), "{}", show(&run));
+    assert!(!run.log.lines().any(|l| l.trim() == "must-not-run"), "{}", show(&run));
+    assert_clean(&namespace(&job));
+}
+
+#[test]
+fn always_pulls_with_the_jobs_token_or_docker_auth_config_and_its_platform() {
+    let mut by_token = Job::new(job_id(), "", &["echo pulled-with-job-token"]);
+    let registry = Registry::start_with_users(&[("gitlab-ci-token", &by_token.token), ("deploy", "deploy-pw")]);
+    let image = format!("{}/group/app:1", registry.addr);
+    let cfg = tempfile::tempdir().expect("tempdir");
+    let cfg_dir = cfg.path().to_str().expect("utf-8");
+    let login = docker_cmd("docker", direct(), &["--config", cfg_dir, "login", "-u", "deploy", "--password-stdin", &registry.addr]);
+    ok_within(login, Some(b"deploy-pw".to_vec()), Duration::from_secs(30), "login");
+    check(&docker_output(direct(), &["tag", BUSYBOX, &image]), &["tag"]);
+    ok_within(docker_cmd("docker", direct(), &["--config", cfg_dir, "push", &image]), None, Duration::from_secs(60), "push");
+    check(&docker_output(direct(), &["rmi", &image]), &["rmi"]);
+
+    let p = host_with_executor("pull_policy = [\"always\"]", &format!("insecure = [\"{}\"]", registry.addr));
+    let drv = driver(&p);
+    // CI_JOB_TOKEN for CI_REGISTRY, as GitLab's own registry takes it.
+    by_token.image = Some(Image::new(&image));
+    by_token.variables.push(("CI_REGISTRY".into(), registry.addr.clone()));
+    let run = runner::run(&drv, &by_token);
+    assert_eq!(run.outcome, Outcome::Success, "{}", show(&run));
+    assert!(run.log.contains(&format!("Pulling docker image {image} ...")), "{}", show(&run));
+    assert!(run.log.contains("Authenticating with credentials from CI_JOB_TOKEN for CI_REGISTRY"), "{}", show(&run));
+    assert!(run.log.lines().any(|l| l.trim() == "pulled-with-job-token"), "{}", show(&run));
+    assert_clean(&namespace(&by_token));
+
+    // DOCKER_AUTH_CONFIG, and a platform the registry does not have: the pull asks for it.
+    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "deploy:deploy-pw");
+    let docker_auth_config = format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, registry.addr);
+    let foreign = if cfg!(target_arch = "aarch64") { "linux/amd64" } else { "linux/arm64" };
+    let mut by_config = Job::new(job_id(), "", &["echo must-not-run"]);
+    by_config.image = Some(Image { platform: Some(foreign.into()), ..Image::new(&image) });
+    by_config.variables.push(("DOCKER_AUTH_CONFIG".into(), docker_auth_config.clone()));
+    by_config.masked_keys.push("DOCKER_AUTH_CONFIG".into());
+    let run = runner::run(&drv, &by_config);
+    assert!(matches!(run.outcome, Outcome::BuildFailure { .. }), "{}", show(&run));
+    assert!(run.log.contains(&format!("Pulling docker image {image} for platform {foreign} ...")), "{}", show(&run));
+    assert!(run.log.contains("Authenticating with credentials from $DOCKER_AUTH_CONFIG"), "{}", show(&run));
+    // Both daemons pull a single-platform image whatever platform is asked for, then refuse the
+    // create for that platform: the error names it again.
+    assert!(run.log.matches(foreign).count() >= 2, "the failure names the platform: {}", show(&run));
+    assert!(!run.log.lines().any(|l| l.trim() == "must-not-run"), "{}", show(&run));
+    assert_clean(&namespace(&by_config));
+
+    // The same credentials on the host's platform: pulled.
+    let mut native = Job::new(job_id(), "", &["echo pulled-with-docker-auth-config"]);
+    native.image = Some(Image::new(&image));
+    native.variables.push(("DOCKER_AUTH_CONFIG".into(), docker_auth_config));
+    let run = runner::run(&drv, &native);
+    assert_eq!(run.outcome, Outcome::Success, "{}", show(&run));
+    assert!(run.log.contains("Authenticating with credentials from $DOCKER_AUTH_CONFIG"), "{}", show(&run));
+    assert_clean(&namespace(&native));
 }

@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod executor;
+pub use executor::{ExecutorConfig, PULL_POLICIES};
+
 use crate::plugin::policy::{ConservativeConfig, InjectConfig};
 use crate::transport::{ListenAddr, UpstreamAddr};
 
@@ -322,6 +325,9 @@ pub struct JobsConfig {
     /// The size limit of all projects' caches; least recently used projects are removed first.
     #[serde(default = "default_project_cache_max_bytes")]
     pub project_cache_max_bytes: Size,
+    /// `[jobs.executor]`: the allow-lists and pull policies the executor's prepare stage applies.
+    #[serde(default)]
+    pub executor: ExecutorConfig,
 }
 
 fn default_project_cache_dir() -> PathBuf {
@@ -818,6 +824,7 @@ impl Config {
         crate::plugin::namespace::pool::NetworkPool::parse(&self.namespaces.network_pool, self.namespaces.network_prefix_len)
             .map_err(|e| invalid("namespaces.network_pool".into(), &e.to_string()))?;
         if let Some(j) = &self.jobs {
+            j.executor.check().map_err(|(key, message)| invalid(format!("jobs.executor.{key}"), &message))?;
             crate::plugin::namespace::NsName::new(&format!("{}-x", j.namespace_prefix))
                 .map_err(|_| invalid("jobs.namespace_prefix".into(), "use lower-case letters, digits and single dashes"))?;
             if let Some(p) = j.policies.iter().find(|p| !self.policy.contains_key(*p)) {

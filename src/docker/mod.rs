@@ -9,6 +9,7 @@ pub mod cidr;
 pub mod endpoint;
 pub mod image_archive;
 pub mod image_create;
+pub mod image_glob;
 pub mod json;
 pub mod params;
 pub mod query;

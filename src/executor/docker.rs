@@ -109,10 +109,18 @@ impl JobDocker {
 
     /// Pulls `image`, writing one line per layer event worth reading to `out` (the job log).
     pub async fn pull(&self, image: &str, auth: Option<&HeaderValue>, out: &mut impl Write) -> Result<(), PullError> {
+        self.pull_with(image, auth, "", out).await
+    }
+
+    /// [`JobDocker::pull`] for `platform` (`os/arch[/variant]`; empty: the daemon's).
+    pub async fn pull_with(&self, image: &str, auth: Option<&HeaderValue>, platform: &str, out: &mut impl Write) -> Result<(), PullError> {
         let (from, tag) = split_tag(image);
         let mut path = format!("/images/create?fromImage={}", enc(from));
         if let Some(t) = tag {
             path.push_str(&format!("&tag={}", enc(t)));
+        }
+        if !platform.is_empty() {
+            path.push_str(&format!("&platform={}", enc(platform)));
         }
         let rsp = self.send(Method::POST, &path, None, auth).await?;
         let status = rsp.status();

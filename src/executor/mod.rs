@@ -9,9 +9,11 @@
 //! Exit codes follow the protocol: 0 done, `BUILD_FAILURE_EXIT_CODE` for the job's own failures,
 //! `SYSTEM_FAILURE_EXIT_CODE` for the infrastructure's (gitlab-runner retries those).
 
+pub mod admission;
 pub mod docker;
 pub mod job_response;
 mod prepare;
+pub mod pull;
 mod run;
 mod services;
 

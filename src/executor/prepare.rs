@@ -8,20 +8,17 @@
 //! job's namespace, so no job is handed a private image another job fetched.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 
-use base64::Engine as _;
-use hyper::header::HeaderValue;
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::docker::{DockerError, JobDocker, PullError};
-use super::job_response::{Credential, ImageSpec, JobResponse};
+use super::docker::{DockerError, JobDocker};
+use super::job_response::{ImageSpec, JobResponse};
 use super::RUNNER_BINARY_IN_CONTAINER;
+use super::{admission, pull};
 use super::{current_job, Options, StageError};
 use super::{BUILDS_DIR, BUILDS_VOLUME, BUILD_CONTAINER, CACHE_DIR, CACHE_VOLUME, HELPER_CONTAINER, NETWORK, SOCKET_DIR_IN_CONTAINER};
-use crate::docker::auth_config::{encode_header, AuthConfig};
-use crate::docker::reference::Reference;
+use crate::config::ExecutorConfig;
 use crate::jobs::{control_request, ControlError};
 use crate::plugin::namespace::daemon::enc;
 
@@ -54,17 +51,19 @@ pub async fn prepare(env: &BTreeMap<String, String>, opts: &Options) -> Result<(
     );
 
     let docker = JobDocker::new(&socket).map_err(system)?;
-    let auth = Credentials::new(&job.credentials, env.get("CUSTOM_ENV_DOCKER_AUTH_CONFIG").map(String::as_str));
+    let settings: ExecutorConfig = created.get("executor").and_then(|e| serde_json::from_value(e.clone()).ok()).unwrap_or_default();
+    admission::check_job(&job, &settings, opts.default_image.as_deref())?;
+    let credentials = pull::Credentials::from_job(&job, env.get("CUSTOM_ENV_DOCKER_AUTH_CONFIG").map(String::as_str));
+    let mut puller = pull::Puller { docker: &docker, settings: &settings, credentials: &credentials, done: Vec::new() };
 
     let mut image = job.image.clone();
     if image.name.is_empty() {
         image.name =
             opts.default_image.clone().ok_or_else(|| StageError::build("the job names no image and the runner has no default image"))?;
     }
-    let mut pulled = Vec::new();
-    ensure_image(&docker, &image, &auth, &mut pulled).await?;
+    puller.get(&image, None).await?;
     for service in &job.services {
-        ensure_image(&docker, service, &auth, &mut pulled).await?;
+        puller.get(service, None).await?;
     }
 
     docker
@@ -107,7 +106,8 @@ pub async fn prepare(env: &BTreeMap<String, String>, opts: &Options) -> Result<(
         ..Default::default()
     });
     if let Some(h) = &helper {
-        ensure_image(&docker, h, &auth, &mut pulled).await?;
+        // The runner's own image: the administrator's pull policy, not the job's.
+        puller.get(h, Some(vec![pull::PullPolicy::IfNotPresent])).await?;
     }
     for (name, spec) in containers.into_iter().chain(helper.as_ref().map(|h| (HELPER_CONTAINER, h))) {
         start_job_container(&docker, name, spec, &binds).await?;
@@ -158,90 +158,6 @@ async fn control(opts: &Options, method: Method, key: &str, body: Option<Value>)
     }
 }
 
-/// The registry credentials of the job: the runner's `credentials`, then `DOCKER_AUTH_CONFIG`.
-struct Credentials {
-    by_domain: Vec<(String, AuthConfig)>,
-}
-
-/// `registry.example.com`, `https://registry.example.com/v1/`, `docker.io` → the domain a
-/// reference has.
-fn domain_of(url: &str) -> String {
-    let host = url.trim_start_matches("https://").trim_start_matches("http://");
-    let host = host.split('/').next().unwrap_or(host).to_ascii_lowercase();
-    match host.as_str() {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => "docker.io".into(),
-        _ => host,
-    }
-}
-
-impl Credentials {
-    fn new(list: &[Credential], docker_auth_config: Option<&str>) -> Credentials {
-        let mut by_domain = Vec::new();
-        for c in list.iter().filter(|c| c.kind.eq_ignore_ascii_case("registry")) {
-            let auth = AuthConfig {
-                username: c.username.clone(),
-                password: c.password.clone(),
-                serveraddress: c.url.clone(),
-                ..Default::default()
-            };
-            by_domain.push((domain_of(&c.url), auth));
-        }
-        let parsed: Option<Value> = docker_auth_config.and_then(|s| serde_json::from_str(s).ok());
-        if let Some(Value::Object(auths)) = parsed.as_ref().and_then(|v| v.get("auths")) {
-            for (server, entry) in auths {
-                let field = |k: &str| entry.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-                let (mut username, mut password) = (field("username"), field("password"));
-                if let Some(decoded) =
-                    base64::engine::general_purpose::STANDARD.decode(field("auth")).ok().and_then(|b| String::from_utf8(b).ok())
-                {
-                    if let Some((u, p)) = decoded.split_once(':') {
-                        (username, password) = (u.to_owned(), p.to_owned());
-                    }
-                }
-                by_domain.push((domain_of(server), AuthConfig { username, password, serveraddress: server.clone(), ..Default::default() }));
-            }
-        }
-        Credentials { by_domain }
-    }
-
-    fn header_for(&self, image: &str) -> Option<HeaderValue> {
-        let domain = Reference::parse(image).ok()?.domain;
-        self.by_domain.iter().find(|(d, _)| *d == domain).map(|(_, a)| encode_header(a))
-    }
-}
-
-/// Makes `spec`'s image usable in the job's namespace. In a fresh namespace an image that is
-/// already visible is one the administrator shares: it is used as it is. Any other is pulled (its
-/// pull policy permitting) with the job's credentials. A missing or unpullable image is the job's
-/// failure and names the image; an unreachable daemon is the system's.
-async fn ensure_image(docker: &JobDocker, spec: &ImageSpec, auth: &Credentials, done: &mut Vec<String>) -> Result<(), StageError> {
-    let name = spec.name.as_str();
-    if done.iter().any(|d| d == name) {
-        return Ok(());
-    }
-    if Reference::parse(name).is_err() {
-        return Err(StageError::build(format!("image {name:?} is not a valid image reference")));
-    }
-    if docker.inspect(&format!("/images/{}/json", enc(name))).await.map_err(system)?.is_some() {
-        println!("Using image {name} as available on this host");
-        done.push(name.to_owned());
-        return Ok(());
-    }
-    if !spec.may_pull() {
-        return Err(StageError::build(format!("image {name} is not available on this host and its pull policy is \"never\"")));
-    }
-    println!("Pulling image {name} ...");
-    let mut out = std::io::stdout().lock();
-    match docker.pull(name, auth.header_for(name).as_ref(), &mut out).await {
-        Ok(()) => {}
-        Err(PullError::Docker(e @ DockerError::Unreachable(_))) => return Err(system(e)),
-        Err(e) => return Err(StageError::build(format!("image {name} cannot be pulled: {e}"))),
-    }
-    let _ = out.flush();
-    done.push(name.to_owned());
-    Ok(())
-}
-
 /// A service: its image with its own entrypoint and command, the job's variables and its own, on
 /// the job network under its host names.
 async fn start_service(docker: &JobDocker, i: usize, spec: &ImageSpec, job_vars: &[String]) -> Result<(), StageError> {
@@ -265,7 +181,7 @@ async fn start_service(docker: &JobDocker, i: usize, spec: &ImageSpec, job_vars:
     if !spec.executor_opts.docker.user.is_empty() {
         body["User"] = json!(spec.executor_opts.docker.user);
     }
-    create_and_start(docker, &name, &body, &spec.name).await?;
+    create_and_start(docker, &name, &body, spec).await?;
     println!("Service {} started as {}", spec.name, aliases.join(", "));
     Ok(())
 }
@@ -290,7 +206,7 @@ async fn start_job_container(docker: &JobDocker, name: &str, spec: &ImageSpec, b
     if !user.is_empty() {
         body["User"] = json!(user);
     }
-    create_and_start(docker, name, &body, &spec.name).await?;
+    create_and_start(docker, name, &body, spec).await?;
     // An entrypoint that exits at once would fail every stage later: say why now.
     let state = docker.inspect(&format!("/containers/{}/json", enc(name))).await.map_err(system)?;
     let running = state.as_ref().and_then(|s| s.pointer("/State/Running")).and_then(Value::as_bool) == Some(true);
@@ -309,12 +225,18 @@ async fn start_job_container(docker: &JobDocker, name: &str, spec: &ImageSpec, b
     Ok(())
 }
 
-async fn create_and_start(docker: &JobDocker, name: &str, body: &Value, image: &str) -> Result<(), StageError> {
-    let created = docker.call(Method::POST, &format!("/containers/create?name={}", enc(name)), Some(body)).await;
+/// Created with the image's platform, if the job gives one ([`pull::create_query`]).
+async fn create_and_start(docker: &JobDocker, name: &str, body: &Value, spec: &ImageSpec) -> Result<(), StageError> {
+    let image = spec.name.as_str();
+    let created = docker.call(Method::POST, &format!("/containers/create?{}", pull::create_query(name, spec)), Some(body)).await;
     match created {
         Ok(_) => {}
         Err(DockerError::Refused { status, message }) if status == StatusCode::FORBIDDEN => {
             return Err(StageError::build(format!("the job's policies refuse the container of image {image}: {message}")))
+        }
+        // No such image, or none for the job's platform: the job's.
+        Err(DockerError::Refused { status, message }) if status == StatusCode::NOT_FOUND => {
+            return Err(StageError::build(format!("the container of image {image} cannot be created: {message}")))
         }
         Err(e) => return Err(system(e)),
     }
@@ -325,23 +247,5 @@ async fn create_and_start(docker: &JobDocker, name: &str, body: &Value, image: &
             Err(StageError::build(format!("the container of image {image} does not start: {message}")))
         }
         Err(e) => Err(system(e)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_match_the_image_registry() {
-        let list =
-            [Credential { kind: "registry".into(), url: "registry.example.com:5000".into(), username: "u".into(), password: "p".into() }];
-        let cfg = r#"{"auths":{"https://index.docker.io/v1/":{"auth":"YTpi"}}}"#;
-        let c = Credentials::new(&list, Some(cfg));
-        assert!(c.header_for("registry.example.com:5000/team/app:1").is_some());
-        assert!(c.header_for("other.example.com/team/app").is_none());
-        let hub = c.header_for("busybox").unwrap();
-        let decoded = crate::docker::auth_config::decode_header(&hub).unwrap();
-        assert_eq!((decoded.username.as_str(), decoded.password.as_str()), ("a", "b"));
     }
 }

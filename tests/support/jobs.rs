@@ -45,12 +45,19 @@ impl JobHost {
 
     /// With `namespaces` added to the `[namespaces]` section and `extra` at the end.
     pub fn start_with_namespaces(namespaces: &str, extra: &str) -> JobHost {
+        Self::start_custom("", namespaces, extra)
+    }
+
+    /// With `conservative` added to the `[policy.conservative]` section, `namespaces` to
+    /// `[namespaces]` and `extra` at the end.
+    pub fn start_custom(conservative: &str, namespaces: &str, extra: &str) -> JobHost {
         let toml = format!(
             r#"
 [listener.main]
 address = "unix://{{dir}}/docker.sock"
 [policy.conservative]
 kind = "conservative"
+{conservative}
 [policy.limits]
 kind = "inject"
 [policy.limits.force]

@@ -138,6 +138,8 @@ pub struct Image {
     pub pull_policy: Vec<String>,
     /// `executor_opts.docker.user`.
     pub user: Option<String>,
+    /// `executor_opts.docker.platform` (`docker: platform:` of the job's image or service).
+    pub platform: Option<String>,
     pub variables: Vec<(String, String)>,
 }
 
@@ -1328,7 +1330,7 @@ impl Emulator {
                 "ports": [],
                 "variables": i.variables.iter().map(|(k, v)| json!({"key": k, "value": v, "public": true, "file": false, "masked": false, "raw": false})).collect::<Vec<_>>(),
                 "pull_policy": i.pull_policy,
-                "executor_opts": {"docker": {"platform": "", "user": i.user.clone().unwrap_or_default()}, "kubernetes": {"user": ""}},
+                "executor_opts": {"docker": {"platform": i.platform.clone().unwrap_or_default(), "user": i.user.clone().unwrap_or_default()}, "kubernetes": {"user": ""}},
             });
             if let Some(a) = &i.alias {
                 o["alias"] = json!(self.expand_with_job_vars(a));

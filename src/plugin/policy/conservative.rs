@@ -70,6 +70,11 @@ pub struct ConservativeConfig {
     /// Leave it off if a namespace is also served by a listener without this policy.
     #[serde(default)]
     pub allow_namespace_containers: bool,
+    /// Images that may be pulled and run (container creates, image mounts), as doublestar globs with
+    /// gitlab-runner's `allowed_images` syntax; any spelling of a reference may match. Empty: any.
+    /// Image IDs match no pattern. See `images.rs`.
+    #[serde(default)]
+    pub allowed_images: Vec<String>,
 }
 
 impl Default for ConservativeConfig {
@@ -84,6 +89,7 @@ impl Default for ConservativeConfig {
             allowed_log_drivers: default_log_drivers(),
             min_api_version: default_min_api(),
             allow_namespace_containers: false,
+            allowed_images: Vec::new(),
         }
     }
 }
@@ -188,6 +194,9 @@ impl Conservative {
                 ));
             }
             bind_paths.push(cleaned);
+        }
+        for p in &config.allowed_images {
+            crate::docker::image_glob::validate(p).map_err(|e| invalid("allowed_images", e.to_string()))?;
         }
         let mut subnets = Vec::new();
         for s in &config.allowed_subnets {
@@ -749,6 +758,7 @@ impl Conservative {
     }
 
     fn check_create(&self, body: &JsonBody, namespaced: bool, own: Own<'_>) -> Check {
+        super::images::check_create(&self.config.allowed_images, &body.value)?;
         let own_containers = namespaced && self.config.allow_namespace_containers;
         if let Some(hc) = body.value.get("HostConfig").filter(|v| v.is_object()) {
             self.check_host_config(hc, own_containers, own)?;
@@ -994,6 +1004,7 @@ impl Policy for Conservative {
             Endpoint::NetworkConnect if req.route.target() == Some("host") => {
                 deny("connecting to the host network (the network named in the path)")
             }
+            Endpoint::ImageCreate => super::images::check_pull(&self.config.allowed_images, req.query),
             _ => Ok(()),
         }
     }

@@ -6,6 +6,7 @@
 //! is logged, nothing is refused and nothing it rewrites is kept.
 
 mod conservative;
+mod images;
 mod inject;
 
 pub use conservative::{Conservative, ConservativeConfig};
