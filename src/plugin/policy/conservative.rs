@@ -1266,12 +1266,12 @@ mod tests {
         run(&p, with(format!("{}:/cache", cache.display()))).unwrap();
         run(&p, with(format!("{}:/usr/local/bin/gitlab-runner:ro", tool.display()))).unwrap();
         refused(run(&p, with(format!("{}:/usr/local/bin/gitlab-runner", tool.display()))), "read-only only");
-        refused(run(&p, with(format!("{}/sub:/c", cache.display()))), "unless listed exactly");
-        refused(run(&p, with(format!("{}:/d", dir.path().display()))), "unless listed exactly");
+        refused(run(&p, with(format!("{}/sub:/c", cache.display()))), "listing the path exactly");
+        refused(run(&p, with(format!("{}:/d", dir.path().display()))), "listing the path exactly");
         // Without the grant (another listener), the same path is an ordinary host path.
         let body: &'static str =
             Box::leak(format!(r#"{{"Image":"x","HostConfig":{{"Binds":["{}:/cache"]}}}}"#, cache.display()).into_boxed_str());
-        refused(run(&p, create(body)), "unless listed exactly");
+        refused(run(&p, create(body)), "listing the path exactly");
     }
 
     #[test]
