@@ -106,6 +106,9 @@ struct Job {
     record: Record,
     socket: PathBuf,
     namespace: Namespace,
+    /// The job listener's pipeline: the manager's with this job's namespace and socket, replaced
+    /// in place by a reload (connections already open take it for their next request).
+    pipeline: Arc<ArcSwap<Pipeline>>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -114,9 +117,10 @@ struct Job {
 pub struct JobManager {
     config: JobsConfig,
     proxy: Arc<DockerProxy>,
-    /// The policies every job listener applies (the namespace is added per job).
-    pipeline: Pipeline,
-    settings: Arc<namespace::Settings>,
+    /// The policies every job listener applies (the namespace is added per job); replaced by a
+    /// reload, see [`JobManager::reconfigure`].
+    pipeline: ArcSwap<Pipeline>,
+    settings: ArcSwap<namespace::Settings>,
     connections: TaskTracker,
     draining: CancellationToken,
     jobs: Mutex<HashMap<String, Job>>,
@@ -142,8 +146,8 @@ impl JobManager {
         JobManager {
             config,
             proxy,
-            pipeline,
-            settings,
+            pipeline: ArcSwap::from_pointee(pipeline),
+            settings: ArcSwap::new(settings),
             connections,
             draining,
             jobs: Mutex::new(HashMap::new()),
@@ -193,11 +197,10 @@ impl JobManager {
         let unix = UnixSocketOptions { mode: Some(0o666), owner: None, group: None };
         let listener =
             Listener::bind(&ListenAddr::Unix(socket.clone()), &unix, None).await.map_err(|e| JobError::Listener(e.to_string()))?;
-        let namespace = Namespace::new(name, self.settings.clone());
-        let pipeline =
-            Pipeline { namespace: Some(namespace.clone()), own_socket: Some(Arc::from(socket.as_path())), ..self.pipeline.clone() };
+        let namespace = Namespace::new(name, self.settings.load_full());
+        let pipeline = Arc::new(ArcSwap::from_pointee(job_pipeline(&self.pipeline.load(), &namespace, &socket)));
         let listener_name = format!("job-{}", record.id);
-        let handler = Arc::new(ListenerHandler { proxy: self.proxy.clone(), pipeline: Arc::new(ArcSwap::from_pointee(pipeline)) });
+        let handler = Arc::new(ListenerHandler { proxy: self.proxy.clone(), pipeline: pipeline.clone() });
         let opts = ServeOptions { listener: Arc::from(listener_name.as_str()), access_log: true };
         let stop = CancellationToken::new();
         let conns = Arc::new(HandlerConns { opts, handler, draining: self.draining.clone() });
@@ -206,7 +209,7 @@ impl JobManager {
         let gate = Gate::new(listener_name.as_str(), limits);
         let task = tokio::spawn(serve_listener(listener, gate, conns, self.connections.clone(), stop.clone()));
         tracing::info!(job = %record.id, socket = %socket.display(), namespace = %namespace.name, deadline = record.deadline, "job listener started");
-        Ok(Job { record, socket, namespace, stop, task })
+        Ok(Job { record, socket, namespace, pipeline, stop, task })
     }
 
     /// Stops the job's listener and destroys everything its namespace holds. Idempotent.
@@ -229,7 +232,7 @@ impl JobManager {
         }
         let _ = std::fs::remove_dir_all(self.job_dir(id));
         let guard = Removing::start(&self.removing, id);
-        let namespace = Namespace::new(name, self.settings.clone());
+        let namespace = Namespace::new(name, self.settings.load_full());
         let daemon = self.proxy.daemon();
         let containers = namespace.destroy_containers(&daemon).await?;
         match how {
@@ -311,7 +314,7 @@ impl JobManager {
             }
         }
         let daemon = self.proxy.daemon();
-        let on_daemon = match namespaces_on_daemon(&daemon, &self.settings.registry).await {
+        let on_daemon = match namespaces_on_daemon(&daemon, &self.settings.load().registry).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list namespaces on the daemon");
@@ -325,7 +328,7 @@ impl JobManager {
                 continue;
             }
             tracing::warn!(namespace = %ns, "no live job owns this namespace: destroying it");
-            if let Err(e) = Namespace::new(ns.clone(), self.settings.clone()).destroy(&daemon).await {
+            if let Err(e) = Namespace::new(ns.clone(), self.settings.load_full()).destroy(&daemon).await {
                 tracing::warn!(namespace = %ns, error = %e, "destroy failed");
             }
         }
@@ -341,6 +344,22 @@ impl JobManager {
                 _ = tokio::time::sleep(every) => {}
             }
         }
+    }
+
+    /// A reload: jobs created from now on, and the listeners of the running ones (for the next
+    /// request of every connection, none dropped), apply `pipeline` and namespaces `settings`.
+    pub async fn reconfigure(&self, pipeline: Pipeline, settings: Arc<namespace::Settings>) {
+        // Stored before the jobs are visited: a job started meanwhile (under the lock) sees the
+        // new pipeline, or is visited below.
+        self.pipeline.store(Arc::new(pipeline));
+        self.settings.store(settings.clone());
+        let base = self.pipeline.load();
+        let mut jobs = self.jobs.lock().await;
+        for job in jobs.values_mut() {
+            job.namespace = Namespace::new(job.namespace.name.clone(), settings.clone());
+            job.pipeline.store(Arc::new(job_pipeline(&base, &job.namespace, &job.socket)));
+        }
+        tracing::info!(jobs = jobs.len(), "job listeners reconfigured");
     }
 
     /// Stops every job listener (on shutdown; the jobs stay, their records restore them).
@@ -366,6 +385,12 @@ impl JobManager {
             daemon: upstream.starts_with("unix://").then_some(upstream),
         }
     }
+}
+
+/// A job listener's pipeline: the jobs' policies, in the job's namespace, with binds of the Docker
+/// socket redirected to the job's own.
+fn job_pipeline(base: &Pipeline, namespace: &Namespace, socket: &Path) -> Pipeline {
+    Pipeline { namespace: Some(namespace.clone()), own_socket: Some(Arc::from(socket)), ..base.clone() }
 }
 
 fn write_record(dir: &Path, record: &Record) -> std::io::Result<()> {
