@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use arc_swap::ArcSwap;
 
-use crate::build::{build, BuildError, Built};
+use crate::build::{build, Built};
 use crate::cache::CacheService;
 use crate::config::{CacheConfig, Config, ConfigError, JobsConfig, ListenerConfig, Overrides};
 use crate::http::serve::{serve_listener, Gate, Limits};
@@ -47,8 +47,6 @@ pub enum AppError {
     Config(#[from] ConfigError),
     #[error("listener {name:?}: {source}")]
     Listener { name: String, source: TransportError },
-    #[error("configuration: {0}")]
-    Build(#[from] BuildError),
     #[error("signal handling: {0}")]
     Signal(std::io::Error),
     #[error("{0}")]
@@ -66,6 +64,11 @@ pub struct ConfigSource {
 impl ConfigSource {
     pub fn load(&self) -> Result<Config, ConfigError> {
         Config::load(self.path.as_deref(), &self.overrides)
+    }
+
+    /// How errors name this source (the file, or the embedded default).
+    pub fn origin(&self) -> String {
+        Config::origin(self.path.as_deref())
     }
 }
 
@@ -161,7 +164,7 @@ impl Server {
     pub async fn start(source: ConfigSource) -> Result<Server, AppError> {
         let config = source.load()?;
         let tokens = TokenStore::new();
-        let Built { forwarder, listeners, jobs, namespaces } = build(&config, &tokens)?;
+        let Built { forwarder, listeners, jobs, namespaces } = build(&config, &tokens).map_err(|e| e.at(&source.origin()))?;
         let proxy = Arc::new(DockerProxy::new(forwarder));
         let registry = match &config.registry_proxy {
             Some(rp) => Some(RegistryProxy::start(rp, tokens.clone()).await?),
@@ -307,6 +310,7 @@ impl Server {
         let Built { forwarder, listeners: mut built, jobs: job_pipeline, namespaces } = match build(&new, &self.tokens) {
             Ok(b) => b,
             Err(e) => {
+                let e = e.at(&self.source.origin());
                 tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
                 return;
             }

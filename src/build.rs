@@ -11,7 +11,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::config::{AuthConfig, Config, PolicyConfig};
+use crate::cache::rules::Ecosystem;
+use crate::config::{AuthConfig, Config, ConfigError, PolicyConfig};
 use crate::http::Forwarder;
 use crate::plugin::auth::{Authenticator, HttpAuth, TlsCertAuth, UnixPeerAuth};
 use crate::plugin::namespace::pool::NetworkPool;
@@ -33,6 +34,12 @@ pub struct BuildError {
 impl BuildError {
     fn new(key: impl Into<String>, message: impl std::fmt::Display) -> BuildError {
         BuildError { key: key.into(), message: message.to_string() }
+    }
+
+    /// The same error as the configuration loader reports its own: naming the file (`origin`,
+    /// see [`Config::origin`]) and the key.
+    pub fn at(self, origin: &str) -> ConfigError {
+        ConfigError::Invalid { origin: origin.to_owned(), key: self.key, message: self.message }
     }
 }
 
@@ -57,6 +64,7 @@ pub struct BuiltListener {
 /// Builds everything that runs from `config`. `tokens` is the registry proxy's token store; it is
 /// handed to namespaces only when the configuration has a `[registry_proxy]`.
 pub fn build(config: &Config, tokens: &TokenStore) -> Result<Built, BuildError> {
+    check(config)?;
     let tokens = config.registry_proxy.as_ref().map(|_| Arc::new(tokens.clone()) as Arc<dyn RegistryTokens>);
     let namespaces = namespace_settings(config, tokens)?;
     let parts = Parts::new(config, &namespaces)?;
@@ -78,6 +86,48 @@ pub fn build(config: &Config, tokens: &TokenStore) -> Result<Built, BuildError> 
     }
     let jobs = config.jobs.as_ref().map(|j| parts.pipeline(config, &[], &j.policies, None));
     Ok(Built { forwarder: forwarder(config)?, listeners, jobs, namespaces })
+}
+
+/// What `serve --check` and `ctproxy doctor` run: [`build`] with a token store of its own (nothing
+/// is bound, started or asked of the daemon), its error naming `origin`.
+pub fn check_config(config: &Config, origin: &str) -> Result<(), ConfigError> {
+    build(config, &TokenStore::new()).map(drop).map_err(|e| e.at(origin))
+}
+
+/// The checks of values that only the layers above `config` can judge, and that nothing below
+/// builds from (the rest fail where they are built).
+fn check(config: &Config) -> Result<(), BuildError> {
+    for (name, l) in &config.listener {
+        // Resolved here, not at bind time, so that a reload naming an unknown user or group is
+        // refused before any listener is stopped.
+        if let Some(owner) = &l.owner {
+            resolve_user(owner).map_err(|e| BuildError::new(format!("listener.{name}.owner"), e))?;
+        }
+        if let Some(group) = &l.group {
+            resolve_group(group).map_err(|e| BuildError::new(format!("listener.{name}.group"), e))?;
+        }
+    }
+    if let Some(j) = &config.jobs {
+        NsName::new(&format!("{}-x", j.namespace_prefix))
+            .map_err(|_| BuildError::new("jobs.namespace_prefix", "use lower-case letters, digits and single dashes"))?;
+    }
+    if let Some(rp) = &config.registry_proxy {
+        for path in &rp.ca {
+            transport::tls::load_roots(path).map_err(|e| BuildError::new("registry_proxy.ca", e))?;
+        }
+    }
+    if let Some(c) = &config.cache {
+        for name in c.index_max_age.keys() {
+            if Ecosystem::from_name(name).is_none() {
+                let known: Vec<&str> = Ecosystem::ALL.iter().map(|e| e.as_str()).collect();
+                return Err(BuildError::new(format!("cache.index_max_age.{name}"), format!("not an ecosystem ({})", known.join(", "))));
+            }
+        }
+        for path in &c.extra_roots {
+            transport::tls::load_roots(path).map_err(|e| BuildError::new("cache.extra_roots", e))?;
+        }
+    }
+    Ok(())
 }
 
 /// The pooled client to the configured daemon (`ctproxy doctor` asks the daemon through the same one).
@@ -190,5 +240,50 @@ impl<'c> Parts<'c> {
             own_socket: None,
             decorate: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A configuration as `serve --check` judges it: loaded, validated, built.
+    fn checked(text: &str) -> Result<(), String> {
+        let c = Config::parse(text, "t").map_err(|e| e.to_string())?;
+        c.validate("t").map_err(|e| e.to_string())?;
+        check_config(&c, "t").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn conservative_settings_are_checked_at_load() {
+        let base = "[listener.a]\naddress = \"unix:///tmp/a.sock\"\npolicies = [\"p\"]\n[policy.p]\nkind = \"conservative\"\n";
+        let err = |extra: &str| checked(&format!("{base}{extra}\n")).err();
+        assert_eq!(err("allowed_bind_paths = [\"/srv/a\", \"/srv/b\"]\nallowed_subnets = [\"10.9.0.0/16\", \"fd00::/8\"]"), None);
+        let e = err("allowed_bind_paths = [\"/srv\", \"/srv/a\"]").unwrap();
+        assert!(e.contains("policy.p.allowed_bind_paths") && e.contains("overlap"), "{e}");
+        let e = err("allowed_subnets = [\"10.9.0.0/99\"]").unwrap();
+        assert!(e.contains("policy.p.allowed_subnets"), "{e}");
+        let jobs = "[jobs]\ncontrol_socket = \"/run/c.sock\"\ndir = \"/srv/ctproxy/jobs\"\npolicies = [\"p\"]\n";
+        let e = checked(&format!("{base}allowed_bind_paths = [\"/srv/ctproxy\"]\n{jobs}")).unwrap_err();
+        assert!(e.contains("jobs directory"), "{e}");
+        checked(&format!("{base}allowed_bind_paths = [\"/srv/data\"]\n{jobs}")).unwrap();
+    }
+
+    #[test]
+    fn files_and_names_are_checked_by_the_build_step() {
+        let base = "[listener.a]\naddress = \"unix:///tmp/a.sock\"\n";
+        let e = checked(&format!("{base}[registry_proxy]\nca = [\"/nonexistent/ca.pem\"]\n")).unwrap_err();
+        assert!(e.contains("registry_proxy.ca"), "{e}");
+        let e = checked(&format!("{base}[cache]\nhosts = [\"a\"]\n[cache.index_max_age]\nrubygems = \"1m\"\n")).unwrap_err();
+        assert!(e.contains("cache.index_max_age.rubygems"), "{e}");
+        let e = checked(&format!("{base}owner = \"ctproxy-no-such-user\"\n")).unwrap_err();
+        assert!(e.contains("`listener.a.owner`"), "{e}");
+        let e = checked(&format!("{base}namespace = \"Bad_Name\"\n")).unwrap_err();
+        assert!(e.contains("`listener.a.namespace`"), "{e}");
+        let e = checked(&format!("{base}[namespaces]\nnetwork_pool = [\"10.0.0.0/99\"]\n")).unwrap_err();
+        assert!(e.contains("`namespaces.network_pool`"), "{e}");
+        let e = checked(&format!("{base}[jobs]\nnamespace_prefix = \"A\"\n")).unwrap_err();
+        assert!(e.contains("`jobs.namespace_prefix`"), "{e}");
+        checked(&format!("{base}[cache]\nhosts = [\"a\"]\n[cache.index_max_age]\napt = \"5m\"\n")).unwrap();
     }
 }

@@ -115,7 +115,9 @@ impl Report {
 /// Runs every check, printing each line as it is decided.
 pub fn main(opts: &Options) -> Report {
     let mut report = Report::default();
-    let config = match Config::load(Some(&opts.config), &Overrides::default()) {
+    let loaded = Config::load(Some(&opts.config), &Overrides::default())
+        .and_then(|c| crate::build::check_config(&c, &Config::origin(Some(&opts.config))).map(|()| c));
+    let config = match loaded {
         Ok(c) => c,
         Err(e) => {
             report.push(Check::fail(

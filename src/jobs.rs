@@ -172,8 +172,8 @@ impl JobManager {
     pub async fn create(&self, id: &str, timeout: Option<Duration>) -> Result<JobInfo, JobError> {
         let name = self.job_namespace(id)?;
         self.settle(id).await;
-        let timeout = timeout.unwrap_or(Duration::from_secs(self.config.timeout_s));
-        let deadline = now() + timeout.as_secs() + self.config.grace_s;
+        let timeout = timeout.unwrap_or(self.config.timeout.0);
+        let deadline = now() + timeout.as_secs() + self.config.grace.0.as_secs();
         let mut jobs = self.jobs.lock().await;
         if let Some(job) = jobs.get_mut(id) {
             job.record.deadline = job.record.deadline.max(deadline);
@@ -334,9 +334,9 @@ impl JobManager {
         }
     }
 
-    /// Runs [`JobManager::reap`] every `reap_interval_s` until `stop`.
+    /// Runs [`JobManager::reap`] every `reap_interval` until `stop`.
     pub async fn reaper(self: Arc<Self>, stop: CancellationToken) {
-        let every = Duration::from_secs(self.config.reap_interval_s.max(1));
+        let every = self.config.reap_interval.0.max(Duration::from_secs(1));
         loop {
             self.reap().await;
             tokio::select! {

@@ -283,7 +283,7 @@ fn main() -> ExitCode {
             };
             if check {
                 // The same build step as a start and a reload (users, groups, policies, TLS files).
-                if let Err(e) = ctproxy::build::build(&loaded, &ctproxy::registry::TokenStore::new()) {
+                if let Err(e) = ctproxy::build::check_config(&loaded, &source.origin()) {
                     eprintln!("ctproxy: configuration error: {e}");
                     return ExitCode::from(2);
                 }
