@@ -17,20 +17,16 @@ use tokio_util::task::TaskTracker;
 
 use arc_swap::ArcSwap;
 
+use crate::build::{build, Built};
 use crate::cache::CacheService;
-use crate::config::{AuthConfig, CacheConfig, Config, ConfigError, JobsConfig, ListenerConfig, Overrides, PolicyConfig};
+use crate::config::{CacheConfig, Config, ConfigError, JobsConfig, ListenerConfig, Overrides};
 use crate::http::serve::{serve_listener, Gate, Limits};
 use crate::http::server::{HandlerConns, ServeOptions};
-use crate::http::Forwarder;
 use crate::jobs::{ControlHandler, JobManager};
-use crate::plugin::auth::{Authenticator, HttpAuth, TlsCertAuth, UnixPeerAuth};
-use crate::plugin::namespace::pool::NetworkPool;
-use crate::plugin::namespace::{self, Namespace, NsName, RegistryTokens};
-use crate::plugin::policy::{Conservative, Inject, Policy, PolicyChain};
+use crate::plugin::namespace;
 use crate::proxy::{DockerProxy, ListenerHandler, Pipeline};
 use crate::registry::{RegistryError, RegistryProxy, TokenStore};
-use crate::transport::listener::{resolve_group, resolve_user};
-use crate::transport::{self, Connector, Listener, TransportError, UnixSocketOptions};
+use crate::transport::{self, Listener, TransportError, UnixSocketOptions};
 
 /// The control socket's limits: one root client (the executor stages), one request per connection.
 const CONTROL_LIMITS: Limits = Limits::plain(Duration::from_secs(30), Duration::from_secs(180), 64);
@@ -51,8 +47,6 @@ pub enum AppError {
     Config(#[from] ConfigError),
     #[error("listener {name:?}: {source}")]
     Listener { name: String, source: TransportError },
-    #[error("upstream: {0}")]
-    Upstream(TransportError),
     #[error("signal handling: {0}")]
     Signal(std::io::Error),
     #[error("{0}")]
@@ -70,6 +64,11 @@ pub struct ConfigSource {
 impl ConfigSource {
     pub fn load(&self) -> Result<Config, ConfigError> {
         Config::load(self.path.as_deref(), &self.overrides)
+    }
+
+    /// How errors name this source (the file, or the embedded default).
+    pub fn origin(&self) -> String {
+        Config::origin(self.path.as_deref())
     }
 }
 
@@ -111,119 +110,6 @@ struct RunningJobs {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     reaper: tokio::task::JoinHandle<()>,
-}
-
-/// The pooled client to the configured daemon (`ctproxy doctor` asks the daemon through the same one).
-pub fn build_forwarder(config: &Config) -> Result<Arc<Forwarder>, AppError> {
-    let tls = match &config.upstream.tls {
-        Some(t) => {
-            let pair = t.cert.as_deref().zip(t.key.as_deref());
-            Some(transport::tls::client_config(&t.ca, pair).map_err(AppError::Upstream)?)
-        }
-        None => None,
-    };
-    let connector = Connector::new(config.upstream.url.clone(), tls, config.connect_timeout()).map_err(AppError::Upstream)?;
-    Ok(Arc::new(Forwarder::new(connector)))
-}
-
-/// Every listener's pipeline, built from the `[auth]`, `[policy]` and `[identity]` sections.
-fn build_pipelines(config: &Config, tokens: &Option<Arc<dyn RegistryTokens>>) -> Result<BTreeMap<String, Pipeline>, AppError> {
-    let plugin_err = |what: String| AppError::Plugin(what);
-    let mut auths: BTreeMap<&str, Arc<dyn Authenticator>> = BTreeMap::new();
-    for (name, a) in &config.auth {
-        let auth: Arc<dyn Authenticator> = match a {
-            AuthConfig::UnixPeer { uids, gids } => {
-                let ids = |m: &BTreeMap<String, String>, resolve: fn(&str) -> Result<u32, TransportError>| {
-                    m.iter()
-                        .map(|(k, v)| resolve(k).map(|id| (id, v.clone())))
-                        .collect::<Result<std::collections::HashMap<_, _>, _>>()
-                        .map_err(|e| plugin_err(format!("auth.{name}: {e}")))
-                };
-                Arc::new(UnixPeerAuth::new(name, ids(uids, resolve_user)?, ids(gids, resolve_group)?))
-            }
-            AuthConfig::TlsCert { subjects, cn_as_identity } => {
-                Arc::new(TlsCertAuth::new(name, subjects.clone().into_iter().collect(), *cn_as_identity))
-            }
-            AuthConfig::Http { users, tokens } => {
-                Arc::new(HttpAuth::new(name, users.clone().into_iter().collect(), tokens.clone().into_iter().collect()))
-            }
-        };
-        auths.insert(name, auth);
-    }
-    let mut policies: BTreeMap<&str, (Arc<dyn Policy>, bool)> = BTreeMap::new();
-    for (name, p) in &config.policy {
-        let policy: Arc<dyn Policy> = match p {
-            PolicyConfig::Conservative(c) => {
-                Arc::new(Conservative::new(name, c.clone()).map_err(|e| plugin_err(format!("policy.{name}: {e}")))?)
-            }
-            PolicyConfig::Inject(c) => Arc::new(Inject::new(name, (**c).clone())),
-        };
-        policies.insert(name, (policy, p.dry_run()));
-    }
-    let chain = |names: &[String]| {
-        let mut chain = PolicyChain::default();
-        for n in names {
-            if let Some((p, dry)) = policies.get(n.as_str()) {
-                chain.push(p.clone(), *dry);
-            }
-        }
-        chain
-    };
-    let per_identity: std::collections::HashMap<Arc<str>, PolicyChain> =
-        config.identity.iter().filter_map(|(id, c)| c.policies.as_ref().map(|p| (Arc::from(id.as_str()), chain(p)))).collect();
-    let ns_settings = namespace_settings(config, tokens);
-    let ns = |name: &str| -> Result<Namespace, AppError> {
-        let name = NsName::new(name).map_err(|e| plugin_err(e.to_string()))?;
-        Ok(Namespace::new(name, ns_settings.clone()))
-    };
-    let mut per_identity_ns = std::collections::HashMap::new();
-    for (id, c) in &config.identity {
-        if let Some(n) = &c.namespace {
-            per_identity_ns.insert(Arc::from(id.as_str()), ns(n)?);
-        }
-    }
-    config
-        .listener
-        .iter()
-        .map(|(name, l)| {
-            let identified = !l.auth.is_empty();
-            let pipeline = Pipeline {
-                auth: l.auth.iter().filter_map(|a| auths.get(a.as_str()).cloned()).collect(),
-                policies: chain(&l.policies),
-                // Identity overrides only matter where someone is identified.
-                per_identity: if identified { per_identity.clone() } else { Default::default() },
-                max_json_body: config.limits.max_json_body_bytes,
-                namespace: l.namespace.as_deref().map(ns).transpose()?,
-                per_identity_ns: if identified { per_identity_ns.clone() } else { Default::default() },
-                own_socket: None,
-                granted_binds: Default::default(),
-                decorate: None,
-            };
-            Ok((name.clone(), pipeline))
-        })
-        .collect()
-}
-
-fn namespace_settings(config: &Config, tokens: &Option<Arc<dyn RegistryTokens>>) -> Arc<namespace::Settings> {
-    Arc::new(namespace::Settings {
-        registry: config.registry_proxy.as_ref().map_or_else(|| "127.0.0.1:5001".to_owned(), |r| r.address.to_string()),
-        shared_images: config.namespaces.shared_images.clone(),
-        tokens: tokens.clone(),
-        max_response: config.namespaces.max_response_bytes,
-        // Checked by `Config::validate`.
-        pool: NetworkPool::parse(&config.namespaces.network_pool, config.namespaces.network_prefix_len)
-            .ok()
-            .filter(|p| !p.ranges.is_empty()),
-    })
-}
-
-/// The pipeline of job listeners: the `[jobs]` policies (each job adds its own namespace).
-fn job_pipeline(config: &Config, jobs: &JobsConfig, tokens: &Option<Arc<dyn RegistryTokens>>) -> Result<Pipeline, AppError> {
-    let mut c = config.clone();
-    let listener =
-        ListenerConfig { policies: jobs.policies.clone(), ..ListenerConfig::at(transport::ListenAddr::Unix(jobs.dir.join("docker.sock"))) };
-    c.listener = BTreeMap::from([("jobs".to_owned(), listener)]);
-    Ok(build_pipelines(&c, tokens)?.remove("jobs").unwrap_or_default())
 }
 
 /// Starts the cache on its address (`auto`: the gateway of dockerd's default bridge, which
@@ -274,16 +160,12 @@ impl Server {
         p
     }
 
-    /// The token issuer namespaces hand to dockerd, when a registry proxy runs to honour them.
-    fn registry_tokens(&self) -> Option<Arc<dyn RegistryTokens>> {
-        self.registry.as_ref().map(|_| Arc::new(self.tokens.clone()) as Arc<dyn RegistryTokens>)
-    }
-
     /// Loads the configuration and binds every listener; nothing is served until [`Server::run`].
     pub async fn start(source: ConfigSource) -> Result<Server, AppError> {
         let config = source.load()?;
-        let proxy = Arc::new(DockerProxy::new(build_forwarder(&config)?));
         let tokens = TokenStore::new();
+        let Built { forwarder, listeners, jobs, namespaces } = build(&config, &tokens).map_err(|e| e.at(&source.origin()))?;
+        let proxy = Arc::new(DockerProxy::new(forwarder));
         let registry = match &config.registry_proxy {
             Some(rp) => Some(RegistryProxy::start(rp, tokens.clone()).await?),
             None => None,
@@ -303,13 +185,14 @@ impl Server {
         if let Some(c) = &config.cache {
             server.cache = start_cache(c, &server.proxy).await;
         }
-        let mut pipelines = build_pipelines(&config, &server.registry_tokens())?;
-        for (name, l) in &config.listener {
-            let pipeline = server.decorated(pipelines.remove(name).unwrap_or_default());
-            server.start_listener(name, l, pipeline).await?;
+        for (name, built) in listeners {
+            let Some(l) = config.listener.get(&name) else { continue };
+            let pipeline = server.decorated(built.pipeline);
+            server.start_listener(&name, l, pipeline, built.tls).await?;
         }
-        if let Some(jobs) = &config.jobs {
-            server.start_jobs(jobs).await?;
+        if let (Some(c), Some(pipeline)) = (&config.jobs, jobs) {
+            let pipeline = server.decorated(pipeline);
+            server.start_jobs(c, pipeline, namespaces).await?;
         }
         tracing::info!(upstream = %config.upstream.url, "ctproxy started");
         Ok(server)
@@ -328,13 +211,12 @@ impl Server {
     }
 
     /// The job manager, its control socket and its reaper; live jobs' listeners are restored.
-    async fn start_jobs(&mut self, jobs: &JobsConfig) -> Result<(), AppError> {
-        let tokens = self.registry_tokens();
+    async fn start_jobs(&mut self, jobs: &JobsConfig, pipeline: Pipeline, settings: Arc<namespace::Settings>) -> Result<(), AppError> {
         let manager = Arc::new(JobManager::new(
             jobs.clone(),
             self.proxy.clone(),
-            self.decorated(job_pipeline(&self.config, jobs, &tokens)?),
-            namespace_settings(&self.config, &tokens),
+            pipeline,
+            settings,
             self.connections.clone(),
             self.draining.clone(),
         ));
@@ -355,12 +237,14 @@ impl Server {
         Ok(())
     }
 
-    async fn start_listener(&mut self, name: &str, config: &ListenerConfig, pipeline: Pipeline) -> Result<(), AppError> {
+    async fn start_listener(
+        &mut self,
+        name: &str,
+        config: &ListenerConfig,
+        pipeline: Pipeline,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<(), AppError> {
         let err = |source| AppError::Listener { name: name.to_owned(), source };
-        let tls = match &config.tls {
-            Some(t) => Some(transport::tls::server_config(&t.cert, &t.key, t.client_ca.as_deref()).map_err(err)?),
-            None => None,
-        };
         let unix = UnixSocketOptions { mode: config.mode.map(|m| m.0), owner: config.owner.clone(), group: config.group.clone() };
         let listener = Listener::bind(&config.address, &unix, tls).await.map_err(err)?;
         let shown = listener.local_tcp_addr().map_or_else(|| config.address.to_string(), |a| format!("tcp://{a}"));
@@ -395,39 +279,44 @@ impl Server {
     /// Re-reads the configuration and applies what changed. Never leaves the server without a
     /// working configuration: on any error the old one stays in force.
     pub async fn reload(&mut self) {
-        let new = match self.source.load() {
+        let mut new = match self.source.load() {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
                 return;
             }
         };
-        let mut pipelines = match build_pipelines(&new, &self.registry_tokens()) {
-            Ok(p) => p,
+        if new.registry_proxy != self.config.registry_proxy {
+            tracing::warn!("[registry_proxy] changed: the change takes effect at the next restart");
+            // The running configuration keeps saying what actually runs (and namespaces keep
+            // naming the registry proxy that runs).
+            new.registry_proxy = self.config.registry_proxy.clone();
+        }
+        match (&self.config.jobs, &mut new.jobs) {
+            (Some(old), Some(j)) if *j != *old => {
+                // The policies apply at once, to running jobs too; anything else at the next start.
+                let policies = j.policies.clone();
+                if (JobsConfig { policies: old.policies.clone(), ..j.clone() }) != *old {
+                    tracing::warn!("[jobs] changed: only its policies take effect now, the rest at the next restart");
+                }
+                *j = JobsConfig { policies, ..old.clone() };
+            }
+            (old, j) if old != j => {
+                tracing::warn!("[jobs] added or removed: the change takes effect at the next restart");
+                *j = old.clone();
+            }
+            _ => {}
+        }
+        let Built { forwarder, listeners: mut built, jobs: job_pipeline, namespaces } = match build(&new, &self.tokens) {
+            Ok(b) => b,
             Err(e) => {
+                let e = e.at(&self.source.origin());
                 tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
                 return;
             }
         };
-        // TLS material of the listeners about to be (re)started must load before any is stopped.
-        for (name, l) in &new.listener {
-            let unchanged = self.listeners.get(name).is_some_and(|running| l.same_socket(&running.config));
-            if let (false, Some(t)) = (unchanged, &l.tls) {
-                if let Err(source) = transport::tls::server_config(&t.cert, &t.key, t.client_ca.as_deref()) {
-                    let e = AppError::Listener { name: name.clone(), source };
-                    tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
-                    return;
-                }
-            }
-        }
         if new.upstream != self.config.upstream {
-            match build_forwarder(&new) {
-                Ok(f) => self.proxy.set_forwarder(f),
-                Err(e) => {
-                    tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
-                    return;
-                }
-            }
+            self.proxy.set_forwarder(forwarder);
         }
         // Listeners that disappeared or changed stop accepting first, so a changed one can rebind
         // the same address.
@@ -445,7 +334,8 @@ impl Server {
             }
         }
         for (name, l) in &new.listener {
-            let pipeline = self.decorated(pipelines.remove(name).unwrap_or_default());
+            let Some(b) = built.remove(name) else { continue };
+            let pipeline = self.decorated(b.pipeline);
             match self.listeners.get_mut(name) {
                 // Same socket: its authentication and policies change for new requests, its
                 // timeouts and cap for new connections.
@@ -455,17 +345,15 @@ impl Server {
                     running.config = l.clone();
                 }
                 None => {
-                    if let Err(e) = self.start_listener(name, l, pipeline).await {
+                    if let Err(e) = self.start_listener(name, l, pipeline, b.tls).await {
                         tracing::error!(error = %e, "listener could not be started by reload");
                     }
                 }
             }
         }
-        let mut new = new;
-        if new.registry_proxy != self.config.registry_proxy {
-            tracing::warn!("[registry_proxy] changed: the change takes effect at the next restart");
-            // The running configuration keeps saying what actually runs.
-            new.registry_proxy = self.config.registry_proxy.clone();
+        // Job sockets, running or to come, take the new pipeline for their next request.
+        if let (Some(running), Some(pipeline)) = (&self.jobs, job_pipeline) {
+            running.manager.reconfigure(self.decorated(pipeline), namespaces).await;
         }
         if new.cache != self.config.cache {
             // Hosts, origins and extra roots apply at once; anything else (addresses, directory...)

@@ -7,7 +7,7 @@
 //!
 //! The judging is done by pure functions of what was read (daemon answers, files), unit-tested
 //! below; [`main`] only gathers the facts. The daemon is asked through the same pooled client and
-//! internal-call helper the proxy uses ([`crate::app::build_forwarder`], [`Daemon`]).
+//! internal-call helper the proxy uses ([`crate::build::forwarder`], [`Daemon`]).
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -115,7 +115,9 @@ impl Report {
 /// Runs every check, printing each line as it is decided.
 pub fn main(opts: &Options) -> Report {
     let mut report = Report::default();
-    let config = match Config::load(Some(&opts.config), &Overrides::default()) {
+    let loaded = Config::load(Some(&opts.config), &Overrides::default())
+        .and_then(|c| crate::build::check_config(&c, &Config::origin(Some(&opts.config))).map(|()| c));
+    let config = match loaded {
         Ok(c) => c,
         Err(e) => {
             report.push(Check::fail(
@@ -143,7 +145,7 @@ async fn check_all(config: &Config, opts: &Options, report: &mut Report) {
     let runner_text = std::fs::read_to_string(&opts.runner_config);
     let concurrency = opts.concurrency.or_else(|| runner_text.as_ref().ok().and_then(|t| runner_concurrency(t))).unwrap_or(4).max(1);
 
-    let daemon = match crate::app::build_forwarder(config) {
+    let daemon = match crate::build::forwarder(config) {
         Ok(f) => Some(Daemon::new(f)),
         Err(e) => {
             report.push(Check::fail("daemon", e.to_string(), "correct [upstream] in the configuration"));

@@ -123,7 +123,12 @@ struct Job {
     socket: PathBuf,
     cache_dir: Option<PathBuf>,
     runner_binary: Option<PathBuf>,
+    /// The host paths this job's containers may bind (its project's cache, the runner binary).
+    grants: Arc<Vec<GrantedBind>>,
     namespace: Namespace,
+    /// The job listener's pipeline: the manager's with this job's namespace and socket, replaced
+    /// in place by a reload (connections already open take it for their next request).
+    pipeline: Arc<ArcSwap<Pipeline>>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -132,9 +137,10 @@ struct Job {
 pub struct JobManager {
     config: JobsConfig,
     proxy: Arc<DockerProxy>,
-    /// The policies every job listener applies (the namespace is added per job).
-    pipeline: Pipeline,
-    settings: Arc<namespace::Settings>,
+    /// The policies every job listener applies (the namespace is added per job); replaced by a
+    /// reload, see [`JobManager::reconfigure`].
+    pipeline: ArcSwap<Pipeline>,
+    settings: ArcSwap<namespace::Settings>,
     connections: TaskTracker,
     draining: CancellationToken,
     jobs: Mutex<HashMap<String, Job>>,
@@ -164,8 +170,8 @@ impl JobManager {
             caches,
             config,
             proxy,
-            pipeline,
-            settings,
+            pipeline: ArcSwap::from_pointee(pipeline),
+            settings: ArcSwap::new(settings),
             connections,
             draining,
             jobs: Mutex::new(HashMap::new()),
@@ -191,8 +197,8 @@ impl JobManager {
     pub async fn create(&self, id: &str, timeout: Option<Duration>, project: Option<&str>) -> Result<JobInfo, JobError> {
         let name = self.job_namespace(id)?;
         self.settle(id).await;
-        let timeout = timeout.unwrap_or(Duration::from_secs(self.config.timeout_s));
-        let deadline = now() + timeout.as_secs() + self.config.grace_s;
+        let timeout = timeout.unwrap_or(self.config.timeout.0);
+        let deadline = now() + timeout.as_secs() + self.config.grace.0.as_secs();
         let mut jobs = self.jobs.lock().await;
         if let Some(job) = jobs.get_mut(id) {
             job.record.deadline = job.record.deadline.max(deadline);
@@ -217,7 +223,7 @@ impl JobManager {
         let unix = UnixSocketOptions { mode: Some(0o666), owner: None, group: None };
         let listener =
             Listener::bind(&ListenAddr::Unix(socket.clone()), &unix, None).await.map_err(|e| JobError::Listener(e.to_string()))?;
-        let namespace = Namespace::new(name, self.settings.clone());
+        let namespace = Namespace::new(name, self.settings.load_full());
         let cache_dir = match &record.project {
             Some(p) => Some(self.caches.open(p).map_err(JobError::Cache)?),
             None => None,
@@ -226,14 +232,10 @@ impl JobManager {
         let mut grants = Vec::new();
         grants.extend(cache_dir.iter().map(|p| GrantedBind { path: p.clone(), read_only: false }));
         grants.extend(runner_binary.iter().map(|p| GrantedBind { path: p.clone(), read_only: true }));
-        let pipeline = Pipeline {
-            namespace: Some(namespace.clone()),
-            own_socket: Some(Arc::from(socket.as_path())),
-            granted_binds: Arc::new(grants),
-            ..self.pipeline.clone()
-        };
+        let grants = Arc::new(grants);
+        let pipeline = Arc::new(ArcSwap::from_pointee(job_pipeline(&self.pipeline.load(), &namespace, &socket, &grants)));
         let listener_name = format!("job-{}", record.id);
-        let handler = Arc::new(ListenerHandler { proxy: self.proxy.clone(), pipeline: Arc::new(ArcSwap::from_pointee(pipeline)) });
+        let handler = Arc::new(ListenerHandler { proxy: self.proxy.clone(), pipeline: pipeline.clone() });
         let opts = ServeOptions { listener: Arc::from(listener_name.as_str()), access_log: true };
         let stop = CancellationToken::new();
         let conns = Arc::new(HandlerConns { opts, handler, draining: self.draining.clone() });
@@ -242,7 +244,7 @@ impl JobManager {
         let gate = Gate::new(listener_name.as_str(), limits);
         let task = tokio::spawn(serve_listener(listener, gate, conns, self.connections.clone(), stop.clone()));
         tracing::info!(job = %record.id, socket = %socket.display(), namespace = %namespace.name, deadline = record.deadline, "job listener started");
-        Ok(Job { record, socket, cache_dir, runner_binary, namespace, stop, task })
+        Ok(Job { record, socket, cache_dir, runner_binary, grants, namespace, pipeline, stop, task })
     }
 
     /// Stops the job's listener and destroys everything its namespace holds. Idempotent.
@@ -265,7 +267,7 @@ impl JobManager {
         }
         let _ = std::fs::remove_dir_all(self.job_dir(id));
         let guard = Removing::start(&self.removing, id);
-        let namespace = Namespace::new(name, self.settings.clone());
+        let namespace = Namespace::new(name, self.settings.load_full());
         let daemon = self.proxy.daemon();
         let containers = namespace.destroy_containers(&daemon).await?;
         self.evict_caches().await;
@@ -358,7 +360,7 @@ impl JobManager {
             }
         }
         let daemon = self.proxy.daemon();
-        let on_daemon = match namespaces_on_daemon(&daemon, &self.settings.registry).await {
+        let on_daemon = match namespaces_on_daemon(&daemon, &self.settings.load().registry).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list namespaces on the daemon");
@@ -372,15 +374,15 @@ impl JobManager {
                 continue;
             }
             tracing::warn!(namespace = %ns, "no live job owns this namespace: destroying it");
-            if let Err(e) = Namespace::new(ns.clone(), self.settings.clone()).destroy(&daemon).await {
+            if let Err(e) = Namespace::new(ns.clone(), self.settings.load_full()).destroy(&daemon).await {
                 tracing::warn!(namespace = %ns, error = %e, "destroy failed");
             }
         }
     }
 
-    /// Runs [`JobManager::reap`] every `reap_interval_s` until `stop`.
+    /// Runs [`JobManager::reap`] every `reap_interval` until `stop`.
     pub async fn reaper(self: Arc<Self>, stop: CancellationToken) {
-        let every = Duration::from_secs(self.config.reap_interval_s.max(1));
+        let every = self.config.reap_interval.0.max(Duration::from_secs(1));
         loop {
             self.reap().await;
             tokio::select! {
@@ -388,6 +390,22 @@ impl JobManager {
                 _ = tokio::time::sleep(every) => {}
             }
         }
+    }
+
+    /// A reload: jobs created from now on, and the listeners of the running ones (for the next
+    /// request of every connection, none dropped), apply `pipeline` and namespaces `settings`.
+    pub async fn reconfigure(&self, pipeline: Pipeline, settings: Arc<namespace::Settings>) {
+        // Stored before the jobs are visited: a job started meanwhile (under the lock) sees the
+        // new pipeline, or is visited below.
+        self.pipeline.store(Arc::new(pipeline));
+        self.settings.store(settings.clone());
+        let base = self.pipeline.load();
+        let mut jobs = self.jobs.lock().await;
+        for job in jobs.values_mut() {
+            job.namespace = Namespace::new(job.namespace.name.clone(), settings.clone());
+            job.pipeline.store(Arc::new(job_pipeline(&base, &job.namespace, &job.socket, &job.grants)));
+        }
+        tracing::info!(jobs = jobs.len(), "job listeners reconfigured");
     }
 
     /// Stops every job listener (on shutdown; the jobs stay, their records restore them).
@@ -415,6 +433,12 @@ impl JobManager {
             runner_binary: job.runner_binary.clone(),
         }
     }
+}
+
+/// A job listener's pipeline: the jobs' policies, in the job's namespace, with binds of the Docker
+/// socket redirected to the job's own.
+fn job_pipeline(base: &Pipeline, namespace: &Namespace, socket: &Path, grants: &Arc<Vec<GrantedBind>>) -> Pipeline {
+    Pipeline { namespace: Some(namespace.clone()), own_socket: Some(Arc::from(socket)), granted_binds: grants.clone(), ..base.clone() }
 }
 
 fn write_record(dir: &Path, record: &Record) -> std::io::Result<()> {

@@ -6,11 +6,13 @@
 //! - [`docker`]: facts about the Engine API (routes, versions, hijacking endpoints);
 //! - [`proxy`]: the Docker proxy handler that puts the layers together;
 //! - [`registry`]: the registry proxy dockerd pushes and pulls namespace images through;
+//! - [`build`]: the one build step from a configuration to what runs (start, reload, `--check`);
 //! - [`app`]: the running server (configuration, signals, reload, graceful stop).
 //!
 //! [`config`] and [`telemetry`] are used by every layer.
 
 pub mod app;
+pub mod build;
 pub mod cache;
 pub mod config;
 pub mod docker;

@@ -286,6 +286,11 @@ fn main() -> ExitCode {
                 }
             };
             if check {
+                // The same build step as a start and a reload (users, groups, policies, TLS files).
+                if let Err(e) = ctproxy::build::check_config(&loaded, &source.origin()) {
+                    eprintln!("ctproxy: configuration error: {e}");
+                    return ExitCode::from(2);
+                }
                 println!("configuration OK: {} listener(s), upstream {}", loaded.listener.len(), loaded.upstream.url);
                 return ExitCode::SUCCESS;
             }

@@ -180,7 +180,7 @@ impl ListenerHandler {
     async fn admit(&self, pipeline: &Pipeline, req: Request<Incoming>, conn: &ConnCtx, identity: &Identity) -> Result<Admitted, Refused> {
         let chain = pipeline.chain_for(identity);
         let namespace = pipeline.namespace_for(identity);
-        let decorates = pipeline.decorate.is_some() && crate::http::relay::is_container_create(req.method(), req.uri().path());
+        let decorates = pipeline.decorate.is_some() && may_create_container(req.method(), req.uri().path());
         if chain.is_empty() && namespace.is_none() && !decorates {
             return Ok(Admitted::Forward(req.map(client_body), None));
         }
@@ -301,6 +301,15 @@ impl ListenerHandler {
 const DOCKER_SOCKETS: [&str; 2] = ["/var/run/docker.sock", "/run/docker.sock"];
 
 /// Whether a bind source names the host's Docker socket (lexically, or through symlinks).
+/// Whether a request may create a container, which a decorator rewrites: the Docker layer's route
+/// table decides (one definition of every endpoint, paths decoded as dockerd decodes them), and
+/// a `POST` whose path it cannot classify, or to no known endpoint, counts as one (the checked
+/// path then answers it).
+fn may_create_container(method: &hyper::Method, path: &str) -> bool {
+    let other = |e: Option<Endpoint>| e.is_some_and(|e| e != Endpoint::ContainerCreate);
+    method == hyper::Method::POST && !matches!(Route::classify(method, path), Ok(r) if other(r.endpoint))
+}
+
 fn is_docker_socket(source: &str) -> bool {
     if !source.starts_with('/') {
         return false;
@@ -370,7 +379,7 @@ impl Handler for ListenerHandler {
         let p = self.pipeline.load();
         let relay = match ask {
             RelayAsk::Connection => p.checks_nothing(),
-            RelayAsk::Request { creates_container } => p.is_passthrough() || (p.checks_nothing() && !creates_container),
+            RelayAsk::Request { method, path } => p.is_passthrough() || (p.checks_nothing() && !may_create_container(method, path)),
         };
         relay.then(|| self.proxy.forwarder.load().connector().clone())
     }
@@ -552,6 +561,15 @@ fn requested_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_creates_are_recognised_as_dockerd_routes_them() {
+        for path in ["/containers/create", "/v1.41/containers/create", "/v1.41/containers%2Fcreate", "/v1.41/containers/create/"] {
+            assert!(may_create_container(&hyper::Method::POST, path), "{path}");
+        }
+        assert!(!may_create_container(&hyper::Method::GET, "/v1.41/containers/create"));
+        assert!(!may_create_container(&hyper::Method::POST, "/v1.41/containers/x/start"));
+    }
     use serde_json::json;
 
     #[test]

@@ -466,3 +466,32 @@ fn sigterm_grace_time_cuts_endless_streams() {
     // The container is untouched by the proxy going away.
     assert_eq!(docker(direct(), &["inspect", "--format", "{{.State.Running}}", &name]).trim(), "true");
 }
+
+/// A SIGHUP that tightens a job policy applies to every job socket: one already open (on the
+/// connection that was open before, which is not dropped) and one made after the reload. Before
+/// the fix, job sockets kept the pipeline they were started with.
+#[test]
+fn a_reload_that_tightens_a_job_policy_applies_to_open_and_new_job_sockets() {
+    let host = support::jobs::JobHost::start();
+    let before = host.job();
+    let versioned = b"GET /v1.40/version HTTP/1.1\r\nHost: d\r\n\r\n";
+    let mut open = Conn::unix(&before.socket, T);
+    open.send(versioned);
+    assert_eq!(open.read_response().status, 200, "allowed before the reload; log:\n{}", host.log_text());
+
+    host.reload_with("min_api_version = \"1.41\"", "", "");
+    let after = host.job();
+    // The same keep-alive connection: still served, now refused.
+    open.send(versioned);
+    let rsp = open.read_response();
+    assert_eq!(rsp.status, 403, "open job socket after the reload: {}", rsp.body_text());
+    assert!(rsp.body_text().contains("1.41"), "{}", rsp.body_text());
+    ping_on(&mut open);
+    for job in [&before, &after] {
+        let (status, body) = job.request("GET", "/v1.40/version", None);
+        assert_eq!(status, 403, "job {} after the reload: {body}", job.id);
+    }
+    assert!(host.audited("min_api_version"), "{}", host.log_text());
+    let (status, _) = after.request("GET", "/_ping", None);
+    assert_eq!(status, 200);
+}

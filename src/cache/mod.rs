@@ -108,7 +108,7 @@ impl CacheService {
             inflight: Arc::default(),
             origins: arc_swap::ArcSwap::from_pointee(origins),
             rules,
-            revalidation: config.revalidation_rules(),
+            revalidation: revalidation_rules(config),
             revalidations: server::Revalidations::default(),
             metrics: metrics::Metrics::default(),
         });
@@ -453,8 +453,43 @@ impl CacheService {
     }
 }
 
+/// The revalidation settings of `[cache]` as the rules take them (unknown ecosystems are refused
+/// by the build step, and ignored here).
+pub fn revalidation_rules(config: &CacheConfig) -> rules::RevalidationRules {
+    let mut rules = rules::RevalidationRules { window: config.revalidate_window.0, ..Default::default() };
+    for (name, age) in &config.index_max_age {
+        if let Some(e) = rules::Ecosystem::from_name(name) {
+            rules.index_max_age[e.index()] = age.0;
+        }
+    }
+    rules
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use super::rules::{Ecosystem, RevalidationRules};
+    use crate::config::Config;
+
+    #[test]
+    fn revalidation_rules_from_the_cache_section() {
+        let base = "[listener.a]\naddress = \"unix:///tmp/a.sock\"\n";
+        let c = Config::parse(&format!("{base}[cache]\nhosts = [\"deb.debian.org\"]\n"), "t").unwrap();
+        assert_eq!(super::revalidation_rules(&c.cache.unwrap()), RevalidationRules::default(), "5 s window, no index_max_age");
+        let c = Config::parse(
+            &format!("{base}[cache]\nhosts = [\"a\"]\nrevalidate_window = \"2s\"\n[cache.index_max_age]\napt = \"5m\"\npypi = \"30s\"\n"),
+            "t",
+        )
+        .unwrap();
+        c.validate("t").unwrap();
+        let rules = super::revalidation_rules(&c.cache.unwrap());
+        assert_eq!(rules.window, Duration::from_secs(2));
+        assert_eq!(rules.index_max_age[Ecosystem::Apt.index()], Duration::from_secs(300));
+        assert_eq!(rules.index_max_age[Ecosystem::Pypi.index()], Duration::from_secs(30));
+        assert_eq!(rules.index_max_age[Ecosystem::Npm.index()], Duration::ZERO);
+    }
+
     #[test]
     fn env_names() {
         assert_eq!(super::env_name(&serde_json::json!("A=b=c")), Some("A"));

@@ -16,6 +16,7 @@
 pub mod body;
 pub mod clock;
 pub mod forward;
+pub mod handler;
 pub mod hijack;
 pub mod relay;
 pub mod respond;
@@ -24,4 +25,4 @@ pub mod server;
 
 pub use body::{BoxError, BoxedBody, ProxyBody};
 pub use forward::{boxed_body, client_body, full_body, ForwardError, Forwarder, UpstreamBody};
-pub use server::{AccessIdentity, ConnCtx, Handler, RelayAsk};
+pub use handler::{AccessIdentity, ConnCtx, Handler, RelayAsk};

@@ -42,10 +42,10 @@ use tokio_util::sync::CancellationToken;
 use super::body::AccessRecord;
 use super::clock::Expired;
 use super::forward::ForwardError;
+use super::handler::{Handler, RelayAsk};
 use super::hijack::{splice, Prefixed};
 use super::respond;
 use super::serve::Timeouts;
-use super::server::{Handler, RelayAsk};
 use crate::transport::{ClientStream, Connector};
 
 /// Each direction's buffer; bodies are relayed through it, so this is also the largest single write.
@@ -192,7 +192,7 @@ impl Relay<'_> {
                 }
             };
             // Checked before every request: policies added by a reload apply from this one on.
-            let Some(connector) = handler.transparent_upstream(RelayAsk::Request { creates_container: head.creates_container }) else {
+            let Some(connector) = handler.transparent_upstream(RelayAsk::Request { method: &head.method, path: &head.path }) else {
                 return Ended::HandBack;
             };
             let started = Instant::now();
@@ -679,15 +679,14 @@ enum BodyFraming {
 struct RequestHead {
     len: usize,
     method: Method,
-    /// For the access log (empty when it is off).
+    /// For the access log and the handler's [`RelayAsk::Request`] (empty when the access log is
+    /// off and the method is not `POST`: only a `POST` may need a handler's look).
     path: String,
     http11: bool,
     body: BodyFraming,
     /// The client keeps the connection open after this exchange (HTTP/1.1 without `close`, HTTP/1.0
     /// with `keep-alive`).
     keep_alive: bool,
-    /// `POST …/containers/create` (with `%2F` decoded as dockerd decodes it).
-    creates_container: bool,
 }
 
 #[derive(Debug)]
@@ -711,7 +710,7 @@ impl RequestHead {
         let method = Method::from_bytes(req.method.unwrap_or("").as_bytes()).map_err(|_| bad("invalid method"))?;
         let http11 = req.version == Some(1);
         let target = req.path.unwrap_or("/");
-        let path = if want_path { path_of(target).to_owned() } else { String::new() };
+        let path = if want_path || method == Method::POST { path_of(target).to_owned() } else { String::new() };
         let fields = Fields::of(req.headers).map_err(bad)?;
         let body = match (fields.chunked, fields.length) {
             (Some(_), Some(_)) => return Err(bad("both Content-Length and Transfer-Encoding")),
@@ -721,20 +720,8 @@ impl RequestHead {
             (None, Some(n)) => BodyFraming::Length(n),
         };
         let keep_alive = if http11 { !fields.close } else { fields.keep_alive && !fields.close };
-        let creates_container = is_container_create(&method, path_of(target));
-        Ok(Some(RequestHead { len, method, path, http11, body, keep_alive, creates_container }))
+        Ok(Some(RequestHead { len, method, path, http11, body, keep_alive }))
     }
-}
-
-/// Whether a request is a container create (`POST …/containers/create`), reading `%2F` as `/` the
-/// way dockerd decodes paths. A cheap pre-check on the raw path, for the transports that must know
-/// before any routing (the relay, the proxy's shortcut); the Docker layer's route decides the rest.
-pub fn is_container_create(method: &Method, path: &str) -> bool {
-    if method != Method::POST {
-        return false;
-    }
-    let p = path.to_ascii_lowercase().replace("%2f", "/");
-    p.trim_end_matches('/').ends_with("/containers/create")
 }
 
 /// The path of a request target (origin or absolute form), without the query.
@@ -1021,15 +1008,6 @@ impl Chunked {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn container_creates_are_recognised_as_dockerd_routes_them() {
-        for path in ["/containers/create", "/v1.41/containers/create", "/v1.41/containers%2Fcreate", "/v1.41/containers/create/"] {
-            assert!(is_container_create(&Method::POST, path), "{path}");
-        }
-        assert!(!is_container_create(&Method::GET, "/v1.41/containers/create"));
-        assert!(!is_container_create(&Method::POST, "/v1.41/containers/x/start"));
-    }
 
     /// Feeds `input` in pieces of `step` bytes; returns where the message ended and the payload size.
     fn chunked_end(input: &[u8], step: usize) -> Result<(usize, u64), ChunkError> {

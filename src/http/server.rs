@@ -28,72 +28,11 @@ use tracing::Instrument;
 
 use super::body::{AccessRecord, LoggedBody};
 use super::clock::{Activity, Deadline, Tracked, Watched};
+use super::handler::{AccessIdentity, ConnCtx, Handler, RelayAsk};
 use super::hijack::{splice, Prefixed};
 use super::relay::{self, RelayConn, Relayed};
 use super::serve::{ConnServer, Timeouts};
-use super::ProxyBody;
-use crate::transport::{Accepted, ClientStream, Connector, PeerInfo};
-
-/// What a higher layer plugs in to answer requests.
-pub trait Handler: Send + Sync + 'static {
-    fn call(&self, req: Request<Incoming>, conn: Arc<ConnCtx>) -> impl Future<Output = Response<ProxyBody>> + Send;
-
-    /// The daemon to relay a request to as raw bytes, when this handler would neither look at nor
-    /// change it (no authentication, policy or namespace). Asked when a connection starts
-    /// ([`RelayAsk::Connection`]: could any request be relayed?) and again before every request of
-    /// a relayed connection: once it says `None`, the connection is served by [`Handler::call`].
-    fn transparent_upstream(&self, _ask: RelayAsk) -> Option<Connector> {
-        None
-    }
-}
-
-/// What [`Handler::transparent_upstream`] is asked about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RelayAsk {
-    Connection,
-    /// A request whose head has been read; `creates_container` when it is a container create
-    /// (`POST …/containers/create`), which a handler may want to rewrite.
-    Request {
-        creates_container: bool,
-    },
-}
-
-/// Who made a request, as a handler established it: put in the response's extensions, it goes into
-/// the access-log line.
-#[derive(Debug, Clone)]
-pub struct AccessIdentity(pub Arc<str>);
-
-/// Per-connection facts shared with the handler.
-pub struct ConnCtx {
-    pub listener: Arc<str>,
-    pub peer: PeerInfo,
-    peer_label: Arc<str>,
-    access_log: bool,
-    hijacked: Mutex<Option<Hijacked>>,
-    /// Where the connection is, for its timeouts.
-    activity: Arc<Activity>,
-}
-
-struct Hijacked {
-    upstream: hyper::upgrade::Upgraded,
-    record: Option<AccessRecord>,
-}
-
-impl ConnCtx {
-    /// Parks the daemon's side of a hijacked exchange. The response the handler returns next is the
-    /// last one on this connection: after its head is written, the socket is spliced to `upstream`.
-    pub fn hijack(&self, upstream: hyper::upgrade::Upgraded) {
-        // A hijacked session may be silent for hours (`docker run -it`, BuildKit): no timeout.
-        self.activity.hijacked();
-        if let Ok(mut slot) = self.hijacked.lock() {
-            *slot = Some(Hijacked { upstream, record: None });
-        }
-    }
-
-    fn is_hijacked(&self) -> bool {
-        self.hijacked.lock().map(|s| s.is_some()).unwrap_or(false)
-    }
-}
+use crate::transport::{Accepted, ClientStream, PeerInfo};
 
 /// Options that apply to every connection of a listener.
 #[derive(Clone)]

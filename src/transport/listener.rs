@@ -7,7 +7,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use std::time::Duration;
@@ -16,53 +16,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_rustls::TlsAcceptor;
 
-use super::{ClientStream, TransportError};
+use super::{ClientStream, ListenAddr, TransportError};
 
 /// What [`Accepted::refuse`] reads (and drops) at most from a refused client before closing.
 const LINGER_BYTES: usize = 64 * 1024;
-
-/// Where a listener listens, as written in the configuration (`unix:///path`, `tcp://host:port`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(try_from = "String")]
-pub enum ListenAddr {
-    Unix(PathBuf),
-    /// `host:port`; the host may be a name, resolved at bind time.
-    Tcp(String),
-}
-
-impl ListenAddr {
-    pub fn parse(s: &str) -> Result<Self, TransportError> {
-        if let Some(path) = s.strip_prefix("unix://") {
-            if path.starts_with('/') {
-                return Ok(ListenAddr::Unix(PathBuf::from(path)));
-            }
-        } else if let Some(hostport) = s.strip_prefix("tcp://") {
-            let hostport = hostport.trim_end_matches('/');
-            if let Some((host, port)) = hostport.rsplit_once(':') {
-                if !host.is_empty() && port.parse::<u16>().is_ok() {
-                    return Ok(ListenAddr::Tcp(hostport.to_owned()));
-                }
-            }
-        }
-        Err(TransportError::Address(s.to_owned()))
-    }
-}
-
-impl TryFrom<String> for ListenAddr {
-    type Error = TransportError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::parse(&s)
-    }
-}
-
-impl fmt::Display for ListenAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ListenAddr::Unix(p) => write!(f, "unix://{}", p.display()),
-            ListenAddr::Tcp(a) => write!(f, "tcp://{a}"),
-        }
-    }
-}
 
 /// File mode and ownership applied to a unix socket right after it is bound.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -10,9 +10,10 @@ pub mod stream;
 pub mod tls;
 pub mod upstream;
 
-pub use listener::{Accepted, ListenAddr, Listener, PeerAddr, PeerInfo, TlsClientId, UnixSocketOptions};
+pub use crate::config::{ListenAddr, UpstreamAddr};
+pub use listener::{Accepted, Listener, PeerAddr, PeerInfo, TlsClientId, UnixSocketOptions};
 pub use stream::ClientStream;
-pub use upstream::{Connector, UpstreamAddr};
+pub use upstream::Connector;
 
 /// Errors of the transport layer: binding, accepting, connecting, TLS material.
 #[derive(Debug, thiserror::Error)]
@@ -29,4 +30,10 @@ pub enum TransportError {
     Tls(#[from] rustls::Error),
     #[error("invalid address {0:?}: expected unix:///path or tcp://host:port")]
     Address(String),
+}
+
+impl From<crate::config::AddressError> for TransportError {
+    fn from(e: crate::config::AddressError) -> TransportError {
+        TransportError::Address(e.0)
+    }
 }

@@ -5,7 +5,6 @@
 //! keeps one set of idle connections to it.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -16,44 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 
-use super::{ClientStream, TransportError};
-
-/// The daemon's address (`unix:///var/run/docker.sock`, `tcp://host:2376`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(try_from = "String")]
-pub enum UpstreamAddr {
-    Unix(PathBuf),
-    Tcp { host: String, port: u16 },
-}
-
-impl UpstreamAddr {
-    pub fn parse(s: &str) -> Result<Self, TransportError> {
-        match super::ListenAddr::parse(s)? {
-            super::ListenAddr::Unix(p) => Ok(UpstreamAddr::Unix(p)),
-            super::ListenAddr::Tcp(hostport) => {
-                let (host, port) = hostport.rsplit_once(':').ok_or_else(|| TransportError::Address(s.to_owned()))?;
-                let port = port.parse().map_err(|_| TransportError::Address(s.to_owned()))?;
-                Ok(UpstreamAddr::Tcp { host: host.to_owned(), port })
-            }
-        }
-    }
-}
-
-impl TryFrom<String> for UpstreamAddr {
-    type Error = TransportError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::parse(&s)
-    }
-}
-
-impl std::fmt::Display for UpstreamAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            UpstreamAddr::Unix(p) => write!(f, "unix://{}", p.display()),
-            UpstreamAddr::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
-        }
-    }
-}
+use super::{ClientStream, TransportError, UpstreamAddr};
 
 /// Opens connections to dockerd, with a bounded connect time so a dead daemon gives an error, never a hang.
 #[derive(Clone)]

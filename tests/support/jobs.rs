@@ -17,6 +17,38 @@ pub fn job_prefix() -> String {
     format!("s{}", std::process::id())
 }
 
+/// The job host's configuration: the runner's policies (`conservative` added to that policy's
+/// section), `namespaces` added to the `[namespaces]` section and `extra` at the end (`{dir}` is
+/// the server's directory).
+fn job_host_config(conservative: &str, namespaces: &str, extra: &str) -> String {
+    format!(
+        r#"
+[listener.main]
+address = "unix://{{dir}}/docker.sock"
+[policy.conservative]
+kind = "conservative"
+{conservative}
+[policy.limits]
+kind = "inject"
+[policy.limits.force]
+memory = "2g"
+pids_limit = 4096
+[namespaces]
+shared_images = ["ctproxy-test/*"]
+network_pool = ["10.200.0.0/16"]
+{namespaces}
+[jobs]
+control_socket = "{{dir}}/control.sock"
+dir = "{{dir}}/jobs"
+policies = ["conservative", "limits"]
+reap_interval_s = 5
+namespace_prefix = "{prefix}"
+{extra}
+"#,
+        prefix = job_prefix()
+    )
+}
+
 /// A ctproxy running the job service; `extra` is appended to its configuration (`{dir}` is its
 /// directory).
 pub struct JobHost {
@@ -51,33 +83,23 @@ impl JobHost {
     /// With `conservative` added to the `[policy.conservative]` section, `namespaces` to
     /// `[namespaces]` and `extra` at the end.
     pub fn start_custom(conservative: &str, namespaces: &str, extra: &str) -> JobHost {
-        let toml = format!(
-            r#"
-[listener.main]
-address = "unix://{{dir}}/docker.sock"
-[policy.conservative]
-kind = "conservative"
-{conservative}
-[policy.limits]
-kind = "inject"
-[policy.limits.force]
-memory = "2g"
-pids_limit = 4096
-[namespaces]
-shared_images = ["ctproxy-test/*"]
-network_pool = ["10.200.0.0/16"]
-{namespaces}
-[jobs]
-control_socket = "{{dir}}/control.sock"
-dir = "{{dir}}/jobs"
-policies = ["conservative", "limits"]
-reap_interval_s = 5
-namespace_prefix = "{prefix}"
-{extra}
-"#,
-            prefix = job_prefix()
-        );
-        JobHost { proxy: Proxy::start_with_config(&toml, "control.sock") }
+        JobHost { proxy: Proxy::start_with_config(&job_host_config(conservative, namespaces, extra), "control.sock") }
+    }
+
+    /// Rewrites the configuration (`conservative` added to `[policy.conservative]`, the rest as
+    /// [`JobHost::start_with_namespaces`] takes it) and sends SIGHUP; returns once the reload is
+    /// logged as applied.
+    pub fn reload_with(&self, conservative: &str, namespaces: &str, extra: &str) {
+        let dir = self.proxy.dir().display().to_string();
+        let text = with_upstream(&job_host_config(conservative, namespaces, extra).replace("{dir}", &dir));
+        std::fs::write(self.proxy.dir().join("ctproxy.toml"), text).expect("write config");
+        let before = self.log_text().matches("configuration reloaded").count();
+        self.proxy.signal("HUP");
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while self.log_text().matches("configuration reloaded").count() <= before {
+            assert!(std::time::Instant::now() < deadline, "no reload after SIGHUP; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// A new job (socket and namespace).

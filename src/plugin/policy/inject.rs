@@ -5,81 +5,12 @@
 //! Forced resource limits are caps: a client may ask for less, never for more or for "unlimited",
 //! and a later `docker update` cannot lift them either.
 
-use std::collections::BTreeMap;
-
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::Policy;
+pub use crate::config::{ByteSize, InjectConfig};
 use crate::docker::Endpoint;
 use crate::plugin::{JsonBody, Refusal, RequestCtx};
-
-/// A set of values to inject.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InjectValues {
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    /// `host:ip` entries added to /etc/hosts.
-    #[serde(default)]
-    pub extra_hosts: Vec<String>,
-    #[serde(default)]
-    pub dns: Vec<String>,
-    /// Host paths mounted read-only (the policy's own choice, not the client's).
-    #[serde(default)]
-    pub mounts: Vec<InjectMount>,
-    /// Memory limit: bytes, or a size such as `"512m"`, `"2g"`.
-    pub memory: Option<ByteSize>,
-    /// CPU limit in CPUs (`1.5`).
-    pub cpus: Option<f64>,
-    pub pids_limit: Option<i64>,
-    #[serde(default)]
-    pub ulimits: Vec<InjectUlimit>,
-    pub user: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InjectMount {
-    pub source: String,
-    pub target: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InjectUlimit {
-    pub name: String,
-    pub soft: i64,
-    pub hard: i64,
-}
-
-/// A byte count written as a number or with a binary suffix (`k`, `m`, `g`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "toml::Value")]
-pub struct ByteSize(pub i64);
-
-impl TryFrom<toml::Value> for ByteSize {
-    type Error = String;
-    fn try_from(v: toml::Value) -> Result<Self, String> {
-        let size = crate::config::Size::try_from(v)?;
-        i64::try_from(size.0).map(ByteSize).map_err(|_| format!("size {} is too large", size.0))
-    }
-}
-
-/// Settings of an `inject` policy.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InjectConfig {
-    /// Log what would be refused, refuse nothing, rewrite nothing.
-    #[serde(default)]
-    pub dry_run: bool,
-    #[serde(default)]
-    pub defaults: InjectValues,
-    #[serde(default)]
-    pub force: InjectValues,
-}
 
 pub struct Inject {
     name: String,

@@ -1,0 +1,77 @@
+//! What a higher layer plugs into the HTTP layer: the [`Handler`] that answers requests (and says
+//! which may be relayed raw, [`RelayAsk`]), and the per-connection context ([`ConnCtx`]) it is
+//! called with, through which it parks a hijacked daemon connection. `server.rs` and `relay.rs`
+//! drive connections; this module is what they share with `proxy`, `registry` and `jobs`.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+
+use super::body::AccessRecord;
+use super::clock::Activity;
+use super::ProxyBody;
+use crate::transport::{Connector, PeerInfo};
+
+/// What a higher layer plugs in to answer requests.
+pub trait Handler: Send + Sync + 'static {
+    fn call(&self, req: Request<Incoming>, conn: Arc<ConnCtx>) -> impl Future<Output = Response<ProxyBody>> + Send;
+
+    /// The daemon to relay a request to as raw bytes, when this handler would neither look at nor
+    /// change it (no authentication, policy or namespace). Asked when a connection starts
+    /// ([`RelayAsk::Connection`]: could any request be relayed?) and again before every request of
+    /// a relayed connection: once it says `None`, the connection is served by [`Handler::call`].
+    fn transparent_upstream(&self, _ask: RelayAsk<'_>) -> Option<Connector> {
+        None
+    }
+}
+
+/// What [`Handler::transparent_upstream`] is asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayAsk<'a> {
+    Connection,
+    /// A request whose head has been read: its method and path (without the query) as the client
+    /// wrote them. The handler classifies them (the relay knows no endpoints).
+    Request {
+        method: &'a Method,
+        path: &'a str,
+    },
+}
+
+/// Who made a request, as a handler established it: put in the response's extensions, it goes into
+/// the access-log line.
+#[derive(Debug, Clone)]
+pub struct AccessIdentity(pub Arc<str>);
+
+/// Per-connection facts shared with the handler.
+pub struct ConnCtx {
+    pub listener: Arc<str>,
+    pub peer: PeerInfo,
+    pub(super) peer_label: Arc<str>,
+    pub(super) access_log: bool,
+    pub(super) hijacked: Mutex<Option<Hijacked>>,
+    /// Where the connection is, for its timeouts.
+    pub(super) activity: Arc<Activity>,
+}
+
+pub(super) struct Hijacked {
+    pub(super) upstream: hyper::upgrade::Upgraded,
+    pub(super) record: Option<AccessRecord>,
+}
+
+impl ConnCtx {
+    /// Parks the daemon's side of a hijacked exchange. The response the handler returns next is the
+    /// last one on this connection: after its head is written, the socket is spliced to `upstream`.
+    pub fn hijack(&self, upstream: hyper::upgrade::Upgraded) {
+        // A hijacked session may be silent for hours (`docker run -it`, BuildKit): no timeout.
+        self.activity.hijacked();
+        if let Ok(mut slot) = self.hijacked.lock() {
+            *slot = Some(Hijacked { upstream, record: None });
+        }
+    }
+
+    pub(super) fn is_hijacked(&self) -> bool {
+        self.hijacked.lock().map(|s| s.is_some()).unwrap_or(false)
+    }
+}
