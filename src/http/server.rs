@@ -28,6 +28,7 @@ use tracing::Instrument;
 
 use super::body::{AccessRecord, LoggedBody};
 use super::clock::{Activity, Deadline, Tracked, Watched};
+use super::grpc::BoxIo;
 use super::hijack::{splice, Prefixed};
 use super::relay::{self, RelayConn, Relayed};
 use super::serve::{ConnServer, Timeouts};
@@ -70,9 +71,14 @@ pub struct ConnCtx {
     peer_label: Arc<str>,
     access_log: bool,
     hijacked: Mutex<Option<Hijacked>>,
+    /// Replaces the byte splice of a hijacked exchange (BuildKit's gRPC, relayed for a policy).
+    stream_relay: Mutex<Option<StreamRelay>>,
     /// Where the connection is, for its timeouts.
     activity: Arc<Activity>,
 }
+
+/// What takes over a hijacked exchange instead of the splice: (client stream, daemon stream).
+pub type StreamRelay = Box<dyn FnOnce(BoxIo, BoxIo) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 struct Hijacked {
     upstream: hyper::upgrade::Upgraded,
@@ -87,6 +93,14 @@ impl ConnCtx {
         self.activity.hijacked();
         if let Ok(mut slot) = self.hijacked.lock() {
             *slot = Some(Hijacked { upstream, record: None });
+        }
+    }
+
+    /// Has the next hijacked exchange relayed by `relay` instead of spliced: it gets the client's
+    /// stream and the daemon's.
+    pub fn relay_hijack_with(&self, relay: StreamRelay) {
+        if let Ok(mut slot) = self.stream_relay.lock() {
+            *slot = Some(relay);
         }
     }
 
@@ -151,6 +165,7 @@ pub async fn serve_connection<H: Handler>(
         peer,
         access_log: opts.access_log,
         hijacked: Mutex::new(None),
+        stream_relay: Mutex::new(None),
         activity: activity.clone(),
     });
     let svc = ConnService { handler, ctx: ctx.clone() };
@@ -181,6 +196,13 @@ pub async fn serve_connection<H: Handler>(
     let mut client = parts.io.into_inner().into_inner();
     match hijacked {
         Some(h) => {
+            if let Some(relay) = ctx.stream_relay.lock().ok().and_then(|mut s| s.take()) {
+                relay(Box::new(Prefixed::new(parts.read_buf, client)), Box::new(TokioIo::new(h.upstream))).await;
+                if let Some(record) = h.record {
+                    record.emit(0, None);
+                }
+                return;
+            }
             let stats = splice(Prefixed::new(parts.read_buf, client), TokioIo::new(h.upstream)).await;
             if let Some(record) = h.record {
                 record.emit(stats.daemon_to_client, Some(stats.client_to_daemon));

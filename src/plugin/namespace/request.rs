@@ -277,6 +277,12 @@ impl Namespace {
                 }
                 After::Pass
             }
+            // BuildKit: the upgraded connection is relayed call by call (see `buildkit`).
+            Session => {
+                self.scope_session_headers(req.headers)?;
+                After::Pass
+            }
+            Grpc => After::Pass,
             BuildPrune => {
                 return Ok(Prepared::Answer(hyper::StatusCode::OK, serde_json::json!({"CachesDeleted": null, "SpaceReclaimed": 0})));
             }
@@ -937,7 +943,7 @@ fn generated_name() -> String {
     format!("{}_{}_{suffix}", LEFT[b[0] as usize % LEFT.len()], RIGHT[b[1] as usize % RIGHT.len()])
 }
 
-fn random_hex64() -> String {
+pub(super) fn random_hex64() -> String {
     let mut b = [0u8; 32];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()

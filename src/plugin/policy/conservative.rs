@@ -250,6 +250,7 @@ pub fn allowed_endpoint(e: Endpoint) -> bool {
             | BuildPrune
             | BuildCancel
             | Session
+            | Grpc
             | NetworkList
             | NetworkListSlash
             | NetworkCreate
