@@ -278,11 +278,16 @@ impl Namespace {
                 After::Pass
             }
             // BuildKit: the upgraded connection is relayed call by call (see `buildkit`).
-            Session => {
-                self.scope_session_headers(req.headers)?;
+            Session | Grpc => {
+                let h2c = req.headers.get(hyper::header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"h2c"));
+                if !h2c {
+                    return Err(NsError::Refused(format!("{} without Upgrade: h2c: BuildKit's gRPC is relayed only as an HTTP/2 upgrade", endpoint.name())));
+                }
+                if endpoint == Session {
+                    self.scope_session_headers(req.headers)?;
+                }
                 After::Pass
             }
-            Grpc => After::Pass,
             BuildPrune => {
                 return Ok(Prepared::Answer(hyper::StatusCode::OK, serde_json::json!({"CachesDeleted": null, "SpaceReclaimed": 0})));
             }
