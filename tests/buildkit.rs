@@ -2,8 +2,8 @@
 //! v2 build in the job's namespace; other namespaces' images and caches stay out of reach, and what
 //! ctproxy does not allow is refused with a message the CLI prints.
 //!
-//! Docker 28 only: dockerd 20.10's BuildKit is not relayed (its `/grpc` needs an API the CLI 28
-//! does not fall back from); on 20.10 these tests return at once, saying so.
+//! Docker 28 only (the target: CLI 28, buildx 0.29, Docker 28.5): the BuildKit relay is not
+//! exercised against dockerd 20.10; there these tests return at once, saying so.
 
 mod support;
 
