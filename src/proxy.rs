@@ -255,7 +255,13 @@ impl ListenerHandler {
                 headers: &mut parts.headers,
                 body: json.as_mut().map(|(v, _)| v),
             };
-            match ns.prepare(&self.proxy.daemon(), ns_req).await {
+            let prepared = ns.prepare(&self.proxy.daemon(), ns_req).await;
+            if let (Ok(_), Some(e)) = (&prepared, route.endpoint) {
+                if let Some(relay) = ns.buildkit_relay(&self.proxy.daemon(), e, &parts.headers) {
+                    conn.relay_hijack_with(relay);
+                }
+            }
+            match prepared {
                 Ok(Prepared::Forward(a)) => after = Some((ns.clone(), a)),
                 Ok(Prepared::ForwardBody(a, rewrite)) => {
                     after = Some((ns.clone(), a));

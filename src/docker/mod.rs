@@ -5,6 +5,7 @@
 
 pub mod auth_config;
 pub mod buildctx;
+pub mod buildkit;
 pub mod cidr;
 pub mod endpoint;
 pub mod image_archive;

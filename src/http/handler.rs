@@ -4,6 +4,7 @@
 //! drive connections; this module is what they share with `proxy`, `registry` and `jobs`.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use hyper::body::Incoming;
@@ -11,6 +12,7 @@ use hyper::{Method, Request, Response};
 
 use super::body::AccessRecord;
 use super::clock::Activity;
+use super::grpc::BoxIo;
 use super::ProxyBody;
 use crate::transport::{Connector, PeerInfo};
 
@@ -51,9 +53,14 @@ pub struct ConnCtx {
     pub(super) peer_label: Arc<str>,
     pub(super) access_log: bool,
     pub(super) hijacked: Mutex<Option<Hijacked>>,
+    /// Replaces the byte splice of a hijacked exchange (BuildKit's gRPC, relayed for a policy).
+    pub(super) stream_relay: Mutex<Option<StreamRelay>>,
     /// Where the connection is, for its timeouts.
     pub(super) activity: Arc<Activity>,
 }
+
+/// What takes over a hijacked exchange instead of the splice: (client stream, daemon stream).
+pub type StreamRelay = Box<dyn FnOnce(BoxIo, BoxIo) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 pub(super) struct Hijacked {
     pub(super) upstream: hyper::upgrade::Upgraded,
@@ -68,6 +75,14 @@ impl ConnCtx {
         self.activity.hijacked();
         if let Ok(mut slot) = self.hijacked.lock() {
             *slot = Some(Hijacked { upstream, record: None });
+        }
+    }
+
+    /// Has the next hijacked exchange relayed by `relay` instead of spliced: it gets the client's
+    /// stream and the daemon's.
+    pub fn relay_hijack_with(&self, relay: StreamRelay) {
+        if let Ok(mut slot) = self.stream_relay.lock() {
+            *slot = Some(relay);
         }
     }
 

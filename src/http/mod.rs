@@ -6,6 +6,7 @@
 //! - [`forward`] is the pooled client to the daemon;
 //! - [`relay`] serves transparent listeners without hyper: raw HTTP/1 relaying, one daemon
 //!   connection per client connection;
+//! - [`grpc`] relays the HTTP/2 gRPC of BuildKit's hijacked connections call by call, for a policy;
 //! - [`hijack`] splices two raw byte streams with correct half-close;
 //! - [`body`] is the one response body type; [`respond`] is the one place errors become responses;
 //! - [`serve`] is the one way a listener is served, by every server of ctproxy: accept with
@@ -16,6 +17,7 @@
 pub mod body;
 pub mod clock;
 pub mod forward;
+pub mod grpc;
 pub mod handler;
 pub mod hijack;
 pub mod relay;
@@ -25,4 +27,4 @@ pub mod server;
 
 pub use body::{BoxError, BoxedBody, ProxyBody};
 pub use forward::{boxed_body, client_body, full_body, ForwardError, Forwarder, UpstreamBody};
-pub use handler::{AccessIdentity, ConnCtx, Handler, RelayAsk};
+pub use handler::{AccessIdentity, ConnCtx, Handler, RelayAsk, StreamRelay};

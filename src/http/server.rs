@@ -90,6 +90,7 @@ pub async fn serve_connection<H: Handler>(
         peer,
         access_log: opts.access_log,
         hijacked: Mutex::new(None),
+        stream_relay: Mutex::new(None),
         activity: activity.clone(),
     });
     let svc = ConnService { handler, ctx: ctx.clone() };
@@ -120,6 +121,13 @@ pub async fn serve_connection<H: Handler>(
     let mut client = parts.io.into_inner().into_inner();
     match hijacked {
         Some(h) => {
+            if let Some(relay) = ctx.stream_relay.lock().ok().and_then(|mut s| s.take()) {
+                relay(Box::new(Prefixed::new(parts.read_buf, client)), Box::new(TokioIo::new(h.upstream))).await;
+                if let Some(record) = h.record {
+                    record.emit(0, None);
+                }
+                return;
+            }
             let stats = splice(Prefixed::new(parts.read_buf, client), TokioIo::new(h.upstream)).await;
             if let Some(record) = h.record {
                 record.emit(stats.daemon_to_client, Some(stats.client_to_daemon));

@@ -12,6 +12,7 @@
 //!   daemon's own not-found answer;
 //! - [`request`]: per-endpoint rewriting of paths, queries, headers and JSON bodies;
 //! - [`response`]: de-mangling and filtering of answers, buffered or streamed line by line;
+//! - [`buildkit`]: BuildKit's gRPC calls on `/grpc` and `/session`, judged and rewritten;
 //! - [`archive`]: image names inside `docker load` bodies and `docker save` answers.
 //!
 //! Ownership lives on the daemon (the [`NS_LABEL`] label, image tags under the namespace's prefix),
@@ -19,6 +20,7 @@
 
 pub mod archive;
 mod build;
+pub mod buildkit;
 pub mod daemon;
 pub mod destroy;
 pub mod export;

@@ -277,6 +277,17 @@ impl Namespace {
                 }
                 After::Pass
             }
+            // BuildKit: the upgraded connection is relayed call by call (see `buildkit`).
+            Session | Grpc => {
+                let h2c = req.headers.get(hyper::header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"h2c"));
+                if !h2c {
+                    return Err(NsError::Refused(format!("{} without Upgrade: h2c: BuildKit's gRPC is relayed only as an HTTP/2 upgrade", endpoint.name())));
+                }
+                if endpoint == Session {
+                    self.scope_session_headers(req.headers)?;
+                }
+                After::Pass
+            }
             BuildPrune => {
                 return Ok(Prepared::Answer(hyper::StatusCode::OK, serde_json::json!({"CachesDeleted": null, "SpaceReclaimed": 0})));
             }
@@ -953,7 +964,7 @@ fn generated_name() -> String {
     format!("{}_{}_{suffix}", LEFT[b[0] as usize % LEFT.len()], RIGHT[b[1] as usize % RIGHT.len()])
 }
 
-fn random_hex64() -> String {
+pub(super) fn random_hex64() -> String {
     let mut b = [0u8; 32];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()

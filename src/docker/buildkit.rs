@@ -1,0 +1,224 @@
+//! Layer 2, Docker: the BuildKit protobuf messages ctproxy reads or rewrites.
+//!
+//! Hand-written `prost` structs for the few messages a namespace must judge, from BuildKit's
+//! `api/services/control/control.proto` (moby/buildkit) and fsutil's `types/wire.proto` and
+//! `types/stat.proto` (tonistiigi/fsutil), both Apache-2.0 interface definitions. Every field of
+//! the modelled messages is declared (nested messages a policy never reads as opaque bytes, which
+//! re-encode byte for byte), and [`unknown_fields`] finds fields that are not, so a rewrite never
+//! drops what a newer client sent: such a message is refused instead.
+
+use std::collections::HashMap;
+
+use prost::Message;
+
+/// `moby.buildkit.v1.SolveRequest`.
+#[derive(Clone, PartialEq, Message)]
+pub struct SolveRequest {
+    #[prost(string, tag = "1")]
+    pub r#ref: String,
+    /// `pb.Definition` (raw LLB), opaque.
+    #[prost(bytes = "vec", tag = "2")]
+    pub definition: Vec<u8>,
+    #[prost(string, tag = "3")]
+    pub exporter_deprecated: String,
+    #[prost(map = "string, string", tag = "4")]
+    pub exporter_attrs_deprecated: HashMap<String, String>,
+    #[prost(string, tag = "5")]
+    pub session: String,
+    #[prost(string, tag = "6")]
+    pub frontend: String,
+    #[prost(map = "string, string", tag = "7")]
+    pub frontend_attrs: HashMap<String, String>,
+    /// `CacheOptions`, opaque.
+    #[prost(bytes = "vec", tag = "8")]
+    pub cache: Vec<u8>,
+    #[prost(string, repeated, tag = "9")]
+    pub entitlements: Vec<String>,
+    /// `map<string, pb.Definition>`, values opaque.
+    #[prost(map = "string, bytes", tag = "10")]
+    pub frontend_inputs: HashMap<String, Vec<u8>>,
+    #[prost(bool, tag = "11")]
+    pub internal: bool,
+    /// `sourcepolicy.Policy`, opaque.
+    #[prost(bytes = "vec", tag = "12")]
+    pub source_policy: Vec<u8>,
+    #[prost(message, repeated, tag = "13")]
+    pub exporters: Vec<Exporter>,
+    #[prost(bool, tag = "14")]
+    pub enable_session_exporter: bool,
+    #[prost(string, tag = "15")]
+    pub source_policy_session: String,
+    #[prost(int64, tag = "16")]
+    pub compatibility_version: i64,
+    #[prost(bool, tag = "17")]
+    pub proxy_network: bool,
+}
+
+/// Field numbers of [`SolveRequest`].
+pub const SOLVE_FIELDS: std::ops::RangeInclusive<u32> = 1..=17;
+
+/// `moby.buildkit.v1.frontend.SolveRequest`: a solve the client-side frontend (buildx's gateway
+/// client) asks for within a build.
+#[derive(Clone, PartialEq, Message)]
+pub struct GatewaySolveRequest {
+    /// `pb.Definition` (raw LLB), opaque.
+    #[prost(bytes = "vec", tag = "1")]
+    pub definition: Vec<u8>,
+    #[prost(string, tag = "2")]
+    pub frontend: String,
+    #[prost(map = "string, string", tag = "3")]
+    pub frontend_opt: HashMap<String, String>,
+    #[prost(bool, tag = "5")]
+    pub allow_result_return: bool,
+    #[prost(bool, tag = "6")]
+    pub allow_result_array_ref: bool,
+    #[prost(bool, tag = "10")]
+    pub r#final: bool,
+    #[prost(bytes = "vec", tag = "11")]
+    pub exporter_attr: Vec<u8>,
+    /// `CacheOptionsEntry`, opaque.
+    #[prost(bytes = "vec", repeated, tag = "12")]
+    pub cache_imports: Vec<Vec<u8>>,
+    #[prost(map = "string, bytes", tag = "13")]
+    pub frontend_inputs: HashMap<String, Vec<u8>>,
+    #[prost(bool, tag = "14")]
+    pub evaluate: bool,
+    /// `sourcepolicy.Policy`, opaque.
+    #[prost(bytes = "vec", repeated, tag = "15")]
+    pub source_policies: Vec<Vec<u8>>,
+}
+
+/// Field numbers of [`GatewaySolveRequest`].
+pub const GATEWAY_SOLVE_FIELDS: [u32; 11] = [1, 2, 3, 5, 6, 10, 11, 12, 13, 14, 15];
+
+/// `moby.buildkit.v1.Exporter`.
+#[derive(Clone, PartialEq, Message)]
+pub struct Exporter {
+    #[prost(string, tag = "1")]
+    pub r#type: String,
+    #[prost(map = "string, string", tag = "2")]
+    pub attrs: HashMap<String, String>,
+}
+
+/// `moby.buildkit.v1.StatusRequest`.
+#[derive(Clone, PartialEq, Message)]
+pub struct StatusRequest {
+    #[prost(string, tag = "1")]
+    pub r#ref: String,
+}
+
+/// `fsutil.types.Packet`: one message of a filesync `DiffCopy` stream.
+#[derive(Clone, PartialEq, Message)]
+pub struct Packet {
+    #[prost(int32, tag = "1")]
+    pub r#type: i32,
+    #[prost(message, optional, tag = "2")]
+    pub stat: Option<Stat>,
+    #[prost(uint32, tag = "3")]
+    pub id: u32,
+    #[prost(bytes = "vec", tag = "4")]
+    pub data: Vec<u8>,
+}
+
+/// Field numbers of [`Packet`].
+pub const PACKET_FIELDS: std::ops::RangeInclusive<u32> = 1..=4;
+
+/// [`Packet::r#type`] values.
+pub mod packet {
+    pub const STAT: i32 = 0;
+    pub const REQ: i32 = 1;
+    pub const DATA: i32 = 2;
+    pub const FIN: i32 = 3;
+    pub const ERR: i32 = 4;
+}
+
+/// `fsutil.types.Stat`. `mode` is a Go `os.FileMode`.
+#[derive(Clone, PartialEq, Message)]
+pub struct Stat {
+    #[prost(string, tag = "1")]
+    pub path: String,
+    #[prost(uint32, tag = "2")]
+    pub mode: u32,
+    #[prost(uint32, tag = "3")]
+    pub uid: u32,
+    #[prost(uint32, tag = "4")]
+    pub gid: u32,
+    #[prost(int64, tag = "5")]
+    pub size: i64,
+    #[prost(int64, tag = "6")]
+    pub mod_time: i64,
+    #[prost(string, tag = "7")]
+    pub linkname: String,
+    #[prost(int64, tag = "8")]
+    pub devmajor: i64,
+    #[prost(int64, tag = "9")]
+    pub devminor: i64,
+    #[prost(map = "string, bytes", tag = "10")]
+    pub xattrs: HashMap<String, Vec<u8>>,
+}
+
+/// Field numbers of [`Stat`].
+pub const STAT_FIELDS: std::ops::RangeInclusive<u32> = 1..=10;
+
+impl Stat {
+    /// Go's `os.ModeType`: directory, symlink, pipe, socket, devices, irregular.
+    const MODE_TYPE: u32 = 0x8F28_0000;
+
+    /// A regular file: the only kind whose data the receiver requests.
+    pub fn is_regular(&self) -> bool {
+        self.mode & Self::MODE_TYPE == 0
+    }
+}
+
+/// The field numbers of `msg`'s top level that are not in `known`; `Err` when it does not parse.
+pub fn unknown_fields(msg: &[u8], known: &impl Known) -> Result<Vec<u32>, prost::DecodeError> {
+    use prost::encoding::{decode_key, skip_field, DecodeContext};
+    let mut buf = msg;
+    let mut unknown = Vec::new();
+    while !buf.is_empty() {
+        let (tag, wire) = decode_key(&mut buf)?;
+        if !known.knows(tag) {
+            unknown.push(tag);
+        }
+        skip_field(wire, tag, &mut buf, DecodeContext::default())?;
+    }
+    Ok(unknown)
+}
+
+/// A set of field numbers.
+pub trait Known {
+    fn knows(&self, tag: u32) -> bool;
+}
+
+impl Known for std::ops::RangeInclusive<u32> {
+    fn knows(&self, tag: u32) -> bool {
+        self.contains(&tag)
+    }
+}
+
+impl<const N: usize> Known for [u32; N] {
+    fn knows(&self, tag: u32) -> bool {
+        self.contains(&tag)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_found() {
+        let mut msg = StatusRequest { r#ref: "abc".into() }.encode_to_vec();
+        // field 99, varint 1
+        msg.extend_from_slice(&[0x98, 0x06, 0x01]);
+        assert_eq!(unknown_fields(&msg, &(1..=1)).unwrap(), vec![99]);
+    }
+
+    #[test]
+    fn regular_files() {
+        let f = Stat { mode: 0o644, ..Default::default() };
+        assert!(f.is_regular());
+        let d = Stat { mode: 0x8000_01ed, ..Default::default() };
+        assert!(!d.is_regular());
+    }
+}

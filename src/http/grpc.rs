@@ -1,0 +1,340 @@
+//! Layer 1, HTTP: gRPC over HTTP/2 cleartext on a hijacked connection, relayed call by call.
+//!
+//! Why: BuildKit's `/grpc` and `/session` upgrades carry HTTP/2 gRPC. Splicing bytes would let a
+//! client call any method with any message; terminating HTTP/2 on both sides (with the `h2` crate)
+//! lets a higher layer see each call's method and messages, refuse, rewrite or pass it.
+//!
+//! - [`relay`] runs the two HTTP/2 connections. Which side calls is a [`Callers`]: on `/grpc` the
+//!   client calls the daemon, on `/session` the daemon calls the client.
+//! - A [`CallPolicy`] gets every [`Call`] (request head and body, the response slot, a handle to
+//!   open the same call on the other side) and decides. [`pass`] relays a call untouched,
+//!   [`refuse`] answers with a gRPC status, [`unary`] relays a call after rewriting its one request
+//!   message; [`Messages`] reads length-prefixed gRPC messages, [`frame`] writes one.
+//!
+//! Compressed messages are refused (a policy could not read them); clients do not compress unless
+//! asked.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use h2::{RecvStream, SendStream};
+use http::{HeaderMap, Request, Response};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A message larger than this is refused (BuildKit's own client limit is 16 MiB).
+pub const MAX_MESSAGE: usize = 16 << 20;
+/// Stream and connection windows: large enough that a build context streams without stalls.
+const WINDOW: u32 = 4 << 20;
+
+/// gRPC status codes used here.
+pub mod code {
+    pub const UNKNOWN: u32 = 2;
+    pub const INVALID_ARGUMENT: u32 = 3;
+    pub const PERMISSION_DENIED: u32 = 7;
+    pub const UNIMPLEMENTED: u32 = 12;
+    pub const INTERNAL: u32 = 13;
+}
+
+/// Both ends of a hijacked connection, boxed.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+pub type BoxIo = Box<dyn Io>;
+
+/// Which side of the hijacked connection makes the calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Callers {
+    /// `/grpc`: the client is the HTTP/2 client, the daemon serves.
+    Client,
+    /// `/session`: the daemon calls the client, which serves its session.
+    Daemon,
+}
+
+/// One call as the serving side of ctproxy received it.
+pub struct Call {
+    pub req: Request<RecvStream>,
+    pub respond: h2::server::SendResponse<Bytes>,
+    /// Opens calls on the side that serves them.
+    pub upstream: h2::client::SendRequest<Bytes>,
+}
+
+impl Call {
+    /// The gRPC method (`/moby.buildkit.v1.Control/Solve`).
+    pub fn method(&self) -> &str {
+        self.req.uri().path()
+    }
+
+    /// A metadata value, if it is text.
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.req.headers().get(key).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Decides every call of a relayed connection.
+pub trait CallPolicy: Send + Sync + 'static {
+    fn handle(self: Arc<Self>, call: Call) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// What went wrong in a relayed call.
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcError {
+    #[error("HTTP/2: {0}")]
+    H2(#[from] h2::Error),
+    #[error("{0}")]
+    Protocol(String),
+}
+
+/// Serves one hijacked connection until either side ends it. `client` is the hijacking client's
+/// stream, `daemon` the daemon's upgraded one.
+pub async fn relay(client: BoxIo, daemon: BoxIo, callers: Callers, policy: Arc<dyn CallPolicy>) {
+    let (caller, server) = match callers {
+        Callers::Client => (client, daemon),
+        Callers::Daemon => (daemon, client),
+    };
+    if let Err(e) = run(caller, server, policy).await {
+        tracing::debug!(error = %e, "gRPC relay ended");
+    }
+}
+
+async fn run(caller: BoxIo, server: BoxIo, policy: Arc<dyn CallPolicy>) -> Result<(), GrpcError> {
+    let (upstream, conn) =
+        h2::client::Builder::new().initial_window_size(WINDOW).initial_connection_window_size(WINDOW).handshake::<_, Bytes>(server).await?;
+    let mut upstream_task = tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "gRPC relay: serving side ended");
+        }
+    });
+    let mut accept =
+        h2::server::Builder::new().initial_window_size(WINDOW).initial_connection_window_size(WINDOW).handshake::<_, Bytes>(caller).await?;
+    let result = loop {
+        tokio::select! {
+            next = accept.accept() => match next {
+                Some(Ok((req, respond))) => {
+                    let call = Call { req, respond, upstream: upstream.clone() };
+                    tokio::spawn(policy.clone().handle(call));
+                }
+                Some(Err(e)) => break Err(e.into()),
+                None => break Ok(()),
+            },
+            // The serving side closed: nothing more can be answered.
+            _ = &mut upstream_task => break Ok(()),
+        }
+    };
+    upstream_task.abort();
+    result
+}
+
+/// Answers a call with a gRPC status and no message (a "trailers-only" response).
+pub fn refuse(mut respond: h2::server::SendResponse<Bytes>, code: u32, message: &str) {
+    let rsp = Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc")
+        .header("grpc-status", code.to_string())
+        .header("grpc-message", percent_encode(message))
+        .body(());
+    if let Ok(rsp) = rsp {
+        let _ = respond.send_response(rsp, true);
+    }
+}
+
+/// gRPC's `grpc-message` encoding: printable ASCII except `%` as is, the rest percent-encoded.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A gRPC message with its 5-byte prefix (uncompressed).
+pub fn frame(msg: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(msg.len() + 5);
+    out.extend_from_slice(&[0]);
+    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    out.extend_from_slice(msg);
+    out.freeze()
+}
+
+/// Reads the length-prefixed messages of one side of a call.
+pub struct Messages {
+    recv: RecvStream,
+    buf: BytesMut,
+}
+
+impl Messages {
+    pub fn new(recv: RecvStream) -> Self {
+        Messages { recv, buf: BytesMut::new() }
+    }
+
+    /// The next message, or `None` at the end of the stream.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, GrpcError> {
+        loop {
+            if self.buf.len() >= 5 {
+                if self.buf[0] != 0 {
+                    return Err(GrpcError::Protocol("compressed gRPC messages are not supported".into()));
+                }
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+                if len > MAX_MESSAGE {
+                    return Err(GrpcError::Protocol(format!("a gRPC message of {len} bytes is too large")));
+                }
+                if self.buf.len() >= 5 + len {
+                    self.buf.advance(5);
+                    return Ok(Some(self.buf.split_to(len).freeze()));
+                }
+            }
+            match self.recv.data().await {
+                Some(chunk) => {
+                    let chunk = chunk?;
+                    let _ = self.recv.flow_control().release_capacity(chunk.len());
+                    self.buf.extend_from_slice(&chunk);
+                }
+                None if self.buf.is_empty() => return Ok(None),
+                None => return Err(GrpcError::Protocol("a gRPC message was cut short".into())),
+            }
+        }
+    }
+
+    /// The trailers after the last message.
+    pub async fn trailers(&mut self) -> Result<Option<HeaderMap>, GrpcError> {
+        Ok(self.recv.trailers().await?)
+    }
+}
+
+/// Sends `data` as flow control allows.
+pub async fn send_data(to: &mut SendStream<Bytes>, mut data: Bytes, end: bool) -> Result<(), GrpcError> {
+    if data.is_empty() {
+        to.send_data(data, end)?;
+        return Ok(());
+    }
+    while !data.is_empty() {
+        to.reserve_capacity(data.len());
+        let cap = match std::future::poll_fn(|cx| to.poll_capacity(cx)).await {
+            Some(c) => c?,
+            None => return Err(GrpcError::Protocol("the stream closed".into())),
+        };
+        let n = cap.min(data.len());
+        if n == 0 {
+            continue;
+        }
+        let chunk = data.split_to(n);
+        to.send_data(chunk, end && data.is_empty())?;
+    }
+    Ok(())
+}
+
+/// Copies a body with its trailers; on an error the receiving side is reset.
+pub async fn pump(mut from: RecvStream, mut to: SendStream<Bytes>) {
+    let result: Result<(), GrpcError> = async {
+        while let Some(chunk) = from.data().await {
+            let chunk = chunk?;
+            let _ = from.flow_control().release_capacity(chunk.len());
+            send_data(&mut to, chunk, false).await?;
+        }
+        match from.trailers().await? {
+            Some(t) => to.send_trailers(t)?,
+            None => to.send_data(Bytes::new(), true)?,
+        }
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        to.send_reset(h2::Reason::CANCEL);
+    }
+}
+
+/// Opens the call on the serving side with `req`'s head; returns the response future and the body
+/// sender.
+pub async fn open(
+    upstream: &mut h2::client::SendRequest<Bytes>,
+    head: http::request::Parts,
+    end: bool,
+) -> Result<(h2::client::ResponseFuture, SendStream<Bytes>), GrpcError> {
+    let mut ready = upstream.clone().ready().await?;
+    let out = ready.send_request(Request::from_parts(head, ()), end)?;
+    *upstream = ready;
+    Ok(out)
+}
+
+/// Relays the serving side's answer to the caller.
+pub async fn answer(rsp: h2::client::ResponseFuture, mut respond: h2::server::SendResponse<Bytes>) {
+    match rsp.await {
+        Ok(rsp) => {
+            let (parts, body) = rsp.into_parts();
+            let end = body.is_end_stream();
+            match respond.send_response(Response::from_parts(parts, ()), end) {
+                Ok(send) if !end => pump(body, send).await,
+                _ => {}
+            }
+        }
+        Err(e) => refuse(respond, code::UNKNOWN, &format!("ctproxy: the call failed: {e}")),
+    }
+}
+
+/// Relays a call untouched.
+pub async fn pass(call: Call) {
+    let Call { req, respond, mut upstream } = call;
+    let (head, body) = req.into_parts();
+    let end = body.is_end_stream();
+    match open(&mut upstream, head, end).await {
+        Ok((rsp, send)) => {
+            if !end {
+                tokio::spawn(pump(body, send));
+            }
+            answer(rsp, respond).await;
+        }
+        Err(e) => refuse(respond, code::UNKNOWN, &format!("ctproxy: the call could not be relayed: {e}")),
+    }
+}
+
+/// Relays a call with one request message (unary or server-streaming) after `rewrite` checked it:
+/// `Err((code, message))` answers the caller with that status instead.
+pub async fn unary(call: Call, rewrite: impl FnOnce(Bytes) -> Result<Bytes, (u32, String)>) {
+    let Call { req, respond, mut upstream } = call;
+    let (head, body) = req.into_parts();
+    let mut msgs = Messages::new(body);
+    let msg = match msgs.next().await {
+        Ok(Some(m)) => m,
+        Ok(None) => Bytes::new(),
+        Err(e) => return refuse(respond, code::INVALID_ARGUMENT, &format!("ctproxy: {e}")),
+    };
+    match msgs.next().await {
+        Ok(None) => {}
+        Ok(Some(_)) => return refuse(respond, code::INVALID_ARGUMENT, "ctproxy: more than one request message"),
+        Err(e) => return refuse(respond, code::INVALID_ARGUMENT, &format!("ctproxy: {e}")),
+    }
+    let msg = match rewrite(msg) {
+        Ok(m) => m,
+        Err((c, m)) => return refuse(respond, c, &m),
+    };
+    let mut head = head;
+    head.headers.remove(http::header::CONTENT_LENGTH);
+    match open(&mut upstream, head, false).await {
+        Ok((rsp, mut send)) => {
+            if send_data(&mut send, frame(&msg), true).await.is_err() {
+                send.send_reset(h2::Reason::CANCEL);
+            }
+            answer(rsp, respond).await;
+        }
+        Err(e) => refuse(respond, code::UNKNOWN, &format!("ctproxy: the call could not be relayed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(percent_encode("a b%é"), "a b%25%C3%A9");
+    }
+
+    #[test]
+    fn frame_has_prefix() {
+        assert_eq!(&frame(b"ab")[..], &[0, 0, 0, 0, 2, b'a', b'b']);
+    }
+}

@@ -1,0 +1,234 @@
+//! BuildKit builds in a namespace: the gRPC calls of `/grpc` (the client calls the daemon's
+//! `moby.buildkit.v1.Control`) and `/session` (the daemon calls the client's session services),
+//! relayed call by call ([`crate::http::grpc`]) and judged here.
+//!
+//! - Control: `Solve` is checked and rewritten ([`solve`]); `Status` is scoped to the namespace's
+//!   build refs; `ListWorkers` and `Info` pass; every other method is refused (history, disk usage
+//!   and prune cannot be scoped to a namespace yet).
+//! - Session: the daemon reads files, secrets, SSH agents and registry credentials from the client.
+//!   These pass, except that the Dockerfile ([`filesync`]) is rewritten on its way to the daemon
+//!   ([`dockerfile`]): image references name the namespace's images. Other methods are refused.
+//! - Build refs, session IDs and session shared keys are prefixed with the namespace, so that no
+//!   job can watch, use or share another namespace's build or session.
+
+mod dockerfile;
+mod filesync;
+mod solve;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use hyper::header::{HeaderMap, HeaderValue};
+
+use super::{Daemon, Namespace, NsError};
+use crate::docker::buildkit::StatusRequest;
+use crate::docker::Endpoint;
+use crate::http::grpc::{self, code, Call, CallPolicy, Callers};
+use crate::http::StreamRelay;
+
+/// What a `Solve` told the session that serves its files: the build arguments, for expanding the
+/// Dockerfile's global `ARG`s in `FROM` as the daemon will.
+#[derive(Debug, Clone, Default)]
+pub(super) struct SolveFacts {
+    pub build_args: HashMap<String, Option<String>>,
+}
+
+/// The builds in progress (namespaced IDs).
+#[derive(Default)]
+struct Builds {
+    /// Facts by session ID, from the latest `Solve` that named the session.
+    sessions: HashMap<String, SolveFacts>,
+    /// Session ID by build ref.
+    builds: HashMap<String, String>,
+}
+
+fn builds() -> &'static Mutex<Builds> {
+    static S: OnceLock<Mutex<Builds>> = OnceLock::new();
+    S.get_or_init(Default::default)
+}
+
+/// The session headers of `POST /session`.
+const SESSION_UUID: &str = "x-docker-expose-session-uuid";
+const SESSION_SHAREDKEY: &str = "x-docker-expose-session-sharedkey";
+/// The gRPC metadata that names the build of a frontend call (BuildKit's `client/buildid`).
+const BUILD_ID: &str = "buildkit-controlapi-buildid";
+
+impl Namespace {
+    /// A build ref, session ID or shared key as the daemon sees it: unique to the namespace.
+    pub(super) fn scoped_id(&self, id: &str) -> String {
+        format!("{}-{id}", self.name)
+    }
+
+    /// `POST /session`: the session's ID and shared key are made the namespace's.
+    pub(super) fn scope_session_headers(&self, headers: &mut HeaderMap) -> Result<(), NsError> {
+        for key in [SESSION_UUID, SESSION_SHAREDKEY] {
+            let v = headers.get(key).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+            if key == SESSION_UUID && v.is_empty() {
+                return Err(NsError::Malformed("a BuildKit session needs an X-Docker-Expose-Session-Uuid header".into()));
+            }
+            let scoped = HeaderValue::from_str(&self.scoped_id(&v)).map_err(|_| NsError::Malformed(format!("invalid {key} header")))?;
+            headers.insert(key, scoped);
+        }
+        Ok(())
+    }
+
+    /// The relay of a `/grpc` or `/session` upgrade (`headers` as forwarded), or `None` for other
+    /// endpoints.
+    pub fn buildkit_relay(&self, daemon: &Daemon, endpoint: Endpoint, headers: &HeaderMap) -> Option<StreamRelay> {
+        let (callers, policy): (Callers, Arc<dyn CallPolicy>) = match endpoint {
+            Endpoint::Grpc => (Callers::Client, Arc::new(Control { ns: self.clone() })),
+            Endpoint::Session => {
+                let session = headers.get(SESSION_UUID).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                (Callers::Daemon, Arc::new(Session { ns: self.clone(), daemon: daemon.clone(), session }))
+            }
+            _ => return None,
+        };
+        Some(Box::new(move |client, upstream| Box::pin(grpc::relay(client, upstream, callers, policy))))
+    }
+}
+
+/// Logs a refused call to the audit log and answers it.
+fn refuse(ns: &Namespace, call: Call, status: u32, message: &str) {
+    tracing::warn!(
+        target: "ctproxy::audit",
+        namespace = %ns.name,
+        method = %call.method(),
+        reason = %message,
+        "BuildKit call refused by namespace"
+    );
+    grpc::refuse(call.respond, status, &format!("ctproxy: {message}"));
+}
+
+/// The client's calls of `moby.buildkit.v1.Control` on `/grpc`.
+struct Control {
+    ns: Namespace,
+}
+
+impl CallPolicy for Control {
+    fn handle(self: Arc<Self>, call: Call) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let ns = &self.ns;
+            match call.method() {
+                "/moby.buildkit.v1.Control/Solve" => {
+                    let mut ids = None;
+                    grpc::unary(call, |msg| {
+                        let (out, solve, facts) = ns.check_solve(&msg).map_err(|m| denied(ns, "Solve", m))?;
+                        if let Ok(mut s) = builds().lock() {
+                            s.sessions.insert(solve.session.clone(), facts);
+                            s.builds.insert(solve.build.clone(), solve.session.clone());
+                        }
+                        ids = Some(solve);
+                        Ok(out)
+                    })
+                    .await;
+                    if let (Some(solve), Ok(mut s)) = (ids, builds().lock()) {
+                        s.sessions.remove(&solve.session);
+                        s.builds.remove(&solve.build);
+                    }
+                }
+                m if m.starts_with("/moby.buildkit.v1.frontend.LLBBridge/") => self.gateway(call).await,
+                "/moby.buildkit.v1.Control/Status" => {
+                    grpc::unary(call, |msg| {
+                        let mut req: StatusRequest =
+                            prost::Message::decode(msg).map_err(|e| (code::INVALID_ARGUMENT, format!("ctproxy: invalid StatusRequest: {e}")))?;
+                        req.r#ref = ns.scoped_id(&req.r#ref);
+                        Ok(prost::Message::encode_to_vec(&req).into())
+                    })
+                    .await
+                }
+                "/moby.buildkit.v1.Control/ListWorkers" | "/moby.buildkit.v1.Control/Info" => grpc::pass(call).await,
+                "/moby.buildkit.v1.Control/DiskUsage" | "/moby.buildkit.v1.Control/Prune" => refuse(
+                    ns,
+                    call,
+                    code::PERMISSION_DENIED,
+                    "the build cache is shared by every namespace on this daemon: disk usage and prune of it are not available in a namespace",
+                ),
+                "/moby.buildkit.v1.Control/ListenBuildHistory" | "/moby.buildkit.v1.Control/UpdateBuildHistory" => refuse(
+                    ns,
+                    call,
+                    code::PERMISSION_DENIED,
+                    "build history is not available in a namespace (it lists every namespace's builds)",
+                ),
+                m => {
+                    let msg = format!("the BuildKit method {m} is not available in a namespace");
+                    refuse(ns, call, code::UNIMPLEMENTED, &msg)
+                }
+            }
+        })
+    }
+}
+
+impl Control {
+    /// The calls of a client-side frontend (buildx's gateway client) within a build, which
+    /// build ID metadata names: scoped to the namespace's builds.
+    async fn gateway(&self, mut call: Call) {
+        let ns = &self.ns;
+        let Some(build) = call.metadata(BUILD_ID).filter(|b| !b.is_empty()).map(|b| ns.scoped_id(b)) else {
+            return refuse(ns, call, code::INVALID_ARGUMENT, "a frontend call without build ID metadata");
+        };
+        match HeaderValue::from_str(&build) {
+            Ok(v) => call.req.headers_mut().insert(BUILD_ID, v),
+            Err(_) => return refuse(ns, call, code::INVALID_ARGUMENT, "invalid buildid metadata"),
+        };
+        let method = call.method().rsplit('/').next().unwrap_or("").to_owned();
+        match method.as_str() {
+            "Solve" => {
+                grpc::unary(call, |msg| {
+                    let (out, facts) = ns.check_gateway_solve(&msg).map_err(|m| denied(ns, "LLBBridge.Solve", m))?;
+                    if let Ok(mut s) = builds().lock() {
+                        if let Some(session) = s.builds.get(&build).cloned() {
+                            s.sessions.insert(session, facts);
+                        }
+                    }
+                    Ok(out)
+                })
+                .await
+            }
+            "Ping" | "Return" | "Inputs" | "Warn" | "ReadFile" | "ReadDir" | "StatFile" | "Evaluate" => grpc::pass(call).await,
+            m => {
+                let msg = format!("the BuildKit frontend method {m} is not available in a namespace");
+                refuse(ns, call, code::UNIMPLEMENTED, &msg)
+            }
+        }
+    }
+}
+
+/// A refused message: audit-logged, and the status the client prints.
+fn denied(ns: &Namespace, method: &str, message: String) -> (u32, String) {
+    tracing::warn!(target: "ctproxy::audit", namespace = %ns.name, method, reason = %message, "BuildKit call refused by namespace");
+    (code::PERMISSION_DENIED, format!("ctproxy: {message}"))
+}
+
+/// The daemon's calls of the client's session services on `/session`.
+struct Session {
+    ns: Namespace,
+    daemon: Daemon,
+    /// The session ID as the daemon knows it (namespaced).
+    session: String,
+}
+
+impl CallPolicy for Session {
+    fn handle(self: Arc<Self>, call: Call) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            match call.method() {
+                "/moby.filesync.v1.FileSync/DiffCopy" if call.metadata("dir-name") == Some("dockerfile") => {
+                    let facts = builds().lock().ok().and_then(|s| s.sessions.get(&self.session).cloned()).unwrap_or_default();
+                    filesync::dockerfile(&self.ns, &self.daemon, facts, call).await
+                }
+                "/moby.filesync.v1.FileSync/DiffCopy"
+                | "/moby.filesync.v1.Auth/Credentials"
+                | "/moby.filesync.v1.Auth/FetchToken"
+                | "/moby.filesync.v1.Auth/GetTokenAuthority"
+                | "/moby.filesync.v1.Auth/VerifyTokenAuthority"
+                | "/moby.buildkit.secrets.v1.Secrets/GetSecret"
+                | "/moby.sshforward.v1.SSH/CheckAgent"
+                | "/moby.sshforward.v1.SSH/ForwardAgent"
+                | "/grpc.health.v1.Health/Check" => grpc::pass(call).await,
+                m => {
+                    let msg = format!("the session method {m} is not available in a namespace");
+                    refuse(&self.ns, call, code::UNIMPLEMENTED, &msg)
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,212 @@
+//! `Control.Solve` in a namespace: only Dockerfile builds of a local context, exported as images
+//! named in the namespace; what ctproxy does not know is refused.
+//!
+//! - Frontend `dockerfile.v0` only: no raw LLB, no frontend inputs, no named contexts, no
+//!   `BUILDKIT_SYNTAX` (a custom frontend is an image the daemon would pull and run).
+//! - No entitlements (`network.host`, `security.insecure`), no host network, no cache import or
+//!   export, no source policies.
+//! - Exporters `moby`/`image` only; their image names are mangled like `docker build -t`, plus a
+//!   hidden tag so that the image stays the namespace's when its name moves; no `push` yet.
+//! - Cache mounts get the namespace as their ID namespace (`BUILDKIT_CACHE_MOUNT_NS`): two jobs'
+//!   `RUN --mount=type=cache,id=x` are two caches.
+//! - The build ref and session ID are prefixed with the namespace.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use prost::Message;
+
+use super::super::request::random_hex64;
+use super::{Namespace, SolveFacts};
+
+/// A build's ref and session ID, as the daemon knows them (namespaced).
+pub(super) struct SolveRef {
+    pub build: String,
+    pub session: String,
+}
+use crate::docker::buildkit::{unknown_fields, Exporter, GatewaySolveRequest, SolveRequest, GATEWAY_SOLVE_FIELDS, SOLVE_FIELDS};
+use crate::docker::reference::Reference;
+
+/// The frontend attribute that namespaces cache mount IDs.
+const CACHE_NS: &str = "build-arg:BUILDKIT_CACHE_MOUNT_NS";
+
+/// Frontend attributes that pass as they are.
+const PLAIN_ATTRS: [&str; 12] = [
+    "filename",
+    "target",
+    "platform",
+    "no-cache",
+    "image-resolve-mode",
+    "shm-size",
+    "ulimit",
+    "add-hosts",
+    "multi-platform",
+    "hostname",
+    "attest:provenance",
+    "build-arg:BUILDKIT_INLINE_CACHE",
+];
+
+/// Exporter attributes that pass as they are.
+const EXPORTER_ATTRS: [&str; 7] =
+    ["unpack", "oci-mediatypes", "compression", "compression-level", "force-compression", "store", "rewrite-timestamp"];
+
+/// Only the Dockerfile frontend, or none (the client runs its own, and asks again per solve).
+fn check_frontend(frontend: &str) -> Result<(), String> {
+    match frontend {
+        "" | "dockerfile.v0" => Ok(()),
+        f => Err(format!("the BuildKit frontend {f:?} is not available in a namespace: only dockerfile.v0")),
+    }
+}
+
+impl Namespace {
+    /// Checks and rewrites a `SolveRequest`: the message to forward, the namespaced session ID and
+    /// what the session's Dockerfile rewrite needs. `Err` says why the build is refused.
+    pub(super) fn check_solve(&self, msg: &[u8]) -> Result<(Bytes, SolveRef, SolveFacts), String> {
+        let unknown = unknown_fields(msg, &SOLVE_FIELDS).map_err(|e| format!("invalid SolveRequest: {e}"))?;
+        if !unknown.is_empty() {
+            return Err(format!("SolveRequest fields {unknown:?} are unknown to ctproxy {}", env!("CARGO_PKG_VERSION")));
+        }
+        let mut req = SolveRequest::decode(msg).map_err(|e| format!("invalid SolveRequest: {e}"))?;
+        if !req.definition.is_empty() {
+            return Err(
+                "raw LLB builds (a Definition in the SolveRequest) are not available in a namespace: build from a Dockerfile".into()
+            );
+        }
+        // No frontend: the client runs it (buildx's gateway client) and asks for its solves with
+        // `LLBBridge.Solve`, checked by [`Namespace::check_gateway_solve`].
+        check_frontend(&req.frontend)?;
+        if !req.entitlements.is_empty() {
+            return Err(format!("the build entitlements {:?} (--allow) are not available in a namespace", req.entitlements));
+        }
+        if !req.frontend_inputs.is_empty() {
+            return Err("named build contexts (--build-context) are not available in a namespace".into());
+        }
+        if !req.cache.is_empty() {
+            return Err("build cache import and export (--cache-from, --cache-to) are not available in a namespace".into());
+        }
+        if !req.source_policy.is_empty() || !req.source_policy_session.is_empty() {
+            return Err("BuildKit source policies are not available in a namespace".into());
+        }
+        if req.proxy_network {
+            return Err("a proxied build network is not available in a namespace".into());
+        }
+        let facts = self.check_frontend_attrs(&mut req.frontend_attrs)?;
+        self.check_exporters(&mut req)?;
+        if req.r#ref.is_empty() {
+            return Err("a build needs a ref".into());
+        }
+        req.r#ref = self.scoped_id(&req.r#ref);
+        if req.session.is_empty() {
+            return Err("a build needs a session (the daemon reads the Dockerfile from it)".into());
+        }
+        req.session = self.scoped_id(&req.session);
+        let ids = SolveRef { build: req.r#ref.clone(), session: req.session.clone() };
+        Ok((req.encode_to_vec().into(), ids, facts))
+    }
+
+    /// Checks and rewrites a gateway `SolveRequest` (`LLBBridge.Solve`) of a build: the message
+    /// to forward and the build arguments it gives the Dockerfile.
+    pub(super) fn check_gateway_solve(&self, msg: &[u8]) -> Result<(Bytes, SolveFacts), String> {
+        let unknown = unknown_fields(msg, &GATEWAY_SOLVE_FIELDS).map_err(|e| format!("invalid gateway SolveRequest: {e}"))?;
+        if !unknown.is_empty() {
+            return Err(format!("gateway SolveRequest fields {unknown:?} are unknown to ctproxy {}", env!("CARGO_PKG_VERSION")));
+        }
+        let mut req = GatewaySolveRequest::decode(msg).map_err(|e| format!("invalid gateway SolveRequest: {e}"))?;
+        if !req.definition.is_empty() {
+            return Err(
+                "raw LLB builds (a Definition in the SolveRequest) are not available in a namespace: build from a Dockerfile".into()
+            );
+        }
+        check_frontend(&req.frontend)?;
+        if !req.frontend_inputs.is_empty() {
+            return Err("named build contexts (--build-context) are not available in a namespace".into());
+        }
+        if !req.cache_imports.is_empty() {
+            return Err("build cache import (--cache-from) is not available in a namespace".into());
+        }
+        if !req.source_policies.is_empty() {
+            return Err("BuildKit source policies are not available in a namespace".into());
+        }
+        if req.r#final || !req.exporter_attr.is_empty() {
+            return Err("a final gateway solve with exporter attributes is not available in a namespace".into());
+        }
+        let facts = self.check_frontend_attrs(&mut req.frontend_opt)?;
+        Ok((req.encode_to_vec().into(), facts))
+    }
+
+    fn check_frontend_attrs(&self, attrs: &mut HashMap<String, String>) -> Result<SolveFacts, String> {
+        let mut facts = SolveFacts::default();
+        for (k, v) in attrs.iter() {
+            if PLAIN_ATTRS.contains(&k.as_str()) || k.starts_with("label:") {
+                continue;
+            }
+            if k == "force-network-mode" {
+                if !matches!(v.as_str(), "" | "none" | "default") {
+                    return Err(format!("the build network {v:?} is not available in a namespace (only the default network or none)"));
+                }
+                continue;
+            }
+            if let Some(arg) = k.strip_prefix("build-arg:") {
+                if arg.starts_with("BUILDKIT_") {
+                    return Err(format!("the build argument {arg} is not available in a namespace"));
+                }
+                facts.build_args.insert(arg.to_owned(), Some(v.clone()));
+                continue;
+            }
+            if k.starts_with("context:") {
+                return Err(format!("the named build context {k:?} (--build-context) is not available in a namespace"));
+            }
+            return Err(format!("the frontend attribute {k:?} is unknown to ctproxy {}", env!("CARGO_PKG_VERSION")));
+        }
+        attrs.insert(CACHE_NS.to_owned(), format!("ctproxy-{}", self.name));
+        Ok(facts)
+    }
+
+    fn check_exporters(&self, req: &mut SolveRequest) -> Result<(), String> {
+        if !req.exporter_deprecated.is_empty() || !req.exporter_attrs_deprecated.is_empty() {
+            let mut e = Exporter {
+                r#type: std::mem::take(&mut req.exporter_deprecated),
+                attrs: std::mem::take(&mut req.exporter_attrs_deprecated),
+            };
+            self.check_exporter(&mut e)?;
+            req.exporter_deprecated = e.r#type;
+            req.exporter_attrs_deprecated = e.attrs;
+        }
+        for e in &mut req.exporters {
+            self.check_exporter(e)?;
+        }
+        if req.enable_session_exporter {
+            return Err("exporting to the client (--output type=local or tar) is not available in a namespace".into());
+        }
+        Ok(())
+    }
+
+    fn check_exporter(&self, e: &mut Exporter) -> Result<(), String> {
+        if !matches!(e.r#type.as_str(), "moby" | "image") {
+            return Err(format!("the build output {:?} is not available in a namespace: only images (--load)", e.r#type));
+        }
+        let mut names = Vec::new();
+        for (k, v) in &e.attrs {
+            match k.as_str() {
+                "name" => {
+                    for n in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                        let r = Reference::parse(n).map_err(|err| format!("invalid image name {n:?}: {err}"))?;
+                        names.push(self.image_name(&r.with_default_tag()).map_err(|err| err.to_string())?);
+                    }
+                }
+                "push" if v == "false" || v.is_empty() => {}
+                "push" => {
+                    return Err(
+                        "pushing from a build (--push) is not available in a namespace yet: build with --load, then docker push".into()
+                    )
+                }
+                k if EXPORTER_ATTRS.contains(&k) || k.starts_with("annotation") => {}
+                k => return Err(format!("the build output attribute {k:?} is unknown to ctproxy {}", env!("CARGO_PKG_VERSION"))),
+            }
+        }
+        // Every image a build makes is the namespace's, even once its name moves to a newer build.
+        names.push(self.hidden_tag(&random_hex64()));
+        e.attrs.insert("name".into(), names.join(","));
+        Ok(())
+    }
+}
