@@ -19,6 +19,7 @@
 
 pub mod archive;
 mod build;
+pub mod commit;
 pub mod daemon;
 pub mod destroy;
 pub mod export;
