@@ -351,6 +351,78 @@ fn decoration_does_not_show_in_export() {
     job_ok(&job, &["rm", "fresh"]);
 }
 
+/// The paths of every layer in a `docker save` archive (legacy `layer.tar` members and OCI blobs,
+/// plain or gzip-compressed).
+fn saved_layer_paths(archive: &[u8]) -> Vec<String> {
+    use std::io::Read;
+    let mut paths = Vec::new();
+    let mut ar = tar::Archive::new(archive);
+    for entry in ar.entries().expect("saved archive") {
+        let mut entry = entry.expect("member");
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).expect("member data");
+        if data.starts_with(&[0x1f, 0x8b]) {
+            let mut plain = Vec::new();
+            if flate2::read::GzDecoder::new(data.as_slice()).read_to_end(&mut plain).is_ok() {
+                data = plain;
+            }
+        }
+        // A layer is a tar archive ("ustar" at offset 257); JSON members are not.
+        if data.len() >= 512 && &data[257..262] == b"ustar" {
+            let mut layer = tar::Archive::new(data.as_slice());
+            for e in layer.entries().expect("layer") {
+                paths.push(e.expect("layer member").path().expect("path").display().to_string());
+            }
+        }
+    }
+    paths
+}
+
+/// Item 3: an image committed in a job carries none of ctproxy's mount points: what the job wrote
+/// is there, the ID the client is told is the image's, it runs, and `docker save` shows no
+/// ctproxy path in any layer. Named and unnamed commits.
+#[test]
+fn decoration_does_not_show_in_commit() {
+    require_docker();
+    let host = job_host_with_cache();
+    let job = host.job();
+    let script = "mkdir -p /usr/local/mine && echo hi > /usr/local/mine/f && echo top > /written";
+    job_ok(&job, &["run", "--name", "writer", BUSYBOX, "sh", "-c", script]);
+    let mounts = job_ok(&job, &["inspect", "--format", "{{range .Mounts}}{{.Destination}} {{end}}", "writer"]);
+    assert!(mounts.contains("/run/ctproxy-ca"), "the cache decorates job containers: {mounts}\n{}", host.log_text());
+    let id = job_ok(&job, &["commit", "writer", "committed:1"]);
+    let inspected = job_ok(&job, &["image", "inspect", "--format", "{{.Id}}", "committed:1"]);
+    assert_eq!(id, inspected, "{}", host.log_text());
+    // The image's own file system, on the daemon (a container made through the job would be
+    // decorated again).
+    let found = docker(direct(), &["run", "--rm", &id, "find", "/", "-xdev"]);
+    assert!(!found.contains("ctproxy") && !found.lines().any(|l| l == "/run"), "{found}\n{}", host.log_text());
+    assert!(found.contains("/usr/local/mine/f") && found.contains("/written"), "{found}");
+    let content = docker(direct(), &["run", "--rm", &id, "cat", "/written"]);
+    assert_eq!(content.trim(), "top");
+    let saved = job_docker(&job, &["save", "committed:1"]);
+    assert!(saved.status.success(), "{}", String::from_utf8_lossy(&saved.stderr));
+    let paths = saved_layer_paths(&saved.stdout);
+    assert!(paths.iter().any(|p| p.contains("written")), "{paths:?}");
+    assert!(!paths.iter().any(|p| p.contains("ctproxy") || p.trim_end_matches('/') == "run"), "{paths:?}");
+    // History as the daemon gives it: the base's entries and the commit's.
+    let base = job_ok(&job, &["history", "-q", "--no-trunc", BUSYBOX]).lines().count();
+    let rows = job_ok(&job, &["history", "-q", "--no-trunc", "committed:1"]);
+    assert_eq!(rows.lines().count(), base + 1, "{rows}");
+    let history = job_ok(&job, &["history", "--no-trunc", "--format", "{{.CreatedBy}}", "committed:1"]);
+    assert!(history.lines().next().unwrap_or("").contains(script), "{history}");
+    // The daemon's own image is gone: nothing dangling is left behind.
+    assert_eq!(job_ok(&job, &["images", "-q", "--filter", "dangling=true"]), "");
+    // Without a name: the ID the client is told names the rewritten image.
+    let unnamed = job_ok(&job, &["commit", "writer"]);
+    let found = docker(direct(), &["run", "--rm", &unnamed, "find", "/", "-xdev"]);
+    assert!(!found.contains("ctproxy") && found.contains("/usr/local/mine/f"), "{found}");
+    assert_eq!(job_ok(&job, &["image", "inspect", "--format", "{{.Id}}", &unnamed]), unnamed);
+    job_ok(&job, &["run", "--rm", &unnamed, "cat", "/written"]);
+    job_ok(&job, &["rm", "writer"]);
+    job_ok(&job, &["rmi", "committed:1", &unnamed]);
+}
+
 /// Item 8: the Python SDK's usual flows through a job socket (`tests/python/compat_job.py`).
 #[test]
 fn python_sdk_flows_through_a_job_socket() {

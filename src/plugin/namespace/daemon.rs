@@ -73,6 +73,50 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// Sends `body` (of `content_type`) and returns the status and the whole answer (a load's
+    /// progress lines).
+    pub async fn send_bytes(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), NsError> {
+        let req = Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .header(hyper::header::CONTENT_TYPE, content_type)
+            .body(full_body(body))
+            .map_err(|e| NsError::Daemon(e.to_string()))?;
+        let rsp = self.forwarder.send(req, None).await.map_err(|e| NsError::Daemon(e.to_string()))?;
+        let status = rsp.status();
+        let body = Limited::new(rsp.into_body(), MAX_INTERNAL).collect().await.map_err(|e| NsError::Daemon(e.to_string()))?;
+        Ok((status, body.to_bytes()))
+    }
+
+    /// A GET whose (large) answer is written to `out` as it streams (`docker save`).
+    pub async fn download(&self, path_and_query: &str, out: &mut (impl tokio::io::AsyncWrite + Unpin)) -> Result<(), NsError> {
+        use tokio::io::AsyncWriteExt;
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(path_and_query)
+            .body(full_body(Bytes::new()))
+            .map_err(|e| NsError::Daemon(e.to_string()))?;
+        let rsp = self.forwarder.send(req, None).await.map_err(|e| NsError::Daemon(e.to_string()))?;
+        if !rsp.status().is_success() {
+            return Err(NsError::Daemon(format!("{path_and_query}: {}", rsp.status())));
+        }
+        let mut body = rsp.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| NsError::Daemon(format!("{path_and_query}: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                out.write_all(&data).await.map_err(|e| NsError::Daemon(format!("{path_and_query}: {e}")))?;
+            }
+        }
+        out.flush().await.map_err(|e| NsError::Daemon(format!("{path_and_query}: {e}")))?;
+        Ok(())
+    }
+
     /// A GET of a list endpoint: its items (none on 404 or a non-list answer), without copying them.
     pub async fn list(&self, path_and_query: &str) -> Result<Vec<Value>, NsError> {
         match self.get(path_and_query).await? {

@@ -41,12 +41,37 @@ pub struct ExportFilter {
     buf: BytesMut,
     held: BytesMut,
     done: bool,
+    /// How many members were left out.
+    dropped: usize,
 }
 
 impl ExportFilter {
     /// `drop`: paths without leading or trailing `/` (`run/ctproxy-ca`).
     pub fn new(inner: ProxyBody, drop: HashSet<String>) -> ExportFilter {
-        ExportFilter { inner, drop, state: State::Header, buf: BytesMut::new(), held: BytesMut::new(), done: false }
+        ExportFilter { inner, drop, state: State::Header, buf: BytesMut::new(), held: BytesMut::new(), done: false, dropped: 0 }
+    }
+
+    /// The same filter over bytes given by the caller ([`ExportFilter::feed`]), not a body: a
+    /// committed layer (`super::commit`).
+    pub fn detached(drop: HashSet<String>) -> ExportFilter {
+        ExportFilter::new(ProxyBody::full(Bytes::new()), drop)
+    }
+
+    /// Filters the next piece of the archive into `out`.
+    pub fn feed(&mut self, data: &[u8], out: &mut BytesMut) {
+        self.buf.extend_from_slice(data);
+        self.process(out);
+    }
+
+    /// The end of the archive: whatever is held goes on as it is.
+    pub fn finish(&mut self, out: &mut BytesMut) {
+        out.extend_from_slice(&self.held.split());
+        out.extend_from_slice(&self.buf.split());
+    }
+
+    /// How many members were left out so far.
+    pub fn dropped(&self) -> usize {
+        self.dropped
     }
 
     /// Moves what can be decided from `buf` to the output.
@@ -107,6 +132,7 @@ impl ExportFilter {
                     let name = pax_path.unwrap_or_else(|| header_name(&h));
                     let key = name.trim_start_matches("./").trim_matches('/').to_owned();
                     if kind == b'5' && size == 0 && self.drop.contains(&key) {
+                        self.dropped += 1;
                         self.held.clear();
                         self.state = State::Header;
                         continue;

@@ -21,6 +21,7 @@
 pub mod archive;
 mod build;
 pub mod buildkit;
+pub mod commit;
 pub mod daemon;
 pub mod destroy;
 pub mod export;

@@ -160,7 +160,9 @@ impl Namespace {
                 if let Some(Value::Object(cfg)) = req.body {
                     strip_reserved_labels(cfg.get_mut("Labels"));
                 }
-                After::Json
+                let repo = req.query.get("repo").unwrap_or("");
+                let tag = req.query.get("tag").filter(|t| !t.is_empty()).unwrap_or("latest");
+                After::Commit { container: id, reference: format!("{repo}:{tag}") }
             }
 
             ImageList => self.list_query(req.query, ListKind::Images, daemon, req.route.version).await?,

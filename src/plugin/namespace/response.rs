@@ -56,6 +56,12 @@ pub enum After {
     Changes(String),
     /// `docker export` of this container: the same directories left out of the tar.
     Export(String),
+    /// `docker commit` of this container into this (daemon-side) reference: the image is
+    /// rewritten without those directories (`super::commit`).
+    Commit {
+        container: String,
+        reference: String,
+    },
     Info,
     SystemDf,
     NetworkInspect,
@@ -149,27 +155,49 @@ impl Namespace {
                 .await
             }
             After::Export(id) => {
-                let enc_id = super::daemon::enc(&id);
-                let added = match daemon.get(&format!("/containers/{enc_id}/json")).await {
-                    Ok(Some(c)) => decoration_mounts(&c),
-                    _ => Vec::new(),
+                // Only what the daemon created for the mounts: modified parents are the image's.
+                let drop = match decoration_paths(daemon, &id, false).await {
+                    Ok(d) if !d.is_empty() => d,
+                    _ => return rsp,
                 };
-                if added.is_empty() {
-                    return rsp;
-                }
-                let mut changes = match daemon.get(&format!("/containers/{enc_id}/changes")).await {
-                    Ok(Some(Value::Array(c))) => c,
-                    _ => Vec::new(),
-                };
-                // Only what the daemon created for the mounts (kind 1): modified parents are the image's.
-                let drop: std::collections::HashSet<String> = hide_decoration(&mut changes, &added)
-                    .into_iter()
-                    .filter(|c| c.get("Kind").and_then(Value::as_i64) == Some(1))
-                    .filter_map(|c| c.get("Path").and_then(Value::as_str).map(|p| p.trim_matches('/').to_owned()))
-                    .collect();
                 let (mut parts, body) = rsp.into_parts();
                 parts.headers.remove(header::CONTENT_LENGTH);
                 Response::from_parts(parts, ProxyBody::boxed(super::export::ExportFilter::new(body, drop)))
+            }
+            After::Commit { container, reference } => {
+                let (parts, body) = rsp.into_parts();
+                let bytes = match Limited::new(body, self.settings.max_response).collect().await {
+                    Ok(c) => c.to_bytes(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "answer not rewritten: unreadable or too large");
+                        return crate::http::respond::error(StatusCode::BAD_GATEWAY, "ctproxy: the daemon's answer could not be read");
+                    }
+                };
+                let mut out = bytes.clone();
+                if let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) {
+                    if let Some(old) = v.get("Id").and_then(Value::as_str).map(str::to_owned) {
+                        match super::commit::undecorate(daemon, &container, &old, &reference).await {
+                            Ok(Some(new)) => {
+                                v["Id"] = Value::String(new);
+                                let mut b = serde_json::to_vec(&v).unwrap_or_default();
+                                if bytes.ends_with(b"\n") {
+                                    b.push(b'\n');
+                                }
+                                out = Bytes::from(b);
+                            }
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!(
+                                namespace = %self.name,
+                                image = %old,
+                                error = %e,
+                                "committed image keeps the CA mount points: it could not be rewritten"
+                            ),
+                        }
+                    }
+                }
+                let mut parts = parts;
+                parts.headers.remove(header::CONTENT_LENGTH);
+                self.rewrite_whole(Response::from_parts(parts, ProxyBody::full(out)), |_, v| Ok(v)).await
             }
             After::SaveTar => self.rewrite_save(rsp),
             After::Info => {
@@ -516,6 +544,29 @@ fn decoration_mounts(c: &Value) -> Vec<String> {
         .filter(|t| [crate::cache::TRUST_MOUNT, crate::cache::LOCAL_CA_MOUNT].contains(t))
         .map(str::to_owned)
         .collect()
+}
+
+/// The paths (without leading `/`) of the directories the daemon made in container `id`'s layer
+/// for ctproxy's mount points: the created ones, and with `modified` also the parents that changed
+/// only for them. Empty when the container has no such mount.
+pub(super) async fn decoration_paths(daemon: &Daemon, id: &str, modified: bool) -> Result<std::collections::HashSet<String>, NsError> {
+    let enc_id = super::daemon::enc(id);
+    let added = match daemon.get(&format!("/containers/{enc_id}/json")).await? {
+        Some(c) => decoration_mounts(&c),
+        None => Vec::new(),
+    };
+    if added.is_empty() {
+        return Ok(Default::default());
+    }
+    let mut changes = match daemon.get(&format!("/containers/{enc_id}/changes")).await? {
+        Some(Value::Array(c)) => c,
+        _ => Vec::new(),
+    };
+    Ok(hide_decoration(&mut changes, &added)
+        .into_iter()
+        .filter(|c| modified || c.get("Kind").and_then(Value::as_i64) == Some(1))
+        .filter_map(|c| c.get("Path").and_then(Value::as_str).map(|p| p.trim_matches('/').to_owned()))
+        .collect())
 }
 
 /// Removes from a `changes` answer the mount points `added` (when the daemon created them: kind
