@@ -301,6 +301,9 @@ impl Server {
         };
         if let Some(c) = &config.cache {
             server.cache = start_cache(c, &server.proxy).await;
+            if let (Some(cache), Some(blobs)) = (&server.cache, server.registry.as_ref().and_then(RegistryProxy::blob_metrics_source)) {
+                cache.add_metrics(blobs);
+            }
         }
         let mut pipelines = build_pipelines(&config, &server.registry_tokens())?;
         for (name, l) in &config.listener {

@@ -623,8 +623,12 @@ fn registry_blob_cache_across_jobs() {
     require_docker();
     let registry = Registry::start_with_users(&[("ci", "ci-pw")]);
     let reg = registry.addr.clone();
+    // The `[cache]` section only for its metrics listener, where the blob cache's counters show.
+    let (http, https, metrics) = (free_port(), free_port(), free_port());
     let host = JobHost::start_with(&format!(
-        "[registry_proxy]\naddress = \"127.0.0.1:{}\"\ninsecure = [\"{reg}\"]\ncache_dir = \"{{dir}}/registry-cache\"\n",
+        "[registry_proxy]\naddress = \"127.0.0.1:{}\"\ninsecure = [\"{reg}\"]\ncache_dir = \"{{dir}}/registry-cache\"\n\
+         [cache]\nhosts = [\"repo.test\"]\nlisten = \"127.0.0.1\"\nhttp_port = {http}\nhttps_port = {https}\n\
+         dir = \"{{dir}}/cache\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\n",
         free_port()
     ));
     let cfg = tempfile::tempdir().expect("tempdir");
@@ -662,6 +666,13 @@ fn registry_blob_cache_across_jobs() {
     let log = host.log_text();
     assert_eq!(fetched(), before, "job 3 fetched no blob from the registry:\n{log}");
     assert!(hits() > hits_after_2, "job 3's blobs come from the cache:\n{log}");
+    let text = std::process::Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{metrics}/metrics")]).output().expect("curl");
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    let counter = |name: &str| -> u64 {
+        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or_else(|| panic!("{name} in:\n{text}"))
+    };
+    assert!(counter("ctproxy_registry_blob_requests_total{outcome=\"hit\"}") >= 1, "{text}");
+    assert!(counter("ctproxy_registry_blob_bytes_total{source=\"cache\"}") > 0, "{text}");
 
     // Without a login, the repository is refused upstream and nothing of it reaches the job.
     let job4 = host.job();

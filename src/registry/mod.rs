@@ -144,6 +144,12 @@ impl RegistryProxy {
         self.blobs.as_ref().map(|b| b.render()).unwrap_or_default()
     }
 
+    /// The blob cache's counters as a closure for another component's metrics endpoint.
+    pub fn blob_metrics_source(&self) -> Option<Box<dyn Fn() -> String + Send + Sync>> {
+        let blobs = self.blobs.clone()?;
+        Some(Box::new(move || blobs.render()))
+    }
+
     /// The bound address (with the real port when the configuration said port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
