@@ -368,10 +368,11 @@ impl RegistryHandler {
         let url = out.url.clone();
         if cache.contains(hex) {
             if let Some((file, len)) = cache.open_blob(hex).await {
-                let head = Outgoing { method: Method::HEAD, url: url.clone(), headers: out.headers.clone() };
+                // No conditional headers: a 304 must never stand for "this job may read it".
+                let head = Outgoing { method: Method::HEAD, url: url.clone(), headers: HeaderMap::new() };
                 let up = self.upstreams.send(id, grant, origin, scope, head, None).await?;
                 let status = up.status();
-                if status.is_success() || status.is_redirection() {
+                if status.is_success() || (status.is_redirection() && status != StatusCode::NOT_MODIFIED) {
                     tracing::info!(target: "ctproxy::registry", %digest, bytes = len, "registry blob served from the cache after an upstream access check");
                     let mut rsp = Response::new(cache.serve(file, len));
                     let h = rsp.headers_mut();
