@@ -184,6 +184,9 @@ impl Server {
         };
         if let Some(c) = &config.cache {
             server.cache = start_cache(c, &server.proxy).await;
+            if let (Some(cache), Some(blobs)) = (&server.cache, server.registry.as_ref().and_then(RegistryProxy::blob_metrics_source)) {
+                cache.add_metrics(blobs);
+            }
         }
         for (name, built) in listeners {
             let Some(l) = config.listener.get(&name) else { continue };

@@ -684,3 +684,71 @@ fn push_through_a_job_socket() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("Digest: {digest}")), "{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(other.docker_ok(&["run", "--rm", &target, "cat", "/pushed"]), repo);
 }
+
+/// Issue 15, image pulls: the registry proxy's blob cache across jobs, through job sockets. Job 1
+/// pushes an image and removes it; job 2 pulls it (the blobs are fetched and stored after their digest
+/// check) and removes it; job 3 pulls it again: every blob comes from the cache, each after an
+/// upstream `HEAD` with job 3's own login (the log names each hit, and no blob is fetched again). A job
+/// without a login gets nothing.
+#[test]
+fn registry_blob_cache_across_jobs() {
+    require_docker();
+    let registry = Registry::start_with_users(&[("ci", "ci-pw")]);
+    let reg = registry.addr.clone();
+    // The `[cache]` section only for its metrics listener, where the blob cache's counters show.
+    let (http, https, metrics) = (free_port(), free_port(), free_port());
+    let host = JobHost::start_with(&format!(
+        "[registry_proxy]\naddress = \"127.0.0.1:{}\"\ninsecure = [\"{reg}\"]\ncache_dir = \"{{dir}}/registry-cache\"\n\
+         [cache]\nhosts = [\"repo.test\"]\nlisten = \"127.0.0.1\"\nhttp_port = {http}\nhttps_port = {https}\n\
+         dir = \"{{dir}}/cache\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\n",
+        free_port()
+    ));
+    let cfg = tempfile::tempdir().expect("tempdir");
+    let with_login = |j: &JobSocket, args: &[&str], input: Option<&[u8]>| {
+        let mut c = docker_cmd("docker", &j.host, args);
+        c.env("DOCKER_CONFIG", cfg.path());
+        output_within(c, input.map(<[u8]>::to_vec), Duration::from_secs(300), &format!("docker {}", args.join(" ")))
+    };
+    let login = |j: &JobSocket| check(&with_login(j, &["login", "-u", "ci", "--password-stdin", &reg], Some(b"ci-pw")), &["login", &reg]);
+    let repo = unique("cached").replace("ctproxy-test-", "");
+    let target = format!("{reg}/compat/{repo}:1");
+    let job1 = host.job();
+    login(&job1);
+    // A 1 MiB layer of random bytes nobody else has.
+    let ctx = context(&format!("FROM {BUSYBOX}\nRUN head -c 1048576 /dev/urandom > /blob\n"));
+    job_ok(&job1, &["build", "-t", &target, &ctx.path().display().to_string()]);
+    check(&with_login(&job1, &["push", &target], None), &["push", &target]);
+    job_ok(&job1, &["rmi", &target]);
+    let fetched = || host.log_text().matches("registry blob fetched upstream").count();
+    let hits = || host.log_text().matches("registry blob served from the cache").count();
+
+    let job2 = host.job();
+    login(&job2);
+    check(&with_login(&job2, &["pull", &target], None), &["pull", &target]);
+    assert!(fetched() >= 1, "job 2 fetched at least the image config:\n{}", host.log_text());
+    let sum2 = job2.docker_ok(&["run", "--rm", &target, "md5sum", "/blob"]);
+    job_ok(&job2, &["rmi", &target]);
+    let hits_after_2 = hits();
+
+    let job3 = host.job();
+    login(&job3);
+    let before = fetched();
+    check(&with_login(&job3, &["pull", &target], None), &["pull", &target]);
+    assert_eq!(job3.docker_ok(&["run", "--rm", &target, "md5sum", "/blob"]), sum2);
+    let log = host.log_text();
+    assert_eq!(fetched(), before, "job 3 fetched no blob from the registry:\n{log}");
+    assert!(hits() > hits_after_2, "job 3's blobs come from the cache:\n{log}");
+    let text = std::process::Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{metrics}/metrics")]).output().expect("curl");
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    let counter = |name: &str| -> u64 {
+        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or_else(|| panic!("{name} in:\n{text}"))
+    };
+    assert!(counter("ctproxy_registry_blob_requests_total{outcome=\"hit\"}") >= 1, "{text}");
+    assert!(counter("ctproxy_registry_blob_bytes_total{source=\"cache\"}") > 0, "{text}");
+
+    // Without a login, the repository is refused upstream and nothing of it reaches the job.
+    let job4 = host.job();
+    let anon = job4.docker(&["pull", &target]);
+    assert!(!anon.status.success(), "pull without credentials: {anon:?}");
+    assert!(job4.docker(&["image", "inspect", &target]).status.code() != Some(0));
+}

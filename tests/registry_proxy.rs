@@ -39,6 +39,11 @@ fn install_tls_provider() {
 
 impl Fixture {
     fn start() -> Fixture {
+        Fixture::start_with(None)
+    }
+
+    /// With the blob cache on, in `dir`.
+    fn start_with(cache_dir: Option<&std::path::Path>) -> Fixture {
         require_docker();
         install_tls_provider();
         let registry = Registry::start_with_users(&[ALICE, BOB]);
@@ -48,6 +53,7 @@ impl Fixture {
             insecure: vec![registry.addr.clone()],
             allow_private: vec![],
             ca: vec![],
+            cache_dir: cache_dir.map(std::path::Path::to_path_buf),
             ..RegistryProxyConfig::default()
         };
         let tokens = TokenStore::new();
@@ -378,4 +384,129 @@ fn binary_serves_the_registry_proxy_from_config() {
     });
     assert_eq!(rsp.status(), 401);
     assert!(rsp.headers()["www-authenticate"].to_str().expect("ascii").starts_with("Bearer realm="));
+}
+
+impl Fixture {
+    fn blob_stats(&self) -> ctproxy::registry::BlobStats {
+        self.rp.as_ref().and_then(|rp| rp.blob_stats()).expect("the blob cache is on")
+    }
+
+    /// A blob through the proxy as dockerd asks for it: (status, body, or the body's error).
+    fn blob(&self, ns: &str, path: &str, digest: &str, token: &str) -> (u16, Result<Vec<u8>, String>) {
+        let url = format!("http://{}/v2/{ns}/{}/{path}/blobs/{digest}", self.rp_host, self.reg_component);
+        self.rt.block_on(async {
+            let rsp = self.http.get(&url).bearer_auth(token).send().await.expect("request");
+            let status = rsp.status().as_u16();
+            (status, rsp.bytes().await.map(|b| b.to_vec()).map_err(|e| format!("{e:?}")))
+        })
+    }
+
+    /// The digests of the config and layers of `path:tag` upstream (asked with alice's credentials).
+    fn upstream_blobs(&self, path: &str, tag: &str) -> Vec<String> {
+        let (status, _, body) = self.get(
+            reqwest::Method::GET,
+            &format!("http://{}/v2/{path}/manifests/{tag}", self.registry.addr),
+            Auth::Basic(ALICE.0, ALICE.1),
+        );
+        assert_eq!(status, 200, "{body}");
+        let m: serde_json::Value = serde_json::from_str(&body).expect("manifest");
+        let mut out = vec![m["config"]["digest"].as_str().expect("config digest").to_owned()];
+        out.extend(m["layers"].as_array().expect("layers").iter().map(|l| l["digest"].as_str().expect("digest").to_owned()));
+        out
+    }
+}
+
+/// Two jobs (namespaces) pull the same image: the second moves no blob bytes from the origin, only
+/// `HEAD`s with its own credentials; a job without valid credentials for the (auth-protected)
+/// repository gets nothing of the cached blobs.
+#[test]
+fn blob_cache_serves_a_repeat_pull_only_to_jobs_the_upstream_accepts() {
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let f = Fixture::start_with(Some(cache_dir.path()));
+    let mut cleanup = Cleanup::new();
+    let path = repo_path("cached");
+    let ns1_name = f.mangled("ns1", &path);
+    let ns2_name = f.mangled("ns2", &path);
+    for n in [&ns1_name, &ns2_name] {
+        cleanup.image(&format!("{n}:1"));
+    }
+    let ns1 = f.token("ns1", Some(ALICE));
+    let data = random_bytes(2 << 20);
+    image_with_layer(&ns1_name, "1", &data);
+    push(&ns1_name, "1", &ns1).expect("push through the proxy");
+    let blobs = f.upstream_blobs(&path, "1");
+    let unique_layer = blobs.last().expect("a layer").clone();
+    // Uploads are not cached: nothing stored yet.
+    assert_eq!(f.blob_stats().entries, 0, "{:?}", f.blob_stats());
+
+    // Job 1 pulls (dockerd no longer has the image): misses, stored after the digest check.
+    untag(&format!("{ns1_name}:1"));
+    pull(&ns1_name, "1", &ns1).expect("job 1 pull");
+    let after1 = f.blob_stats();
+    assert!(after1.misses >= 2 && after1.entries >= 2, "config and the new layer are stored: {after1:?}");
+    assert!(after1.bytes_from_upstream >= data.len() as u64, "{after1:?}");
+    let image = inspect(&format!("{ns1_name}:1")).expect("pulled");
+    untag(&format!("{ns1_name}:1"));
+
+    // Job 2, another namespace with its own credentials: everything from the cache.
+    let ns2 = f.token("ns2", Some(BOB));
+    pull(&ns2_name, "1", &ns2).expect("job 2 pull");
+    let after2 = f.blob_stats();
+    assert_eq!(inspect(&format!("{ns2_name}:1")).expect("pulled")["Id"], image["Id"]);
+    assert_eq!(after2.misses, after1.misses, "no blob fetched upstream again: {after2:?}");
+    assert_eq!(after2.bytes_from_upstream, after1.bytes_from_upstream, "{after2:?}");
+    assert!(after2.hits >= 2 && after2.bytes_from_cache >= data.len() as u64, "{after2:?}");
+
+    // A job without credentials, or with wrong ones, gets no byte of the cached layer.
+    for creds in [None, Some((BOB.0, "wrong"))] {
+        let token = f.token("ns3", creds);
+        let (status, body) = f.blob("ns3", &path, &unique_layer, &token);
+        assert_eq!(status, 401, "{creds:?}");
+        assert!(body.unwrap_or_default().len() < 1024, "no blob bytes");
+    }
+    let after3 = f.blob_stats();
+    assert_eq!(after3.denied, after2.denied + 2, "{after3:?}");
+    assert_eq!(after3.bytes_from_cache, after2.bytes_from_cache, "{after3:?}");
+    // The same request with valid credentials is a hit with the right bytes.
+    let ns3 = f.token("ns3", Some(ALICE));
+    let (status, body) = f.blob("ns3", &path, &unique_layer, &ns3);
+    assert_eq!(status, 200);
+    let body = body.expect("body");
+    assert_eq!(format!("sha256:{}", hex_sha256(&body)), unique_layer);
+    assert_eq!(f.blob_stats().hits, after3.hits + 1);
+}
+
+/// An upstream blob whose bytes are not its digest is never stored (and the transfer fails).
+#[test]
+fn blob_cache_never_stores_a_corrupted_upstream_blob() {
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let f = Fixture::start_with(Some(cache_dir.path()));
+    let mut cleanup = Cleanup::new();
+    let path = repo_path("corrupt");
+    let name = f.mangled("ns1", &path);
+    cleanup.image(&format!("{name}:1"));
+    let ns1 = f.token("ns1", Some(ALICE));
+    image_with_layer(&name, "1", &random_bytes(100_000));
+    push(&name, "1", &ns1).expect("push through the proxy");
+    let layer = f.upstream_blobs(&path, "1").last().expect("a layer").clone();
+    // Same length, other bytes, in the registry's own storage.
+    let file = f.registry.blob_file(&layer);
+    let mut bytes = std::fs::read(&file).expect("registry blob file");
+    for b in bytes.iter_mut().take(64) {
+        *b ^= 0xff;
+    }
+    std::fs::write(&file, &bytes).expect("damage the blob");
+
+    for round in 1..=2u64 {
+        let (status, body) = f.blob("ns1", &path, &layer, &ns1);
+        assert_eq!(status, 200, "the head came before the body was known to be bad");
+        assert!(body.is_err(), "the transfer must fail: {:?}", body.map(|b| b.len()));
+        let s = f.blob_stats();
+        assert_eq!((s.misses, s.corrupt, s.entries, s.hits), (round, round, 0, 0), "{s:?}");
+    }
+    assert_eq!(std::fs::read_dir(cache_dir.path().join("tmp")).expect("tmp").count(), 0, "no leftover temporary file");
+}
+
+fn hex_sha256(data: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, data).as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }

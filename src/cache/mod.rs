@@ -86,6 +86,11 @@ pub struct CacheService {
 }
 
 impl CacheService {
+    /// Adds `source`'s text to the metrics listener's `/metrics` (once; later calls are ignored).
+    pub fn add_metrics(&self, source: server::MetricsSource) {
+        let _ = self.core.extra_metrics.set(source);
+    }
+
     /// Opens the store and the CA and binds the listeners on `ip` (the address containers reach).
     pub async fn start(config: &CacheConfig, ip: IpAddr) -> Result<Arc<CacheService>, CacheError> {
         let dir = config.dir.clone();
@@ -111,6 +116,7 @@ impl CacheService {
             revalidation: revalidation_rules(config),
             revalidations: server::Revalidations::default(),
             metrics: metrics::Metrics::default(),
+            extra_metrics: std::sync::OnceLock::new(),
         });
         let http = bind(SocketAddr::new(ip, config.http_port)).await?;
         let https = bind(SocketAddr::new(ip, config.https_port)).await?;
@@ -334,7 +340,11 @@ impl ConnServer for MetricsConns {
                 let mut resp = hyper::Response::new(Full::new(bytes::Bytes::new()));
                 if req.uri().path() == "/metrics" {
                     let (bytes, entries) = core.store.usage();
-                    *resp.body_mut() = Full::new(bytes::Bytes::from(core.metrics.render(bytes, entries, core.inflight.len())));
+                    let mut text = core.metrics.render(bytes, entries, core.inflight.len());
+                    if let Some(extra) = core.extra_metrics.get() {
+                        text.push_str(&extra());
+                    }
+                    *resp.body_mut() = Full::new(bytes::Bytes::from(text));
                     resp.headers_mut()
                         .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"));
                 } else {

@@ -47,7 +47,13 @@ pub struct Core {
     /// One upstream revalidation at a time per key.
     pub revalidations: Revalidations,
     pub metrics: Metrics,
+    /// More Prometheus text appended to `/metrics` (the registry proxy's blob cache, handed in by
+    /// `app.rs`: the cache never imports the registry).
+    pub extra_metrics: std::sync::OnceLock<MetricsSource>,
 }
+
+/// Renders a component's counters in Prometheus' text format.
+pub type MetricsSource = Box<dyn Fn() -> String + Send + Sync>;
 
 /// Per-key locks for revalidations, so that concurrent requests for a stale (or asked-fresh) entry
 /// make one conditional request upstream and are all answered by it. Entries are dropped when no

@@ -327,6 +327,11 @@ pub struct RegistryProxyConfig {
     pub idle_timeout: Span,
     #[serde(default = "default_registry_max_connections")]
     pub max_connections: u32,
+    /// Blobs kept on disk by digest (`crate::registry::blobs`); off when absent. Budget: `cache_max_bytes` (default 10g).
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub cache_max_bytes: Option<Size>,
 }
 
 impl Default for RegistryProxyConfig {
@@ -340,6 +345,8 @@ impl Default for RegistryProxyConfig {
             header_timeout: default_header_timeout(),
             idle_timeout: default_idle_timeout(),
             max_connections: default_registry_max_connections(),
+            cache_dir: None,
+            cache_max_bytes: None,
         }
     }
 }

@@ -33,6 +33,8 @@ pub enum RegistryError {
     Bind { addr: String, source: crate::transport::TransportError },
     #[error("upstream TLS configuration: {0}")]
     Tls(String),
+    #[error("registry blob cache {path}: {source}")]
+    Cache { path: std::path::PathBuf, source: std::io::Error },
 }
 
 impl RegistryError {
@@ -43,7 +45,9 @@ impl RegistryError {
             RegistryError::NameInvalid(_) => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
             RegistryError::Unsupported(_) => (StatusCode::NOT_FOUND, "UNSUPPORTED"),
             RegistryError::Method => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
-            RegistryError::Upstream(_) | RegistryError::Bind { .. } | RegistryError::Tls(_) => (StatusCode::BAD_GATEWAY, "UNKNOWN"),
+            RegistryError::Upstream(_) | RegistryError::Bind { .. } | RegistryError::Tls(_) | RegistryError::Cache { .. } => {
+                (StatusCode::BAD_GATEWAY, "UNKNOWN")
+            }
         }
     }
 

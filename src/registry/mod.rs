@@ -12,10 +12,13 @@
 //! - [`route`]: which paths are served, validated before anything is forwarded;
 //! - [`upstream`]: registries' addresses (with SSRF checks) and their authentication;
 //! - [`rewrite`]: upstream `Location`/`Link` headers and bodies mapped back to the proxy's names;
+//! - [`blobs`]: blobs kept by digest, served to a namespace only after the upstream accepted its own
+//!   credentials for the repository;
 //! - [`error`]: refusals in the Registry API's error format.
 //!
 //! See `docs/registry-proxy.md` for the design and its security properties.
 
+pub mod blobs;
 pub mod error;
 pub mod rewrite;
 pub mod route;
@@ -39,6 +42,7 @@ use crate::http::server::{HandlerConns, ServeOptions};
 use crate::http::{AccessIdentity, ConnCtx, Handler, ProxyBody};
 use crate::transport::{ListenAddr, Listener, UnixSocketOptions};
 
+pub use blobs::{BlobCache, BlobStats};
 pub use error::RegistryError;
 pub use route::{Repo, Route};
 pub use token::{Grant, TokenStore};
@@ -87,6 +91,7 @@ const RESPONSE_HEADERS: &[&str] = &[
 /// A running registry proxy. Dropping it does not stop it: call [`RegistryProxy::stop`].
 pub struct RegistryProxy {
     tokens: TokenStore,
+    blobs: Option<Arc<BlobCache>>,
     addr: SocketAddr,
     stop: CancellationToken,
     draining: CancellationToken,
@@ -103,7 +108,15 @@ impl RegistryProxy {
             .await
             .map_err(|source| RegistryError::Bind { addr: config.address.to_string(), source })?;
         let addr = listener.local_tcp_addr().unwrap_or(config.address);
-        let handler = Arc::new(RegistryHandler::new(config, addr, tokens.clone())?);
+        let blobs = match &config.cache_dir {
+            Some(dir) => {
+                let max = config.cache_max_bytes.map_or(blobs::DEFAULT_MAX_BYTES, |s| s.0);
+                let cache = BlobCache::open(dir, max).map_err(|source| RegistryError::Cache { path: dir.clone(), source })?;
+                Some(Arc::new(cache))
+            }
+            None => None,
+        };
+        let handler = Arc::new(RegistryHandler::new(config, addr, tokens.clone(), blobs.clone())?);
         let stop = CancellationToken::new();
         let draining = CancellationToken::new();
         let connections = TaskTracker::new();
@@ -113,12 +126,28 @@ impl RegistryProxy {
         let gate = Gate::new("registry-proxy", limits);
         let task = tokio::spawn(serve_listener(listener, gate, conns, connections.clone(), stop.clone()));
         tracing::info!(address = %addr, "registry proxy listening");
-        Ok(RegistryProxy { tokens, addr, stop, draining, connections, task })
+        Ok(RegistryProxy { tokens, blobs, addr, stop, draining, connections, task })
     }
 
     /// The store whose tokens this proxy accepts.
     pub fn tokens(&self) -> TokenStore {
         self.tokens.clone()
+    }
+
+    /// The blob cache's counters, when `cache_dir` is configured.
+    pub fn blob_stats(&self) -> Option<BlobStats> {
+        self.blobs.as_ref().map(|b| b.stats())
+    }
+
+    /// The blob cache's counters in Prometheus' text format (empty without a cache).
+    pub fn blob_metrics(&self) -> String {
+        self.blobs.as_ref().map(|b| b.render()).unwrap_or_default()
+    }
+
+    /// The blob cache's counters as a closure for another component's metrics endpoint.
+    pub fn blob_metrics_source(&self) -> Option<Box<dyn Fn() -> String + Send + Sync>> {
+        let blobs = self.blobs.clone()?;
+        Some(Box::new(move || blobs.render()))
     }
 
     /// The bound address (with the real port when the configuration said port 0).
@@ -147,6 +176,7 @@ impl RegistryProxy {
 struct RegistryHandler {
     tokens: TokenStore,
     upstreams: Upstreams,
+    blobs: Option<Arc<BlobCache>>,
     /// `Bearer realm="http://<rp>/token",service="ctproxy"`: what makes dockerd send its token.
     challenge: HeaderValue,
 }
@@ -167,10 +197,15 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 impl RegistryHandler {
-    fn new(config: &RegistryProxyConfig, addr: SocketAddr, tokens: TokenStore) -> Result<RegistryHandler, RegistryError> {
+    fn new(
+        config: &RegistryProxyConfig,
+        addr: SocketAddr,
+        tokens: TokenStore,
+        blobs: Option<Arc<BlobCache>>,
+    ) -> Result<RegistryHandler, RegistryError> {
         let challenge = HeaderValue::try_from(format!("Bearer realm=\"http://{addr}/token\",service=\"ctproxy\""))
             .map_err(|e| RegistryError::Upstream(e.to_string()))?;
-        Ok(RegistryHandler { tokens, upstreams: Upstreams::new(config, addr)?, challenge })
+        Ok(RegistryHandler { tokens, upstreams: Upstreams::new(config, addr)?, blobs, challenge })
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -296,11 +331,83 @@ impl RegistryHandler {
                 headers.append(HeaderName::from_static(name), v.clone());
             }
         }
+        if let (Some(cache), Route::Blob { digest, .. }) = (&self.blobs, route) {
+            // Ranged requests (a resumed pull) go upstream as they are.
+            let hex = blobs::sha256_hex(digest).filter(|_| method == Method::GET && !headers.contains_key(header::RANGE));
+            if let Some(hex) = hex {
+                let out = Outgoing { method: Method::GET, url: url.clone(), headers };
+                return self.cached_blob(cache, hex, digest, out, route, repo, id, grant, &origin, &scope).await;
+            }
+        }
         let incoming = req.into_body();
         let body = (!incoming.is_end_stream()).then(|| reqwest::Body::wrap_stream(http_body_util::BodyDataStream::new(incoming)));
         let out = Outgoing { method: method.clone(), url: url.clone(), headers };
         let up = self.upstreams.send(id, grant, &origin, &scope, out, body).await?;
         self.respond(up, &method, route, repo, &url).await
+    }
+
+    /// `GET` of a blob by sha256 digest with the cache on. Stored: the upstream is asked a `HEAD`
+    /// for this repository and digest with the grant's own credentials, and only a 2xx (or a
+    /// redirect, which a registry signs only for a reader) lets the stored body out; anything else is
+    /// the upstream's answer, without a body. Not stored: fetched, streamed on, and stored if its hash
+    /// is the digest.
+    #[allow(clippy::too_many_arguments)]
+    async fn cached_blob(
+        &self,
+        cache: &Arc<BlobCache>,
+        hex: &str,
+        digest: &str,
+        out: Outgoing,
+        route: &Route,
+        repo: &Repo,
+        id: &TokenId,
+        grant: &Grant,
+        origin: &reqwest::Url,
+        scope: &str,
+    ) -> Result<Response<ProxyBody>, RegistryError> {
+        let url = out.url.clone();
+        if cache.contains(hex) {
+            if let Some((file, len)) = cache.open_blob(hex).await {
+                // No conditional headers: a 304 must never stand for "this job may read it".
+                let head = Outgoing { method: Method::HEAD, url: url.clone(), headers: HeaderMap::new() };
+                let up = self.upstreams.send(id, grant, origin, scope, head, None).await?;
+                let status = up.status();
+                if status.is_success() || (status.is_redirection() && status != StatusCode::NOT_MODIFIED) {
+                    tracing::info!(target: "ctproxy::registry", %digest, bytes = len, "registry blob served from the cache after an upstream access check");
+                    let mut rsp = Response::new(cache.serve(file, len));
+                    let h = rsp.headers_mut();
+                    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                    if let Ok(d) = HeaderValue::try_from(digest) {
+                        h.insert("docker-content-digest", d.clone());
+                        h.insert(header::ETAG, d);
+                    }
+                    return Ok(rsp);
+                }
+                cache.denied();
+                tracing::warn!(target: "ctproxy::audit", namespace = %grant.namespace, %digest, status = status.as_u16(), "cached registry blob refused: the upstream did not accept this job's access");
+                // The HEAD's status and headers, without its length: this answers a GET, bodiless.
+                let mut rsp = self.respond(up, &Method::HEAD, route, repo, &url).await?;
+                rsp.headers_mut().remove(header::CONTENT_LENGTH);
+                return Ok(rsp);
+            }
+        }
+        let mut up = self.upstreams.send(id, grant, origin, scope, out, None).await?;
+        // Registries on object storage (Docker Hub among them) redirect blobs: the RP follows the
+        // redirect itself here, so that the body passes through the cache.
+        if up.status().is_redirection() {
+            let target = up.headers().get(header::LOCATION).and_then(|l| l.to_str().ok()).and_then(|l| url.join(l).ok());
+            if let Some(target) = target {
+                up = self.upstreams.follow(target).await?;
+            }
+        }
+        let cacheable = up.status() == StatusCode::OK;
+        if cacheable {
+            tracing::info!(target: "ctproxy::registry", %digest, "registry blob fetched upstream for the cache");
+        }
+        let expected = up.content_length();
+        let rsp = self.respond(up, &Method::GET, route, repo, &url).await?;
+        Ok(if cacheable { rsp.map(|b| cache.tee(hex, expected, b)) } else { rsp })
     }
 
     async fn respond(

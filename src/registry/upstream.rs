@@ -273,6 +273,14 @@ impl Upstreams {
         self.request(client, &out, &auth, None).await
     }
 
+    /// Follows a blob's redirect (a registry's `307` to its storage or a CDN) for the blob cache:
+    /// without credentials (such URLs are signed for the reader the registry accepted) and with the
+    /// same SSRF checks as any upstream.
+    pub async fn follow(&self, url: Url) -> Result<reqwest::Response, RegistryError> {
+        let client = self.check(&url).await?;
+        client.get(url).send().await.map_err(upstream_err)
+    }
+
     async fn request(
         &self,
         client: &reqwest::Client,

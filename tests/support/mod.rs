@@ -382,6 +382,14 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// The file holding a blob in the registry's filesystem storage (to damage it in a test).
+    pub fn blob_file(&self, digest: &str) -> std::path::PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self._dir.path().join(format!("data/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
