@@ -23,7 +23,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use hyper::{Method, StatusCode};
 use ring::digest::{Context as Digest, SHA256};
 use serde_json::{json, Value};
@@ -51,7 +51,7 @@ pub async fn undecorate(daemon: &Daemon, container: &str, image: &str, reference
         .await
         .map_err(|e| NsError::Daemon(e.to_string()))??;
     let Some(archive) = archive else { return Ok(None) };
-    let (status, body) = daemon.send_bytes(Method::POST, "/images/load?quiet=1", "application/x-tar", archive).await?;
+    let (status, body) = daemon.send_file(Method::POST, "/images/load?quiet=1", "application/x-tar", archive).await?;
     if status != StatusCode::OK {
         return Err(NsError::Daemon(format!("load: {status}: {}", String::from_utf8_lossy(&body).trim())));
     }
@@ -273,7 +273,7 @@ impl WriteFinish for flate2::write::GzEncoder<Hashing<File>> {
     }
 }
 
-fn append(b: &mut tar::Builder<Vec<u8>>, name: &str, data: impl Read, size: u64) -> Result<(), NsError> {
+fn append<W: Write>(b: &mut tar::Builder<W>, name: &str, data: impl Read, size: u64) -> Result<(), NsError> {
     let mut h = tar::Header::new_ustar();
     h.set_size(size);
     h.set_mode(0o644);
@@ -281,9 +281,9 @@ fn append(b: &mut tar::Builder<Vec<u8>>, name: &str, data: impl Read, size: u64)
     b.append_data(&mut h, name, data).map_err(io_err)
 }
 
-/// The archive to load: the new top layer, config and manifest, named `reference`; `None` when
-/// the top layer holds none of `drop`.
-fn rewrite(mut saved: File, drop: &HashSet<String>, reference: &str) -> Result<Option<Bytes>, NsError> {
+/// The archive to load (a temporary file, rewound): the new top layer, config and manifest, named
+/// `reference`; `None` when the top layer holds none of `drop`.
+fn rewrite(mut saved: File, drop: &HashSet<String>, reference: &str) -> Result<Option<File>, NsError> {
     let s = read_saved(&mut saved)?;
     let layers: Vec<String> = s
         .manifest
@@ -308,7 +308,7 @@ fn rewrite(mut saved: File, drop: &HashSet<String>, reference: &str) -> Result<O
     let layer_path = blob_path(&layer.digest)?;
     let config_path = blob_path(&config_digest)?;
 
-    let mut b = tar::Builder::new(Vec::new());
+    let mut b = tar::Builder::new(anonymous_file().map_err(io_err)?);
     for dir in ["blobs", "blobs/sha256"] {
         let mut h = tar::Header::new_ustar();
         h.set_entry_type(tar::EntryType::Directory);
@@ -344,8 +344,9 @@ fn rewrite(mut saved: File, drop: &HashSet<String>, reference: &str) -> Result<O
     }
     let mb = serde_json::to_vec(&manifest).map_err(|_| bad("manifest.json"))?;
     append(&mut b, "manifest.json", mb.as_slice(), mb.len() as u64)?;
-    let out = b.into_inner().map_err(io_err)?;
-    Ok(Some(Bytes::from(out)))
+    let mut out = b.into_inner().map_err(io_err)?;
+    out.seek(SeekFrom::Start(0)).map_err(io_err)?;
+    Ok(Some(out))
 }
 
 #[cfg(test)]
@@ -395,7 +396,7 @@ mod tests {
     fn the_top_layer_loses_the_mount_points_and_the_config_follows() {
         let drop: HashSet<String> = ["run".to_owned(), "run/ctproxy-ca".to_owned()].into();
         let out = rewrite(saved(&layer()), &drop, "reg/ns/x:1").expect("rewrite").expect("changed");
-        let mut ar = tar::Archive::new(out.as_ref());
+        let mut ar = tar::Archive::new(out);
         let mut layer_names = Vec::new();
         let mut config = Value::Null;
         let mut manifest = Value::Null;

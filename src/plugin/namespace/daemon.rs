@@ -12,7 +12,7 @@ use hyper::{Method, Request, StatusCode};
 use serde_json::Value;
 
 use super::NsError;
-use crate::http::{full_body, Forwarder};
+use crate::http::{boxed_body, full_body, Forwarder};
 
 /// Answers larger than this are not read (an internal list of a busy daemon is far smaller).
 const MAX_INTERNAL: usize = 64 << 20;
@@ -87,6 +87,32 @@ impl Daemon {
             .uri(path_and_query)
             .header(hyper::header::CONTENT_TYPE, content_type)
             .body(full_body(body))
+            .map_err(|e| NsError::Daemon(e.to_string()))?;
+        let rsp = self.forwarder.send(req, None).await.map_err(|e| NsError::Daemon(e.to_string()))?;
+        let status = rsp.status();
+        let body = Limited::new(rsp.into_body(), MAX_INTERNAL).collect().await.map_err(|e| NsError::Daemon(e.to_string()))?;
+        Ok((status, body.to_bytes()))
+    }
+
+    /// Like [`Daemon::send_bytes`] with the body streamed from `file` (from its start), so that a
+    /// large archive (a rewritten `docker commit`) is never held in memory.
+    pub async fn send_file(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        content_type: &str,
+        file: std::fs::File,
+    ) -> Result<(StatusCode, Bytes), NsError> {
+        use futures_util::TryStreamExt;
+        let len = file.metadata().map_err(|e| NsError::Daemon(e.to_string()))?.len();
+        let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 << 10);
+        let body = http_body_util::StreamBody::new(stream.map_ok(hyper::body::Frame::data).map_err(crate::http::BoxError::from));
+        let req = Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .header(hyper::header::CONTENT_TYPE, content_type)
+            .header(hyper::header::CONTENT_LENGTH, len)
+            .body(boxed_body(body.boxed_unsync()))
             .map_err(|e| NsError::Daemon(e.to_string()))?;
         let rsp = self.forwarder.send(req, None).await.map_err(|e| NsError::Daemon(e.to_string()))?;
         let status = rsp.status();

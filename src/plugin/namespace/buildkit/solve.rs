@@ -136,7 +136,11 @@ impl Namespace {
 
     fn check_frontend_attrs(&self, attrs: &mut HashMap<String, String>) -> Result<SolveFacts, String> {
         let mut facts = SolveFacts::default();
-        for (k, v) in attrs.iter() {
+        // In name order: a map's order is random, and the same request must always get the same
+        // refusal (`build-arg:BUILDKIT_SYNTAX` comes with the `cmdline` it sets).
+        let mut sorted: Vec<(&String, &String)> = attrs.iter().collect();
+        sorted.sort();
+        for (k, v) in sorted {
             if PLAIN_ATTRS.contains(&k.as_str()) || k.starts_with("label:") {
                 continue;
             }
@@ -186,7 +190,9 @@ impl Namespace {
             return Err(format!("the build output {:?} is not available in a namespace: only images (--load)", e.r#type));
         }
         let mut names = Vec::new();
-        for (k, v) in &e.attrs {
+        let mut sorted: Vec<(&String, &String)> = e.attrs.iter().collect();
+        sorted.sort();
+        for (k, v) in sorted {
             match k.as_str() {
                 "name" => {
                     for n in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
