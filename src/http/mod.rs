@@ -6,6 +6,7 @@
 //! - [`forward`] is the pooled client to the daemon;
 //! - [`relay`] serves transparent listeners without hyper: raw HTTP/1 relaying, one daemon
 //!   connection per client connection;
+//! - [`framing`] is the relay's HTTP/1 framing (head end, body length, chunk state machine);
 //! - [`grpc`] relays the HTTP/2 gRPC of BuildKit's hijacked connections call by call, for a policy;
 //! - [`hijack`] splices two raw byte streams with correct half-close;
 //! - [`body`] is the one response body type; [`respond`] is the one place errors become responses;
@@ -17,6 +18,7 @@
 pub mod body;
 pub mod clock;
 pub mod forward;
+pub mod framing;
 pub mod grpc;
 pub mod handler;
 pub mod hijack;
