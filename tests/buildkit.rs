@@ -143,3 +143,54 @@ fn buildkit_compose_build() {
     build_ok(&job, dir.path(), &["compose", "-p", "ctpbk", "build"]);
     assert_eq!(job.docker_ok(&["run", "--rm", "composed:1", "cat", "/c"]), "composed");
 }
+
+/// `RUN --mount=type=secret` with `--secret id=x,src=file`, `RUN --mount=type=ssh` with
+/// `--ssh default` (a throwaway ssh-agent; skipped with a reason when the host has none), and
+/// `--platform` of the host: the daemon reads secrets and the agent from the job's client only.
+#[test]
+fn buildkit_secrets_ssh_and_platform() {
+    if !on_docker_28() {
+        return;
+    }
+    let host = JobHost::start();
+    let job = host.job();
+    let dir = context(&format!("FROM {BUSYBOX}\nRUN --mount=type=secret,id=x,required=true cp /run/secrets/x /copied\n"));
+    std::fs::write(dir.path().join("secret.txt"), "the-job-secret").expect("secret");
+    build_ok(&job, dir.path(), &["build", "--secret", "id=x,src=secret.txt", "-t", "secret-use:1", "."]);
+    assert_eq!(job.docker_ok(&["run", "--rm", "secret-use:1", "cat", "/copied"]), "the-job-secret");
+
+    let platform = format!("linux/{}", daemon_version()["Arch"].as_str().unwrap_or("amd64"));
+    let plain = context(&format!("FROM {BUSYBOX}\nRUN echo platform > /p\n"));
+    build_ok(&job, plain.path(), &["build", "--platform", &platform, "-t", "plat:1", "."]);
+    assert_eq!(job.docker_ok(&["image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", "plat:1"]), platform);
+
+    if which("ssh-agent").is_none() {
+        eprintln!("no ssh-agent on this host: the --ssh case is skipped");
+        return;
+    }
+    let agent_dir = tempfile::tempdir().expect("tempdir");
+    let sock = agent_dir.path().join("agent.sock");
+    let mut agent = std::process::Command::new("ssh-agent")
+        .args(["-D", "-a"])
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ssh-agent");
+    while !sock.exists() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ssh = context(&format!("FROM {BUSYBOX}\nRUN --mount=type=ssh test -S \"$SSH_AUTH_SOCK\" && echo agent-seen > /ssh\n"));
+    let mut c = docker_cmd("docker", &job.host, &["build", "--ssh", "default", "-t", "ssh-use:1", "."]);
+    c.current_dir(ssh.path()).env_remove("DOCKER_BUILDKIT").env("BUILDKIT_PROGRESS", "plain").env("HOME", ssh.path());
+    c.env("SSH_AUTH_SOCK", &sock);
+    let out = output_within(c, None, Duration::from_secs(300), "docker build --ssh default");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    check(&out, &["build", "--ssh", "default"]);
+    assert_eq!(job.docker_ok(&["run", "--rm", "ssh-use:1", "cat", "/ssh"]), "agent-seen");
+}
+
+/// The path of `program` on PATH, if any.
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(program)).find(|f| f.is_file()))
+}

@@ -644,3 +644,55 @@ fn always_pulls_with_the_jobs_token_or_docker_auth_config_and_its_platform() {
     assert!(run.log.contains("Authenticating with credentials from $DOCKER_AUTH_CONFIG"), "{}", show(&run));
     assert_clean(&namespace(&native));
 }
+
+/// Whether the daemon under test is Docker 28: BuildKit through a job socket is tested there only
+/// (as in tests/buildkit.rs); on 20.10 the BuildKit scenarios return at once, saying so.
+fn on_docker_28() -> bool {
+    require_docker();
+    let v = daemon_version()["Version"].as_str().unwrap_or("").to_owned();
+    if v.starts_with("20.") {
+        eprintln!("BuildKit through a job socket is tested on Docker 28 only; daemon is {v}: skipped");
+        return false;
+    }
+    true
+}
+
+/// A CI job in the CLI 28 image (buildx and compose v2 plugins) builds with BuildKit, the CLI's
+/// default: `docker build`, `docker run` of the result, `docker compose build` and
+/// `docker compose up --build`, all in the job's namespace. Docker 28 only.
+#[test]
+fn a_ci28_job_builds_with_buildkit_and_compose_v2() {
+    if !on_docker_28() {
+        return;
+    }
+    let p = host();
+    let mut job = Job::new(
+        job_id(),
+        CI28_IMAGE,
+        &[
+            "docker build --progress plain -t app:1 .",
+            "docker run --rm app:1",
+            "docker buildx build --load -t app:2 --build-arg WHO=buildx .",
+            "docker run --rm app:2",
+            "cd project && docker compose build && docker compose up --build --abort-on-container-exit",
+            "docker images --format '{{.Repository}}:{{.Tag}}'",
+        ],
+    );
+    job.get_sources = vec![
+        "printf 'FROM ctproxy-test/busybox AS base\\nARG WHO=build\\nRUN echo \"built-by-$WHO\" > /greeting\\nFROM base\\nCMD [\"cat\", \"/greeting\"]\\n' > Dockerfile"
+            .into(),
+        "mkdir -p project && printf 'FROM ctproxy-test/busybox\\nRUN echo compose-built-answer > /a\\nCMD [\"cat\", \"/a\"]\\n' > project/Dockerfile".into(),
+        "printf 'services:\\n  web:\\n    build: .\\n    image: composed:1\\n' > project/compose.yaml".into(),
+    ];
+    let run = runner::run(&driver(&p), &job);
+    assert_eq!(run.outcome, Outcome::Success, "{}", show(&run));
+    for needle in ["built-by-build", "built-by-buildx", "compose-built-answer", "app:1", "app:2", "composed:1"] {
+        assert!(run.log.contains(needle), "{needle} missing: {}", show(&run));
+    }
+    // BuildKit's progress lines (`#6 naming to ...`) still show the daemon-side names of the job's
+    // own images (the Status stream is not rewritten yet); nothing else does.
+    let marker = format!("/{}/", namespace(&job));
+    let leaked: Vec<&str> = run.log.lines().filter(|l| l.contains(&marker) && !l.trim_start().starts_with('#')).collect();
+    assert!(leaked.is_empty(), "a mangled image name reached the job: {leaked:?}\n{}", show(&run));
+    assert_clean(&namespace(&job));
+}

@@ -100,6 +100,13 @@ pub struct Exporter {
     pub attrs: HashMap<String, String>,
 }
 
+/// Field numbers of [`Exporter`].
+pub const EXPORTER_FIELDS: std::ops::RangeInclusive<u32> = 1..=2;
+/// The field of [`SolveRequest::exporters`].
+pub const SOLVE_EXPORTERS_FIELD: u32 = 13;
+/// The field of [`Packet::stat`].
+pub const PACKET_STAT_FIELD: u32 = 2;
+
 /// `moby.buildkit.v1.StatusRequest`.
 #[derive(Clone, PartialEq, Message)]
 pub struct StatusRequest {
@@ -185,6 +192,27 @@ pub fn unknown_fields(msg: &[u8], known: &impl Known) -> Result<Vec<u32>, prost:
     Ok(unknown)
 }
 
+/// The unknown field numbers inside the embedded messages of field `field` of `msg` (each
+/// occurrence, as a repeated or optional message field), checked against `known`. Re-encoding
+/// drops unknown fields silently, so a nested message must be checked before it is, as the outer
+/// one is.
+pub fn unknown_nested_fields(msg: &[u8], field: u32, known: &impl Known) -> Result<Vec<u32>, prost::DecodeError> {
+    use prost::encoding::{bytes, decode_key, skip_field, DecodeContext, WireType};
+    let mut buf = msg;
+    let mut unknown = Vec::new();
+    while !buf.is_empty() {
+        let (tag, wire) = decode_key(&mut buf)?;
+        if tag == field && wire == WireType::LengthDelimited {
+            let mut inner = Vec::new();
+            bytes::merge(wire, &mut inner, &mut buf, DecodeContext::default())?;
+            unknown.extend(unknown_fields(&inner, known)?);
+        } else {
+            skip_field(wire, tag, &mut buf, DecodeContext::default())?;
+        }
+    }
+    Ok(unknown)
+}
+
 /// A set of field numbers.
 pub trait Known {
     fn knows(&self, tag: u32) -> bool;
@@ -212,6 +240,23 @@ mod tests {
         // field 99, varint 1
         msg.extend_from_slice(&[0x98, 0x06, 0x01]);
         assert_eq!(unknown_fields(&msg, &(1..=1)).unwrap(), vec![99]);
+    }
+
+    #[test]
+    fn unknown_nested_fields_are_found() {
+        let e = Exporter { r#type: "moby".into(), attrs: HashMap::new() };
+        let mut inner = e.encode_to_vec();
+        inner.extend_from_slice(&[0x98, 0x06, 0x01]);
+        let mut msg = SolveRequest { r#ref: "r".into(), ..Default::default() }.encode_to_vec();
+        prost::encoding::encode_key(SOLVE_EXPORTERS_FIELD, prost::encoding::WireType::LengthDelimited, &mut msg);
+        prost::encoding::encode_varint(inner.len() as u64, &mut msg);
+        msg.extend_from_slice(&inner);
+        assert_eq!(unknown_fields(&msg, &SOLVE_FIELDS).unwrap(), Vec::<u32>::new());
+        assert_eq!(unknown_nested_fields(&msg, SOLVE_EXPORTERS_FIELD, &EXPORTER_FIELDS).unwrap(), vec![99]);
+        let ok = SolveRequest { exporters: vec![e], ..Default::default() }.encode_to_vec();
+        assert!(unknown_nested_fields(&ok, SOLVE_EXPORTERS_FIELD, &EXPORTER_FIELDS).unwrap().is_empty());
+        let p = Packet { stat: Some(Stat::default()), ..Default::default() }.encode_to_vec();
+        assert!(unknown_nested_fields(&p, PACKET_STAT_FIELD, &STAT_FIELDS).unwrap().is_empty());
     }
 
     #[test]

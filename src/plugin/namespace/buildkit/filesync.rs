@@ -15,7 +15,7 @@ use prost::Message;
 
 use super::dockerfile::MAX_DOCKERFILE;
 use super::{Daemon, Namespace, SolveFacts};
-use crate::docker::buildkit::{packet, unknown_fields, Packet, Stat, PACKET_FIELDS};
+use crate::docker::buildkit::{packet, unknown_fields, unknown_nested_fields, Packet, Stat, PACKET_FIELDS, PACKET_STAT_FIELD, STAT_FIELDS};
 use crate::http::grpc::{self, code, frame, send_data, Call, Messages};
 
 /// `DATA` packets sent to the daemon are at most this large (fsutil's own buffer size).
@@ -71,6 +71,10 @@ async fn next_packet(msgs: &mut Messages) -> Result<Option<Packet>, String> {
     let unknown = unknown_fields(&m, &PACKET_FIELDS).map_err(|e| e.to_string())?;
     if !unknown.is_empty() {
         return Err(format!("fsutil packet fields {unknown:?} are unknown to ctproxy"));
+    }
+    let unknown = unknown_nested_fields(&m, PACKET_STAT_FIELD, &STAT_FIELDS).map_err(|e| e.to_string())?;
+    if !unknown.is_empty() {
+        return Err(format!("fsutil stat fields {unknown:?} are unknown to ctproxy"));
     }
     let p = Packet::decode(m).map_err(|e| e.to_string())?;
     if p.r#type == packet::ERR {

@@ -24,7 +24,10 @@ pub(super) struct SolveRef {
     pub build: String,
     pub session: String,
 }
-use crate::docker::buildkit::{unknown_fields, Exporter, GatewaySolveRequest, SolveRequest, GATEWAY_SOLVE_FIELDS, SOLVE_FIELDS};
+use crate::docker::buildkit::{
+    unknown_fields, unknown_nested_fields, Exporter, GatewaySolveRequest, SolveRequest, EXPORTER_FIELDS, GATEWAY_SOLVE_FIELDS,
+    SOLVE_EXPORTERS_FIELD, SOLVE_FIELDS,
+};
 use crate::docker::reference::Reference;
 
 /// The frontend attribute that namespaces cache mount IDs.
@@ -65,6 +68,11 @@ impl Namespace {
         let unknown = unknown_fields(msg, &SOLVE_FIELDS).map_err(|e| format!("invalid SolveRequest: {e}"))?;
         if !unknown.is_empty() {
             return Err(format!("SolveRequest fields {unknown:?} are unknown to ctproxy {}", env!("CARGO_PKG_VERSION")));
+        }
+        let unknown =
+            unknown_nested_fields(msg, SOLVE_EXPORTERS_FIELD, &EXPORTER_FIELDS).map_err(|e| format!("invalid SolveRequest: {e}"))?;
+        if !unknown.is_empty() {
+            return Err(format!("Exporter fields {unknown:?} are unknown to ctproxy {}", env!("CARGO_PKG_VERSION")));
         }
         let mut req = SolveRequest::decode(msg).map_err(|e| format!("invalid SolveRequest: {e}"))?;
         if !req.definition.is_empty() {
