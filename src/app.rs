@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 
 use crate::build::{build, Built};
 use crate::cache::CacheService;
-use crate::config::{CacheConfig, Config, ConfigError, JobsConfig, ListenerConfig, Overrides};
+use crate::config::{CacheConfig, Config, ConfigError, JobsConfig, ListenerConfig, MetricsConfig, Overrides};
 use crate::http::serve::{serve_listener, Gate, Limits};
 use crate::http::server::{HandlerConns, ServeOptions};
 use crate::jobs::{ControlHandler, JobManager};
@@ -104,6 +104,26 @@ pub struct Server {
     cache: Option<Arc<CacheService>>,
 }
 
+/// Serves `GET /metrics` on the `[metrics]` listener.
+struct MetricsHandler {
+    source: crate::cache::server::MetricsSource,
+}
+
+impl crate::http::Handler for MetricsHandler {
+    async fn call(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+        _conn: Arc<crate::http::ConnCtx>,
+    ) -> hyper::Response<crate::http::ProxyBody> {
+        if req.method() != hyper::Method::GET || req.uri().path() != "/metrics" {
+            return crate::http::respond::error(hyper::StatusCode::NOT_FOUND, "ctproxy: only GET /metrics is served here");
+        }
+        let mut rsp = hyper::Response::new(crate::http::ProxyBody::full((self.source)()));
+        rsp.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"));
+        rsp
+    }
+}
+
 struct RunningJobs {
     manager: Arc<JobManager>,
     /// Stops the control socket and the reaper.
@@ -184,9 +204,12 @@ impl Server {
         };
         if let Some(c) = &config.cache {
             server.cache = start_cache(c, &server.proxy).await;
-            if let (Some(cache), Some(blobs)) = (&server.cache, server.registry.as_ref().and_then(RegistryProxy::blob_metrics_source)) {
-                cache.add_metrics(blobs);
+            if let Some(cache) = &server.cache {
+                cache.add_metrics(server.metrics_source());
             }
+        }
+        if let Some(m) = &config.metrics {
+            server.start_metrics(m).await?;
         }
         for (name, built) in listeners {
             let Some(l) = config.listener.get(&name) else { continue };
@@ -199,6 +222,33 @@ impl Server {
         }
         tracing::info!(upstream = %config.upstream.url, "ctproxy started");
         Ok(server)
+    }
+
+    /// The server-wide metrics, and the registry proxy's blob cache's, as one text source.
+    fn metrics_source(&self) -> crate::cache::server::MetricsSource {
+        let blobs = self.registry.as_ref().and_then(RegistryProxy::blob_metrics_source);
+        Box::new(move || {
+            let mut text = crate::metrics::server().render();
+            if let Some(b) = &blobs {
+                text.push_str(&b());
+            }
+            text
+        })
+    }
+
+    /// The `[metrics]` listener: `GET /metrics` and nothing else. Applied at start only.
+    async fn start_metrics(&mut self, config: &MetricsConfig) -> Result<(), AppError> {
+        let err = |source| AppError::Listener { name: "metrics".into(), source };
+        let addr = transport::ListenAddr::Tcp(config.listen.to_string());
+        let listener = Listener::bind(&addr, &UnixSocketOptions::default(), None).await.map_err(err)?;
+        tracing::info!(address = %config.listen, "metrics listening");
+        let opts = ServeOptions { listener: Arc::from("metrics"), access_log: false };
+        let handler = Arc::new(MetricsHandler { source: self.metrics_source() });
+        let conns = Arc::new(HandlerConns { opts, handler, draining: self.draining.clone() });
+        let limits = Limits::plain(Duration::from_secs(30), Duration::from_secs(120), crate::config::METRICS_MAX_CONNECTIONS as usize);
+        // Like the cache's metrics listener: it ends with the process.
+        tokio::spawn(serve_listener(listener, Gate::new("metrics", limits), conns, TaskTracker::new(), CancellationToken::new()));
+        Ok(())
     }
 
     /// The token store of the registry proxy: tokens issued from it (or a clone) are what dockerd
@@ -294,6 +344,10 @@ impl Server {
             // The running configuration keeps saying what actually runs (and namespaces keep
             // naming the registry proxy that runs).
             new.registry_proxy = self.config.registry_proxy.clone();
+        }
+        if new.metrics != self.config.metrics {
+            tracing::warn!("[metrics] changed: the change takes effect at the next restart");
+            new.metrics = self.config.metrics.clone();
         }
         match (&self.config.jobs, &mut new.jobs) {
             (Some(old), Some(j)) if *j != *old => {

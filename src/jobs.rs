@@ -40,6 +40,7 @@ use crate::config::JobsConfig;
 use crate::http::serve::{serve_listener, Gate, Limits};
 use crate::http::server::{HandlerConns, ServeOptions};
 use crate::http::{respond, ConnCtx, Handler, ProxyBody};
+use crate::metrics::{self, CleanupCounts};
 use crate::plugin::namespace::destroy::{namespaces_on_daemon, Removed};
 use crate::plugin::namespace::{self, Namespace, NsName};
 use crate::plugin::GrantedBind;
@@ -209,6 +210,7 @@ impl JobManager {
         let job = self.start(Record { id: id.to_owned(), deadline, project }, name).await?;
         let out = self.info(&job);
         jobs.insert(id.to_owned(), job);
+        metrics::server().set_jobs_running(jobs.len());
         Ok(out)
     }
 
@@ -234,7 +236,7 @@ impl JobManager {
         grants.extend(runner_binary.iter().map(|p| GrantedBind { path: p.clone(), read_only: true }));
         let grants = Arc::new(grants);
         let pipeline = Arc::new(ArcSwap::from_pointee(job_pipeline(&self.pipeline.load(), &namespace, &socket, &grants)));
-        let listener_name = format!("job-{}", record.id);
+        let listener_name = format!("{JOB_LISTENER_PREFIX}{}", record.id);
         let handler = Arc::new(ListenerHandler { proxy: self.proxy.clone(), pipeline: pipeline.clone() });
         let opts = ServeOptions { listener: Arc::from(listener_name.as_str()), access_log: true };
         let stop = CancellationToken::new();
@@ -260,7 +262,13 @@ impl JobManager {
     pub async fn remove_with(&self, id: &str, how: Removal) -> Result<Removed, JobError> {
         let name = self.job_namespace(id)?;
         self.settle(id).await;
-        let job = self.jobs.lock().await.remove(id);
+        let job = {
+            let mut jobs = self.jobs.lock().await;
+            let job = jobs.remove(id);
+            metrics::server().set_jobs_running(jobs.len());
+            job
+        };
+        let was_live = job.is_some();
         if let Some(job) = job {
             job.stop.cancel();
             let _ = job.task.await;
@@ -273,7 +281,14 @@ impl JobManager {
         self.evict_caches().await;
         match how {
             Removal::Complete => {
-                let removed = Removed { containers, ..namespace.destroy_rest(&daemon).await? };
+                let removed = match namespace.destroy_rest(&daemon).await {
+                    Ok(rest) => Removed { containers, ..rest },
+                    Err(e) => {
+                        count_cleanup(was_live, &Removed { containers, ..Removed::default() }, false);
+                        return Err(e.into());
+                    }
+                };
+                count_cleanup(was_live, &removed, true);
                 tracing::info!(job = id, ?removed, "job removed");
                 drop(guard);
                 Ok(removed)
@@ -283,8 +298,14 @@ impl JobManager {
                 let task = tokio::spawn(async move {
                     let id = key;
                     match namespace.destroy_rest(&daemon).await {
-                        Ok(rest) => tracing::info!(job = %id, containers, ?rest, "job removed"),
-                        Err(e) => tracing::warn!(job = %id, error = %e, "job's namespace not fully removed: the reaper will retry"),
+                        Ok(rest) => {
+                            count_cleanup(was_live, &Removed { containers, ..rest }, true);
+                            tracing::info!(job = %id, containers, ?rest, "job removed")
+                        }
+                        Err(e) => {
+                            count_cleanup(was_live, &Removed { containers, ..Removed::default() }, false);
+                            tracing::warn!(job = %id, error = %e, "job's namespace not fully removed: the reaper will retry")
+                        }
                     }
                     drop(guard);
                 });
@@ -342,7 +363,9 @@ impl JobManager {
             let id = record.id.clone();
             match self.start(record, name).await {
                 Ok(job) => {
-                    self.jobs.lock().await.insert(id, job);
+                    let mut jobs = self.jobs.lock().await;
+                    jobs.insert(id, job);
+                    metrics::server().set_jobs_running(jobs.len());
                 }
                 Err(e) => tracing::warn!(job = %id, error = %e, "job listener not restored"),
             }
@@ -448,6 +471,28 @@ fn write_record(dir: &Path, record: &Record) -> std::io::Result<()> {
 }
 
 /// The control socket's handler.
+/// The prefix of job sockets' listener names (`job-<id>`), in logs and metrics.
+pub const JOB_LISTENER_PREFIX: &str = "job-";
+
+/// Counts a job cleanup in the metrics; `complete`: nothing was left for the reaper. A removal of
+/// a job that was not live and found nothing (prepare's precautionary one, a repeated cleanup)
+/// is no cleanup.
+fn count_cleanup(was_live: bool, r: &Removed, complete: bool) {
+    if !was_live && complete && r.containers + r.networks + r.volumes + r.images == 0 {
+        return;
+    }
+    let counts = CleanupCounts { containers: r.containers, networks: r.networks, volumes: r.volumes, images: r.images };
+    metrics::server().cleanup(counts, complete);
+}
+
+/// `POST /jobs/<id>/stages`: an executor stage reports its wall time (best-effort, for metrics).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StageReport {
+    stage: metrics::Stage,
+    seconds: f64,
+}
+
 pub struct ControlHandler {
     pub jobs: Arc<JobManager>,
 }
@@ -500,6 +545,21 @@ impl Handler for ControlHandler {
                     }
                     Err(e @ JobError::Id(_)) => respond::error(StatusCode::BAD_REQUEST, &format!("ctproxy: {e}")),
                     Err(e) => respond::error(StatusCode::INTERNAL_SERVER_ERROR, &format!("ctproxy: {e}")),
+                }
+            }
+            (Method::POST, Some(rest)) if rest.ends_with("/stages") => {
+                // The job may be gone already (cleanup reports after removing it): not looked up.
+                let body = match Limited::new(req.into_body(), 4096).collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) => return respond::error(StatusCode::BAD_REQUEST, &format!("ctproxy: {e}")),
+                };
+                match serde_json::from_slice::<StageReport>(&body) {
+                    Ok(r) if r.seconds.is_finite() && r.seconds >= 0.0 => {
+                        metrics::server().stage(r.stage, Duration::from_secs_f64(r.seconds.min(1e9)));
+                        respond::json(StatusCode::OK, &serde_json::json!({}))
+                    }
+                    Ok(_) => respond::error(StatusCode::BAD_REQUEST, "ctproxy: invalid stage report: seconds out of range"),
+                    Err(e) => respond::error(StatusCode::BAD_REQUEST, &format!("ctproxy: invalid stage report: {e}")),
                 }
             }
             (Method::DELETE, Some(id)) => match self.jobs.remove_with(&id, removal_of(req.uri().query())).await {

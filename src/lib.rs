@@ -9,7 +9,7 @@
 //! - [`build`]: the one build step from a configuration to what runs (start, reload, `--check`);
 //! - [`app`]: the running server (configuration, signals, reload, graceful stop).
 //!
-//! [`config`] and [`telemetry`] are used by every layer.
+//! [`config`], [`telemetry`] and [`metrics`] are used by every layer.
 
 pub mod app;
 pub mod build;
@@ -20,6 +20,7 @@ pub mod doctor;
 pub mod executor;
 pub mod http;
 pub mod jobs;
+pub mod metrics;
 pub mod plugin;
 pub mod project_cache;
 pub mod proxy;

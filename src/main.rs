@@ -135,11 +135,17 @@ fn executor_command(opts: ctproxy::executor::Options, stage: Stage) -> ExitCode 
     };
     match stage {
         Stage::Prepare => match runtime() {
-            Ok(rt) => staged("prepare", rt.block_on(ctproxy::executor::prepare(&env, &opts))),
+            Ok(rt) => staged(
+                "prepare",
+                rt.block_on(timed(&env, &control, ctproxy::metrics::Stage::Prepare, ctproxy::executor::prepare(&env, &opts))),
+            ),
             Err(e) => staged("prepare", Err(ctproxy::executor::StageError::system(format!("cannot start the runtime: {e}")))),
         },
         Stage::Run { script, stage } => match runtime() {
-            Ok(rt) => staged("run", rt.block_on(ctproxy::executor::run(&env, &opts, &script, &stage))),
+            Ok(rt) => staged(
+                "run",
+                rt.block_on(timed(&env, &control, ctproxy::metrics::Stage::Run, ctproxy::executor::run(&env, &opts, &script, &stage))),
+            ),
             Err(e) => staged("run", Err(ctproxy::executor::StageError::system(format!("cannot start the runtime: {e}")))),
         },
         Stage::Config => match ctproxy::executor::config(&env, &control).and_then(|c| serde_json::to_string(&c).map_err(|e| e.to_string()))
@@ -161,7 +167,7 @@ fn executor_command(opts: ctproxy::executor::Options, stage: Stage) -> ExitCode 
                     return ExitCode::from(codes.system_failure);
                 }
             };
-            match runtime.block_on(ctproxy::executor::cleanup(&env, &control)) {
+            match runtime.block_on(timed(&env, &control, ctproxy::metrics::Stage::Cleanup, ctproxy::executor::cleanup(&env, &control))) {
                 Ok(msg) => {
                     eprintln!("ctproxy executor cleanup: {msg}");
                     ExitCode::SUCCESS
@@ -173,6 +179,19 @@ fn executor_command(opts: ctproxy::executor::Options, stage: Stage) -> ExitCode 
             }
         }
     }
+}
+
+/// Runs a stage and reports its wall time to `ctproxy serve` (best-effort).
+async fn timed<T>(
+    env: &std::collections::BTreeMap<String, String>,
+    control: &std::path::Path,
+    stage: ctproxy::metrics::Stage,
+    f: impl std::future::Future<Output = T>,
+) -> T {
+    let start = std::time::Instant::now();
+    let out = f.await;
+    ctproxy::executor::report_stage(env, control, stage, start.elapsed()).await;
+    out
 }
 
 /// Runs one job command against the control socket. Exit status: 0 done, 1 refused, 2 ctproxy

@@ -377,7 +377,11 @@ fn ns_refusal(identity: &Identity, conn: &ConnCtx, method: &hyper::Method, route
             "request refused by namespace"
         );
     }
-    Refused { status: e.status(), message: e.to_string(), logged: !matches!(e, NsError::NotFound(_)) }
+    let logged = !matches!(e, NsError::NotFound(_));
+    if logged {
+        crate::metrics::server().refusal("namespace", e.status().as_u16());
+    }
+    Refused { status: e.status(), message: e.to_string(), logged }
 }
 
 impl Handler for ListenerHandler {
@@ -391,6 +395,9 @@ impl Handler for ListenerHandler {
     }
 
     async fn call(&self, mut req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<ProxyBody> {
+        if conn.listener.starts_with(crate::jobs::JOB_LISTENER_PREFIX) {
+            crate::metrics::server().job_socket_request();
+        }
         let pipeline = self.pipeline.load_full();
         if pipeline.is_passthrough() {
             return self.proxy.forward_or_502(req.map(client_body), &conn).await;
@@ -490,6 +497,7 @@ fn refusal(ctx: &RequestCtx<'_>, d: Denied) -> Refused {
         reason = %d.refusal.reason(&d.policy),
         "request refused by policy"
     );
+    crate::metrics::server().refusal(&d.policy, d.refusal.status.as_u16());
     Refused { status: d.refusal.status, message, logged: true }
 }
 

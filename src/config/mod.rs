@@ -64,6 +64,17 @@ pub struct Config {
     pub jobs: Option<JobsConfig>,
     /// The transparent HTTP/HTTPS cache for containers; off when absent.
     pub cache: Option<CacheConfig>,
+    /// A `/metrics` listener of its own (the server-wide metrics are also on the cache's
+    /// `metrics_listen` when there is a cache); none when absent.
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `[metrics]`: where `GET /metrics` (Prometheus text format) is served without a `[cache]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `ip:port`, plain HTTP: keep it on loopback or a management network.
+    pub listen: SocketAddr,
 }
 
 /// `[cache]`: the transparent caching proxy that containers created through ctproxy are pointed at.

@@ -198,6 +198,21 @@ pub fn config(env: &BTreeMap<String, String>, control: &Path) -> Result<ConfigOu
     })
 }
 
+/// Reports a stage's wall time to `ctproxy serve` for its metrics. Best-effort: a report that
+/// fails (ctproxy restarting, an older ctproxy) is logged to stderr and never fails the stage.
+pub async fn report_stage(env: &BTreeMap<String, String>, control: &Path, stage: crate::metrics::Stage, took: std::time::Duration) {
+    let Some(key) = env.get("CTPROXY_JOB").filter(|k| !k.is_empty()).cloned().or_else(|| job_key(env)) else { return };
+    let body = serde_json::json!({ "stage": stage, "seconds": took.as_secs_f64() });
+    let path = format!("/jobs/{key}/stages");
+    let report = control_request(control, Method::POST, &path, Some(body));
+    match tokio::time::timeout(std::time::Duration::from_secs(2), report).await {
+        Ok(Ok((StatusCode::OK, _))) => {}
+        Ok(Ok((status, _))) => eprintln!("ctproxy executor: stage metrics not reported: {status}"),
+        Ok(Err(e)) => eprintln!("ctproxy executor: stage metrics not reported: {e}"),
+        Err(_) => eprintln!("ctproxy executor: stage metrics not reported: no answer in 2 s"),
+    }
+}
+
 /// The cleanup stage: removes the job's socket and everything the job created. Tolerates a job
 /// that was never prepared (config failed, job_env empty) and runs any number of times.
 pub async fn cleanup(env: &BTreeMap<String, String>, control: &Path) -> Result<String, (bool, String)> {
