@@ -713,9 +713,14 @@ fn registry_blob_cache_across_jobs() {
     };
     let login = |j: &JobSocket| check(&with_login(j, &["login", "-u", "ci", "--password-stdin", &reg], Some(b"ci-pw")), &["login", &reg]);
     let counter = |name: &str| -> u64 {
-        let out = std::process::Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{metrics}/metrics")]).output().expect("curl");
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--fail", &format!("http://127.0.0.1:{metrics}/metrics")])
+            .output()
+            .expect("curl");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or_else(|| panic!("{name} in:\n{text}"))
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} in:\n{text}\ncurl: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr)))
     };
     const UPSTREAM: &str = "ctproxy_registry_blob_bytes_total{source=\"upstream\"}";
     const FROM_CACHE: &str = "ctproxy_registry_blob_bytes_total{source=\"cache\"}";
