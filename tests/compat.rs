@@ -685,11 +685,13 @@ fn push_through_a_job_socket() {
     assert_eq!(other.docker_ok(&["run", "--rm", &target, "cat", "/pushed"]), repo);
 }
 
-/// Issue 15, image pulls: the registry proxy's blob cache across jobs, through job sockets. Job 1
-/// pushes an image and removes it; job 2 pulls it (the blobs are fetched and stored after their digest
-/// check) and removes it; job 3 pulls it again: every blob comes from the cache, each after an
-/// upstream `HEAD` with job 3's own login (the log names each hit, and no blob is fetched again). A job
-/// without a login gets nothing.
+/// Issue 15, image pulls: the registry proxy's blob cache across jobs, through job sockets, with a
+/// 100 MiB image in a private (htpasswd) repository of Debian's `docker-registry`. Job 1 builds and
+/// pushes it, removes it and pulls it back (the blobs are fetched and stored after their digest
+/// check), and removes it again, so the daemon no longer has the layer. Job 2, with its own login,
+/// pulls it: the origin moves no blob byte (ctproxy's `ctproxy_registry_blob_bytes_total{source=
+/// "upstream"}` unchanged) and every blob is served on job 2's manifest grant, without an upstream
+/// request. Job 3, without a login, gets nothing of it.
 #[test]
 fn registry_blob_cache_across_jobs() {
     require_docker();
@@ -710,45 +712,52 @@ fn registry_blob_cache_across_jobs() {
         output_within(c, input.map(<[u8]>::to_vec), Duration::from_secs(300), &format!("docker {}", args.join(" ")))
     };
     let login = |j: &JobSocket| check(&with_login(j, &["login", "-u", "ci", "--password-stdin", &reg], Some(b"ci-pw")), &["login", &reg]);
+    let counter = |name: &str| -> u64 {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--fail", &format!("http://127.0.0.1:{metrics}/metrics")])
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} in:\n{text}\ncurl: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr)))
+    };
+    const UPSTREAM: &str = "ctproxy_registry_blob_bytes_total{source=\"upstream\"}";
+    const FROM_CACHE: &str = "ctproxy_registry_blob_bytes_total{source=\"cache\"}";
+    const GRANTED: &str = "ctproxy_registry_blob_manifest_grant_hits_total";
+    const LAYER: u64 = 100 << 20;
     let repo = unique("cached").replace("ctproxy-test-", "");
     let target = format!("{reg}/compat/{repo}:1");
     let job1 = host.job();
     login(&job1);
-    // A 1 MiB layer of random bytes nobody else has.
-    let ctx = context(&format!("FROM {BUSYBOX}\nRUN head -c 1048576 /dev/urandom > /blob\n"));
+    // A 100 MiB layer of random bytes nobody else has.
+    let ctx = context(&format!("FROM {BUSYBOX}\nRUN head -c {LAYER} /dev/urandom > /blob\n"));
     job_ok(&job1, &["build", "-t", &target, &ctx.path().display().to_string()]);
     check(&with_login(&job1, &["push", &target], None), &["push", &target]);
+    let sum1 = job1.docker_ok(&["run", "--rm", &target, "md5sum", "/blob"]);
     job_ok(&job1, &["rmi", &target]);
-    let fetched = || host.log_text().matches("registry blob fetched upstream").count();
-    let hits = || host.log_text().matches("registry blob served from the cache").count();
+    assert_eq!(counter(UPSTREAM), 0, "uploads are not cached");
+    check(&with_login(&job1, &["pull", &target], None), &["pull", &target]);
+    job_ok(&job1, &["rmi", &target]);
+    let filled = counter(UPSTREAM);
+    assert!(filled >= LAYER, "job 1's pull filled the cache: {filled} bytes");
 
     let job2 = host.job();
     login(&job2);
+    let (cache_before, granted_before) = (counter(FROM_CACHE), counter(GRANTED));
     check(&with_login(&job2, &["pull", &target], None), &["pull", &target]);
-    assert!(fetched() >= 1, "job 2 fetched at least the image config:\n{}", host.log_text());
-    let sum2 = job2.docker_ok(&["run", "--rm", &target, "md5sum", "/blob"]);
-    job_ok(&job2, &["rmi", &target]);
-    let hits_after_2 = hits();
-
-    let job3 = host.job();
-    login(&job3);
-    let before = fetched();
-    check(&with_login(&job3, &["pull", &target], None), &["pull", &target]);
-    assert_eq!(job3.docker_ok(&["run", "--rm", &target, "md5sum", "/blob"]), sum2);
     let log = host.log_text();
-    assert_eq!(fetched(), before, "job 3 fetched no blob from the registry:\n{log}");
-    assert!(hits() > hits_after_2, "job 3's blobs come from the cache:\n{log}");
-    let text = std::process::Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{metrics}/metrics")]).output().expect("curl");
-    let text = String::from_utf8_lossy(&text.stdout).into_owned();
-    let counter = |name: &str| -> u64 {
-        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or_else(|| panic!("{name} in:\n{text}"))
-    };
-    assert!(counter("ctproxy_registry_blob_requests_total{outcome=\"hit\"}") >= 1, "{text}");
-    assert!(counter("ctproxy_registry_blob_bytes_total{source=\"cache\"}") > 0, "{text}");
+    assert_eq!(counter(UPSTREAM), filled, "job 2's pull moved no blob byte from the origin:\n{log}");
+    assert!(counter(FROM_CACHE) >= cache_before + LAYER, "job 2's layer came from the cache:\n{log}");
+    assert!(counter(GRANTED) >= granted_before + 2, "config and layer served on job 2's manifest grant:\n{log}");
+    assert_eq!(job2.docker_ok(&["run", "--rm", &target, "md5sum", "/blob"]), sum1);
+    job_ok(&job2, &["rmi", &target]);
 
     // Without a login, the repository is refused upstream and nothing of it reaches the job.
-    let job4 = host.job();
-    let anon = job4.docker(&["pull", &target]);
+    let served = counter(FROM_CACHE);
+    let job3 = host.job();
+    let anon = job3.docker(&["pull", &target]);
     assert!(!anon.status.success(), "pull without credentials: {anon:?}");
-    assert!(job4.docker(&["image", "inspect", &target]).status.code() != Some(0));
+    assert!(job3.docker(&["image", "inspect", &target]).status.code() != Some(0));
+    assert_eq!(counter(FROM_CACHE), served, "no blob byte served to job 3");
 }

@@ -416,8 +416,8 @@ impl Fixture {
     }
 }
 
-/// Two jobs (namespaces) pull the same image: the second moves no blob bytes from the origin, only
-/// `HEAD`s with its own credentials; a job without valid credentials for the (auth-protected)
+/// Two jobs (namespaces) pull the same image: the second moves no blob bytes from the origin and,
+/// its manifest GET having succeeded with its own credentials, makes no blob request upstream; a job without valid credentials for the (auth-protected)
 /// repository gets nothing of the cached blobs.
 #[test]
 fn blob_cache_serves_a_repeat_pull_only_to_jobs_the_upstream_accepts() {
@@ -456,10 +456,15 @@ fn blob_cache_serves_a_repeat_pull_only_to_jobs_the_upstream_accepts() {
     assert_eq!(after2.misses, after1.misses, "no blob fetched upstream again: {after2:?}");
     assert_eq!(after2.bytes_from_upstream, after1.bytes_from_upstream, "{after2:?}");
     assert!(after2.hits >= 2 && after2.bytes_from_cache >= data.len() as u64, "{after2:?}");
+    // Job 2's manifest GET (200 with its credentials) granted it the config and layers: no HEAD.
+    assert_eq!(after2.granted - after1.granted, after2.hits - after1.hits, "every hit on job 2's manifest grant: {after2:?}");
 
     // A job without credentials, or with wrong ones, gets no byte of the cached layer.
     for creds in [None, Some((BOB.0, "wrong"))] {
         let token = f.token("ns3", creds);
+        // Its manifest GET is refused upstream: no grant is recorded.
+        let manifest = format!("http://{}/v2/ns3/{}/{path}/manifests/1", f.rp_host, f.reg_component);
+        assert_eq!(f.get(reqwest::Method::GET, &manifest, Auth::Bearer(&token)).0, 401, "{creds:?}");
         let (status, body) = f.blob("ns3", &path, &unique_layer, &token);
         assert_eq!(status, 401, "{creds:?}");
         assert!(body.unwrap_or_default().len() < 1024, "no blob bytes");
@@ -473,7 +478,9 @@ fn blob_cache_serves_a_repeat_pull_only_to_jobs_the_upstream_accepts() {
     assert_eq!(status, 200);
     let body = body.expect("body");
     assert_eq!(format!("sha256:{}", hex_sha256(&body)), unique_layer);
-    assert_eq!(f.blob_stats().hits, after3.hits + 1);
+    let after4 = f.blob_stats();
+    assert_eq!(after4.hits, after3.hits + 1);
+    assert_eq!(after4.granted, after3.granted, "no manifest fetched by this token: checked upstream with a HEAD");
 }
 
 /// An upstream blob whose bytes are not its digest is never stored (and the transfer fails).

@@ -3,9 +3,10 @@
 //!
 //! **Never another namespace's blob.** A blob is content-addressed, but who may read it is decided
 //! by the registry, per repository: a cached blob is served to a request only after the upstream
-//! accepted that request's own credentials for that repository and digest (a `HEAD
-//! /v2/<repo>/blobs/<digest>` with the grant's auth answering 2xx, or a redirect, which a registry
-//! only signs for a reader). The check is made on every use, never remembered across requests.
+//! accepted that request's own credentials for it: either for an image manifest of that repository
+//! that references it (a manifest grant of the token, see `manifest` and `TokenStore::grant_blobs`),
+//! or, failing that, for the blob itself (a `HEAD /v2/<repo>/blobs/<digest>` with the grant's auth
+//! answering 2xx, or a redirect, which a registry only signs for a reader), checked on that use.
 //!
 //! **Nothing unverified is stored or served.** A body is written to a temporary file while it streams
 //! to dockerd and hashed on the way; it is renamed into place only if its SHA-256 is the digest it was
@@ -47,6 +48,8 @@ pub fn sha256_hex(digest: &str) -> Option<&str> {
 #[derive(Default)]
 struct Counters {
     hits: AtomicU64,
+    /// Hits served on a manifest grant, without an upstream request (a subset of `hits`).
+    granted: AtomicU64,
     misses: AtomicU64,
     /// A cached blob asked for by a request whose credentials the upstream refused.
     denied: AtomicU64,
@@ -60,6 +63,8 @@ struct Counters {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BlobStats {
     pub hits: u64,
+    /// Hits served on a manifest grant, without an upstream request (a subset of `hits`).
+    pub granted: u64,
     pub misses: u64,
     pub denied: u64,
     pub corrupt: u64,
@@ -225,6 +230,11 @@ impl BlobCache {
         body_of(stream)
     }
 
+    /// Counts a hit that needed no upstream request: the job's manifest grant covered the blob.
+    pub fn granted(&self) {
+        self.counters.granted.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a request refused upstream for a cached blob.
     pub fn denied(&self) {
         self.counters.denied.fetch_add(1, Ordering::Relaxed);
@@ -370,6 +380,7 @@ impl BlobCache {
         };
         BlobStats {
             hits: c.hits.load(Ordering::Relaxed),
+            granted: c.granted.load(Ordering::Relaxed),
             misses: c.misses.load(Ordering::Relaxed),
             denied: c.denied.load(Ordering::Relaxed),
             corrupt: c.corrupt.load(Ordering::Relaxed),
@@ -389,6 +400,12 @@ impl BlobCache {
             ("ctproxy_registry_blob_requests_total{outcome=\"hit\"}", "counter", "Blob GETs by outcome.", s.hits),
             ("ctproxy_registry_blob_requests_total{outcome=\"miss\"}", "", "", s.misses),
             ("ctproxy_registry_blob_requests_total{outcome=\"denied\"}", "", "", s.denied),
+            (
+                "ctproxy_registry_blob_manifest_grant_hits_total",
+                "counter",
+                "Blob hits served on the job's manifest grant, without an upstream request.",
+                s.granted,
+            ),
             ("ctproxy_registry_blob_corrupt_total", "counter", "Upstream blobs whose body was not their digest (not stored).", s.corrupt),
             (
                 "ctproxy_registry_blob_bytes_total{source=\"cache\"}",

@@ -14,12 +14,14 @@
 //! - [`rewrite`]: upstream `Location`/`Link` headers and bodies mapped back to the proxy's names;
 //! - [`blobs`]: blobs kept by digest, served to a namespace only after the upstream accepted its own
 //!   credentials for the repository;
+//! - [`manifest`]: the blobs an image manifest references, for the blob cache's manifest grants;
 //! - [`error`]: refusals in the Registry API's error format.
 //!
 //! See `docs/registry-proxy.md` for the design and its security properties.
 
 pub mod blobs;
 pub mod error;
+pub mod manifest;
 pub mod rewrite;
 pub mod route;
 pub mod token;
@@ -177,6 +179,8 @@ struct RegistryHandler {
     tokens: TokenStore,
     upstreams: Upstreams,
     blobs: Option<Arc<BlobCache>>,
+    /// Image manifests seen, for grants on a manifest `HEAD`.
+    seen: manifest::Seen,
     /// `Bearer realm="http://<rp>/token",service="ctproxy"`: what makes dockerd send its token.
     challenge: HeaderValue,
 }
@@ -205,7 +209,7 @@ impl RegistryHandler {
     ) -> Result<RegistryHandler, RegistryError> {
         let challenge = HeaderValue::try_from(format!("Bearer realm=\"http://{addr}/token\",service=\"ctproxy\""))
             .map_err(|e| RegistryError::Upstream(e.to_string()))?;
-        Ok(RegistryHandler { tokens, upstreams: Upstreams::new(config, addr)?, blobs, challenge })
+        Ok(RegistryHandler { tokens, upstreams: Upstreams::new(config, addr)?, blobs, seen: manifest::Seen::default(), challenge })
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -342,11 +346,72 @@ impl RegistryHandler {
         let incoming = req.into_body();
         let body = (!incoming.is_end_stream()).then(|| reqwest::Body::wrap_stream(http_body_util::BodyDataStream::new(incoming)));
         let out = Outgoing { method: method.clone(), url: url.clone(), headers };
-        let up = self.upstreams.send(id, grant, &origin, &scope, out, body).await?;
+        let mut up = self.upstreams.send(id, grant, &origin, &scope, out, body).await?;
+        if let (Some(_), Route::Manifest { reference, .. }, StatusCode::OK) = (&self.blobs, route, up.status()) {
+            if method == Method::GET {
+                up = self.grant_manifest_blobs(up, reference, repo, id).await?;
+            } else if method == Method::HEAD {
+                self.grant_seen_manifest(&up, reference, repo, id);
+            }
+        }
         self.respond(up, &method, route, repo, &url).await
     }
 
-    /// `GET` of a blob by sha256 digest with the cache on. Stored: the upstream is asked a `HEAD`
+    /// A manifest GET the upstream answered 200 with this token's credentials: its body is read
+    /// (manifests are small), and if it is a Docker schema 2 or OCI image manifest (and, fetched by
+    /// digest, is that digest), the token is granted its config and layers for this repository. The
+    /// body goes on to dockerd unchanged.
+    async fn grant_manifest_blobs(
+        &self,
+        up: reqwest::Response,
+        reference: &str,
+        repo: &Repo,
+        id: &TokenId,
+    ) -> Result<reqwest::Response, RegistryError> {
+        if up.content_length().is_some_and(|l| l > manifest::MAX_BYTES as u64) {
+            return Ok(up);
+        }
+        let status = up.status();
+        let headers = up.headers().clone();
+        let body = read_limited(up, manifest::MAX_BYTES).await?;
+        let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let body_hex = hex_sha256(&body);
+        let is_reference = match blobs::sha256_hex(reference) {
+            Some(want) => body_hex == want,
+            None => !reference.contains(':'),
+        };
+        match manifest::referenced_blobs(ct, &body).filter(|_| is_reference) {
+            Some(hexes) => {
+                tracing::debug!(target: "ctproxy::registry", blobs = hexes.len(), "manifest grant recorded");
+                self.seen.insert(&body_hex, &hexes);
+                self.tokens.grant_blobs(id, &repo_key(repo), hexes.iter().map(String::as_str));
+            }
+            None => tracing::debug!(target: "ctproxy::registry", "no manifest grant: not a plain image manifest"),
+        }
+        let mut rebuilt = hyper::Response::new(body);
+        *rebuilt.status_mut() = status;
+        *rebuilt.headers_mut() = headers;
+        Ok(reqwest::Response::from(rebuilt))
+    }
+
+    /// A manifest HEAD the upstream answered 200 with this token's credentials: if the manifest it
+    /// names (the digest asked for, else the answer's `Docker-Content-Digest`) was seen here
+    /// before, the token is granted its blobs for this repository.
+    fn grant_seen_manifest(&self, up: &reqwest::Response, reference: &str, repo: &Repo, id: &TokenId) {
+        let answered = up.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).and_then(blobs::sha256_hex);
+        let hex = match (blobs::sha256_hex(reference), answered) {
+            (Some(asked), Some(answered)) if asked != answered => None,
+            (Some(asked), _) => Some(asked),
+            (None, answered) => answered.filter(|_| !reference.contains(':')),
+        };
+        if let Some(hexes) = hex.and_then(|h| self.seen.get(h)) {
+            tracing::debug!(target: "ctproxy::registry", blobs = hexes.len(), "manifest grant recorded from a HEAD");
+            self.tokens.grant_blobs(id, &repo_key(repo), hexes.iter().map(String::as_str));
+        }
+    }
+
+    /// `GET` of a blob by sha256 digest with the cache on. Stored and granted to this token by a
+    /// manifest of this repository: served, no upstream request. Stored otherwise: the upstream is asked a `HEAD`
     /// for this repository and digest with the grant's own credentials, and only a 2xx (or a
     /// redirect, which a registry signs only for a reader) lets the stored body out; anything else is
     /// the upstream's answer, without a body. Not stored: fetched, streamed on, and stored if its hash
@@ -368,21 +433,18 @@ impl RegistryHandler {
         let url = out.url.clone();
         if cache.contains(hex) {
             if let Some((file, len)) = cache.open_blob(hex).await {
+                if self.tokens.blob_granted(id, &repo_key(repo), hex) {
+                    cache.granted();
+                    tracing::info!(target: "ctproxy::registry", %digest, bytes = len, "registry blob served from the cache on the job's manifest grant");
+                    return Ok(blob_response(cache, file, len, digest));
+                }
                 // No conditional headers: a 304 must never stand for "this job may read it".
                 let head = Outgoing { method: Method::HEAD, url: url.clone(), headers: HeaderMap::new() };
                 let up = self.upstreams.send(id, grant, origin, scope, head, None).await?;
                 let status = up.status();
                 if status.is_success() || (status.is_redirection() && status != StatusCode::NOT_MODIFIED) {
                     tracing::info!(target: "ctproxy::registry", %digest, bytes = len, "registry blob served from the cache after an upstream access check");
-                    let mut rsp = Response::new(cache.serve(file, len));
-                    let h = rsp.headers_mut();
-                    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-                    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-                    if let Ok(d) = HeaderValue::try_from(digest) {
-                        h.insert("docker-content-digest", d.clone());
-                        h.insert(header::ETAG, d);
-                    }
-                    return Ok(rsp);
+                    return Ok(blob_response(cache, file, len, digest));
                 }
                 cache.denied();
                 tracing::warn!(target: "ctproxy::audit", namespace = %grant.namespace, %digest, status = status.as_u16(), "cached registry blob refused: the upstream did not accept this job's access");
@@ -459,6 +521,28 @@ impl RegistryHandler {
         };
         rsp.body(body).map_err(|e| RegistryError::Upstream(e.to_string()))
     }
+}
+
+/// A stored blob as the answer to a GET.
+fn blob_response(cache: &Arc<BlobCache>, file: tokio::fs::File, len: u64, digest: &str) -> Response<ProxyBody> {
+    let mut rsp = Response::new(cache.serve(file, len));
+    let h = rsp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    if let Ok(d) = HeaderValue::try_from(digest) {
+        h.insert("docker-content-digest", d.clone());
+        h.insert(header::ETAG, d);
+    }
+    rsp
+}
+
+/// The key of manifest grants: the upstream repository, `<domain>/<path>`.
+fn repo_key(repo: &Repo) -> String {
+    format!("{}/{}", repo.domain, repo.path)
+}
+
+fn hex_sha256(data: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, data).as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A cross-repository mount (`?mount=<digest>&from=<repo>`): `from` is a mangled name too. It is

@@ -11,7 +11,7 @@
 //! guessed token is right (no constant-time compare needed) and keeps tokens out of memory dumps of
 //! the map. Tokens never appear in logs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,22 @@ pub(crate) type TokenId = [u8; 32];
 struct Entry {
     grant: Grant,
     expires: Instant,
+    /// Blobs this token may be served from the blob cache without asking upstream: see
+    /// [`TokenStore::grant_blobs`]. Dies with the entry.
+    blobs: ManifestGrants,
 }
+
+/// Blob digests (sha256 hex) per upstream repository (`<domain>/<path>`), each recorded because
+/// the upstream answered this token's own credentials with 200 for a manifest that references it.
+#[derive(Default)]
+struct ManifestGrants {
+    by_repo: HashMap<String, HashSet<String>>,
+    count: usize,
+}
+
+/// At most this many granted digests per token (about 100 bytes each); past it, further blobs fall
+/// back to the per-request upstream check.
+pub const MAX_GRANTED_BLOBS: usize = 4096;
 
 /// Issued tokens. Cheap to clone; clones share the store.
 #[derive(Clone)]
@@ -79,7 +94,10 @@ impl TokenStore {
         if let Ok(mut map) = self.inner.lock() {
             // Lazy purge: issuing is rare next to lookups, and this keeps the map at the live tokens.
             map.retain(|_, e| e.expires > now);
-            map.insert(token_id(&token), Entry { grant: Grant { namespace, upstream }, expires: now + ttl });
+            map.insert(
+                token_id(&token),
+                Entry { grant: Grant { namespace, upstream }, expires: now + ttl, blobs: ManifestGrants::default() },
+            );
         }
         token
     }
@@ -106,6 +124,30 @@ impl TokenStore {
             }
             None => None,
         }
+    }
+
+    /// Records that the upstream accepted this token's credentials (status 200) for a manifest of
+    /// `repo` (`<domain>/<path>`) that references the blobs `hexes`. Up to [`MAX_GRANTED_BLOBS`]
+    /// per token; the rest are not recorded (their GETs are checked upstream). Nothing for a dead
+    /// token.
+    pub(crate) fn grant_blobs<'a>(&self, id: &TokenId, repo: &str, hexes: impl IntoIterator<Item = &'a str>) {
+        let Ok(mut map) = self.inner.lock() else { return };
+        let Some(e) = map.get_mut(id).filter(|e| e.expires > Instant::now()) else { return };
+        let g = &mut e.blobs;
+        for hex in hexes {
+            if g.count >= MAX_GRANTED_BLOBS {
+                break;
+            }
+            if g.by_repo.entry(repo.to_owned()).or_default().insert(hex.to_owned()) {
+                g.count += 1;
+            }
+        }
+    }
+
+    /// Whether this live token was granted the blob `hex` of `repo` by a manifest.
+    pub(crate) fn blob_granted(&self, id: &TokenId, repo: &str, hex: &str) -> bool {
+        let Ok(map) = self.inner.lock() else { return false };
+        map.get(id).filter(|e| e.expires > Instant::now()).and_then(|e| e.blobs.by_repo.get(repo)).is_some_and(|s| s.contains(hex))
     }
 }
 
@@ -150,5 +192,26 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         assert!(store.lookup(&short).is_none());
         assert!(!format!("{store:?}").contains(&t2));
+    }
+
+    #[test]
+    fn manifest_grants_are_per_token_and_repo_bounded_and_die_with_it() {
+        let store = TokenStore::new();
+        let ns = NsName::new("alice").unwrap();
+        let t = store.issue(ns.clone(), None, Duration::from_secs(60));
+        let other = store.issue(ns, None, Duration::from_secs(60));
+        let (id, oid) = (token_id(&t), token_id(&other));
+        store.grant_blobs(&id, "reg.io/a", ["aa", "bb"]);
+        assert!(store.blob_granted(&id, "reg.io/a", "aa"));
+        assert!(!store.blob_granted(&id, "reg.io/b", "aa"), "another repository");
+        assert!(!store.blob_granted(&oid, "reg.io/a", "aa"), "another token");
+        let many: Vec<String> = (0..MAX_GRANTED_BLOBS + 10).map(|i| format!("{i:x}")).collect();
+        store.grant_blobs(&id, "reg.io/c", many.iter().map(String::as_str));
+        assert!(store.blob_granted(&id, "reg.io/c", "0"));
+        assert!(!store.blob_granted(&id, "reg.io/c", &many[MAX_GRANTED_BLOBS + 5]), "bounded");
+        store.revoke(&t);
+        assert!(!store.blob_granted(&id, "reg.io/a", "aa"));
+        store.grant_blobs(&id, "reg.io/a", ["aa"]);
+        assert!(!store.blob_granted(&id, "reg.io/a", "aa"), "nothing recorded for a dead token");
     }
 }
