@@ -11,7 +11,8 @@ use serde_json::Value;
 use support::jobs::*;
 use support::*;
 
-/// The docker CLI 28 on a job's socket, with the classic builder (BuildKit is refused in a namespace).
+/// The docker CLI 28 on a job's socket, with the classic builder (these tests run on both daemons;
+/// BuildKit through a job socket is `tests/buildkit.rs`, Docker 28 only).
 fn job_docker(job: &JobSocket, args: &[&str]) -> Output {
     let mut c = docker_cmd("docker", &job.host, args);
     c.env("DOCKER_BUILDKIT", "0");
