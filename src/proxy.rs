@@ -110,6 +110,55 @@ impl Refused {
     }
 }
 
+/// A read-only listing (`images`, `ps`, `system df`) that Docker 28's containerd image store may
+/// fail while another client removes images or containers ("content digest sha256:…: not found",
+/// "rw layer snapshot not found for container …", "snapshot … does not exist: not found"; seen on
+/// the daemon's own socket too). On a daemon shared by many jobs, one job's removals must not fail
+/// another's `docker images`: such a listing is asked again, a few times.
+fn is_store_listing(req: &Request<UpstreamBody>) -> bool {
+    req.method() == hyper::Method::GET
+        && Route::classify(req.method(), req.uri().path())
+            .is_ok_and(|r| matches!(r.endpoint, Some(Endpoint::ImageList | Endpoint::ContainerList | Endpoint::SystemDf)))
+}
+
+fn is_store_race(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body);
+    (text.contains("content digest sha256:") && text.contains("not found"))
+        || text.contains("snapshot not found for container")
+        || text.contains("does not exist: not found")
+}
+
+/// Sends a GET listing (no body: dockerd reads none), asking again while the daemon answers with
+/// its store race; the last answer is the client's.
+async fn retry_store_race(forwarder: &Forwarder, req: Request<UpstreamBody>) -> Result<Response<ProxyBody>, ForwardError> {
+    const ATTEMPTS: u64 = 4;
+    let (parts, _) = req.into_parts();
+    let mut attempt = 1;
+    loop {
+        let mut again = Request::builder().method(parts.method.clone()).uri(parts.uri.clone()).version(parts.version);
+        if let Some(h) = again.headers_mut() {
+            *h = parts.headers.clone();
+        }
+        let again = again.body(full_body(Bytes::new())).map_err(|e| ForwardError::Target(e.to_string()))?;
+        let rsp = forwarder.send(again, None).await?;
+        if attempt == ATTEMPTS || !(rsp.status() == StatusCode::NOT_FOUND || rsp.status() == StatusCode::INTERNAL_SERVER_ERROR) {
+            return Ok(rsp.map(ProxyBody::Upstream));
+        }
+        let (head, body) = rsp.into_parts();
+        let body = Limited::new(body, 64 << 10).collect().await.map_err(|e| ForwardError::Unreachable {
+            upstream: forwarder.upstream().to_owned(),
+            cause: format!("reading its error answer: {e}"),
+        })?;
+        let body = body.to_bytes();
+        if !is_store_race(&body) {
+            return Ok(Response::from_parts(head, ProxyBody::full(body)));
+        }
+        tracing::debug!(attempt, path = %parts.uri, "the daemon's image store raced a removal; listing again");
+        tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+        attempt += 1;
+    }
+}
+
 impl DockerProxy {
     pub fn new(forwarder: Arc<Forwarder>) -> Self {
         DockerProxy { forwarder: ArcSwap::new(forwarder) }
@@ -137,6 +186,9 @@ impl DockerProxy {
         let legacy = client_upgrade.is_none() && ApiPath::parse(req.uri().path()).may_hijack(req.method());
         let upgrade = client_upgrade.or_else(|| legacy.then(|| HeaderValue::from_static("tcp")));
 
+        if upgrade.is_none() && is_store_listing(&req) {
+            return retry_store_race(&forwarder, req).await;
+        }
         let mut rsp = forwarder.send(req, upgrade).await?;
         if rsp.status() != StatusCode::SWITCHING_PROTOCOLS {
             return Ok(rsp.map(ProxyBody::Upstream));
