@@ -19,7 +19,7 @@ use hyper::{Request, Response, StatusCode, Uri, Version};
 
 use crate::docker::json::{canonicalize, Kind, Raw};
 use crate::docker::schema::normalize_create;
-use crate::docker::{ApiPath, BodyKind, Endpoint, Query, Route};
+use crate::docker::{store_race, ApiPath, BodyKind, Endpoint, Query, Route};
 use crate::http::{
     boxed_body, client_body, full_body, respond, AccessIdentity, ConnCtx, ForwardError, Forwarder, Handler, ProxyBody, RelayAsk,
     UpstreamBody,
@@ -121,17 +121,9 @@ fn is_store_listing(req: &Request<UpstreamBody>) -> bool {
             .is_ok_and(|r| matches!(r.endpoint, Some(Endpoint::ImageList | Endpoint::ContainerList | Endpoint::SystemDf)))
 }
 
-fn is_store_race(body: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(body);
-    (text.contains("content digest sha256:") && text.contains("not found"))
-        || text.contains("snapshot not found for container")
-        || text.contains("does not exist: not found")
-}
-
 /// Sends a GET listing (no body: dockerd reads none), asking again while the daemon answers with
 /// its store race; the last answer is the client's.
 async fn retry_store_race(forwarder: &Forwarder, req: Request<UpstreamBody>) -> Result<Response<ProxyBody>, ForwardError> {
-    const ATTEMPTS: u64 = 4;
     let (parts, _) = req.into_parts();
     let mut attempt = 1;
     loop {
@@ -141,7 +133,8 @@ async fn retry_store_race(forwarder: &Forwarder, req: Request<UpstreamBody>) -> 
         }
         let again = again.body(full_body(Bytes::new())).map_err(|e| ForwardError::Target(e.to_string()))?;
         let rsp = forwarder.send(again, None).await?;
-        if attempt == ATTEMPTS || !(rsp.status() == StatusCode::NOT_FOUND || rsp.status() == StatusCode::INTERNAL_SERVER_ERROR) {
+        if attempt == store_race::ATTEMPTS || !(rsp.status() == StatusCode::NOT_FOUND || rsp.status() == StatusCode::INTERNAL_SERVER_ERROR)
+        {
             return Ok(rsp.map(ProxyBody::Upstream));
         }
         let (head, body) = rsp.into_parts();
@@ -150,11 +143,11 @@ async fn retry_store_race(forwarder: &Forwarder, req: Request<UpstreamBody>) -> 
             cause: format!("reading its error answer: {e}"),
         })?;
         let body = body.to_bytes();
-        if !is_store_race(&body) {
+        if !store_race::is_store_race(&body) {
             return Ok(Response::from_parts(head, ProxyBody::full(body)));
         }
         tracing::debug!(attempt, path = %parts.uri, "the daemon's image store raced a removal; listing again");
-        tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+        tokio::time::sleep(store_race::backoff(attempt)).await;
         attempt += 1;
     }
 }

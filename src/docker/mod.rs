@@ -17,6 +17,7 @@ pub mod query;
 pub mod reference;
 pub mod route;
 pub mod schema;
+pub mod store_race;
 pub mod timestamp;
 
 pub use auth_config::AuthConfig;

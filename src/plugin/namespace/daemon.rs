@@ -12,6 +12,7 @@ use hyper::{Method, Request, StatusCode};
 use serde_json::Value;
 
 use super::NsError;
+use crate::docker::store_race;
 use crate::http::{boxed_body, full_body, Forwarder};
 
 /// Answers larger than this are not read (an internal list of a busy daemon is far smaller).
@@ -59,9 +60,20 @@ impl Daemon {
         Ok((status, body.to_bytes()))
     }
 
-    /// A GET whose JSON answer is wanted; `None` when the daemon says 404.
+    /// A GET whose JSON answer is wanted; `None` when the daemon says 404. A read that meets Docker
+    /// 28's store race ([`store_race`]) is asked again: a racing removal elsewhere is not an
+    /// absence here (an image the namespace owns would otherwise look like another's).
     pub async fn get(&self, path_and_query: &str) -> Result<Option<Value>, NsError> {
-        let (status, body) = self.call(Method::GET, path_and_query, None).await?;
+        let mut attempt = 1;
+        let (status, body) = loop {
+            let (status, body) = self.call(Method::GET, path_and_query, None).await?;
+            if status.is_success() || attempt == store_race::ATTEMPTS || !store_race::is_store_race(&body) {
+                break (status, body);
+            }
+            tracing::debug!(attempt, path = path_and_query, "the daemon's image store raced a removal; asking again");
+            tokio::time::sleep(store_race::backoff(attempt)).await;
+            attempt += 1;
+        };
         if status == StatusCode::NOT_FOUND {
             return Ok(None);
         }

@@ -170,8 +170,32 @@ impl Namespace {
             if found.len() == 1 {
                 return Ok(found.remove(0));
             }
+            if found.is_empty() && hex.len() == 64 {
+                // Docker 28's listing skips an image whose content it could not read while another
+                // client removed images (`docker::store_race`); the daemon's own lookup by ID does
+                // not. Its answer counts only if the image is this namespace's (or shared).
+                if let Some(found) = self.image_by_daemon_lookup(daemon, hex).await {
+                    return Ok(found);
+                }
+            }
         }
         Err(NsError::no_image(typed))
+    }
+
+    /// The image the daemon finds by its full ID `hex`, if it is the namespace's own or shared;
+    /// `None` otherwise.
+    async fn image_by_daemon_lookup(&self, daemon: &Daemon, hex: &str) -> Option<ImageRef> {
+        let img = daemon.get(&format!("/images/sha256:{}/json", enc(hex))).await.ok()??;
+        let id = img.get("Id").and_then(Value::as_str)?;
+        if id.strip_prefix("sha256:").unwrap_or(id) != hex {
+            return None;
+        }
+        let tags = self.own_tags(&img);
+        if !tags.is_empty() {
+            return Some(ImageRef::Id { id: id.to_owned(), tags });
+        }
+        let shared = self.shared_tags(&img).next().is_some();
+        shared.then(|| ImageRef::Shared(id.to_owned()))
     }
 
     /// The namespace's references on an image summary or inspect answer (daemon-side strings):
