@@ -125,60 +125,46 @@ enum Stage {
 }
 
 fn executor_command(opts: ctproxy::executor::Options, stage: Stage) -> ExitCode {
+    use ctproxy::executor::{exit_code, CleanupError, ConfigError, StageError};
     let codes = ctproxy::executor::ExitCodes::from_env();
     let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
     let control = opts.control.clone();
     let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build();
-    let staged = |name: &str, r: Result<(), ctproxy::executor::StageError>| match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => ExitCode::from(e.exit_code(name, &codes)),
-    };
-    match stage {
-        Stage::Prepare => match runtime() {
-            Ok(rt) => staged(
-                "prepare",
-                rt.block_on(timed(&env, &control, ctproxy::metrics::Stage::Prepare, ctproxy::executor::prepare(&env, &opts))),
-            ),
-            Err(e) => staged("prepare", Err(ctproxy::executor::StageError::system(format!("cannot start the runtime: {e}")))),
-        },
-        Stage::Run { script, stage } => match runtime() {
-            Ok(rt) => staged(
-                "run",
-                rt.block_on(timed(&env, &control, ctproxy::metrics::Stage::Run, ctproxy::executor::run(&env, &opts, &script, &stage))),
-            ),
-            Err(e) => staged("run", Err(ctproxy::executor::StageError::system(format!("cannot start the runtime: {e}")))),
-        },
-        Stage::Config => match ctproxy::executor::config(&env, &control).and_then(|c| serde_json::to_string(&c).map_err(|e| e.to_string()))
-        {
-            Ok(json) => {
-                println!("{json}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("ctproxy executor config: {e}");
-                ExitCode::from(codes.system_failure)
-            }
-        },
-        Stage::Cleanup => {
-            let runtime = match runtime() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("ctproxy executor cleanup: cannot start the runtime: {e}");
-                    return ExitCode::from(codes.system_failure);
-                }
+    let no_runtime = |e: std::io::Error| format!("cannot start the runtime: {e}");
+    // Every stage's outcome becomes its exit code in `executor::exit_code`, nowhere else.
+    let code = match stage {
+        Stage::Prepare => {
+            let result = match runtime() {
+                Ok(rt) => rt.block_on(timed(&env, &control, ctproxy::metrics::Stage::Prepare, ctproxy::executor::prepare(&env, &opts))),
+                Err(e) => Err(StageError::system(no_runtime(e))),
             };
-            match runtime.block_on(timed(&env, &control, ctproxy::metrics::Stage::Cleanup, ctproxy::executor::cleanup(&env, &control))) {
-                Ok(msg) => {
-                    eprintln!("ctproxy executor cleanup: {msg}");
-                    ExitCode::SUCCESS
-                }
-                Err((_, msg)) => {
-                    eprintln!("ctproxy executor cleanup: {msg}");
-                    ExitCode::from(codes.system_failure)
-                }
-            }
+            exit_code("prepare", &result, &codes)
         }
-    }
+        Stage::Run { script, stage } => {
+            let result = match runtime() {
+                Ok(rt) => {
+                    rt.block_on(timed(&env, &control, ctproxy::metrics::Stage::Run, ctproxy::executor::run(&env, &opts, &script, &stage)))
+                }
+                Err(e) => Err(StageError::system(no_runtime(e))),
+            };
+            exit_code("run", &result, &codes)
+        }
+        Stage::Config => {
+            let result = ctproxy::executor::config(&env, &control)
+                .and_then(|c| serde_json::to_string(&c).map_err(|e| ConfigError::Output(e.to_string())))
+                .map(|json| println!("{json}"));
+            exit_code("config", &result, &codes)
+        }
+        Stage::Cleanup => {
+            let result = match runtime() {
+                Ok(rt) => rt.block_on(timed(&env, &control, ctproxy::metrics::Stage::Cleanup, ctproxy::executor::cleanup(&env, &control))),
+                Err(e) => Err(CleanupError::Runtime(no_runtime(e))),
+            };
+            let result = result.map(|msg| eprintln!("ctproxy executor cleanup: {msg}"));
+            exit_code("cleanup", &result, &codes)
+        }
+    };
+    ExitCode::from(code)
 }
 
 /// Runs a stage and reports its wall time to `ctproxy serve` (best-effort).
@@ -197,14 +183,7 @@ async fn timed<T>(
 /// Runs one job command against the control socket. Exit status: 0 done, 1 refused, 2 ctproxy
 /// not reachable (a system failure for a CI stage).
 fn job_command(control: PathBuf, action: JobAction) -> ExitCode {
-    use hyper::Method;
-    let (method, path, body) = match action {
-        JobAction::Create { id, timeout_s } => {
-            (Method::PUT, format!("/jobs/{id}"), timeout_s.map(|t| serde_json::json!({ "timeout_s": t })))
-        }
-        JobAction::Remove { id } => (Method::DELETE, format!("/jobs/{id}"), None),
-        JobAction::List => (Method::GET, "/jobs".to_owned(), None),
-    };
+    use ctproxy::jobs::api::{ControlClient, ControlError, CreateJob};
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -212,13 +191,24 @@ fn job_command(control: PathBuf, action: JobAction) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(ctproxy::jobs::control_request(&control, method, &path, body)) {
-        Ok((status, v)) if status.is_success() => {
+    let client = ControlClient::new(&control);
+    let answer = runtime.block_on(async {
+        fn json(v: impl serde::Serialize) -> Result<serde_json::Value, ControlError> {
+            serde_json::to_value(v).map_err(|e| ControlError::Malformed(e.to_string()))
+        }
+        match action {
+            JobAction::Create { id, timeout_s } => json(client.create(&id, &CreateJob { timeout_s, project: None }).await?),
+            JobAction::Remove { id } => json(client.remove(&id, false).await?),
+            JobAction::List => json(client.list().await?),
+        }
+    });
+    match answer {
+        Ok(v) => {
             println!("{v}");
             ExitCode::SUCCESS
         }
-        Ok((status, v)) => {
-            eprintln!("ctproxy: {status}: {}", v.get("message").and_then(|m| m.as_str()).unwrap_or(""));
+        Err(ControlError::Refused { status, message }) => {
+            eprintln!("ctproxy: {status}: {message}");
             ExitCode::FAILURE
         }
         Err(e) => {

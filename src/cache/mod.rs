@@ -382,7 +382,7 @@ impl CreateDecorator for CacheService {
 
 /// The names of the variables an image's config sets (none when it cannot be inspected).
 async fn image_env_names(daemon: &Daemon, image: &str) -> HashSet<String> {
-    let path = format!("/images/{}/json", crate::plugin::namespace::daemon::enc(image));
+    let path = format!("/images/{}/json", crate::docker::client::enc(image));
     match daemon.get(&path).await {
         Ok(Some(v)) => v
             .pointer("/Config/Env")

@@ -7,6 +7,7 @@ pub mod auth_config;
 pub mod buildctx;
 pub mod buildkit;
 pub mod cidr;
+pub mod client;
 pub mod endpoint;
 pub mod image_archive;
 pub mod image_create;

@@ -2,25 +2,30 @@
 //! services, the job container, pulled images) belongs to the job's namespace, is checked by the
 //! job's policies and is destroyed with the job.
 //!
-//! Built on the proxy's own upstream client ([`Forwarder`]); adds what a stage needs: JSON calls,
-//! a streamed pull that reports progress lines, and an exec whose stdin is a file and whose output
-//! is demultiplexed onto the stage's stdout and stderr as it comes.
+//! Its calls go through the one internal Docker client ([`crate::docker::client`]: encoding, size
+//! limits, typed errors) over the job's unix socket; what is the executor's own is the stages' view
+//! of errors ([`DockerError`]), a streamed pull that reports progress lines, and an exec whose stdin
+//! is a file and whose output is demultiplexed onto the stage's stdout and stderr as it comes.
 
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use http_body_util::BodyExt;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::http::{full_body, Forwarder};
-use crate::plugin::namespace::daemon::enc;
-use crate::transport::{Connector, UpstreamAddr};
+use crate::docker::client::{enc, message_of, Client, ClientError};
+use crate::http::full_body;
+
+/// Whole answers larger than this are not read (the executor's inspects and creates are small).
+const MAX_ANSWER: usize = 16 << 20;
+/// Error answers of streamed calls (pull, exec start) are read up to this.
+const MAX_ERROR: usize = 1 << 20;
 
 /// Why a Docker call failed: the daemon (or the proxy) could not be reached, or it said no.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +42,17 @@ impl DockerError {
     }
 }
 
+/// The one place the client's errors become the stages' view: a refusal keeps the daemon's
+/// status and message, anything else is the socket not answering.
+impl From<ClientError> for DockerError {
+    fn from(e: ClientError) -> DockerError {
+        match e {
+            ClientError::Status { status, body, .. } => DockerError::Refused { status, message: message_of(&body) },
+            e => DockerError::Unreachable(e.to_string()),
+        }
+    }
+}
+
 /// A pull that failed: the daemon's own words about the image.
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -46,56 +62,28 @@ pub enum PullError {
     Failed(String),
 }
 
-pub struct JobDocker {
-    forwarder: Forwarder,
+impl From<ClientError> for PullError {
+    fn from(e: ClientError) -> PullError {
+        PullError::Docker(e.into())
+    }
 }
 
-fn message_of(body: &[u8]) -> String {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
-        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned())
+/// The job's Docker socket (or the daemon's own), through [`crate::docker::client`].
+pub struct JobDocker {
+    client: Client,
 }
 
 impl JobDocker {
     pub fn new(socket: &Path) -> Result<JobDocker, DockerError> {
-        let addr = UpstreamAddr::Unix(socket.to_path_buf());
-        let connector = Connector::new(addr, None, Duration::from_secs(10)).map_err(|e| DockerError::Unreachable(e.to_string()))?;
-        Ok(JobDocker { forwarder: Forwarder::new(connector) })
-    }
-
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-        auth: Option<&HeaderValue>,
-    ) -> Result<hyper::Response<hyper::body::Incoming>, DockerError> {
-        let bytes = match body {
-            Some(v) => Bytes::from(v.to_string()),
-            None => Bytes::new(),
-        };
-        let mut req = Request::builder().method(method).uri(path);
-        if body.is_some() {
-            req = req.header(CONTENT_TYPE, "application/json");
-        }
-        if let Some(a) = auth {
-            req = req.header("X-Registry-Auth", a.clone());
-        }
-        let req = req.body(full_body(bytes)).map_err(|e| DockerError::Unreachable(e.to_string()))?;
-        self.forwarder.send(req, None).await.map_err(|e| DockerError::Unreachable(e.to_string()))
+        let client = Client::unix(socket, Duration::from_secs(10))?.with_max_answer(MAX_ANSWER);
+        Ok(JobDocker { client })
     }
 
     /// One call whose whole (small) answer is wanted; non-2xx answers are errors.
     pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, DockerError> {
-        let rsp = self.send(method, path, body, None).await?;
-        let status = rsp.status();
-        let bytes =
-            Limited::new(rsp.into_body(), 16 << 20).collect().await.map_err(|e| DockerError::Unreachable(e.to_string()))?.to_bytes();
-        if !status.is_success() {
-            return Err(DockerError::Refused { status, message: message_of(&bytes) });
-        }
-        Ok(if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) })
+        let answer = self.client.call_ok(method, path, body).await?;
+        // An empty answer (204) is no value; a success whose body is not JSON is taken as none.
+        Ok(if answer.body.is_empty() { Value::Null } else { serde_json::from_slice(&answer.body).unwrap_or(Value::Null) })
     }
 
     /// An inspect: `None` when there is no such object.
@@ -122,13 +110,17 @@ impl JobDocker {
         if !platform.is_empty() {
             path.push_str(&format!("&platform={}", enc(platform)));
         }
-        let rsp = self.send(Method::POST, &path, None, auth).await?;
-        let status = rsp.status();
-        let mut body = rsp.into_body();
-        if !status.is_success() {
-            let bytes = Limited::new(body, 1 << 20).collect().await.map_err(|e| DockerError::Unreachable(e.to_string()))?.to_bytes();
-            return Err(PullError::Failed(message_of(&bytes)));
+        let mut req = Request::builder().method(Method::POST).uri(&path);
+        if let Some(a) = auth {
+            req = req.header(HeaderName::from_static("x-registry-auth"), a.clone());
         }
+        let req = req.body(full_body(Bytes::new())).map_err(|e| DockerError::Unreachable(e.to_string()))?;
+        let rsp = self.client.send(req, None).await?;
+        if !rsp.status().is_success() {
+            let answer = Client::read(&path, rsp, MAX_ERROR).await?;
+            return Err(PullError::Failed(answer.message()));
+        }
+        let mut body = rsp.into_body();
         let mut pending = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| DockerError::Unreachable(e.to_string()))?;
@@ -167,15 +159,13 @@ impl JobDocker {
             .header(CONTENT_TYPE, "application/json")
             .body(full_body(Bytes::from_static(br#"{"Detach":false,"Tty":false}"#)))
             .map_err(|e| DockerError::Unreachable(e.to_string()))?;
-        let mut rsp =
-            self.forwarder.send(req, Some(HeaderValue::from_static("tcp"))).await.map_err(|e| DockerError::Unreachable(e.to_string()))?;
+        let mut rsp = self.client.send(req, Some(HeaderValue::from_static("tcp"))).await?;
         let status = rsp.status();
         if status != StatusCode::SWITCHING_PROTOCOLS && !status.is_success() {
-            let bytes =
-                Limited::new(rsp.into_body(), 1 << 20).collect().await.map_err(|e| DockerError::Unreachable(e.to_string()))?.to_bytes();
-            return Err(DockerError::Refused { status, message: message_of(&bytes) });
+            let answer = Client::read("exec start", rsp, MAX_ERROR).await?;
+            return Err(DockerError::Refused { status, message: answer.message() });
         }
-        let upgraded = self.forwarder.upgraded(&mut rsp).await.map_err(|e| DockerError::Unreachable(e.to_string()))?;
+        let upgraded = self.client.upgraded(&mut rsp).await?;
         let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
         let feeder = async move {
             if let Some(mut file) = stdin {

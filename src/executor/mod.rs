@@ -7,10 +7,12 @@
 //! Everything else (network, services, job container, pulls, execs) goes through the job's own
 //! socket, so it lives in the job's namespace, under the job's policies, and goes when the job does.
 //! Exit codes follow the protocol: 0 done, `BUILD_FAILURE_EXIT_CODE` for the job's own failures,
-//! `SYSTEM_FAILURE_EXIT_CODE` for the infrastructure's (gitlab-runner retries those).
+//! `SYSTEM_FAILURE_EXIT_CODE` for the infrastructure's (gitlab-runner retries those); each stage's
+//! error type says which it is, and [`exit::exit_code`] alone turns that into the code.
 
 pub mod admission;
 pub mod docker;
+pub mod exit;
 pub mod job_response;
 mod prepare;
 pub mod pull;
@@ -20,11 +22,11 @@ mod services;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use hyper::{Method, StatusCode};
 use serde::Serialize;
 
-use crate::jobs::{control_request, ControlError};
+use crate::jobs::api::{ControlClient, ControlError, StageReport};
 
+pub use exit::{exit_code, ExitCodes, Failure, StageFailure};
 pub use prepare::prepare;
 pub use run::run;
 
@@ -58,7 +60,8 @@ pub struct Options {
     pub wait_for_services_timeout: i64,
 }
 
-/// How a stage failed, which decides its exit code.
+/// How prepare or run failed (the two stages that drive the job's containers share their helpers,
+/// and so their error type); which failure it is decides the exit code ([`exit::exit_code`]).
 #[derive(Debug)]
 pub enum StageError {
     /// The job's own doing (its script, its image): `BUILD_FAILURE_EXIT_CODE`, with the script's
@@ -76,28 +79,57 @@ impl StageError {
     pub fn system(message: impl Into<String>) -> StageError {
         StageError::System(message.into())
     }
+}
 
-    /// Reports the failure on stderr (the job log), writes the exit-code file, and returns the code
-    /// the stage exits with.
-    pub fn exit_code(&self, stage: &str, codes: &ExitCodes) -> u8 {
+impl std::fmt::Display for StageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StageError::Build { message, exit_code } => {
-                if !message.is_empty() {
-                    eprintln!("ctproxy executor {stage}: {message}");
-                }
-                if let (Some(code), Ok(file)) = (exit_code, std::env::var("BUILD_EXIT_CODE_FILE")) {
-                    // A bare integer, as gitlab-runner's strconv.Atoi wants it.
-                    if let Err(e) = std::fs::write(&file, format!("{code}\n")) {
-                        eprintln!("ctproxy executor {stage}: cannot write {file}: {e}");
-                    }
-                }
-                codes.build_failure
-            }
-            StageError::System(message) => {
-                eprintln!("ctproxy executor {stage}: {message}");
-                codes.system_failure
-            }
+            StageError::Build { message, .. } | StageError::System(message) => f.write_str(message),
         }
+    }
+}
+
+impl StageFailure for StageError {
+    fn failure(&self) -> Failure {
+        match self {
+            StageError::Build { exit_code, .. } => Failure::Build { exit_code: *exit_code },
+            StageError::System(_) => Failure::System,
+        }
+    }
+}
+
+/// How the config stage failed: always the infrastructure's (the job is not run by gitlab-runner,
+/// or its answer cannot be written).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("CUSTOM_ENV_CI_JOB_ID is not set: not run by gitlab-runner?")]
+    NoJob,
+    #[error("{0}")]
+    Output(String),
+}
+
+impl StageFailure for ConfigError {
+    fn failure(&self) -> Failure {
+        Failure::System
+    }
+}
+
+/// How the cleanup stage failed: always the infrastructure's (the job stays for the reaper).
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    /// ctproxy answered, and did not remove the job.
+    #[error("job {key} not removed: {status}: {message}")]
+    Refused { key: String, status: hyper::StatusCode, message: String },
+    /// ctproxy is not running, or its answer broke off.
+    #[error("{0}")]
+    Control(ControlError),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl StageFailure for CleanupError {
+    fn failure(&self) -> Failure {
+        Failure::System
     }
 }
 
@@ -110,50 +142,25 @@ fn current_job(env: &BTreeMap<String, String>) -> Result<String, StageError> {
         .ok_or_else(|| StageError::system("no CTPROXY_JOB and no CUSTOM_ENV_CI_JOB_ID: not run by gitlab-runner?"))
 }
 
-/// A live job as the control socket describes it.
-struct LiveJob {
-    socket: PathBuf,
-    /// The daemon's own socket, when it is local.
-    daemon: Option<PathBuf>,
-}
-
 /// The live job `key`. A ctproxy that is restarting (its control socket missing for a moment) is
 /// waited for, up to 15 s: a restart must not fail the stages of running jobs.
-async fn live_job(control: &Path, key: &str) -> Result<LiveJob, StageError> {
+async fn live_job(control: &Path, key: &str) -> Result<crate::jobs::JobInfo, StageError> {
+    let client = ControlClient::new(control);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    let answer = loop {
-        match control_request(control, Method::GET, &format!("/jobs/{key}"), None).await {
+    loop {
+        match client.get(key).await {
             Err(ControlError::NotRunning { .. }) if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
+            Ok(job) => return Ok(job),
+            Err(ControlError::Refused { status, message }) => {
+                return Err(StageError::system(format!(
+                    "job {key} is not live in ctproxy ({status}: {message}): was prepare run, or was the job reaped?"
+                )))
+            }
+            Err(e @ ControlError::Malformed(_)) => return Err(StageError::system(format!("job {key}: {e}"))),
             Err(e) => return Err(StageError::system(e.to_string())),
-            Ok(a) => break a,
         }
-    };
-    match answer {
-        (StatusCode::OK, v) => {
-            let socket = v.get("socket").and_then(|s| s.as_str()).map(PathBuf::from);
-            let socket = socket.ok_or_else(|| StageError::system("the control socket answered without a job socket"))?;
-            let daemon = v.get("daemon").and_then(|d| d.as_str()).and_then(|d| d.strip_prefix("unix://")).map(PathBuf::from);
-            Ok(LiveJob { socket, daemon })
-        }
-        (status, v) => Err(StageError::system(format!(
-            "job {key} is not live in ctproxy ({status}: {}): was prepare run, or was the job reaped?",
-            v.get("message").and_then(|m| m.as_str()).unwrap_or("")
-        ))),
-    }
-}
-
-/// The protocol's exit codes, from the environment gitlab-runner gives every stage.
-pub struct ExitCodes {
-    pub build_failure: u8,
-    pub system_failure: u8,
-}
-
-impl ExitCodes {
-    pub fn from_env() -> ExitCodes {
-        let code = |k: &str, d: u8| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
-        ExitCodes { build_failure: code("BUILD_FAILURE_EXIT_CODE", 1), system_failure: code("SYSTEM_FAILURE_EXIT_CODE", 2) }
     }
 }
 
@@ -184,8 +191,8 @@ pub struct ConfigOutput {
 }
 
 /// The config stage's answer for this job.
-pub fn config(env: &BTreeMap<String, String>, control: &Path) -> Result<ConfigOutput, String> {
-    let key = job_key(env).ok_or("CUSTOM_ENV_CI_JOB_ID is not set: not run by gitlab-runner?")?;
+pub fn config(env: &BTreeMap<String, String>, control: &Path) -> Result<ConfigOutput, ConfigError> {
+    let key = job_key(env).ok_or(ConfigError::NoJob)?;
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
     let job_env = BTreeMap::from([("CTPROXY_JOB".to_owned(), key), ("CTPROXY_CONTROL".to_owned(), control.display().to_string())]);
     Ok(ConfigOutput {
@@ -202,12 +209,11 @@ pub fn config(env: &BTreeMap<String, String>, control: &Path) -> Result<ConfigOu
 /// fails (ctproxy restarting, an older ctproxy) is logged to stderr and never fails the stage.
 pub async fn report_stage(env: &BTreeMap<String, String>, control: &Path, stage: crate::metrics::Stage, took: std::time::Duration) {
     let Some(key) = env.get("CTPROXY_JOB").filter(|k| !k.is_empty()).cloned().or_else(|| job_key(env)) else { return };
-    let body = serde_json::json!({ "stage": stage, "seconds": took.as_secs_f64() });
-    let path = format!("/jobs/{key}/stages");
-    let report = control_request(control, Method::POST, &path, Some(body));
-    match tokio::time::timeout(std::time::Duration::from_secs(2), report).await {
-        Ok(Ok((StatusCode::OK, _))) => {}
-        Ok(Ok((status, _))) => eprintln!("ctproxy executor: stage metrics not reported: {status}"),
+    let report = StageReport { stage, seconds: took.as_secs_f64() };
+    let client = ControlClient::new(control);
+    match tokio::time::timeout(std::time::Duration::from_secs(2), client.report_stage(&key, &report)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(ControlError::Refused { status, .. })) => eprintln!("ctproxy executor: stage metrics not reported: {status}"),
         Ok(Err(e)) => eprintln!("ctproxy executor: stage metrics not reported: {e}"),
         Err(_) => eprintln!("ctproxy executor: stage metrics not reported: no answer in 2 s"),
     }
@@ -215,20 +221,17 @@ pub async fn report_stage(env: &BTreeMap<String, String>, control: &Path, stage:
 
 /// The cleanup stage: removes the job's socket and everything the job created. Tolerates a job
 /// that was never prepared (config failed, job_env empty) and runs any number of times.
-pub async fn cleanup(env: &BTreeMap<String, String>, control: &Path) -> Result<String, (bool, String)> {
+pub async fn cleanup(env: &BTreeMap<String, String>, control: &Path) -> Result<String, CleanupError> {
     let key = match env.get("CTPROXY_JOB").cloned().or_else(|| job_key(env)) {
         Some(k) => k,
         None => return Ok("no job to clean up (no CTPROXY_JOB, no CUSTOM_ENV_CI_JOB_ID)".into()),
     };
     // The job's containers are gone when this answers; its networks, volumes and images follow in
     // ctproxy (dockerd's network removal is slow, and the job's status waits for cleanup).
-    match control_request(control, Method::DELETE, &format!("/jobs/{key}?rest=background"), None).await {
-        Ok((StatusCode::OK, v)) => Ok(format!("job {key} removed: {}", v.get("removed").cloned().unwrap_or_default())),
-        Ok((status, v)) => {
-            Err((true, format!("job {key} not removed: {status}: {}", v.get("message").and_then(|m| m.as_str()).unwrap_or(""))))
-        }
-        Err(e @ ControlError::NotRunning { .. }) => Err((true, e.to_string())),
-        Err(e) => Err((true, e.to_string())),
+    match ControlClient::new(control).remove(&key, true).await {
+        Ok(answer) => Ok(format!("job {key} removed: {}", serde_json::json!(answer.removed))),
+        Err(ControlError::Refused { status, message }) => Err(CleanupError::Refused { key, status, message }),
+        Err(e) => Err(CleanupError::Control(e)),
     }
 }
 

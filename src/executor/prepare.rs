@@ -18,9 +18,8 @@ use super::RUNNER_BINARY_IN_CONTAINER;
 use super::{admission, pull};
 use super::{current_job, Options, StageError};
 use super::{BUILDS_DIR, BUILDS_VOLUME, BUILD_CONTAINER, CACHE_DIR, CACHE_VOLUME, HELPER_CONTAINER, NETWORK, SOCKET_DIR_IN_CONTAINER};
-use crate::config::ExecutorConfig;
-use crate::jobs::{control_request, ControlError};
-use crate::plugin::namespace::daemon::enc;
+use crate::docker::client::enc;
+use crate::jobs::api::{ControlClient, ControlError, CreateJob, JobInfo};
 
 /// Keeps a container alive without work, and ends at once on `docker stop`.
 const KEEPALIVE: &str = "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done";
@@ -39,22 +38,19 @@ pub async fn prepare(env: &BTreeMap<String, String>, opts: &Options) -> Result<(
     let job = JobResponse::parse(&raw).map_err(|e| StageError::system(format!("cannot parse {response_file}: {e}")))?;
 
     // An earlier attempt's leftovers go first; then a fresh socket and namespace.
-    control(opts, Method::DELETE, &key, None).await?;
-    let created = control(opts, Method::PUT, &key, Some(json!({ "timeout_s": job.timeout_s(), "project": project_of(env) }))).await?;
-    let socket = created.get("socket").and_then(Value::as_str).map(std::path::PathBuf::from);
-    let socket = socket.ok_or_else(|| StageError::system("the control socket answered without a job socket"))?;
+    let control = ControlClient::new(&opts.control);
+    control.remove(&key, false).await.map_err(|e| refused(e, "DELETE", &key))?;
+    let create = CreateJob { timeout_s: Some(job.timeout_s()), project: project_of(env) };
+    let created = control.create(&key, &create).await.map_err(|e| refused(e, "PUT", &key))?;
+    let socket = created.job.socket.clone();
     let socket_dir = socket.parent().map(|d| d.display().to_string()).unwrap_or_default();
-    println!(
-        "Job {key}: Docker socket {} (namespace {})",
-        socket.display(),
-        created.get("namespace").and_then(Value::as_str).unwrap_or("")
-    );
+    println!("Job {key}: Docker socket {} (namespace {})", socket.display(), created.job.namespace);
 
     let docker = JobDocker::new(&socket).map_err(system)?;
-    let settings: ExecutorConfig = created.get("executor").and_then(|e| serde_json::from_value(e.clone()).ok()).unwrap_or_default();
-    admission::check_job(&job, &settings, opts.default_image.as_deref())?;
+    let settings = &created.executor;
+    admission::check_job(&job, settings, opts.default_image.as_deref())?;
     let credentials = pull::Credentials::from_job(&job, env.get("CUSTOM_ENV_DOCKER_AUTH_CONFIG").map(String::as_str));
-    let mut puller = pull::Puller { docker: &docker, settings: &settings, credentials: &credentials, done: Vec::new() };
+    let mut puller = pull::Puller { docker: &docker, settings, credentials: &credentials, done: Vec::new() };
 
     let mut image = job.image.clone();
     if image.name.is_empty() {
@@ -97,7 +93,7 @@ pub async fn prepare(env: &BTreeMap<String, String>, opts: &Options) -> Result<(
         format!("{socket_dir}:{SOCKET_DIR_IN_CONTAINER}:ro"),
         format!("{BUILDS_VOLUME}:{BUILDS_DIR}"),
     ];
-    binds.extend(shared_binds(&created));
+    binds.extend(shared_binds(&created.job));
     binds.dedup();
     let containers = [(BUILD_CONTAINER, &image)];
     let helper = opts.helper_image.as_ref().map(|name| ImageSpec {
@@ -129,13 +125,13 @@ fn project_of(env: &BTreeMap<String, String>) -> Option<String> {
 /// The binds ctproxy granted the job: the project's local cache at the cache directory (else a
 /// volume of the job's own), and the host's gitlab-runner read-only for the cache and artifact
 /// stages (else a warning, once: those stages then skip their transfers).
-fn shared_binds(created: &Value) -> Vec<String> {
-    let path = |k: &str| created.get(k).and_then(Value::as_str).filter(|p| !p.is_empty()).map(str::to_owned);
-    let mut binds = vec![match path("cache_dir") {
+fn shared_binds(created: &JobInfo) -> Vec<String> {
+    let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string()).filter(|p| !p.is_empty());
+    let mut binds = vec![match path(&created.cache_dir) {
         Some(dir) => format!("{dir}:{CACHE_DIR}"),
         None => format!("{CACHE_VOLUME}:{CACHE_DIR}"),
     }];
-    match path("runner_binary") {
+    match path(&created.runner_binary) {
         Some(bin) => binds.push(format!("{bin}:{RUNNER_BINARY_IN_CONTAINER}:ro")),
         None => println!(
             "WARNING: no gitlab-runner binary on this host ([jobs] runner_binary of ctproxy, default /usr/bin/gitlab-runner or \
@@ -145,16 +141,14 @@ fn shared_binds(created: &Value) -> Vec<String> {
     binds
 }
 
-/// One control request; ctproxy not running is a system failure that says so.
-async fn control(opts: &Options, method: Method, key: &str, body: Option<Value>) -> Result<Value, StageError> {
-    match control_request(&opts.control, method.clone(), &format!("/jobs/{key}"), body).await {
-        Ok((StatusCode::OK, v)) => Ok(v),
-        Ok((status, v)) => Err(StageError::system(format!(
-            "ctproxy refused {method} of job {key}: {status}: {}",
-            v.get("message").and_then(Value::as_str).unwrap_or("")
-        ))),
-        Err(e @ ControlError::NotRunning { .. }) => Err(StageError::system(format!("{e}; start it (systemctl start ctproxy)"))),
-        Err(e) => Err(StageError::system(e.to_string())),
+/// A control request that failed; ctproxy not running is a system failure that says so.
+fn refused(e: ControlError, method: &str, key: &str) -> StageError {
+    match e {
+        ControlError::Refused { status, message } => {
+            StageError::system(format!("ctproxy refused {method} of job {key}: {status}: {message}"))
+        }
+        e @ ControlError::NotRunning { .. } => StageError::system(format!("{e}; start it (systemctl start ctproxy)")),
+        e => StageError::system(e.to_string()),
     }
 }
 

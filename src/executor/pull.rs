@@ -27,8 +27,8 @@ use super::job_response::{ImageSpec, JobResponse};
 use super::StageError;
 use crate::config::ExecutorConfig;
 use crate::docker::auth_config::{encode_header, AuthConfig};
+use crate::docker::client::enc;
 use crate::docker::reference::Reference;
-use crate::plugin::namespace::daemon::enc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PullPolicy {

@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::docker::{DockerError, JobDocker};
 use super::{current_job, live_job, Options, StageError, BUILD_CONTAINER, HELPER_CONTAINER};
-use crate::plugin::namespace::daemon::enc;
+use crate::docker::client::enc;
 
 /// Runs the script read on stdin with bash if there is one, else sh.
 const SHELL: &str = "if command -v bash >/dev/null 2>&1; then exec bash; fi; exec sh";
@@ -100,8 +100,8 @@ pub async fn run(env: &BTreeMap<String, String>, opts: &Options, script: &Path, 
         .ok_or_else(|| StageError::system(format!("the job container {BUILD_CONTAINER} is gone: was prepare run?")))?;
     // The script runs on the daemon's own socket when it is local: a stage in flight then survives
     // a restart of ctproxy. The container was found through the job's socket, so it is the job's.
-    let docker = match &job.daemon {
-        Some(daemon) => JobDocker::new(daemon).map_err(sys)?,
+    let docker = match job.daemon_socket() {
+        Some(daemon) => JobDocker::new(&daemon).map_err(sys)?,
         None => via_job,
     };
     let container = container.as_str();

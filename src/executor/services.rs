@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::docker::{DockerError, JobDocker};
-use crate::plugin::namespace::daemon::enc;
+use crate::docker::client::enc;
 
 /// What a service exposes: its container name, its addresses and its TCP ports.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,7 +24,7 @@ use serde_json::Value;
 use super::daemon::enc;
 use super::fetch;
 use super::text::Demangler;
-use super::{Daemon, Namespace};
+use super::{Daemon, Namespace, NsError};
 use crate::docker::buildctx::add::{parse_add_url, plain_file_name, UNNAMED};
 use crate::docker::buildctx::{
     plan_dockerfile, Appended, Appendix, AsyncRewriteFn, BaseImage, BuildContextError, RewriteError, Rewritten, RESERVED_DIR,
@@ -266,8 +266,9 @@ impl BuildCtx {
             .as_ref()
             .ok_or_else(|| self.refused(line, "no registry proxy is configured to pull base images".into()))?;
         let headers = [(HeaderName::from_static("x-registry-auth"), tokens.issue(&self.ns.name, None))];
+        let answer = self.daemon.client().call_with(Method::POST, &path, None, &headers).await;
         let (status, body) =
-            self.daemon.call_with(Method::POST, &path, None, &headers).await.map_err(|e| BuildContextError::Unavailable(e.to_string()))?;
+            answer.map(|a| (a.status, a.body)).map_err(|e| BuildContextError::Unavailable(NsError::from(e).to_string()))?;
         let error = if status != StatusCode::OK {
             Some(
                 serde_json::from_slice::<Value>(&body)

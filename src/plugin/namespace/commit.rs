@@ -51,7 +51,8 @@ pub async fn undecorate(daemon: &Daemon, container: &str, image: &str, reference
         .await
         .map_err(|e| NsError::Daemon(e.to_string()))??;
     let Some(archive) = archive else { return Ok(None) };
-    let (status, body) = daemon.send_file(Method::POST, "/images/load?quiet=1", "application/x-tar", archive).await?;
+    let loaded = daemon.client().send_file(Method::POST, "/images/load?quiet=1", "application/x-tar", archive).await?;
+    let (status, body) = (loaded.status, loaded.body);
     if status != StatusCode::OK {
         return Err(NsError::Daemon(format!("load: {status}: {}", String::from_utf8_lossy(&body).trim())));
     }

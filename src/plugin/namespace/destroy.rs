@@ -13,7 +13,7 @@ use super::resolve::strings;
 use super::{Daemon, Namespace, NsError, NsName, NS_LABEL};
 
 /// What a destroy removed.
-#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Removed {
     pub containers: usize,
     pub networks: usize,

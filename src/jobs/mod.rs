@@ -14,12 +14,8 @@
 //! (of this server's prefix) on the daemon that no live job owns (a job whose runner never called cleanup, or whose record was
 //! lost).
 //!
-//! Control API (HTTP/1.1 on the control socket, mode 0600, peers other than uid 0 refused):
-//! `PUT /jobs/{id}` (`{"timeout_s": N}`, idempotent) → `{"id","socket","namespace","deadline","executor"}`
-//! (`executor`: `[jobs.executor]`, for prepare);
-//! `GET /jobs/{id}` → the same (404 when there is no such job); `DELETE /jobs/{id}` →
-//! `{"removed": {...}}` (idempotent; with `?rest=background` it answers once the job's containers
-//! are gone and removes its networks, volumes and images after); `GET /jobs` → the live jobs.
+//! The control API (HTTP/1.1 on a root-only socket) is typed in [`api`]: its requests, answers and
+//! the client the executor stages and `ctproxy job` use.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,7 +27,6 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -47,6 +42,11 @@ use crate::plugin::GrantedBind;
 use crate::project_cache::ProjectCaches;
 use crate::proxy::{DockerProxy, ListenerHandler, Pipeline};
 use crate::transport::{ListenAddr, Listener, PeerAddr, UnixSocketOptions};
+
+pub mod api;
+
+pub use api::{ControlClient, ControlError, JobInfo};
+use api::{CreateJob, CreatedJob, RemovedJob, StageReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -97,26 +97,6 @@ struct Record {
     /// The GitLab project (its path, or its id), whose local cache the job mounts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     project: Option<String>,
-}
-
-/// A job as the control API reports it.
-#[derive(Debug, Clone, Serialize)]
-pub struct JobInfo {
-    pub id: String,
-    pub socket: PathBuf,
-    pub namespace: String,
-    pub deadline: u64,
-    /// The daemon's own socket when it is local (`unix://...`): the executor runs stage scripts
-    /// there, so that a running stage survives a restart of ctproxy.
-    pub daemon: Option<String>,
-    /// The host directory of the project's local cache, which the job may bind (read-write) at
-    /// its cache directory.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cache_dir: Option<PathBuf>,
-    /// The host's gitlab-runner binary, which the job may bind read-only; absent when the host
-    /// has none.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub runner_binary: Option<PathBuf>,
 }
 
 struct Job {
@@ -470,7 +450,6 @@ fn write_record(dir: &Path, record: &Record) -> std::io::Result<()> {
     std::fs::rename(tmp, dir.join("job.json"))
 }
 
-/// The control socket's handler.
 /// The prefix of job sockets' listener names (`job-<id>`), in logs and metrics.
 pub const JOB_LISTENER_PREFIX: &str = "job-";
 
@@ -485,24 +464,9 @@ fn count_cleanup(was_live: bool, r: &Removed, complete: bool) {
     metrics::server().cleanup(counts, complete);
 }
 
-/// `POST /jobs/<id>/stages`: an executor stage reports its wall time (best-effort, for metrics).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StageReport {
-    stage: metrics::Stage,
-    seconds: f64,
-}
-
+/// The control socket's handler (the API: [`api`]).
 pub struct ControlHandler {
     pub jobs: Arc<JobManager>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct CreateBody {
-    timeout_s: Option<u64>,
-    /// The job's GitLab project (`CI_PROJECT_PATH`, else its id): the key of its local cache.
-    project: Option<String>,
 }
 
 impl Handler for ControlHandler {
@@ -525,8 +489,8 @@ impl Handler for ControlHandler {
                     Ok(b) => b.to_bytes(),
                     Err(e) => return respond::error(StatusCode::BAD_REQUEST, &format!("ctproxy: {e}")),
                 };
-                let parsed: CreateBody = if body.is_empty() {
-                    CreateBody::default()
+                let parsed: CreateJob = if body.is_empty() {
+                    CreateJob::default()
                 } else {
                     match serde_json::from_slice(&body) {
                         Ok(b) => b,
@@ -537,11 +501,10 @@ impl Handler for ControlHandler {
                     return respond::error(StatusCode::BAD_REQUEST, "ctproxy: invalid job: project longer than 1024 bytes");
                 }
                 match self.jobs.create(&id, parsed.timeout_s.map(Duration::from_secs), parsed.project.as_deref()).await {
-                    Ok(info) => {
+                    Ok(job) => {
                         // The stages have no configuration of their own: prepare gets `[jobs.executor]` here.
-                        let mut answer = serde_json::json!(info);
-                        answer["executor"] = serde_json::json!(self.jobs.config.executor);
-                        respond::json(StatusCode::OK, &answer)
+                        let answer = CreatedJob { job, executor: self.jobs.config.executor.clone() };
+                        respond::json(StatusCode::OK, &serde_json::json!(answer))
                     }
                     Err(e @ JobError::Id(_)) => respond::error(StatusCode::BAD_REQUEST, &format!("ctproxy: {e}")),
                     Err(e) => respond::error(StatusCode::INTERNAL_SERVER_ERROR, &format!("ctproxy: {e}")),
@@ -563,7 +526,7 @@ impl Handler for ControlHandler {
                 }
             }
             (Method::DELETE, Some(id)) => match self.jobs.remove_with(&id, removal_of(req.uri().query())).await {
-                Ok(removed) => respond::json(StatusCode::OK, &serde_json::json!({ "removed": removed })),
+                Ok(removed) => respond::json(StatusCode::OK, &serde_json::json!(RemovedJob { removed })),
                 Err(e @ JobError::Id(_)) => respond::error(StatusCode::BAD_REQUEST, &format!("ctproxy: {e}")),
                 Err(e) => respond::error(StatusCode::INTERNAL_SERVER_ERROR, &format!("ctproxy: {e}")),
             },
@@ -580,34 +543,4 @@ fn removal_of(query: Option<&str>) -> Removal {
     } else {
         Removal::Complete
     }
-}
-
-/// Why a control request from a stage process failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    #[error("ctproxy serve is not running (no control socket at {path}): {source}")]
-    NotRunning { path: String, source: std::io::Error },
-    #[error("control request failed: {0}")]
-    Http(String),
-}
-
-/// One request to the control socket of a running `ctproxy serve` (what the executor stages use).
-pub async fn control_request(socket: &Path, method: Method, path: &str, body: Option<Value>) -> Result<(StatusCode, Value), ControlError> {
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .map_err(|source| ControlError::NotRunning { path: socket.display().to_string(), source })?;
-    let io = hyper_util::rt::TokioIo::new(stream);
-    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| ControlError::Http(e.to_string()))?;
-    tokio::spawn(conn);
-    let bytes = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(hyper::header::HOST, "ctproxy")
-        .body(http_body_util::Full::new(bytes::Bytes::from(bytes)))
-        .map_err(|e| ControlError::Http(e.to_string()))?;
-    let rsp = send.send_request(req).await.map_err(|e| ControlError::Http(e.to_string()))?;
-    let status = rsp.status();
-    let body = Limited::new(rsp.into_body(), 1 << 20).collect().await.map_err(|e| ControlError::Http(e.to_string()))?.to_bytes();
-    Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
 }
