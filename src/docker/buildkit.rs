@@ -350,6 +350,14 @@ pub fn rewrite(msg: &[u8], mut f: impl FnMut(u32, Option<&[u8]>) -> Field) -> Re
     Ok(out)
 }
 
+/// `containerd.services.content.v1.InfoRequest`; `ReadContentRequest` starts with the same
+/// field (then `offset` 2, `size` 3).
+#[derive(Clone, PartialEq, Message)]
+pub struct InfoRequest {
+    #[prost(string, tag = "1")]
+    pub digest: String,
+}
+
 /// A `map<string, string>` entry.
 #[derive(Clone, PartialEq, Message)]
 pub struct StringEntry {

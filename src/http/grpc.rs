@@ -32,6 +32,7 @@ const WINDOW: u32 = 4 << 20;
 pub mod code {
     pub const UNKNOWN: u32 = 2;
     pub const INVALID_ARGUMENT: u32 = 3;
+    pub const NOT_FOUND: u32 = 5;
     pub const PERMISSION_DENIED: u32 = 7;
     pub const UNIMPLEMENTED: u32 = 12;
     pub const INTERNAL: u32 = 13;

@@ -105,6 +105,9 @@ impl Namespace {
             _ => Field::Keep,
         })
         .ok()?;
+        if own {
+            self.saw_record(rec);
+        }
         own.then_some(out)
     }
 

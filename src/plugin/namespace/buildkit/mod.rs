@@ -4,8 +4,9 @@
 //!
 //! - Control: `Solve` is checked and rewritten ([`solve`]); `Status` is scoped to the namespace's
 //!   build refs; `ListWorkers` and `Info` pass; build history shows and touches the namespace's
-//!   builds only ([`history`]), disk usage and prune its own cache mounts only ([`usage`]); every
-//!   other method is refused.
+//!   builds only ([`history`]), disk usage and prune its own cache mounts only ([`usage`]); the
+//!   content store's `Info` and `Read` serve only the blobs of its build records ([`content`]);
+//!   every other method is refused.
 //! - Session: the daemon reads files, secrets, SSH agents and registry credentials from the client.
 //!   These pass, except that the Dockerfile ([`filesync`]) is rewritten on its way to the daemon
 //!   ([`dockerfile`]): image references name the namespace's images. Other methods are refused.
@@ -13,6 +14,7 @@
 //!   (which no namespace name has), so that no job can watch, use or share another namespace's
 //!   build or session, and a build ref says which namespace it is.
 
+mod content;
 mod dockerfile;
 mod filesync;
 mod history;
@@ -165,6 +167,15 @@ impl CallPolicy for Control {
                     }
                 }
                 "/moby.buildkit.v1.Control/Prune" => self.prune(call).await,
+                "/containerd.services.content.v1.Content/Info" | "/containerd.services.content.v1.Content/Read" => {
+                    let fields = if call.method().ends_with("/Info") { 1 } else { 3 };
+                    grpc::unary(call, |msg| match ns.check_content(&msg, fields) {
+                        Ok(out) => Ok(out),
+                        Err((true, m)) => Err((code::NOT_FOUND, m)),
+                        Err((false, m)) => Err(denied(ns, "Content", m)),
+                    })
+                    .await
+                }
                 m => {
                     let msg = format!("the BuildKit method {m} is not available in a namespace");
                     refuse(ns, call, code::UNIMPLEMENTED, &msg)
