@@ -124,10 +124,93 @@ fn buildkit_refusals_are_printed() {
     refused(&build(&job, syntax.path(), &["build", "-t", "x:1", "."]), "a # syntax= directive");
     let mount = context(&format!("FROM {BUSYBOX}\nRUN --mount=type=bind,from=other/image,target=/x true\n"));
     refused(&build(&job, mount.path(), &["build", "-t", "x:1", "."]), "names no stage of the Dockerfile");
-    let out = build(&job, plain.path(), &["buildx", "du"]);
+    let out = build(&job, plain.path(), &["buildx", "prune", "-f", "--reserved-space", "1gb"]);
     refused(&out, "not available in a namespace");
     assert!(host.audited("BuildKit call refused by namespace"));
     assert!(host.audited("BuildKit Dockerfile refused by namespace"));
+}
+
+/// The refs of the job's builds, as `docker buildx history ls` lists them.
+fn history_refs(job: &JobSocket, dir: &std::path::Path) -> Vec<String> {
+    build_ok(job, dir, &["buildx", "history", "ls", "--format", "{{.Ref}}"]).lines().map(str::to_owned).collect()
+}
+
+/// The IDs and descriptions of the build cache records `docker buildx du --verbose` shows the job.
+fn du_records(job: &JobSocket, dir: &std::path::Path) -> Vec<(String, String)> {
+    let out = build_ok(job, dir, &["buildx", "du", "--verbose"]);
+    let mut records = Vec::new();
+    let mut id = None;
+    for line in out.lines() {
+        if let Some(v) = line.strip_prefix("ID:") {
+            id = Some(v.trim().to_owned());
+        } else if let Some(v) = line.strip_prefix("Description:") {
+            records.extend(id.take().map(|id| (id, v.trim().to_owned())));
+        }
+    }
+    records
+}
+
+/// `docker buildx history ls`, `docker buildx du` and `docker builder prune` in two jobs: each sees
+/// and touches only its own builds and cache mounts; one job's `builder prune -af` leaves the
+/// other's cache (its rebuild is still cached, its cache mount still full) and cannot remove the
+/// other's history.
+#[test]
+fn buildkit_history_du_and_prune_are_the_namespaces_own() {
+    if !on_docker_28() {
+        return;
+    }
+    let host = JobHost::start();
+    let (a, b) = (host.job(), host.job());
+    let tag = std::process::id();
+    let dockerfile = |who: &str| {
+        format!("FROM {BUSYBOX}\nRUN --mount=type=cache,id=c,target=/c echo {who}-{tag} > /c/{who} && echo {who}-{tag} > /{who}\n")
+    };
+    let (da, db) = (context(&dockerfile("a")), context(&dockerfile("b")));
+    build_ok(&a, da.path(), &["buildx", "build", "--load", "-t", "hist:1", "."]);
+    build_ok(&b, db.path(), &["build", "-t", "hist:1", "."]);
+
+    let (ra, rb) = (history_refs(&a, da.path()), history_refs(&b, db.path()));
+    assert_eq!((ra.len(), rb.len()), (1, 1), "{ra:?} {rb:?}");
+    assert_ne!(ra, rb);
+    assert!(!ra[0].contains(&a.namespace), "the client's own ref: {ra:?}");
+
+    let (ua, ub) = (du_records(&a, da.path()), du_records(&b, db.path()));
+    assert_eq!((ua.len(), ub.len()), (1, 1), "{ua:?} {ub:?}");
+    assert_ne!(ua[0].0, ub[0].0);
+    for (_, d) in ua.iter().chain(&ub) {
+        assert!(d.starts_with("cached mount /c from exec") && d.ends_with("with id \"c\""), "{d}");
+    }
+
+    // A job cannot remove another job's build record.
+    let out = build(&b, db.path(), &["buildx", "history", "rm", &ra[0]]);
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(history_refs(&a, da.path()), ra);
+
+    let pruned = build_ok(&a, da.path(), &["builder", "prune", "-af"]);
+    assert!(pruned.contains(&ua[0].0[..12]), "{pruned}");
+    assert!(du_records(&a, da.path()).is_empty());
+    assert_eq!(du_records(&b, db.path()), ub);
+    // b's cache mount still holds what it wrote, a's is empty. On the classic store b's rebuild is
+    // still cached. On the containerd store it is not, whoever prunes: any Prune that removes a
+    // record makes BuildKit drop the links of the results it cannot load (ReleaseUnreferenced),
+    // as the daemon's own garbage collection does; b's records stay (du above), its steps run again.
+    let again = build_ok(&b, db.path(), &["build", "-t", "hist:2", "."]);
+    let step = again.lines().find(|l| l.contains("RUN --mount=type=cache")).and_then(|l| l.split(' ').next()).unwrap_or("?");
+    let run_cached = again.lines().any(|l| l.trim() == format!("{step} CACHED"));
+    let containerd_store = docker(direct(), &["info", "--format", "{{.DriverStatus}}"]).contains("io.containerd.snapshotter");
+    assert!(run_cached || containerd_store, "{again}");
+    // (Without --no-cache: it empties the cache mounts a build uses.)
+    let probe = |who: &str, test: &str| {
+        context(&format!("FROM {BUSYBOX}\nRUN --mount=type=cache,id=c,target=/c {test} /c/{who} && echo probe-{tag}\n"))
+    };
+    let kept = probe("b", "test -e");
+    build_ok(&b, kept.path(), &["build", "-t", "probe:1", "."]);
+    let gone = probe("a", "test ! -e");
+    build_ok(&a, gone.path(), &["build", "-t", "probe:1", "."]);
+
+    // history rm of its own build works.
+    build_ok(&a, da.path(), &["buildx", "history", "rm", &ra[0]]);
+    assert!(!history_refs(&a, da.path()).contains(&ra[0]));
 }
 
 /// `docker compose build` builds the services' images into the job's namespace.

@@ -177,6 +177,196 @@ impl Stat {
     }
 }
 
+/// `moby.buildkit.v1.BuildHistoryRequest` (`ListenBuildHistory`).
+#[derive(Clone, PartialEq, Message)]
+pub struct BuildHistoryRequest {
+    #[prost(bool, tag = "1")]
+    pub active_only: bool,
+    #[prost(string, tag = "2")]
+    pub r#ref: String,
+    #[prost(bool, tag = "3")]
+    pub early_exit: bool,
+    #[prost(string, repeated, tag = "4")]
+    pub filter: Vec<String>,
+    #[prost(int32, tag = "5")]
+    pub limit: i32,
+}
+
+/// Field numbers of [`BuildHistoryRequest`].
+pub const BUILD_HISTORY_REQUEST_FIELDS: std::ops::RangeInclusive<u32> = 1..=5;
+
+/// `moby.buildkit.v1.UpdateBuildHistoryRequest`.
+#[derive(Clone, PartialEq, Message)]
+pub struct UpdateBuildHistoryRequest {
+    #[prost(string, tag = "1")]
+    pub r#ref: String,
+    #[prost(bool, tag = "2")]
+    pub pinned: bool,
+    #[prost(bool, tag = "3")]
+    pub delete: bool,
+    #[prost(bool, tag = "4")]
+    pub finalize: bool,
+}
+
+/// Field numbers of [`UpdateBuildHistoryRequest`].
+pub const UPDATE_BUILD_HISTORY_FIELDS: std::ops::RangeInclusive<u32> = 1..=4;
+
+/// `moby.buildkit.v1.DiskUsageRequest`.
+#[derive(Clone, PartialEq, Message)]
+pub struct DiskUsageRequest {
+    #[prost(string, repeated, tag = "1")]
+    pub filter: Vec<String>,
+    #[prost(int64, tag = "2")]
+    pub age_limit: i64,
+}
+
+/// Field numbers of [`DiskUsageRequest`].
+pub const DISK_USAGE_REQUEST_FIELDS: std::ops::RangeInclusive<u32> = 1..=2;
+
+/// `moby.buildkit.v1.PruneRequest`.
+#[derive(Clone, PartialEq, Message)]
+pub struct PruneRequest {
+    #[prost(string, repeated, tag = "1")]
+    pub filter: Vec<String>,
+    #[prost(bool, tag = "2")]
+    pub all: bool,
+    #[prost(int64, tag = "3")]
+    pub keep_duration: i64,
+    #[prost(int64, tag = "4")]
+    pub reserved_space: i64,
+    #[prost(int64, tag = "5")]
+    pub max_used_space: i64,
+    #[prost(int64, tag = "6")]
+    pub min_free_space: i64,
+}
+
+/// Field numbers of [`PruneRequest`].
+pub const PRUNE_REQUEST_FIELDS: std::ops::RangeInclusive<u32> = 1..=6;
+
+/// The fields of `moby.buildkit.v1.UsageRecord` (a `DiskUsageResponse` entry, a `Prune` answer)
+/// that a namespace reads. Decoding skips the others; answers are rewritten with [`rewrite`],
+/// which keeps every field it is not told to change.
+#[derive(Clone, PartialEq, Message)]
+pub struct UsageRecordHead {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(string, tag = "9")]
+    pub description: String,
+    #[prost(string, tag = "10")]
+    pub record_type: String,
+}
+
+/// [`UsageRecordHead`] field numbers: ID, deprecated Parent, Description, Parents.
+pub mod usage {
+    pub const ID: u32 = 1;
+    pub const PARENT: u32 = 5;
+    pub const DESCRIPTION: u32 = 9;
+    pub const PARENTS: u32 = 12;
+}
+
+/// The field of `DiskUsageResponse` that holds its records.
+pub const DISK_USAGE_RECORDS_FIELD: u32 = 1;
+
+/// The fields of `moby.buildkit.v1.BuildHistoryEvent` and `BuildHistoryRecord` a namespace reads.
+pub mod history {
+    /// `BuildHistoryEvent.record`.
+    pub const EVENT_RECORD: u32 = 2;
+    /// `BuildHistoryRecord.Ref`, `.FrontendAttrs`, `.Exporters`, `.ExporterResponse`.
+    pub const REF: u32 = 1;
+    pub const FRONTEND_ATTRS: u32 = 3;
+    pub const EXPORTERS: u32 = 4;
+    pub const EXPORTER_RESPONSE: u32 = 9;
+    /// `Exporter.Attrs`.
+    pub const EXPORTER_ATTRS: u32 = 2;
+}
+
+/// The fields of `moby.buildkit.v1.BuildHistoryEvent` a namespace reads (to sort and limit).
+#[derive(Clone, PartialEq, Message)]
+pub struct HistoryEventHead {
+    #[prost(int32, tag = "1")]
+    pub r#type: i32,
+    #[prost(message, optional, tag = "2")]
+    pub record: Option<HistoryRecordHead>,
+}
+
+/// [`HistoryEventHead::type`]: `COMPLETE`.
+pub const HISTORY_COMPLETE: i32 = 1;
+
+/// The fields of `moby.buildkit.v1.BuildHistoryRecord` a namespace reads.
+#[derive(Clone, PartialEq, Message)]
+pub struct HistoryRecordHead {
+    #[prost(string, tag = "1")]
+    pub r#ref: String,
+    #[prost(message, optional, tag = "6")]
+    pub created_at: Option<Timestamp>,
+}
+
+/// `google.protobuf.Timestamp`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Message)]
+pub struct Timestamp {
+    #[prost(int64, tag = "1")]
+    pub seconds: i64,
+    #[prost(int32, tag = "2")]
+    pub nanos: i32,
+}
+
+/// What [`rewrite`] does with one field.
+pub enum Field {
+    Keep,
+    Drop,
+    /// A length-delimited field with these bytes instead.
+    Bytes(Vec<u8>),
+}
+
+/// `msg` with each top-level field as `f` says (`f` gets the field number and, for a
+/// length-delimited field, its bytes); the other fields are copied byte for byte, so nothing
+/// that ctproxy does not model is lost.
+pub fn rewrite(msg: &[u8], mut f: impl FnMut(u32, Option<&[u8]>) -> Field) -> Result<Vec<u8>, prost::DecodeError> {
+    use prost::encoding::{bytes, decode_key, encode_key, encode_varint, skip_field, DecodeContext, WireType};
+    let mut buf = msg;
+    let mut out = Vec::with_capacity(msg.len());
+    while !buf.is_empty() {
+        let start = msg.len() - buf.len();
+        let (tag, wire) = decode_key(&mut buf)?;
+        let mut inner = Vec::new();
+        let value = if wire == WireType::LengthDelimited {
+            bytes::merge(wire, &mut inner, &mut buf, DecodeContext::default())?;
+            Some(inner.as_slice())
+        } else {
+            skip_field(wire, tag, &mut buf, DecodeContext::default())?;
+            None
+        };
+        let end = msg.len() - buf.len();
+        match f(tag, value) {
+            Field::Keep => out.extend_from_slice(&msg[start..end]),
+            Field::Drop => {}
+            Field::Bytes(b) => {
+                encode_key(tag, WireType::LengthDelimited, &mut out);
+                encode_varint(b.len() as u64, &mut out);
+                out.extend_from_slice(&b);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `containerd.services.content.v1.InfoRequest`; `ReadContentRequest` starts with the same
+/// field (then `offset` 2, `size` 3).
+#[derive(Clone, PartialEq, Message)]
+pub struct InfoRequest {
+    #[prost(string, tag = "1")]
+    pub digest: String,
+}
+
+/// A `map<string, string>` entry.
+#[derive(Clone, PartialEq, Message)]
+pub struct StringEntry {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
 /// The field numbers of `msg`'s top level that are not in `known`; `Err` when it does not parse.
 pub fn unknown_fields(msg: &[u8], known: &impl Known) -> Result<Vec<u32>, prost::DecodeError> {
     use prost::encoding::{decode_key, skip_field, DecodeContext};
@@ -257,6 +447,21 @@ mod tests {
         assert!(unknown_nested_fields(&ok, SOLVE_EXPORTERS_FIELD, &EXPORTER_FIELDS).unwrap().is_empty());
         let p = Packet { stat: Some(Stat::default()), ..Default::default() }.encode_to_vec();
         assert!(unknown_nested_fields(&p, PACKET_STAT_FIELD, &STAT_FIELDS).unwrap().is_empty());
+    }
+
+    #[test]
+    fn rewrite_keeps_what_it_is_not_told_to_change() {
+        let mut msg = StatusRequest { r#ref: "abc".into() }.encode_to_vec();
+        msg.extend_from_slice(&[0x98, 0x06, 0x01]);
+        let out = rewrite(&msg, |tag, v| match (tag, v) {
+            (1, Some(b)) => Field::Bytes([b, b"-x"].concat()),
+            _ => Field::Keep,
+        })
+        .unwrap();
+        assert_eq!(StatusRequest::decode(out.as_slice()).unwrap().r#ref, "abc-x");
+        assert_eq!(unknown_fields(&out, &(1..=1)).unwrap(), vec![99]);
+        let dropped = rewrite(&msg, |tag, _| if tag == 99 { Field::Drop } else { Field::Keep }).unwrap();
+        assert_eq!(dropped, StatusRequest { r#ref: "abc".into() }.encode_to_vec());
     }
 
     #[test]

@@ -32,6 +32,7 @@ const WINDOW: u32 = 4 << 20;
 pub mod code {
     pub const UNKNOWN: u32 = 2;
     pub const INVALID_ARGUMENT: u32 = 3;
+    pub const NOT_FOUND: u32 = 5;
     pub const PERMISSION_DENIED: u32 = 7;
     pub const UNIMPLEMENTED: u32 = 12;
     pub const INTERNAL: u32 = 13;
@@ -321,6 +322,156 @@ pub async fn unary(call: Call, rewrite: impl FnOnce(Bytes) -> Result<Bytes, (u32
             answer(rsp, respond).await;
         }
         Err(e) => refuse(respond, code::UNKNOWN, &format!("ctproxy: the call could not be relayed: {e}")),
+    }
+}
+
+/// Rewrites the answer messages of a call: `message` gets each, `end` runs after the last; each
+/// returns the messages to send the caller instead (none hides it).
+pub trait Answers: Send {
+    fn message(&mut self, msg: Bytes) -> Vec<Bytes>;
+    fn end(&mut self) -> Vec<Bytes> {
+        Vec::new()
+    }
+}
+
+/// Relays a call with one request message (`msg`, already checked) and rewrites its answer
+/// messages with `answers`; the answer's headers and trailers pass as they are.
+pub async fn relay_rewritten(
+    mut upstream: h2::client::SendRequest<Bytes>,
+    mut head: http::request::Parts,
+    respond: h2::server::SendResponse<Bytes>,
+    msg: Bytes,
+    mut answers: impl Answers,
+) {
+    head.headers.remove(http::header::CONTENT_LENGTH);
+    let rsp = match open(&mut upstream, head, false).await {
+        Ok((rsp, mut send)) => {
+            if send_data(&mut send, frame(&msg), true).await.is_err() {
+                send.send_reset(h2::Reason::CANCEL);
+            }
+            rsp
+        }
+        Err(e) => return refuse(respond, code::UNKNOWN, &format!("ctproxy: the call could not be relayed: {e}")),
+    };
+    let mut respond = respond;
+    let rsp = match rsp.await {
+        Ok(r) => r,
+        Err(e) => return refuse(respond, code::UNKNOWN, &format!("ctproxy: the call failed: {e}")),
+    };
+    let (parts, body) = rsp.into_parts();
+    let end = body.is_end_stream();
+    let mut send = match respond.send_response(Response::from_parts(parts, ()), end) {
+        Ok(s) if !end => s,
+        _ => return,
+    };
+    let mut msgs = Messages::new(body);
+    let result: Result<(), GrpcError> = async {
+        while let Some(m) = msgs.next().await? {
+            for out in answers.message(m) {
+                send_data(&mut send, frame(&out), false).await?;
+            }
+        }
+        for out in answers.end() {
+            send_data(&mut send, frame(&out), false).await?;
+        }
+        match msgs.trailers().await? {
+            Some(t) => send.send_trailers(t)?,
+            None => send.send_data(Bytes::new(), true)?,
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "rewritten gRPC answer ended");
+        send.send_reset(h2::Reason::CANCEL);
+    }
+}
+
+/// A unary call ctproxy makes itself on the serving side, with `head`'s metadata and `path` as
+/// its method: the answer's messages, or the gRPC status the server answered.
+pub async fn call(
+    upstream: &mut h2::client::SendRequest<Bytes>,
+    head: &http::request::Parts,
+    path: &str,
+    msg: Bytes,
+) -> Result<Vec<Bytes>, GrpcError> {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = head.uri.scheme().cloned();
+    uri.authority = head.uri.authority().cloned();
+    uri.path_and_query = Some(http::uri::PathAndQuery::try_from(path).map_err(|e| GrpcError::Protocol(e.to_string()))?);
+    let mut req =
+        Request::builder().method(http::Method::POST).uri(http::Uri::from_parts(uri).map_err(|e| GrpcError::Protocol(e.to_string()))?);
+    for (k, v) in &head.headers {
+        if k != http::header::CONTENT_LENGTH {
+            req = req.header(k, v);
+        }
+    }
+    let (parts, ()) = req.body(()).map_err(|e| GrpcError::Protocol(e.to_string()))?.into_parts();
+    let (rsp, mut send) = open(upstream, parts, false).await?;
+    send_data(&mut send, frame(&msg), true).await?;
+    let rsp = rsp.await?;
+    status(rsp.headers())?;
+    let mut msgs = Messages::new(rsp.into_body());
+    let mut out = Vec::new();
+    while let Some(m) = msgs.next().await? {
+        out.push(m);
+    }
+    if let Some(t) = msgs.trailers().await? {
+        status(&t)?;
+    }
+    Ok(out)
+}
+
+/// `Err` with the server's message when `headers` carry a non-zero `grpc-status`.
+fn status(headers: &HeaderMap) -> Result<(), GrpcError> {
+    match headers.get("grpc-status").and_then(|v| v.to_str().ok()) {
+        None | Some("0") => Ok(()),
+        Some(c) => {
+            let m = headers.get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or("");
+            Err(GrpcError::Protocol(format!("status {c}: {m}")))
+        }
+    }
+}
+
+/// The one request message of a call (unary or server-streaming), with what answering it needs.
+pub struct Unary {
+    pub head: http::request::Parts,
+    pub respond: h2::server::SendResponse<Bytes>,
+    pub upstream: h2::client::SendRequest<Bytes>,
+    pub msg: Bytes,
+}
+
+/// Reads the one request message of `call`; a malformed call is answered here (`None`).
+pub async fn read_unary(call: Call) -> Option<Unary> {
+    let Call { req, respond, upstream } = call;
+    let (head, body) = req.into_parts();
+    let mut msgs = Messages::new(body);
+    let msg = match msgs.next().await {
+        Ok(Some(m)) => m,
+        Ok(None) => Bytes::new(),
+        Err(e) => {
+            refuse(respond, code::INVALID_ARGUMENT, &format!("ctproxy: {e}"));
+            return None;
+        }
+    };
+    match msgs.next().await {
+        Ok(None) => Some(Unary { head, respond, upstream, msg }),
+        Ok(Some(_)) => {
+            refuse(respond, code::INVALID_ARGUMENT, "ctproxy: more than one request message");
+            None
+        }
+        Err(e) => {
+            refuse(respond, code::INVALID_ARGUMENT, &format!("ctproxy: {e}"));
+            None
+        }
+    }
+}
+
+/// Answers a call with an OK status and no message.
+pub fn answer_empty(mut respond: h2::server::SendResponse<Bytes>) {
+    let rsp = Response::builder().status(200).header("content-type", "application/grpc").header("grpc-status", "0").body(());
+    if let Ok(rsp) = rsp {
+        let _ = respond.send_response(rsp, true);
     }
 }
 

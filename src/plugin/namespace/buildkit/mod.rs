@@ -3,17 +3,23 @@
 //! relayed call by call ([`crate::http::grpc`]) and judged here.
 //!
 //! - Control: `Solve` is checked and rewritten ([`solve`]); `Status` is scoped to the namespace's
-//!   build refs; `ListWorkers` and `Info` pass; every other method is refused (history, disk usage
-//!   and prune cannot be scoped to a namespace yet).
+//!   build refs; `ListWorkers` and `Info` pass; build history shows and touches the namespace's
+//!   builds only ([`history`]), disk usage and prune its own cache mounts only ([`usage`]); the
+//!   content store's `Info` and `Read` serve only the blobs of its build records ([`content`]);
+//!   every other method is refused.
 //! - Session: the daemon reads files, secrets, SSH agents and registry credentials from the client.
 //!   These pass, except that the Dockerfile ([`filesync`]) is rewritten on its way to the daemon
 //!   ([`dockerfile`]): image references name the namespace's images. Other methods are refused.
-//! - Build refs, session IDs and session shared keys are prefixed with the namespace, so that no
-//!   job can watch, use or share another namespace's build or session.
+//! - Build refs, session IDs and session shared keys are prefixed with the namespace and a `.`
+//!   (which no namespace name has), so that no job can watch, use or share another namespace's
+//!   build or session, and a build ref says which namespace it is.
 
+mod content;
 mod dockerfile;
 mod filesync;
+mod history;
 mod solve;
+mod usage;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -55,8 +61,14 @@ const BUILD_ID: &str = "buildkit-controlapi-buildid";
 
 impl Namespace {
     /// A build ref, session ID or shared key as the daemon sees it: unique to the namespace.
+    /// Namespace names have no `.`: `<ns>.<id>` belongs to one namespace only.
     pub(super) fn scoped_id(&self, id: &str) -> String {
-        format!("{}-{id}", self.name)
+        format!("{}.{id}", self.name)
+    }
+
+    /// The client's ID for a scoped one, if it is the namespace's.
+    pub(super) fn unscoped_id<'a>(&self, scoped: &'a str) -> Option<&'a str> {
+        scoped.strip_prefix(self.name.as_str())?.strip_prefix('.')
     }
 
     /// `POST /session`: the session's ID and shared key are made the namespace's.
@@ -129,26 +141,41 @@ impl CallPolicy for Control {
                 m if m.starts_with("/moby.buildkit.v1.frontend.LLBBridge/") => self.gateway(call).await,
                 "/moby.buildkit.v1.Control/Status" => {
                     grpc::unary(call, |msg| {
-                        let mut req: StatusRequest =
-                            prost::Message::decode(msg).map_err(|e| (code::INVALID_ARGUMENT, format!("ctproxy: invalid StatusRequest: {e}")))?;
+                        let mut req: StatusRequest = prost::Message::decode(msg)
+                            .map_err(|e| (code::INVALID_ARGUMENT, format!("ctproxy: invalid StatusRequest: {e}")))?;
                         req.r#ref = ns.scoped_id(&req.r#ref);
                         Ok(prost::Message::encode_to_vec(&req).into())
                     })
                     .await
                 }
                 "/moby.buildkit.v1.Control/ListWorkers" | "/moby.buildkit.v1.Control/Info" => grpc::pass(call).await,
-                "/moby.buildkit.v1.Control/DiskUsage" | "/moby.buildkit.v1.Control/Prune" => refuse(
-                    ns,
-                    call,
-                    code::PERMISSION_DENIED,
-                    "the build cache is shared by every namespace on this daemon: disk usage and prune of it are not available in a namespace",
-                ),
-                "/moby.buildkit.v1.Control/ListenBuildHistory" | "/moby.buildkit.v1.Control/UpdateBuildHistory" => refuse(
-                    ns,
-                    call,
-                    code::PERMISSION_DENIED,
-                    "build history is not available in a namespace (it lists every namespace's builds)",
-                ),
+                "/moby.buildkit.v1.Control/ListenBuildHistory" => {
+                    let Some(u) = grpc::read_unary(call).await else { return };
+                    match ns.check_history_request(&u.msg) {
+                        Ok((msg, answers)) => grpc::relay_rewritten(u.upstream, u.head, u.respond, msg, answers).await,
+                        Err(m) => deny(ns, "ListenBuildHistory", u.respond, m),
+                    }
+                }
+                "/moby.buildkit.v1.Control/UpdateBuildHistory" => {
+                    grpc::unary(call, |msg| ns.check_history_update(&msg).map_err(|m| denied(ns, "UpdateBuildHistory", m))).await
+                }
+                "/moby.buildkit.v1.Control/DiskUsage" => {
+                    let Some(u) = grpc::read_unary(call).await else { return };
+                    match ns.check_disk_usage(&u.msg) {
+                        Ok(_) => grpc::relay_rewritten(u.upstream, u.head, u.respond, u.msg, usage::DiskUsageAnswers(ns.clone())).await,
+                        Err(m) => deny(ns, "DiskUsage", u.respond, m),
+                    }
+                }
+                "/moby.buildkit.v1.Control/Prune" => self.prune(call).await,
+                "/containerd.services.content.v1.Content/Info" | "/containerd.services.content.v1.Content/Read" => {
+                    let fields = if call.method().ends_with("/Info") { 1 } else { 3 };
+                    grpc::unary(call, |msg| match ns.check_content(&msg, fields) {
+                        Ok(out) => Ok(out),
+                        Err((true, m)) => Err((code::NOT_FOUND, m)),
+                        Err((false, m)) => Err(denied(ns, "Content", m)),
+                    })
+                    .await
+                }
                 m => {
                     let msg = format!("the BuildKit method {m} is not available in a namespace");
                     refuse(ns, call, code::UNIMPLEMENTED, &msg)
@@ -159,6 +186,35 @@ impl CallPolicy for Control {
 }
 
 impl Control {
+    /// `Prune`: the daemon's `DiskUsage` with the client's filters finds the namespace's records,
+    /// then `Prune` names exactly those (see [`usage`]).
+    async fn prune(&self, call: Call) {
+        let ns = &self.ns;
+        let Some(mut u) = grpc::read_unary(call).await else { return };
+        let (req, du) = match ns.check_prune(&u.msg) {
+            Ok(r) => r,
+            Err(m) => return deny(ns, "Prune", u.respond, m),
+        };
+        let answer = match grpc::call(&mut u.upstream, &u.head, "/moby.buildkit.v1.Control/DiskUsage", du).await {
+            Ok(a) => a,
+            Err(e) => return grpc::refuse(u.respond, code::UNKNOWN, &format!("ctproxy: reading the build cache's disk usage: {e}")),
+        };
+        let mut own = Vec::new();
+        for msg in &answer {
+            match ns.own_ids(msg) {
+                Ok(ids) => own.extend(ids),
+                Err(e) => return grpc::refuse(u.respond, code::INTERNAL, &format!("ctproxy: invalid DiskUsageResponse: {e}")),
+            }
+        }
+        if own.is_empty() {
+            return grpc::answer_empty(u.respond);
+        }
+        match ns.scoped_prune(&req, &own) {
+            Ok(msg) => grpc::relay_rewritten(u.upstream, u.head, u.respond, msg, usage::PruneAnswers { ns: ns.clone(), own }).await,
+            Err(m) => grpc::refuse(u.respond, code::INTERNAL, &format!("ctproxy: {m}")),
+        }
+    }
+
     /// The calls of a client-side frontend (buildx's gateway client) within a build, which
     /// build ID metadata names: scoped to the namespace's builds.
     async fn gateway(&self, mut call: Call) {
@@ -191,6 +247,12 @@ impl Control {
             }
         }
     }
+}
+
+/// A refused request message: audit-logged and answered.
+fn deny(ns: &Namespace, method: &str, respond: h2::server::SendResponse<bytes::Bytes>, message: String) {
+    let (status, message) = denied(ns, method, message);
+    grpc::refuse(respond, status, &message);
 }
 
 /// A refused message: audit-logged, and the status the client prints.
@@ -230,5 +292,30 @@ impl CallPolicy for Session {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::sync::Arc;
+
+    use super::super::{NsName, Settings};
+    use super::Namespace;
+
+    /// A namespace with the test settings.
+    pub fn namespace(name: &str) -> Namespace {
+        let settings =
+            Settings { registry: "127.0.0.1:5001".into(), shared_images: Vec::new(), tokens: None, max_response: 1 << 20, pool: None };
+        Namespace::new(NsName::new(name).expect("namespace name"), Arc::new(settings))
+    }
+
+    #[test]
+    fn scoped_ids_name_one_namespace() {
+        let (a, b) = (namespace("team"), namespace("team-a"));
+        assert_eq!(a.scoped_id("a-x"), "team.a-x");
+        assert_ne!(a.scoped_id("a-x"), b.scoped_id("x"));
+        assert_eq!(a.unscoped_id("team.a-x"), Some("a-x"));
+        assert_eq!(b.unscoped_id("team.a-x"), None);
+        assert_eq!(a.unscoped_id("team-a.x"), None);
     }
 }

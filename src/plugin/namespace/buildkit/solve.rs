@@ -31,7 +31,7 @@ use crate::docker::buildkit::{
 use crate::docker::reference::Reference;
 
 /// The frontend attribute that namespaces cache mount IDs.
-const CACHE_NS: &str = "build-arg:BUILDKIT_CACHE_MOUNT_NS";
+pub(super) const CACHE_NS: &str = "build-arg:BUILDKIT_CACHE_MOUNT_NS";
 
 /// Frontend attributes that pass as they are.
 const PLAIN_ATTRS: [&str; 12] = [
@@ -170,7 +170,7 @@ impl Namespace {
             }
             return Err(format!("the frontend attribute {k:?} is unknown to ctproxy {}", env!("CARGO_PKG_VERSION")));
         }
-        attrs.insert(CACHE_NS.to_owned(), format!("ctproxy-{}", self.name));
+        attrs.insert(CACHE_NS.to_owned(), self.cache_mount_ns());
         Ok(facts)
     }
 
