@@ -70,14 +70,15 @@ fn tls_section(name: &str, pki: &Pki, client_ca: bool) -> String {
 
 /// unix + TCP + TLS (client certificates required), in one process.
 fn three_listeners(pki: &Pki) -> (Proxy, u16, u16) {
-    let (tcp, tls) = (free_port(), free_port());
     let config = format!(
         "[listener.local]\naddress = \"unix://{{dir}}/d.sock\"\nmode = \"0600\"\ngroup = \"0\"\n\
-         [listener.plain]\naddress = \"tcp://127.0.0.1:{tcp}\"\n\
-         [listener.secure]\naddress = \"tcp://127.0.0.1:{tls}\"\n{}",
+         [listener.plain]\naddress = \"tcp://127.0.0.1:0\"\n\
+         [listener.secure]\naddress = \"tcp://127.0.0.1:0\"\n{}",
         tls_section("secure", pki, true)
     );
-    (Proxy::start_with_config(&config, "d.sock"), tcp, tls)
+    let p = Proxy::start_with_config(&config, "d.sock");
+    let (tcp, tls) = (p.tcp_port("plain"), p.tcp_port("secure"));
+    (p, tcp, tls)
 }
 
 fn wait_log_line(p: &Proxy, parts: &[&str]) -> String {
@@ -189,12 +190,12 @@ fn tls_handshake_refuses_clients_without_a_valid_certificate() {
 #[test]
 fn tls_without_client_ca_serves_any_client() {
     let pki = pki();
-    let port = free_port();
     let config = format!(
-        "[listener.probe]\naddress = \"unix://{{dir}}/probe.sock\"\n[listener.open]\naddress = \"tcp://127.0.0.1:{port}\"\n{}",
+        "[listener.probe]\naddress = \"unix://{{dir}}/probe.sock\"\n[listener.open]\naddress = \"tcp://127.0.0.1:0\"\n{}",
         tls_section("open", &pki, false)
     );
     let p = Proxy::start_with_config(&config, "probe.sock");
+    let port = p.tcp_port("open");
     let host = format!("tcp://127.0.0.1:{port}");
     let expected = docker(direct(), &VERSION);
     for client in [None, Some(&pki.client)] {
