@@ -30,13 +30,15 @@ fn unix_tcp_and_tls_listeners_together() {
     let ca = certs::Ca::new("ctproxy-listeners-ca");
     let server = ca.server(&pki.path().join("server"));
     let client = ca.client(&pki.path().join("client"), "someone", &[]);
+    // Ports chosen by the kernel, read back; two listeners may not share an address (`:0` too), so
+    // the plain one is on 127.0.0.2 (loopback as well).
     let config = format!(
         r#"
 [listener.local]
 address = "unix://{{dir}}/d.sock"
 mode = "0600"
 [listener.plain]
-address = "tcp://127.0.0.1:0"
+address = "tcp://127.0.0.2:0"
 [listener.secure]
 address = "tcp://127.0.0.1:0"
 [listener.secure.tls]
@@ -53,7 +55,7 @@ client_ca = "{}"
     let version = ["version", "--format", "{{.Server.Version}}"];
     let expected = docker(direct(), &version);
     assert_eq!(docker(&p.docker_host(), &version), expected);
-    assert_eq!(docker(&format!("tcp://127.0.0.1:{tcp_port}"), &version), expected);
+    assert_eq!(docker(&format!("tcp://127.0.0.2:{tcp_port}"), &version), expected);
     for cli in ["docker", DOCKER_2010] {
         let out = tls_docker(cli, tls_port, Some(&client), &server.ca, &version);
         assert!(out.status.success(), "{cli} --tlsverify: {}", String::from_utf8_lossy(&out.stderr));

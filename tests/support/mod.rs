@@ -208,7 +208,7 @@ impl Proxy {
     /// its `listening` line (written once it is bound; listeners may start after the one the
     /// harness waited for, so the line is waited for).
     pub fn tcp_port(&self, listener: &str) -> u16 {
-        let needle = format!("listener={listener} address=tcp://");
+        let needle = format!("listener=\"{listener}\" address=tcp://");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let log = self.log_text();
