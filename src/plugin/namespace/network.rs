@@ -281,3 +281,27 @@ fn set_ipv4_subnet(body: &mut Map<String, Value>, subnet: &str) {
     configs.retain(|c| c.get("Subnet").and_then(Value::as_str).is_some_and(|s| s.contains(':')));
     configs.insert(0, json!({ "Subnet": subnet }));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Known;
+
+    #[test]
+    fn a_fact_counts_only_in_the_generation_it_was_learnt_in() {
+        let k = Known::default();
+        assert!(!k.default_network(), "nothing is known at first");
+        let seen = k.generation();
+        k.saw_default_network(seen);
+        assert!(k.default_network());
+        k.forget();
+        assert!(!k.default_network(), "forgotten");
+        // An answer read before a forgetting (a prune raced the inspect) is not kept after it.
+        let stale = k.generation();
+        k.forget();
+        k.saw_default_network(stale);
+        assert!(!k.default_network(), "a stale answer is not kept");
+        let fresh = k.generation();
+        k.saw_default_network(fresh);
+        assert!(k.default_network());
+    }
+}
