@@ -17,7 +17,9 @@
 //! alternates the requests between them, one at a time, in an order shuffled anew for every cycle
 //! (REQUESTS is per socket): the sides are sampled under the same conditions however the machine's
 //! load drifts. It prints a JSON array of summaries, in the order of the sockets (`rps` there is the
-//! inverse of the mean latency).
+//! inverse of the mean latency). A socket written `SOCKET::PATH` is asked PATH instead of the
+//! common one: the same answer asked two ways (the daemon's own socket with the label filter a job
+//! socket's namespace adds itself, against the job socket unfiltered).
 //!
 //! The third form measures a hijacked stream without the docker CLI: it creates an exec of `cat`
 //! in CONTAINER, starts it with `Upgrade: tcp`, writes MEGABYTES MB (10^6 bytes) to its stdin while
@@ -198,7 +200,10 @@ fn stats(mut all: Vec<Duration>, bytes: u64, warm: usize, wall: Duration) -> Str
 async fn interleave(a: Args) -> Result<String, String> {
     let method = if a.body.is_some() { Method::POST } else { Method::GET };
     let mut conns = Vec::new();
-    for socket in a.socket.split(',') {
+    let mut paths = Vec::new();
+    for spec in a.socket.split(',') {
+        let (socket, path) = spec.split_once("::").unwrap_or((spec, a.path.as_str()));
+        paths.push(path.to_owned());
         let io = TokioIo::new(UnixStream::connect(socket).await.map_err(|e| format!("{socket}: {e}"))?);
         let (send, conn) = http1::handshake(io).await.map_err(|e| e.to_string())?;
         tokio::spawn(conn);
@@ -218,7 +223,7 @@ async fn interleave(a: Args) -> Result<String, String> {
         }
         for &c in &order {
             let send = &mut conns[c];
-            let req = request(method.clone(), &a.path, a.body.as_deref())?;
+            let req = request(method.clone(), &paths[c], a.body.as_deref())?;
             send.ready().await.map_err(|e| e.to_string())?;
             let t = Instant::now();
             let rsp = send.send_request(req).await.map_err(|e| e.to_string())?;
@@ -226,7 +231,7 @@ async fn interleave(a: Args) -> Result<String, String> {
             let body = rsp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
             let elapsed = t.elapsed();
             if !status.is_success() && !a.any_status {
-                return Err(format!("{}: {status} {}", a.path, String::from_utf8_lossy(&body)));
+                return Err(format!("{}: {status} {}", paths[c], String::from_utf8_lossy(&body)));
             }
             if i >= a.warmup {
                 times[c].push(elapsed);

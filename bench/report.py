@@ -125,6 +125,39 @@ policy = [
     f"| ctproxy, `conservative` + `inject` listener | {fmt(cpol, 'µs')} | {cpol - cd_:+.1f} µs ({cpol - cp:+.1f} µs over transparent) |",
 ]
 
+# Job sockets (a namespace plus `conservative` + `inject`), against direct and the relay, same run.
+jobs = [
+    "| job socket, 1 keep-alive connection | direct | relay (transparent) | job socket | job − direct | job − relay | job CPU per request | target |",
+    "|---|---:|---:|---:|---:|---:|---:|---|",
+]
+
+
+def job_row(label, metric, relay_side, target_us):
+    d, r, j = (med(metric, side, "p50_us") for side in ("direct", relay_side, "job"))
+    if d is None or j is None:
+        return
+    added = j - d
+    ok = added <= target_us
+    verdicts[f"job {label}"] = ok
+    cpu_us = per_request(metric, "job", "job")
+    jobs.append(
+        f"| {label} | {fmt(d, 'µs')} | {fmt(r, 'µs')} | {fmt(j, 'µs')} | {added:+.1f} µs | {j - r:+.1f} µs "
+        f"| {fmt(cpu_us, 'µs')} | added ≤ +{target_us} µs: **{'met' if ok else 'MISSED'}** |"
+    )
+
+
+job_row("`GET /_ping` p50", "ping_latency", "proxy", 50)
+job_bytes = med("job_list_latency", "job", "body_bytes")
+if job_bytes is not None:
+    job_row(
+        f"`GET /v1.41/containers/json` p50 (the job's one container, {job_bytes:,.0f} bytes; direct and relay asked with the namespace's label filter)",
+        "job_list_latency",
+        "proxy",
+        70,
+    )
+job_row("`POST /v1.41/containers/create` p50 (404: no such image), relay column: the `conservative` + `inject` listener", "create_latency", "policy", 100)
+job_added_by_round = [j - d for d, j in zip(values("ping_latency", "direct", "p50_us"), values("ping_latency", "job", "p50_us"))]
+
 # CPU per request, far steadier than latency on a shared machine.
 cpu = [
     "| per request (all threads, median over rounds) | ctproxy | ctproxy, access log off | dockerd, direct | dockerd, via ctproxy |",
@@ -182,6 +215,14 @@ out.extend(cpu)
 out.append("")
 out.extend(policy)
 out.append("")
+if len(jobs) > 2:
+    out.extend(jobs)
+    out.append("")
+    out.append(
+        "Job socket − direct for the `/_ping` p50, round by round: " + ", ".join(f"{x:+.0f}" for x in job_added_by_round) + " µs. "
+        "Job CPU per request: the job host's CPU time (all threads) over the requests its socket was sent (warm-up included)."
+    )
+    out.append("")
 out.append(
     f"ctproxy's resident memory: {rss[0]:.1f} MiB after start, {rss[1]:.1f} MiB at the end, {rss[2]:.1f} MiB peak. "
     f"Access-log lines written: {lines[0]} (the access-log-off instance: {lines[1]})."

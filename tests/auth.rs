@@ -75,11 +75,10 @@ fn tls_client_certificates_map_to_identities_with_their_own_policies() {
     let mut stranger = impostor.client(&pki.path().join("stranger"), "alice", &[]);
     stranger.ca = server.ca.clone(); // trusts the proxy's server certificate, presents a forged one
 
-    let port = free_port();
     let config = format!(
         r#"
 [listener.a-tls]
-address = "tcp://127.0.0.1:{port}"
+address = "tcp://127.0.0.1:0"
 auth = ["certs"]
 [listener.a-tls.tls]
 cert = "{cert}"
@@ -108,6 +107,7 @@ policies = []
         ca = server.ca.display(),
     );
     let proxy = Proxy::start_with_config(&config, "docker.sock");
+    let port = proxy.tcp_port("a-tls");
     let mut cleanup = Cleanup::new();
 
     // alice: version and ps work, and the access log names her.

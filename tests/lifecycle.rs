@@ -334,9 +334,10 @@ fn removing_a_listener_closes_it_but_not_its_connections() {
 
 /// A unix listener and a TCP listener, for the signal tests.
 fn two_listeners(extra: &str) -> (Proxy, u16) {
-    let port = free_port();
-    let text = unix_listener("a", "") + &format!("[listener.t]\naddress = \"tcp://127.0.0.1:{port}\"\n") + extra;
-    (Proxy::start_with_config(&text, "a.sock"), port)
+    let text = unix_listener("a", "") + "[listener.t]\naddress = \"tcp://127.0.0.1:0\"\n" + extra;
+    let p = Proxy::start_with_config(&text, "a.sock");
+    let port = p.tcp_port("t");
+    (p, port)
 }
 
 /// SIGTERM while a `wait` is in flight: new connections are refused at once (socket file gone, port

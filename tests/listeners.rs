@@ -70,14 +70,17 @@ fn tls_section(name: &str, pki: &Pki, client_ca: bool) -> String {
 
 /// unix + TCP + TLS (client certificates required), in one process.
 fn three_listeners(pki: &Pki) -> (Proxy, u16, u16) {
-    let (tcp, tls) = (free_port(), free_port());
+    // Ports chosen by the kernel, read back; two listeners may not share an address (`:0` too), so
+    // the plain one is on 127.0.0.2 (loopback as well).
     let config = format!(
         "[listener.local]\naddress = \"unix://{{dir}}/d.sock\"\nmode = \"0600\"\ngroup = \"0\"\n\
-         [listener.plain]\naddress = \"tcp://127.0.0.1:{tcp}\"\n\
-         [listener.secure]\naddress = \"tcp://127.0.0.1:{tls}\"\n{}",
+         [listener.plain]\naddress = \"tcp://127.0.0.2:0\"\n\
+         [listener.secure]\naddress = \"tcp://127.0.0.1:0\"\n{}",
         tls_section("secure", pki, true)
     );
-    (Proxy::start_with_config(&config, "d.sock"), tcp, tls)
+    let p = Proxy::start_with_config(&config, "d.sock");
+    let (tcp, tls) = (p.tcp_port("plain"), p.tcp_port("secure"));
+    (p, tcp, tls)
 }
 
 fn wait_log_line(p: &Proxy, parts: &[&str]) -> String {
@@ -98,7 +101,7 @@ fn unix_tcp_and_tls_listeners_at_once() {
     let expected = docker(direct(), &VERSION);
 
     assert_eq!(docker(&p.docker_host(), &VERSION), expected, "unix listener");
-    assert_eq!(docker(&format!("tcp://127.0.0.1:{tcp}"), &VERSION), expected, "TCP listener");
+    assert_eq!(docker(&format!("tcp://127.0.0.2:{tcp}"), &VERSION), expected, "TCP listener");
     for cli in ["docker", DOCKER_2010] {
         for host in [format!("tcp://127.0.0.1:{tls}"), format!("tcp://localhost:{tls}")] {
             let out = tls_docker(cli, &host, &pki.server.ca, Some(&pki.client), &VERSION);
@@ -138,7 +141,7 @@ fn unix_tcp_and_tls_listeners_at_once() {
     assert_eq!(text(&out.stdout), "over TLS\nend\n");
 
     // Raw HTTP on the plain TCP listener: keep-alive works there too.
-    let mut c = Conn::tcp(&format!("127.0.0.1:{tcp}"), T);
+    let mut c = Conn::tcp(&format!("127.0.0.2:{tcp}"), T);
     for _ in 0..3 {
         c.send(b"GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n");
         assert_eq!(c.read_response().body_text(), "OK");
@@ -175,9 +178,9 @@ fn tls_handshake_refuses_clients_without_a_valid_certificate() {
     assert!(line.contains("peer=127.0.0.1:"), "{line}");
 
     // TLS spoken to the plain TCP listener fails on the client side; the listener is unharmed.
-    let out = tls_docker("docker", &format!("tcp://127.0.0.1:{tcp}"), &pki.server.ca, Some(&pki.client), &VERSION);
+    let out = tls_docker("docker", &format!("tcp://127.0.0.2:{tcp}"), &pki.server.ca, Some(&pki.client), &VERSION);
     assert!(!out.status.success());
-    docker(&format!("tcp://127.0.0.1:{tcp}"), &VERSION);
+    docker(&format!("tcp://127.0.0.2:{tcp}"), &VERSION);
 
     // After all that, a proper client is served.
     let out = tls_docker("docker", &host, &pki.server.ca, Some(&pki.client), &VERSION);
@@ -189,12 +192,12 @@ fn tls_handshake_refuses_clients_without_a_valid_certificate() {
 #[test]
 fn tls_without_client_ca_serves_any_client() {
     let pki = pki();
-    let port = free_port();
     let config = format!(
-        "[listener.probe]\naddress = \"unix://{{dir}}/probe.sock\"\n[listener.open]\naddress = \"tcp://127.0.0.1:{port}\"\n{}",
+        "[listener.probe]\naddress = \"unix://{{dir}}/probe.sock\"\n[listener.open]\naddress = \"tcp://127.0.0.1:0\"\n{}",
         tls_section("open", &pki, false)
     );
     let p = Proxy::start_with_config(&config, "probe.sock");
+    let port = p.tcp_port("open");
     let host = format!("tcp://127.0.0.1:{port}");
     let expected = docker(direct(), &VERSION);
     for client in [None, Some(&pki.client)] {
@@ -243,9 +246,18 @@ group = \"65534\"
         assert!(std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()));
         (m.permissions().mode() & 0o7777, m.uid(), m.gid())
     };
-    assert_eq!(stat("private"), (0o600, 0, 0));
-    assert_eq!(stat("shared"), (0o660, 65534, 65534));
-    assert_eq!(stat("numeric"), (0o660, 0, 65534));
+    // The harness waited for `private` only: the other sockets may still be being bound, and
+    // their owner and mode are set just after: wait for that, not for a fixed time.
+    let deadline = Instant::now() + T;
+    let settled = |name: &str, want: (u32, u32, u32)| {
+        while p.dir().join(format!("{name}.sock")).exists().then(|| stat(name)) != Some(want) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stat(name)
+    };
+    assert_eq!(settled("private", (0o600, 0, 0)), (0o600, 0, 0));
+    assert_eq!(settled("shared", (0o660, 65534, 65534)), (0o660, 65534, 65534));
+    assert_eq!(settled("numeric", (0o660, 0, 65534)), (0o660, 0, 65534));
 
     // The kernel enforces them: nobody may use the shared sockets, not the private one.
     std::fs::set_permissions(p.dir(), std::fs::Permissions::from_mode(0o755)).expect("chmod dir");

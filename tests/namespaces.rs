@@ -58,7 +58,9 @@ address = "{rp}"
     let proxy = Proxy::start_with_config(&toml, "b.sock");
     let dir = proxy.dir().to_path_buf();
     let (a, b) = (format!("unix://{}/a.sock", dir.display()), format!("unix://{}/b.sock", dir.display()));
-    std::thread::sleep(Duration::from_millis(100));
+    // Both listeners and the registry proxy are up before the test starts.
+    assert!(proxy.wait_log("registry proxy listening", Duration::from_secs(10)), "{}", proxy.log_text());
+    assert!(std::os::unix::net::UnixStream::connect(dir.join("a.sock")).is_ok(), "a.sock is not served");
     Pair { config: dir.join("ctproxy.toml"), proxy, a, b, ns_a, ns_b, rp }
 }
 

@@ -109,6 +109,40 @@ fn an_endpoints_network_id_cannot_name_another_jobs_network() {
     assert_eq!(status, 201, "{answer}");
 }
 
+/// The job socket remembers that its default network exists; what removes it makes it ask again:
+/// a `network prune` in the job, and a removal behind its back on the daemon's own socket (the
+/// first container started then may get the daemon's not-found, under the client's name; the next
+/// makes the network again).
+#[test]
+fn a_removed_default_network_is_made_again() {
+    let host = JobHost::start();
+    let job = host.job();
+    let daemon_name = format!("ctp.{}.bridge", job.namespace);
+    // Containers made and removed synchronously: an unused network can be pruned and removed.
+    let made_and_removed = || {
+        let id = job.docker_ok(&["create", BUSYBOX, "true"]);
+        job.docker_ok(&["rm", &id]);
+    };
+    made_and_removed();
+    assert!(!inspect("network", &daemon_name).is_null(), "the default network was made");
+
+    job.docker_ok(&["network", "prune", "-f"]);
+    assert!(inspect("network", &daemon_name).is_null(), "an unused default network is pruned");
+    made_and_removed();
+    let made = inspect("network", &daemon_name);
+    assert_eq!(made["Labels"]["io.ctproxy.namespace"], json!(job.namespace), "made again, the job's: {made}");
+
+    docker(direct(), &["network", "rm", &daemon_name]);
+    // dockerd looks the network up when the container starts: that first start may fail.
+    let first = job.docker(&["run", "--rm", BUSYBOX, "true"]);
+    if !first.status.success() {
+        let err = String::from_utf8_lossy(&first.stderr);
+        assert!(err.contains("bridge") && err.contains("not found") && !err.contains(&daemon_name), "{err}");
+    }
+    job.docker_ok(&["run", "--rm", BUSYBOX, "true"]);
+    assert_eq!(inspect("network", &daemon_name)["Labels"]["io.ctproxy.namespace"], json!(job.namespace), "made again");
+}
+
 #[test]
 fn each_job_has_its_own_default_network() {
     let host = JobHost::start();

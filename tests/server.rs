@@ -30,16 +30,17 @@ fn unix_tcp_and_tls_listeners_together() {
     let ca = certs::Ca::new("ctproxy-listeners-ca");
     let server = ca.server(&pki.path().join("server"));
     let client = ca.client(&pki.path().join("client"), "someone", &[]);
-    let (tcp_port, tls_port) = (free_port(), free_port());
+    // Ports chosen by the kernel, read back; two listeners may not share an address (`:0` too), so
+    // the plain one is on 127.0.0.2 (loopback as well).
     let config = format!(
         r#"
 [listener.local]
 address = "unix://{{dir}}/d.sock"
 mode = "0600"
 [listener.plain]
-address = "tcp://127.0.0.1:{tcp_port}"
+address = "tcp://127.0.0.2:0"
 [listener.secure]
-address = "tcp://127.0.0.1:{tls_port}"
+address = "tcp://127.0.0.1:0"
 [listener.secure.tls]
 cert = "{}"
 key = "{}"
@@ -50,10 +51,11 @@ client_ca = "{}"
         server.ca.display()
     );
     let p = Proxy::start_with_config(&config, "d.sock");
+    let (tcp_port, tls_port) = (p.tcp_port("plain"), p.tcp_port("secure"));
     let version = ["version", "--format", "{{.Server.Version}}"];
     let expected = docker(direct(), &version);
     assert_eq!(docker(&p.docker_host(), &version), expected);
-    assert_eq!(docker(&format!("tcp://127.0.0.1:{tcp_port}"), &version), expected);
+    assert_eq!(docker(&format!("tcp://127.0.0.2:{tcp_port}"), &version), expected);
     for cli in ["docker", DOCKER_2010] {
         let out = tls_docker(cli, tls_port, Some(&client), &server.ca, &version);
         assert!(out.status.success(), "{cli} --tlsverify: {}", String::from_utf8_lossy(&out.stderr));
@@ -63,8 +65,16 @@ client_ca = "{}"
     assert_eq!(mode & 0o777, 0o600);
 
     // Without a client certificate the handshake itself fails: no HTTP request is ever read.
-    // (Access-log lines are written a few milliseconds after their request: let them land first.)
-    std::thread::sleep(Duration::from_millis(100));
+    // (Access-log lines are written a few milliseconds after their request: both CLIs' `version`
+    // lines must have landed first.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let versions = |log: String| {
+        log.lines().filter(|l| l.contains("ctproxy::access") && l.contains("listener=secure") && l.contains("/version")).count()
+    };
+    while versions(p.log_text()) < 2 {
+        assert!(Instant::now() < deadline, "the TLS clients' access-log lines never landed:\n{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let before = p.log_text().matches("listener=secure").count();
     let out = tls_docker("docker", tls_port, None, &server.ca, &version);
     assert!(!out.status.success(), "a client without a certificate must be refused");
@@ -269,14 +279,14 @@ fn upstream_over_tls_with_a_client_certificate() {
     let ca = certs::Ca::new("ctproxy-upstream-ca");
     let server = ca.server(&pki.path().join("server"));
     let client = ca.client(&pki.path().join("client"), "front-proxy", &[]);
-    let port = free_port();
     let remote = format!(
-        "[listener.remote]\naddress = \"tcp://127.0.0.1:{port}\"\n[listener.remote.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n[listener.probe]\naddress = \"unix://{{dir}}/probe.sock\"\n",
+        "[listener.remote]\naddress = \"tcp://127.0.0.1:0\"\n[listener.remote.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n[listener.probe]\naddress = \"unix://{{dir}}/probe.sock\"\n",
         server.cert.display(),
         server.key.display(),
         server.ca.display()
     );
     let remote = Proxy::start_with_config(&remote, "probe.sock");
+    let port = remote.tcp_port("remote");
     let front = format!(
         "[upstream]\nurl = \"tcp://localhost:{port}\"\n[upstream.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[listener.local]\naddress = \"unix://{{dir}}/d.sock\"\n",
         client.ca.display(),

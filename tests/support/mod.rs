@@ -94,7 +94,9 @@ pub fn unique(what: &str) -> String {
     format!("ctproxy-test-{what}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
-/// A free TCP port on loopback (racy by nature, good enough for tests).
+/// A free TCP port on loopback, for what can only be configured with a fixed port. Racy by nature:
+/// another process may take it before it is used. A ctproxy listener binds `127.0.0.1:0` instead
+/// and the test reads the port back with [`Proxy::tcp_port`].
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
@@ -200,6 +202,26 @@ impl Proxy {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// The port a TCP listener (`address = "tcp://127.0.0.1:0"`) was given by the kernel, from
+    /// its `listening` line (written once it is bound; listeners may start after the one the
+    /// harness waited for, so the line is waited for).
+    pub fn tcp_port(&self, listener: &str) -> u16 {
+        let needle = format!("listener=\"{listener}\" address=tcp://");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log_text();
+            let port = log.lines().filter(|l| l.contains("listening")).find_map(|l| {
+                let rest = &l[l.find(&needle)? + needle.len()..];
+                rest.split_whitespace().next()?.rsplit(':').next()?.parse::<u16>().ok()
+            });
+            match port {
+                Some(p) => return p,
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                None => panic!("no listening line for TCP listener {listener}; log:\n{log}"),
+            }
+        }
     }
 
     /// Waits until the log contains `needle` (log lines are written asynchronously).

@@ -46,6 +46,8 @@ impl Namespace {
     /// The second half of [`Namespace::destroy`], once the containers are gone: networks, volumes
     /// and image tags (networks and volumes in parallel).
     pub async fn destroy_rest(&self, daemon: &Daemon) -> Result<Removed, NsError> {
+        // The default network goes too: a request still served afterwards asks the daemon again.
+        self.forget_known();
         let filter = self.own_filter();
         let nets: Vec<String> = daemon
             .list(&format!("/networks?filters={filter}"))

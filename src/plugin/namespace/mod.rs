@@ -75,6 +75,8 @@ pub struct Settings {
 pub struct Namespace {
     pub name: NsName,
     pub settings: Arc<Settings>,
+    /// What this namespace has learnt from the daemon and may reuse (shared by its clones).
+    known: Arc<network::Known>,
 }
 
 /// Why a request was answered by the namespace stage instead of the daemon.
@@ -138,7 +140,7 @@ impl NsError {
 
 impl Namespace {
     pub fn new(name: NsName, settings: Arc<Settings>) -> Namespace {
-        Namespace { name, settings }
+        Namespace { name, settings, known: Arc::default() }
     }
 
     /// The label filter that selects this namespace's containers, volumes and networks.

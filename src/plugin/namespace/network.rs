@@ -9,6 +9,8 @@
 //! namespace. `host` and `none` stay the daemon's: they join nothing another namespace can see
 //! (policies judge `host`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use hyper::{Method, StatusCode};
 use ipnet::IpNet;
 use serde_json::{json, Map, Value};
@@ -34,12 +36,65 @@ const ALLOCATION_TRIES: usize = 8;
 /// processes sharing the daemon are told apart by the daemon's overlap error).
 static ALLOCATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// What a namespace remembers between requests, so that the requests that use its default
+/// network (every container create, `bridge` in any network field) do not each ask the daemon.
+///
+/// Only the default network's existence is kept. Its name, `ctp.<ns>.bridge`, can be made by this
+/// namespace alone (every client name is mangled under its own prefix, and `ctp.` is reserved), so
+/// once the daemon has shown it with this namespace's label, whose it is cannot change; what can
+/// change is whether it still exists (a `docker network prune` in the namespace, the namespace's
+/// destruction, an administrator on the daemon's own socket). So the fact is forgotten after a
+/// prune and after any answer that is not a success (a create on a network that vanished answers
+/// 404: the next request asks the daemon, and makes it again), and a new [`Namespace`] (each job,
+/// each reload) starts without it. An answer read before a forgetting is not kept after it: each
+/// forgetting starts a new generation, and a fact counts only in the generation it was learnt in.
+#[derive(Debug, Default)]
+pub struct Known {
+    generation: AtomicU64,
+    /// The generation (plus one) in which the default network was seen; 0: never.
+    default_network: AtomicU64,
+}
+
+impl Known {
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn default_network(&self) -> bool {
+        self.default_network.load(Ordering::Acquire) == self.generation() + 1
+    }
+
+    /// The default network was seen in generation `seen` (read before asking the daemon).
+    fn saw_default_network(&self, seen: u64) {
+        self.default_network.store(seen + 1, Ordering::Release);
+    }
+
+    fn forget(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
 impl Namespace {
+    /// Whether a daemon message names the default network (daemon-side name).
+    pub(super) fn names_default_network(&self, message: &str) -> bool {
+        self.name.object(DEFAULT_NETWORK).is_ok_and(|n| message.contains(&n))
+    }
+
+    /// Forgets what the daemon said (see [`Known`]).
+    pub fn forget_known(&self) {
+        self.known.forget();
+    }
+
     /// The daemon-side name of the namespace's default network, created if it does not exist yet.
     pub async fn default_network(&self, daemon: &Daemon) -> Result<String, NsError> {
         let name = self.name.object(DEFAULT_NETWORK)?;
+        if self.known.default_network() {
+            return Ok(name);
+        }
+        let seen = self.known.generation();
         if let Some(n) = daemon.get(&format!("/networks/{}", enc(&name))).await? {
             if self.owns_network(&n) {
+                self.known.saw_default_network(seen);
                 return Ok(name);
             }
             return Err(NsError::Daemon(format!("network {name} exists but is not this namespace's")));
@@ -49,8 +104,13 @@ impl Namespace {
         body.insert("Driver".into(), Value::String("bridge".into()));
         body.insert("Labels".into(), json!({ NS_LABEL: self.name.as_str() }));
         let (status, answer) = self.create_in_pool(daemon, body).await?;
-        // A concurrent request of the same namespace created it first: that is the one.
-        if status.is_success() || status == StatusCode::CONFLICT {
+        if status.is_success() {
+            self.known.saw_default_network(seen);
+            return Ok(name);
+        }
+        // A concurrent request of the same namespace created it first: that is the one (the next
+        // request checks its label).
+        if status == StatusCode::CONFLICT {
             return Ok(name);
         }
         let message = answer.get("message").and_then(Value::as_str).unwrap_or("").to_owned();
@@ -220,4 +280,28 @@ fn set_ipv4_subnet(body: &mut Map<String, Value>, subnet: &str) {
     let Value::Array(configs) = configs else { return };
     configs.retain(|c| c.get("Subnet").and_then(Value::as_str).is_some_and(|s| s.contains(':')));
     configs.insert(0, json!({ "Subnet": subnet }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Known;
+
+    #[test]
+    fn a_fact_counts_only_in_the_generation_it_was_learnt_in() {
+        let k = Known::default();
+        assert!(!k.default_network(), "nothing is known at first");
+        let seen = k.generation();
+        k.saw_default_network(seen);
+        assert!(k.default_network());
+        k.forget();
+        assert!(!k.default_network(), "forgotten");
+        // An answer read before a forgetting (a prune raced the inspect) is not kept after it.
+        let stale = k.generation();
+        k.forget();
+        k.saw_default_network(stale);
+        assert!(!k.default_network(), "a stale answer is not kept");
+        let fresh = k.generation();
+        k.saw_default_network(fresh);
+        assert!(k.default_network());
+    }
 }

@@ -333,7 +333,12 @@ impl Namespace {
             }
             NetworkPrune | VolumePrune => {
                 self.scope_prune(req.query)?;
-                After::Json
+                // A prune may remove the namespace's default network (unused and labelled).
+                if endpoint == NetworkPrune {
+                    After::Forget
+                } else {
+                    After::Json
+                }
             }
 
             VolumeList => self.list_query(req.query, ListKind::Volumes, daemon, req.route.version).await?,

@@ -37,6 +37,9 @@ pub enum After {
     Pass,
     /// A JSON answer: de-mangled.
     Json,
+    /// A JSON answer to a request that may have removed what the namespace remembers (a network
+    /// prune): de-mangled, and the namespace forgets (`network::Known`).
+    Forget,
     /// JSON lines (stats, progress): de-mangled line by line.
     Lines,
     /// Build output: JSON lines, de-mangled.
@@ -108,15 +111,27 @@ impl Namespace {
             }
         }
         let status = rsp.status();
+        if matches!(after, After::Forget) {
+            self.forget_known();
+        }
         if status == StatusCode::SWITCHING_PROTOCOLS || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             return rsp;
         }
         if !status.is_success() {
-            return self.rewrite_whole(rsp, |_, v| Ok(v)).await;
+            // An error that names the default network (`network ctp.<ns>.bridge not found`): it
+            // is gone, whatever the namespace remembered.
+            return self
+                .rewrite_whole(rsp, |ns, v| {
+                    if v.get("message").and_then(Value::as_str).is_some_and(|m| ns.names_default_network(m)) {
+                        ns.forget_known();
+                    }
+                    Ok(v)
+                })
+                .await;
         }
         match after {
             After::Pass => rsp,
-            After::Json => self.rewrite_whole(rsp, |_, v| Ok(v)).await,
+            After::Json | After::Forget => self.rewrite_whole(rsp, |_, v| Ok(v)).await,
             After::Lines | After::Build | After::Load(_) => self.rewrite_lines(rsp, false),
             After::ImageInspect => {
                 let users = self.own_users(daemon).await;
