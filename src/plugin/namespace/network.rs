@@ -229,3 +229,20 @@ fn set_ipv4_subnet(body: &mut Map<String, Value>, subnet: ipnet::Ipv4Net) {
     }
     configs.insert(0, config);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_subnet_comes_with_its_first_address_as_gateway_and_keeps_ipv6() {
+        let mut body = Map::new();
+        body.insert("IPAM".into(), json!({"Config": [{"Subnet": "fd00::/64"}, {"Gateway": "10.9.9.9"}]}));
+        set_ipv4_subnet(&mut body, "10.200.7.0/24".parse().unwrap());
+        assert_eq!(body["IPAM"]["Config"], json!([{"Subnet": "10.200.7.0/24", "Gateway": "10.200.7.1"}, {"Subnet": "fd00::/64"}]));
+        // Too small for a gateway of its own: left to the daemon.
+        let mut body = Map::new();
+        set_ipv4_subnet(&mut body, "10.200.7.0/31".parse().unwrap());
+        assert_eq!(body["IPAM"]["Config"], json!([{"Subnet": "10.200.7.0/31"}]));
+    }
+}
