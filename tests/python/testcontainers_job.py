@@ -38,10 +38,17 @@ def run():
 
     client = docker.from_env()
     ryuk = client.containers.get(f"testcontainers-ryuk-{SESSION_ID}")
-    logs = ryuk.logs().decode()
+    # The library sends the session's filter without waiting for Ryuk's ACK.
+    wanted = f"adding filter label=org.testcontainers.session-id={SESSION_ID}"
+    for _ in range(150):
+        logs = ryuk.logs().decode()
+        if wanted in logs:
+            break
+        time.sleep(0.2)
+    ryuk.reload()
     print(f"ryuk: {ryuk.status}, image {ryuk.image.tags}\n{logs}", flush=True)
     assert ryuk.status == "running", ryuk.status
-    assert f"adding filter label=org.testcontainers.session-id={SESSION_ID}" in logs, logs
+    assert wanted in logs, logs
 
     left = DockerContainer("ctproxy-test/busybox").with_command(["sleep", "3600"]).start()
     print(f"left for ryuk: {left._container.name}", flush=True)
