@@ -61,14 +61,15 @@ def run():
 def reaped(session):
     client = docker.from_env()
     label = f"org.testcontainers.session-id={session}"
+    # The plain listing: `containers.list` inspects each one it lists, and Ryuk removes them meanwhile.
     for _ in range(900):
-        left = client.containers.list(all=True, filters={"label": label})
-        ryuk = client.containers.list(all=True, filters={"name": f"testcontainers-ryuk-{session}"})
+        left = client.api.containers(all=True, filters={"label": label})
+        ryuk = client.api.containers(all=True, filters={"name": f"testcontainers-ryuk-{session}"})
         if not left and not ryuk:
             print("ryuk-reaped-the-session", flush=True)
             return
         time.sleep(0.2)
-    sys.exit(f"still there after the session ended: {[c.name for c in left]} ryuk: {[c.name for c in ryuk]}")
+    sys.exit(f"still there after the session ended: {[c['Names'] for c in left]} ryuk: {[c['Names'] for c in ryuk]}")
 
 
 if __name__ == "__main__":
