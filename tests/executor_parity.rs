@@ -201,3 +201,63 @@ fn with_a_helper_image_sources_and_cache_stages_run_there_sharing_builds_and_cac
     assert_eq!(run.outcome, Outcome::Success, "{}", show(&run));
     assert!(run.log.contains("via-helper") && run.log.contains("Successfully extracted cache"), "{}", show(&run));
 }
+
+/// The job image with testcontainers-python 4.8.2 and the Ryuk image it starts, built once per
+/// daemon (see the script).
+fn testcontainers_image() -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/testcontainers-image.sh");
+    let out = std::process::Command::new(script).env("CTPROXY_DIRECT_DOCKER_HOST", direct()).output().expect("testcontainers-image.sh");
+    assert!(out.status.success(), "testcontainers images: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// What the daemon still holds of the namespace `ns`, its default network included.
+fn namespace_leftovers(ns: &str) -> Vec<String> {
+    let label = format!("label=io.ctproxy.namespace={ns}");
+    let mut found = Vec::new();
+    for args in [
+        vec!["ps", "-a", "--format", "container {{.Names}}", "--filter", &label],
+        vec!["network", "ls", "--format", "network {{.Name}}", "--filter", &label],
+        vec!["volume", "ls", "--format", "volume {{.Name}}", "--filter", &label],
+    ] {
+        let out = docker_cmd("docker", direct(), &args).output().expect("docker");
+        found.extend(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned));
+    }
+    found
+}
+
+/// Testcontainers with its defaults (issue 16): the job's Python test sets nothing, starts a
+/// container that publishes a port and reaches it where the library says; Ryuk starts through the
+/// socket redirect, and removes what the session left once the session's process ends.
+#[test]
+fn testcontainers_works_with_its_defaults_and_ryuk_reaps_the_session() {
+    let image = testcontainers_image();
+    let p = JobHost::start_sharing(&["testcontainers/ryuk"], "").proxy;
+    let program = include_str!("python/testcontainers_job.py");
+    let job = Job::new(
+        job_id(),
+        &image,
+        &[
+            &format!("cat > tc_job.py <<'PYTHON'\n{program}PYTHON"),
+            "python3 tc_job.py run",
+            "python3 tc_job.py reaped \"$(cat tc-session)\"",
+        ],
+    );
+    let run = runner::run(&driver(&p, &[]), &job);
+    eprintln!("{}", show(&run));
+    assert_eq!(run.outcome, Outcome::Success, "{}", show(&run));
+    // The job set nothing: what the library read is the executor's.
+    assert!(run.log.contains("settings: ['TESTCONTAINERS_HOST_OVERRIDE']"), "{}", show(&run));
+    assert!(run.log.contains("testcontainers picked host.docker.internal:"), "{}", show(&run));
+    assert!(run.log.contains("answer: served-by-the-sibling"), "{}", show(&run));
+    assert!(run.log.contains("testcontainers-run-passed") && run.log.contains("ryuk-reaped-the-session"), "{}", show(&run));
+
+    let ns = format!("{}-r{}-{}", support::jobs::job_prefix(), job.runner_id, job.id);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut left = namespace_leftovers(&ns);
+    while !left.is_empty() && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        left = namespace_leftovers(&ns);
+    }
+    assert!(left.is_empty(), "namespace {ns} left on the daemon: {left:?}");
+}

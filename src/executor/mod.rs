@@ -33,7 +33,13 @@ pub use run::run;
 /// What prepare creates in the job's namespace (the job sees these names, unmangled).
 pub const BUILD_CONTAINER: &str = "ctproxy-build";
 pub const HELPER_CONTAINER: &str = "ctproxy-helper";
-pub const NETWORK: &str = "ctproxy-job";
+/// The network of the job container and the services: the namespace's own default network (what
+/// the job's clients call `bridge`), where the containers the job starts without a network land
+/// too, so that a published port of one is reachable from the job container (Testcontainers).
+pub const NETWORK: &str = "bridge";
+/// The host name that resolves, in the job container, to the gateway of [`NETWORK`] (an address of
+/// the daemon's host, where published ports listen); `TESTCONTAINERS_HOST_OVERRIDE` names it.
+pub const DOCKER_HOST_NAME: &str = "host.docker.internal";
 pub const BUILDS_VOLUME: &str = "ctproxy-builds";
 pub const CACHE_VOLUME: &str = "ctproxy-cache";
 /// Where the job container sees the directory holding its socket (see [`crate::jobs`] for why a

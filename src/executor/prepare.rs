@@ -17,7 +17,7 @@ use super::job_response::{ImageSpec, JobResponse};
 use super::RUNNER_BINARY_IN_CONTAINER;
 use super::{admission, pull};
 use super::{current_job, Options, StageError};
-use super::{BUILDS_DIR, BUILDS_VOLUME, BUILD_CONTAINER, CACHE_DIR, CACHE_VOLUME, HELPER_CONTAINER, NETWORK, SOCKET_DIR_IN_CONTAINER};
+use super::{BUILDS_DIR, BUILDS_VOLUME, BUILD_CONTAINER, CACHE_DIR, CACHE_VOLUME, DOCKER_HOST_NAME, HELPER_CONTAINER, NETWORK, SOCKET_DIR_IN_CONTAINER};
 use crate::docker::client::enc;
 use crate::jobs::api::{ControlClient, ControlError, CreateJob, JobInfo};
 
@@ -62,14 +62,8 @@ pub async fn prepare(env: &BTreeMap<String, String>, opts: &Options) -> Result<(
         puller.get(service, None).await?;
     }
 
-    docker
-        .call(
-            Method::POST,
-            "/networks/create",
-            Some(&json!({ "Name": NETWORK, "CheckDuplicate": true, "Labels": { ROLE_LABEL: "network" } })),
-        )
-        .await
-        .map_err(system)?;
+    // The network is the namespace's default one (created by ctproxy on first use, removed with
+    // the namespace): the containers the job starts without a network join it too.
     for name in [BUILDS_VOLUME, CACHE_VOLUME] {
         docker
             .call(Method::POST, "/volumes/create", Some(&json!({ "Name": name, "Labels": { ROLE_LABEL: "volume" } })))
@@ -105,8 +99,9 @@ pub async fn prepare(env: &BTreeMap<String, String>, opts: &Options) -> Result<(
         // The runner's own image: the administrator's pull policy, not the job's.
         puller.get(h, Some(vec![pull::PullPolicy::IfNotPresent])).await?;
     }
+    let docker_host = docker_host_entry(&docker).await?;
     for (name, spec) in containers.into_iter().chain(helper.as_ref().map(|h| (HELPER_CONTAINER, h))) {
-        start_job_container(&docker, name, spec, &binds).await?;
+        start_job_container(&docker, name, spec, &binds, docker_host.as_deref()).await?;
     }
     println!("Job container {BUILD_CONTAINER} ready (image {})", image.name);
     Ok(())
@@ -141,6 +136,28 @@ fn shared_binds(created: &JobInfo) -> Vec<String> {
     binds
 }
 
+/// The `ExtraHosts` entry that makes [`DOCKER_HOST_NAME`] the gateway of the job's network: an
+/// address of the daemon's host on the bridge the job's own containers join, where their published
+/// ports answer (dockerd's userland proxy, or its hairpin NAT without it). `None` (with a note in
+/// the log) when the network has no IPv4 gateway.
+///
+/// Testcontainers picks `localhost` for a Unix socket (Python) or the default gateway (Java, Go);
+/// `TESTCONTAINERS_HOST_OVERRIDE` set to this name works for all of them. A name, not the address:
+/// testcontainers-python gives the container port instead of the published one when the host it
+/// was told equals the container's gateway address.
+async fn docker_host_entry(docker: &JobDocker) -> Result<Option<String>, StageError> {
+    let net = docker.inspect(&format!("/networks/{}", enc(NETWORK))).await.map_err(system)?;
+    let configs = net.as_ref().and_then(|n| n.pointer("/IPAM/Config")).and_then(Value::as_array).cloned().unwrap_or_default();
+    let gateway = configs.iter().filter_map(|c| c.get("Gateway").and_then(Value::as_str)?.parse::<std::net::Ipv4Addr>().ok()).next();
+    match gateway {
+        Some(g) => Ok(Some(format!("{DOCKER_HOST_NAME}:{g}"))),
+        None => {
+            println!("Note: the job network has no IPv4 gateway: {DOCKER_HOST_NAME} and TESTCONTAINERS_HOST_OVERRIDE are not set");
+            Ok(None)
+        }
+    }
+}
+
 /// A control request that failed; ctproxy not running is a system failure that says so.
 fn refused(e: ControlError, method: &str, key: &str) -> StageError {
     match e {
@@ -153,7 +170,7 @@ fn refused(e: ControlError, method: &str, key: &str) -> StageError {
 }
 
 /// A service: its image with its own entrypoint and command, the job's variables and its own, on
-/// the job network under its host names.
+/// the job network (the namespace's default network) under its host names.
 async fn start_service(docker: &JobDocker, i: usize, spec: &ImageSpec, job_vars: &[String]) -> Result<(), StageError> {
     let name = format!("ctproxy-service-{i}");
     let mut env = job_vars.to_vec();
@@ -182,14 +199,29 @@ async fn start_service(docker: &JobDocker, i: usize, spec: &ImageSpec, job_vars:
 
 /// The container the run stages exec into: the job image, kept alive, with the builds and cache
 /// volumes, the job's socket at `/var/run/docker.sock` and its directory for `DOCKER_HOST`.
-async fn start_job_container(docker: &JobDocker, name: &str, spec: &ImageSpec, binds: &[String]) -> Result<(), StageError> {
+async fn start_job_container(
+    docker: &JobDocker,
+    name: &str,
+    spec: &ImageSpec,
+    binds: &[String],
+    docker_host: Option<&str>,
+) -> Result<(), StageError> {
+    let mut env = vec![format!("DOCKER_HOST=unix://{SOCKET_DIR_IN_CONTAINER}/docker.sock")];
+    let mut extra_hosts = Vec::new();
+    if let Some(entry) = docker_host {
+        // The job's own variables, exported by its script, still win.
+        env.push(format!("TESTCONTAINERS_HOST_OVERRIDE={DOCKER_HOST_NAME}"));
+        extra_hosts.push(entry.to_owned());
+    }
     let mut body = json!({
         "Image": spec.name,
         "Cmd": ["sh", "-c", KEEPALIVE],
-        "Env": [format!("DOCKER_HOST=unix://{SOCKET_DIR_IN_CONTAINER}/docker.sock")],
+        "Env": env,
         "WorkingDir": BUILDS_DIR,
         "Labels": { ROLE_LABEL: name },
-        "HostConfig": { "Binds": binds, "NetworkMode": NETWORK, "Init": true, "RestartPolicy": { "Name": "no" } },
+        "HostConfig": {
+            "Binds": binds, "NetworkMode": NETWORK, "ExtraHosts": extra_hosts, "Init": true, "RestartPolicy": { "Name": "no" }
+        },
     });
     // The Docker executor runs the image's own entrypoint with the shell as its command; an
     // entrypoint that is not a wrapper needs `entrypoint: [""]` there as here.

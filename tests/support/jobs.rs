@@ -21,6 +21,12 @@ pub fn job_prefix() -> String {
 /// section), `namespaces` added to the `[namespaces]` section and `extra` at the end (`{dir}` is
 /// the server's directory).
 fn job_host_config(conservative: &str, namespaces: &str, extra: &str) -> String {
+    job_host_config_sharing(&[], conservative, namespaces, extra)
+}
+
+/// [`job_host_config`] with `shared` images shared besides the test images.
+fn job_host_config_sharing(shared: &[&str], conservative: &str, namespaces: &str, extra: &str) -> String {
+    let shared: String = shared.iter().map(|s| format!(", {s:?}")).collect();
     format!(
         r#"
 [listener.main]
@@ -34,7 +40,7 @@ kind = "inject"
 memory = "2g"
 pids_limit = 4096
 [namespaces]
-shared_images = ["ctproxy-test/*"]
+shared_images = ["ctproxy-test/*"{shared}]
 network_pool = ["10.200.0.0/16"]
 {namespaces}
 [jobs]
@@ -82,6 +88,11 @@ impl JobHost {
 
     /// With `conservative` added to the `[policy.conservative]` section, `namespaces` to
     /// `[namespaces]` and `extra` at the end.
+    /// A job host that also shares `images` (`[namespaces] shared_images` patterns: repositories, no tag).
+    pub fn start_sharing(images: &[&str], extra: &str) -> JobHost {
+        JobHost { proxy: Proxy::start_with_config(&job_host_config_sharing(images, "", "", extra), "control.sock") }
+    }
+
     pub fn start_custom(conservative: &str, namespaces: &str, extra: &str) -> JobHost {
         JobHost { proxy: Proxy::start_with_config(&job_host_config(conservative, namespaces, extra), "control.sock") }
     }

@@ -212,7 +212,7 @@ impl Namespace {
             let Some(block) = pool.allocate(&used) else {
                 return Err(NsError::Refused("the namespaces' network pool is exhausted: no free block is left; an administrator can enlarge [namespaces] network_pool or raise network_prefix_len".into()));
             };
-            set_ipv4_subnet(&mut body, &block.to_string());
+            set_ipv4_subnet(&mut body, block);
             let (status, bytes) = daemon.call(Method::POST, "/networks/create", Some(&Value::Object(body.clone()))).await?;
             let answer = parse(&bytes);
             let message = answer.get("message").and_then(Value::as_str).unwrap_or("");
@@ -266,8 +266,10 @@ impl Namespace {
     }
 }
 
-/// Puts `subnet` as the IPv4 subnet of `IPAM.Config`, keeping IPv6 entries the client chose.
-fn set_ipv4_subnet(body: &mut Map<String, Value>, subnet: &str) {
+/// Puts `subnet` as the IPv4 subnet of `IPAM.Config`, keeping IPv6 entries the client chose, with
+/// its first address as the gateway: the address dockerd would pick, named as dockerd names it when
+/// it picks the subnet itself (clients such as Testcontainers read the gateway from there).
+fn set_ipv4_subnet(body: &mut Map<String, Value>, subnet: ipnet::Ipv4Net) {
     let ipam = body.entry("IPAM").or_insert_with(|| json!({}));
     if !ipam.is_object() {
         *ipam = json!({});
@@ -279,12 +281,30 @@ fn set_ipv4_subnet(body: &mut Map<String, Value>, subnet: &str) {
     }
     let Value::Array(configs) = configs else { return };
     configs.retain(|c| c.get("Subnet").and_then(Value::as_str).is_some_and(|s| s.contains(':')));
-    configs.insert(0, json!({ "Subnet": subnet }));
+    let mut config = json!({ "Subnet": subnet.to_string() });
+    if subnet.prefix_len() < 31 {
+        if let Some(gateway) = subnet.hosts().next() {
+            config["Gateway"] = json!(gateway.to_string());
+        }
+    }
+    configs.insert(0, config);
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Known;
+    use super::*;
+
+    #[test]
+    fn a_pool_subnet_comes_with_its_first_address_as_gateway_and_keeps_ipv6() {
+        let mut body = Map::new();
+        body.insert("IPAM".into(), json!({"Config": [{"Subnet": "fd00::/64"}, {"Gateway": "10.9.9.9"}]}));
+        set_ipv4_subnet(&mut body, "10.200.7.0/24".parse().unwrap());
+        assert_eq!(body["IPAM"]["Config"], json!([{"Subnet": "10.200.7.0/24", "Gateway": "10.200.7.1"}, {"Subnet": "fd00::/64"}]));
+        // Too small for a gateway of its own: left to the daemon.
+        let mut body = Map::new();
+        set_ipv4_subnet(&mut body, "10.200.7.0/31".parse().unwrap());
+        assert_eq!(body["IPAM"]["Config"], json!([{"Subnet": "10.200.7.0/31"}]));
+    }
 
     #[test]
     fn a_fact_counts_only_in_the_generation_it_was_learnt_in() {
