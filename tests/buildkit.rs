@@ -194,3 +194,28 @@ fn buildkit_secrets_ssh_and_platform() {
 fn which(program: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(program)).find(|f| f.is_file()))
 }
+
+/// The build progress (`--progress plain`) names the job's images by the job's own names: no
+/// daemon-side name, namespace prefix or hidden tag shows, for `docker buildx build` and
+/// `docker build`, `FROM` the job's own image included.
+#[test]
+fn buildkit_progress_shows_the_jobs_names() {
+    if !on_docker_28() {
+        return;
+    }
+    let host = JobHost::start();
+    let job = host.job();
+    let base = context(&format!("FROM {BUSYBOX}\nRUN echo base > /base\n"));
+    let first = build_ok(&job, base.path(), &["buildx", "build", "--progress", "plain", "--load", "-t", "app:1", "."]);
+    let own = context("FROM app:1\nRUN cat /base\n");
+    let second = build_ok(&job, own.path(), &["build", "--progress", "plain", "-t", "app:2", "-t", "localhost:5000/team/app:3", "."]);
+    for out in [&first, &second] {
+        for leak in [job.namespace.as_str(), "ctproxy-untagged", "ctp."] {
+            assert!(!out.contains(leak), "{leak:?} shows in the progress:\n{out}");
+        }
+        assert!(!out.contains("127.0.0.1:"), "the registry proxy's address shows in the progress:\n{out}");
+    }
+    assert!(first.contains("naming to app:1"), "{first}");
+    assert!(second.contains("FROM app:1") || second.contains("load metadata for app:1"), "{second}");
+    assert!(second.contains("naming to localhost:5000/team/app:3"), "{second}");
+}

@@ -291,9 +291,97 @@ pub async fn pass(call: Call) {
     }
 }
 
+/// Rewrites each response message of a call: `None` drops it.
+pub type MapResponse = Box<dyn FnMut(Bytes) -> Option<Bytes> + Send>;
+
+/// Relays the serving side's answer to the caller, each message through `map`.
+pub async fn answer_mapped(rsp: h2::client::ResponseFuture, mut respond: h2::server::SendResponse<Bytes>, mut map: MapResponse) {
+    let rsp = match rsp.await {
+        Ok(rsp) => rsp,
+        Err(e) => return refuse(respond, code::UNKNOWN, &format!("ctproxy: the call failed: {e}")),
+    };
+    let (mut parts, body) = rsp.into_parts();
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    let end = body.is_end_stream();
+    let Ok(mut send) = respond.send_response(Response::from_parts(parts, ()), end) else { return };
+    if end {
+        return;
+    }
+    let mut msgs = Messages::new(body);
+    let result: Result<(), GrpcError> = async {
+        while let Some(msg) = msgs.next().await? {
+            if let Some(out) = map(msg) {
+                send_data(&mut send, frame(&out), false).await?;
+            }
+        }
+        match msgs.trailers().await? {
+            Some(t) => send.send_trailers(t)?,
+            None => send.send_data(Bytes::new(), true)?,
+        }
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        send.send_reset(h2::Reason::CANCEL);
+    }
+}
+
+/// Answers a unary call with one message and status OK.
+pub async fn reply(mut respond: h2::server::SendResponse<Bytes>, msg: &[u8]) {
+    let rsp = Response::builder().status(200).header("content-type", "application/grpc").body(());
+    let Ok(rsp) = rsp else { return };
+    let Ok(mut send) = respond.send_response(rsp, false) else { return };
+    if send_data(&mut send, frame(msg), false).await.is_err() {
+        return send.send_reset(h2::Reason::CANCEL);
+    }
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let _ = send.send_trailers(trailers);
+}
+
+/// Makes a unary call of `path` on the serving side (ctproxy asking the same peer a question of
+/// its own, with `like`'s authority and metadata): its one response message.
+pub async fn request(
+    upstream: &mut h2::client::SendRequest<Bytes>,
+    like: &http::request::Parts,
+    path: &str,
+    msg: &[u8],
+) -> Result<Bytes, GrpcError> {
+    let mut uri = http::Uri::builder().path_and_query(path);
+    if let Some(s) = like.uri.scheme() {
+        uri = uri.scheme(s.clone());
+    }
+    if let Some(a) = like.uri.authority() {
+        uri = uri.authority(a.clone());
+    }
+    let uri = uri.build().map_err(|e| GrpcError::Protocol(e.to_string()))?;
+    let mut req = Request::builder().method("POST").uri(uri).body(()).map_err(|e| GrpcError::Protocol(e.to_string()))?;
+    req.headers_mut().insert("content-type", http::HeaderValue::from_static("application/grpc"));
+    req.headers_mut().insert("te", http::HeaderValue::from_static("trailers"));
+    let (head, ()) = req.into_parts();
+    let (rsp, mut send) = open(upstream, head, false).await?;
+    send_data(&mut send, frame(msg), true).await?;
+    let rsp = rsp.await?;
+    let status = rsp.headers().get("grpc-status").cloned();
+    let mut msgs = Messages::new(rsp.into_body());
+    let out = msgs.next().await?;
+    let trailers = msgs.trailers().await?;
+    let status = trailers.as_ref().and_then(|t| t.get("grpc-status").cloned()).or(status);
+    match (status.as_ref().and_then(|s| s.to_str().ok()), out) {
+        (Some("0"), Some(m)) => Ok(m),
+        (Some("0"), None) => Ok(Bytes::new()),
+        (s, _) => Err(GrpcError::Protocol(format!("{path} answered gRPC status {}", s.unwrap_or("none")))),
+    }
+}
+
 /// Relays a call with one request message (unary or server-streaming) after `rewrite` checked it:
 /// `Err((code, message))` answers the caller with that status instead.
 pub async fn unary(call: Call, rewrite: impl FnOnce(Bytes) -> Result<Bytes, (u32, String)>) {
+    unary_mapped(call, rewrite, None).await
+}
+
+/// [`unary`], with the response messages through `map` when there is one.
+pub async fn unary_mapped(call: Call, rewrite: impl FnOnce(Bytes) -> Result<Bytes, (u32, String)>, map: Option<MapResponse>) {
     let Call { req, respond, mut upstream } = call;
     let (head, body) = req.into_parts();
     let mut msgs = Messages::new(body);
@@ -318,7 +406,10 @@ pub async fn unary(call: Call, rewrite: impl FnOnce(Bytes) -> Result<Bytes, (u32
             if send_data(&mut send, frame(&msg), true).await.is_err() {
                 send.send_reset(h2::Reason::CANCEL);
             }
-            answer(rsp, respond).await;
+            match map {
+                Some(map) => answer_mapped(rsp, respond, map).await,
+                None => answer(rsp, respond).await,
+            }
         }
         Err(e) => refuse(respond, code::UNKNOWN, &format!("ctproxy: the call could not be relayed: {e}")),
     }

@@ -3,7 +3,7 @@
 //! relayed call by call ([`crate::http::grpc`]) and judged here.
 //!
 //! - Control: `Solve` is checked and rewritten ([`solve`]); `Status` is scoped to the namespace's
-//!   build refs; `ListWorkers` and `Info` pass; every other method is refused (history, disk usage
+//!   build refs and its progress text shows the client's names ([`status`]); `ListWorkers` and `Info` pass; every other method is refused (history, disk usage
 //!   and prune cannot be scoped to a namespace yet).
 //! - Session: the daemon reads files, secrets, SSH agents and registry credentials from the client.
 //!   These pass, except that the Dockerfile ([`filesync`]) is rewritten on its way to the daemon
@@ -14,6 +14,7 @@
 mod dockerfile;
 mod filesync;
 mod solve;
+mod status;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -128,12 +129,19 @@ impl CallPolicy for Control {
                 }
                 m if m.starts_with("/moby.buildkit.v1.frontend.LLBBridge/") => self.gateway(call).await,
                 "/moby.buildkit.v1.Control/Status" => {
-                    grpc::unary(call, |msg| {
-                        let mut req: StatusRequest =
-                            prost::Message::decode(msg).map_err(|e| (code::INVALID_ARGUMENT, format!("ctproxy: invalid StatusRequest: {e}")))?;
-                        req.r#ref = ns.scoped_id(&req.r#ref);
-                        Ok(prost::Message::encode_to_vec(&req).into())
-                    })
+                    // The progress names what the daemon did by the daemon's names: shown as the
+                    // client's own ([`status`]).
+                    let map = status::StatusText::new(ns).mapper();
+                    grpc::unary_mapped(
+                        call,
+                        |msg| {
+                            let mut req: StatusRequest = prost::Message::decode(msg)
+                                .map_err(|e| (code::INVALID_ARGUMENT, format!("ctproxy: invalid StatusRequest: {e}")))?;
+                            req.r#ref = ns.scoped_id(&req.r#ref);
+                            Ok(prost::Message::encode_to_vec(&req).into())
+                        },
+                        Some(map),
+                    )
                     .await
                 }
                 "/moby.buildkit.v1.Control/ListWorkers" | "/moby.buildkit.v1.Control/Info" => grpc::pass(call).await,
