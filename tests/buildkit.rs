@@ -219,3 +219,48 @@ fn buildkit_progress_shows_the_jobs_names() {
     assert!(second.contains("FROM app:1") || second.contains("load metadata for app:1"), "{second}");
     assert!(second.contains("naming to localhost:5000/team/app:3"), "{second}");
 }
+
+/// `docker buildx build --push` goes to the registry the job named, through ctproxy's registry
+/// proxy, with the job's own login (Debian's `docker-registry` with htpasswd on loopback); without
+/// a login the registry refuses it. The progress names the pushed image as the job typed it.
+#[test]
+fn buildkit_push_goes_through_the_registry_proxy() {
+    if !on_docker_28() {
+        return;
+    }
+    let registry = Registry::start_with_users(&[("ci", "ci-pw")]);
+    let reg = registry.addr.clone();
+    let host = JobHost::start_with(&format!("[registry_proxy]\naddress = \"127.0.0.1:{}\"\ninsecure = [\"{reg}\"]\n", free_port()));
+    let job = host.job();
+    let cfg = tempfile::tempdir().expect("tempdir");
+    let repo = unique("bkpush").replace("ctproxy-test-", "");
+    let target = format!("{reg}/team/{repo}:1");
+    let dir = context(&format!("FROM {BUSYBOX}\nRUN echo {repo} > /pushed\n"));
+    let with_login = |args: &[&str], input: Option<&[u8]>| {
+        let mut c = docker_cmd("docker", &job.host, args);
+        c.current_dir(dir.path()).env_remove("DOCKER_BUILDKIT").env("BUILDKIT_PROGRESS", "plain").env("DOCKER_CONFIG", cfg.path());
+        output_within(c, input.map(<[u8]>::to_vec), Duration::from_secs(300), &args.join(" "))
+    };
+    // Without a login the registry refuses the push.
+    let anon = build(&job, dir.path(), &["buildx", "build", "--push", "-t", &target, "."]);
+    assert!(!anon.status.success(), "a push without credentials must fail: {}", String::from_utf8_lossy(&anon.stderr));
+    check(&with_login(&["login", "-u", "ci", "--password-stdin", &reg], Some(b"ci-pw")), &["login", &reg]);
+    let out = with_login(&["buildx", "build", "--progress", "plain", "--push", "-t", &target, "."], None);
+    check(&out, &["buildx", "build", "--push", &target]);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!text.contains(&job.namespace) && !text.contains("ctproxy-untagged"), "{text}");
+    assert!(text.contains(&format!("pushing {target}")) || text.contains(&format!("naming to {target}")), "{text}");
+    // The registry holds it under the name the job typed.
+    let head = std::process::Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", "-w", "%{http_code}", "-u", "ci:ci-pw", "-H", "Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json"])
+        .arg(format!("http://{reg}/v2/team/{repo}/manifests/1"))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&head.stdout), "200", "the registry has no team/{repo}:1");
+    // Another job pulls and runs it with its own login.
+    let other = host.job();
+    let mut c = docker_cmd("docker", &other.host, &["pull", &target]);
+    c.env("DOCKER_CONFIG", cfg.path());
+    check(&output_within(c, None, Duration::from_secs(300), "pull"), &["pull", &target]);
+    assert_eq!(other.docker_ok(&["run", "--rm", &target, "cat", "/pushed"]), repo);
+}

@@ -382,24 +382,45 @@ pub async fn unary(call: Call, rewrite: impl FnOnce(Bytes) -> Result<Bytes, (u32
 
 /// [`unary`], with the response messages through `map` when there is one.
 pub async fn unary_mapped(call: Call, rewrite: impl FnOnce(Bytes) -> Result<Bytes, (u32, String)>, map: Option<MapResponse>) {
-    let Call { req, respond, mut upstream } = call;
+    let mut u = match read_unary(call).await {
+        Ok(u) => u,
+        Err((respond, e)) => return refuse(respond, code::INVALID_ARGUMENT, &format!("ctproxy: {e}")),
+    };
+    u.msg = match rewrite(std::mem::take(&mut u.msg)) {
+        Ok(m) => m,
+        Err((c, m)) => return refuse(u.respond, c, &m),
+    };
+    forward(u, map).await
+}
+
+/// A call with one request message, read.
+pub struct UnaryCall {
+    pub head: http::request::Parts,
+    pub msg: Bytes,
+    pub respond: h2::server::SendResponse<Bytes>,
+    pub upstream: h2::client::SendRequest<Bytes>,
+}
+
+/// Reads the one request message of `call`; `Err` gives back the response slot and why.
+pub async fn read_unary(call: Call) -> Result<UnaryCall, (h2::server::SendResponse<Bytes>, String)> {
+    let Call { req, respond, upstream } = call;
     let (head, body) = req.into_parts();
     let mut msgs = Messages::new(body);
     let msg = match msgs.next().await {
         Ok(Some(m)) => m,
         Ok(None) => Bytes::new(),
-        Err(e) => return refuse(respond, code::INVALID_ARGUMENT, &format!("ctproxy: {e}")),
+        Err(e) => return Err((respond, e.to_string())),
     };
     match msgs.next().await {
-        Ok(None) => {}
-        Ok(Some(_)) => return refuse(respond, code::INVALID_ARGUMENT, "ctproxy: more than one request message"),
-        Err(e) => return refuse(respond, code::INVALID_ARGUMENT, &format!("ctproxy: {e}")),
+        Ok(None) => Ok(UnaryCall { head, msg, respond, upstream }),
+        Ok(Some(_)) => Err((respond, "more than one request message".into())),
+        Err(e) => Err((respond, e.to_string())),
     }
-    let msg = match rewrite(msg) {
-        Ok(m) => m,
-        Err((c, m)) => return refuse(respond, c, &m),
-    };
-    let mut head = head;
+}
+
+/// Relays a read call with its (possibly rewritten) message, the answer through `map` if any.
+pub async fn forward(u: UnaryCall, map: Option<MapResponse>) {
+    let UnaryCall { mut head, msg, respond, mut upstream } = u;
     head.headers.remove(http::header::CONTENT_LENGTH);
     match open(&mut upstream, head, false).await {
         Ok((rsp, mut send)) => {

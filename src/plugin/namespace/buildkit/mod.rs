@@ -6,11 +6,13 @@
 //!   build refs and its progress text shows the client's names ([`status`]); `ListWorkers` and `Info` pass; every other method is refused (history, disk usage
 //!   and prune cannot be scoped to a namespace yet).
 //! - Session: the daemon reads files, secrets, SSH agents and registry credentials from the client.
-//!   These pass, except that the Dockerfile ([`filesync`]) is rewritten on its way to the daemon
+//!   These pass, except that registry authentication for ctproxy's registry proxy is answered by
+//!   ctproxy with a token of the namespace ([`auth`]), and the Dockerfile ([`filesync`]) is rewritten on its way to the daemon
 //!   ([`dockerfile`]): image references name the namespace's images. Other methods are refused.
 //! - Build refs, session IDs and session shared keys are prefixed with the namespace, so that no
 //!   job can watch, use or share another namespace's build or session.
 
+mod auth;
 mod dockerfile;
 mod filesync;
 mod solve;
@@ -80,7 +82,7 @@ impl Namespace {
             Endpoint::Grpc => (Callers::Client, Arc::new(Control { ns: self.clone() })),
             Endpoint::Session => {
                 let session = headers.get(SESSION_UUID).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-                (Callers::Daemon, Arc::new(Session { ns: self.clone(), daemon: daemon.clone(), session }))
+                (Callers::Daemon, Arc::new(Session { ns: self.clone(), daemon: daemon.clone(), session, key: auth::session_key() }))
             }
             _ => return None,
         };
@@ -213,6 +215,29 @@ struct Session {
     daemon: Daemon,
     /// The session ID as the daemon knows it (namespaced).
     session: String,
+    /// This session's token authority key for the registry proxy ([`auth`]).
+    key: Vec<u8>,
+}
+
+impl Session {
+    /// `moby.filesync.v1.Auth`: for the registry proxy's host ctproxy answers ([`auth`]); for
+    /// other registries the client does.
+    async fn auth(&self, call: Call) {
+        let method = call.method().rsplit('/').next().unwrap_or("").to_owned();
+        if !matches!(method.as_str(), "Credentials" | "FetchToken" | "GetTokenAuthority" | "VerifyTokenAuthority") {
+            let msg = format!("the session method {} is not available in a namespace", call.method());
+            return refuse(&self.ns, call, code::UNIMPLEMENTED, &msg);
+        }
+        let u = match grpc::read_unary(call).await {
+            Ok(u) => u,
+            Err((respond, e)) => return grpc::refuse(respond, code::INVALID_ARGUMENT, &format!("ctproxy: {e}")),
+        };
+        match auth::host_of(&method, &u.msg) {
+            Some(host) if host == self.ns.settings.registry => self.ns.registry_proxy_auth(u, &method, &self.key).await,
+            Some(_) => grpc::forward(u, None).await,
+            None => grpc::refuse(u.respond, code::INVALID_ARGUMENT, &format!("ctproxy: an invalid Auth.{method} request")),
+        }
+    }
 }
 
 impl CallPolicy for Session {
@@ -223,11 +248,8 @@ impl CallPolicy for Session {
                     let facts = builds().lock().ok().and_then(|s| s.sessions.get(&self.session).cloned()).unwrap_or_default();
                     filesync::dockerfile(&self.ns, &self.daemon, facts, call).await
                 }
+                m if m.starts_with("/moby.filesync.v1.Auth/") => self.auth(call).await,
                 "/moby.filesync.v1.FileSync/DiffCopy"
-                | "/moby.filesync.v1.Auth/Credentials"
-                | "/moby.filesync.v1.Auth/FetchToken"
-                | "/moby.filesync.v1.Auth/GetTokenAuthority"
-                | "/moby.filesync.v1.Auth/VerifyTokenAuthority"
                 | "/moby.buildkit.secrets.v1.Secrets/GetSecret"
                 | "/moby.sshforward.v1.SSH/CheckAgent"
                 | "/moby.sshforward.v1.SSH/ForwardAgent"

@@ -6,7 +6,9 @@
 //! - No entitlements (`network.host`, `security.insecure`), no host network, no cache import or
 //!   export, no source policies.
 //! - Exporters `moby`/`image` only; their image names are mangled like `docker build -t`, plus a
-//!   hidden tag so that the image stays the namespace's when its name moves; no `push` yet.
+//!   hidden tag so that the image stays the namespace's when its name moves. `push=true` pushes
+//!   the mangled names through ctproxy's registry proxy, with a token of the namespace that
+//!   carries the job's own credentials (see [`super::auth`]); shared images are never pushed.
 //! - Cache mounts get the namespace as their ID namespace (`BUILDKIT_CACHE_MOUNT_NS`): two jobs'
 //!   `RUN --mount=type=cache,id=x` are two caches.
 //! - The build ref and session ID are prefixed with the namespace.
@@ -195,8 +197,13 @@ impl Namespace {
 
     fn check_exporter(&self, e: &mut Exporter) -> Result<(), String> {
         if !matches!(e.r#type.as_str(), "moby" | "image") {
-            return Err(format!("the build output {:?} is not available in a namespace: only images (--load)", e.r#type));
+            return Err(format!("the build output {:?} is not available in a namespace: only images (--load, --push)", e.r#type));
         }
+        let push = match e.attrs.get("push").map(String::as_str) {
+            None | Some("" | "false") => false,
+            Some("true") => true,
+            Some(v) => return Err(format!("invalid push value {v:?}")),
+        };
         let mut names = Vec::new();
         let mut sorted: Vec<(&String, &String)> = e.attrs.iter().collect();
         sorted.sort();
@@ -204,22 +211,30 @@ impl Namespace {
             match k.as_str() {
                 "name" => {
                     for n in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                        let r = Reference::parse(n).map_err(|err| format!("invalid image name {n:?}: {err}"))?;
-                        names.push(self.image_name(&r.with_default_tag()).map_err(|err| err.to_string())?);
+                        let r = Reference::parse(n).map_err(|err| format!("invalid image name {n:?}: {err}"))?.with_default_tag();
+                        let repo = Reference { tag: None, digest: None, ..r.clone() }.familiar();
+                        if push && self.is_shared(&repo) {
+                            return Err(format!(
+                                "image {n} is shared by the administrator ([namespaces] shared_images) and cannot be pushed from a namespace: name the build's image in your own repository"
+                            ));
+                        }
+                        names.push(self.image_name(&r).map_err(|err| err.to_string())?);
                     }
                 }
-                "push" if v == "false" || v.is_empty() => {}
-                "push" => {
-                    return Err(
-                        "pushing from a build (--push) is not available in a namespace yet: build with --load, then docker push".into()
-                    )
-                }
+                "push" => {}
                 k if EXPORTER_ATTRS.contains(&k) || k.starts_with("annotation") => {}
                 k => return Err(format!("the build output attribute {k:?} is unknown to ctproxy {}", env!("CARGO_PKG_VERSION"))),
             }
         }
+        if push && names.is_empty() {
+            return Err("a push (--push) needs an image name (-t)".into());
+        }
         // Every image a build makes is the namespace's, even once its name moves to a newer build.
-        names.push(self.hidden_tag(&random_hex64()));
+        // A pushed build is named by what it pushes (BuildKit pushes every name, and the hidden one
+        // is no registry's): it has no hidden tag.
+        if !push {
+            names.push(self.hidden_tag(&random_hex64()));
+        }
         e.attrs.insert("name".into(), names.join(","));
         Ok(())
     }
