@@ -13,6 +13,7 @@
 //!   job can watch, use or share another namespace's build or session.
 
 mod auth;
+mod cache;
 mod dockerfile;
 mod filesync;
 mod solve;
