@@ -243,7 +243,10 @@ fn buildkit_push_goes_through_the_registry_proxy() {
     };
     // Without a login the registry refuses the push.
     let anon = build(&job, dir.path(), &["buildx", "build", "--push", "-t", &target, "."]);
-    assert!(!anon.status.success(), "a push without credentials must fail: {}", String::from_utf8_lossy(&anon.stderr));
+    let anon_text = String::from_utf8_lossy(&anon.stderr);
+    assert!(!anon.status.success(), "a push without credentials must fail: {anon_text}");
+    // The error names the image as the job typed it, not its daemon-side name.
+    assert!(anon_text.contains(&target) && !anon_text.contains(&job.namespace), "{anon_text}");
     check(&with_login(&["login", "-u", "ci", "--password-stdin", &reg], Some(b"ci-pw")), &["login", &reg]);
     let out = with_login(&["buildx", "build", "--progress", "plain", "--push", "-t", &target, "."], None);
     check(&out, &["buildx", "build", "--push", &target]);

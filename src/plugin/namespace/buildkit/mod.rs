@@ -115,7 +115,9 @@ impl CallPolicy for Control {
             match call.method() {
                 "/moby.buildkit.v1.Control/Solve" => {
                     let mut ids = None;
-                    grpc::unary(call, |msg| {
+                    // A failed build's error may name the daemon's names (`failed to push ...`).
+                    let errors = status::StatusText::error_mapper(ns);
+                    grpc::unary_mapped(call, |msg| {
                         let (out, solve, facts) = ns.check_solve(&msg).map_err(|m| denied(ns, "Solve", m))?;
                         if let Ok(mut s) = builds().lock() {
                             s.sessions.insert(solve.session.clone(), facts);
@@ -123,7 +125,7 @@ impl CallPolicy for Control {
                         }
                         ids = Some(solve);
                         Ok(out)
-                    })
+                    }, Some(errors))
                     .await;
                     if let (Some(solve), Ok(mut s)) = (ids, builds().lock()) {
                         s.sessions.remove(&solve.session);
@@ -134,7 +136,7 @@ impl CallPolicy for Control {
                 "/moby.buildkit.v1.Control/Status" => {
                     // The progress names what the daemon did by the daemon's names: shown as the
                     // client's own ([`status`]).
-                    let map = status::StatusText::new(ns).mapper();
+                    let map = status::StatusText::mapper(ns);
                     grpc::unary_mapped(
                         call,
                         |msg| {
