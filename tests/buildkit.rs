@@ -277,3 +277,168 @@ fn buildkit_secrets_ssh_and_platform() {
 fn which(program: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(program)).find(|f| f.is_file()))
 }
+
+/// The build progress (`--progress plain`) names the job's images by the job's own names: no
+/// daemon-side name, namespace prefix or hidden tag shows, for `docker buildx build` and
+/// `docker build`, `FROM` the job's own image included.
+#[test]
+fn buildkit_progress_shows_the_jobs_names() {
+    if !on_docker_28() {
+        return;
+    }
+    let host = JobHost::start();
+    let job = host.job();
+    let base = context(&format!("FROM {BUSYBOX}\nRUN echo base > /base\n"));
+    let first = build_ok(&job, base.path(), &["buildx", "build", "--progress", "plain", "--load", "-t", "app:1", "."]);
+    let own = context("FROM app:1\nRUN cat /base\n");
+    let second = build_ok(&job, own.path(), &["build", "--progress", "plain", "-t", "app:2", "-t", "localhost:5000/team/app:3", "."]);
+    for out in [&first, &second] {
+        for leak in [job.namespace.as_str(), "ctproxy-untagged", "ctp."] {
+            assert!(!out.contains(leak), "{leak:?} shows in the progress:\n{out}");
+        }
+        assert!(!out.contains("127.0.0.1:"), "the registry proxy's address shows in the progress:\n{out}");
+    }
+    assert!(first.contains("naming to app:1"), "{first}");
+    assert!(second.contains("FROM app:1") || second.contains("load metadata for app:1"), "{second}");
+    assert!(second.contains("naming to localhost:5000/team/app:3"), "{second}");
+}
+
+/// `docker buildx build --push` goes to the registry the job named, through ctproxy's registry
+/// proxy, with the job's own login (Debian's `docker-registry` with htpasswd on loopback); without
+/// a login the registry refuses it. The progress names the pushed image as the job typed it.
+#[test]
+fn buildkit_push_goes_through_the_registry_proxy() {
+    if !on_docker_28() {
+        return;
+    }
+    let registry = Registry::start_with_users(&[("ci", "ci-pw")]);
+    let reg = registry.addr.clone();
+    let host = JobHost::start_with(&format!("[registry_proxy]\naddress = \"127.0.0.1:{}\"\ninsecure = [\"{reg}\"]\n", free_port()));
+    let job = host.job();
+    let cfg = tempfile::tempdir().expect("tempdir");
+    let repo = unique("bkpush").replace("ctproxy-test-", "");
+    let target = format!("{reg}/team/{repo}:1");
+    let dir = context(&format!("FROM {BUSYBOX}\nRUN echo {repo} > /pushed\n"));
+    let with_login = |args: &[&str], input: Option<&[u8]>| {
+        let mut c = docker_cmd("docker", &job.host, args);
+        c.current_dir(dir.path()).env_remove("DOCKER_BUILDKIT").env("BUILDKIT_PROGRESS", "plain").env("DOCKER_CONFIG", cfg.path());
+        output_within(c, input.map(<[u8]>::to_vec), Duration::from_secs(300), &args.join(" "))
+    };
+    // Without a login the registry refuses the push.
+    let anon = build(&job, dir.path(), &["buildx", "build", "--push", "-t", &target, "."]);
+    let anon_text = String::from_utf8_lossy(&anon.stderr);
+    assert!(!anon.status.success(), "a push without credentials must fail: {anon_text}");
+    // The error names the image as the job typed it, not its daemon-side name.
+    assert!(anon_text.contains(&target) && !anon_text.contains(&job.namespace), "{anon_text}");
+    check(&with_login(&["login", "-u", "ci", "--password-stdin", &reg], Some(b"ci-pw")), &["login", &reg]);
+    let out = with_login(&["buildx", "build", "--progress", "plain", "--push", "-t", &target, "."], None);
+    check(&out, &["buildx", "build", "--push", &target]);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!text.contains(&job.namespace) && !text.contains("ctproxy-untagged"), "{text}");
+    assert!(text.contains(&format!("pushing {target}")) || text.contains(&format!("naming to {target}")), "{text}");
+    // The registry holds it under the name the job typed.
+    let head = std::process::Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", "-w", "%{http_code}", "-u", "ci:ci-pw", "-H", "Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json"])
+        .arg(format!("http://{reg}/v2/team/{repo}/manifests/1"))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&head.stdout), "200", "the registry has no team/{repo}:1");
+    // Another job pulls and runs it with its own login.
+    let other = host.job();
+    let mut c = docker_cmd("docker", &other.host, &["pull", &target]);
+    c.env("DOCKER_CONFIG", cfg.path());
+    check(&output_within(c, None, Duration::from_secs(300), "pull"), &["pull", &target]);
+    assert_eq!(other.docker_ok(&["run", "--rm", &target, "cat", "/pushed"]), repo);
+}
+
+/// `--build-context NAME=docker-image://REF` names images in the job's namespace: the job's own
+/// image works; another job's image, by its name there or its daemon-side name, is out of reach.
+/// Git and HTTP contexts (fetched by the daemon) are refused with a message.
+#[test]
+fn buildkit_named_contexts_stay_in_the_namespace() {
+    if !on_docker_28() {
+        return;
+    }
+    let host = JobHost::start();
+    let a = host.job();
+    let b = host.job();
+    let base = context(&format!("FROM {BUSYBOX}\nRUN echo ctx-base > /base\n"));
+    build_ok(&a, base.path(), &["build", "-t", "ctxbase:1", "."]);
+    let user = context("FROM base\nRUN cat /base > /seen\n");
+    build_ok(&a, user.path(), &["buildx", "build", "--build-context", "base=docker-image://ctxbase:1", "--load", "-t", "ctxuser:1", "."]);
+    assert_eq!(a.docker_ok(&["run", "--rm", "ctxuser:1", "cat", "/seen"]), "ctx-base");
+    // A shared image as a named context.
+    let shared = context("FROM tools\nRUN echo ok > /ok\n");
+    build_ok(&a, shared.path(), &["build", "--build-context", &format!("tools=docker-image://{BUSYBOX}"), "-t", "ctxshared:1", "."]);
+
+    let mangled = docker(direct(), &["images", "--format", "{{.Repository}}:{{.Tag}}"])
+        .lines()
+        .find(|l| l.contains(&a.namespace) && l.ends_with("/ctxbase:1"))
+        .expect("the daemon-side name")
+        .to_owned();
+    for image in ["ctxbase:1".to_owned(), mangled] {
+        let out = build(&b, user.path(), &["build", "--build-context", &format!("base=docker-image://{image}"), "-t", "stolen:1", "."]);
+        assert!(!out.status.success(), "another job's {image} must be out of reach: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = build(&b, user.path(), &["build", "--build-context", "base=https://example.com/ctx.tar", "-t", "x:1", "."]);
+    refused(&out, "the build context base=https… is not available in a namespace");
+}
+
+/// `--cache-to type=inline` and registry caches (through the registry proxy with the job's login)
+/// work; local and other cache types are refused with a message that says what is allowed.
+#[test]
+fn buildkit_cache_import_and_export() {
+    if !on_docker_28() {
+        return;
+    }
+    let registry = Registry::start_with_users(&[("ci", "ci-pw")]);
+    let reg = registry.addr.clone();
+    let host = JobHost::start_with(&format!("[registry_proxy]\naddress = \"127.0.0.1:{}\"\ninsecure = [\"{reg}\"]\n", free_port()));
+    let job = host.job();
+    let cfg = tempfile::tempdir().expect("tempdir");
+    let repo = unique("bkcache").replace("ctproxy-test-", "");
+    let dir = context(&format!("FROM {BUSYBOX}\nRUN echo {repo} > /c\n"));
+    let run = |args: &[&str], input: Option<&[u8]>| {
+        let mut c = docker_cmd("docker", &job.host, args);
+        c.current_dir(dir.path()).env_remove("DOCKER_BUILDKIT").env("BUILDKIT_PROGRESS", "plain").env("DOCKER_CONFIG", cfg.path());
+        output_within(c, input.map(<[u8]>::to_vec), Duration::from_secs(300), &args.join(" "))
+    };
+    check(&run(&["login", "-u", "ci", "--password-stdin", &reg], Some(b"ci-pw")), &["login", &reg]);
+    let inline = run(&["buildx", "build", "--cache-to", "type=inline", "--load", "-t", "inl:1", "."], None);
+    check(&inline, &["buildx", "build", "--cache-to", "type=inline"]);
+
+    let cache = format!("{reg}/team/{repo}-cache:1");
+    let to = format!("type=registry,ref={cache},mode=max");
+    let out = run(&["buildx", "build", "--cache-to", &to, "--load", "-t", "regcache:1", "."], None);
+    check(&out, &["buildx", "build", "--cache-to", &to]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains(&job.namespace), "{text}");
+    let head = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-u",
+            "ci:ci-pw",
+            "-H",
+            "Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json",
+        ])
+        .arg(format!("http://{reg}/v2/team/{repo}-cache/manifests/1"))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&head.stdout), "200", "the registry has no cache manifest");
+    let from = format!("type=registry,ref={cache}");
+    let out = run(&["buildx", "build", "--cache-from", &from, "--load", "-t", "regcache:2", "."], None);
+    check(&out, &["buildx", "build", "--cache-from", &from]);
+
+    let local = tempfile::tempdir().expect("tempdir");
+    let dest = format!("type=local,dest={}", local.path().display());
+    refused(
+        &run(&["buildx", "build", "--cache-to", &dest, "--load", "-t", "x:1", "."], None),
+        "type=local is not available in a namespace",
+    );
+    let s3 = "type=s3,region=x,bucket=y";
+    refused(&run(&["buildx", "build", "--cache-from", s3, "--load", "-t", "x:1", "."], None), "type=s3 is not available in a namespace");
+}

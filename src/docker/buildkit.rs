@@ -367,6 +367,168 @@ pub struct StringEntry {
     pub value: String,
 }
 
+/// `moby.buildkit.v1.CacheOptions` (`--cache-from`, `--cache-to`).
+#[derive(Clone, PartialEq, Message)]
+pub struct CacheOptions {
+    #[prost(string, tag = "1")]
+    pub export_ref_deprecated: String,
+    #[prost(string, repeated, tag = "2")]
+    pub import_refs_deprecated: Vec<String>,
+    #[prost(map = "string, string", tag = "3")]
+    pub export_attrs_deprecated: HashMap<String, String>,
+    #[prost(message, repeated, tag = "4")]
+    pub exports: Vec<CacheOptionsEntry>,
+    #[prost(message, repeated, tag = "5")]
+    pub imports: Vec<CacheOptionsEntry>,
+}
+
+/// Field numbers of [`CacheOptions`].
+pub const CACHE_OPTIONS_FIELDS: std::ops::RangeInclusive<u32> = 1..=5;
+
+/// `moby.buildkit.v1.CacheOptionsEntry`: one cache import or export (`type=registry,ref=...`).
+#[derive(Clone, PartialEq, Message)]
+pub struct CacheOptionsEntry {
+    #[prost(string, tag = "1")]
+    pub r#type: String,
+    #[prost(map = "string, string", tag = "2")]
+    pub attrs: HashMap<String, String>,
+}
+
+/// Field numbers of [`CacheOptionsEntry`] (the same shape as [`Exporter`]).
+pub const CACHE_ENTRY_FIELDS: std::ops::RangeInclusive<u32> = 1..=2;
+
+/// `moby.filesync.v1.CredentialsRequest` (session `Auth.Credentials`).
+#[derive(Clone, PartialEq, Message)]
+pub struct CredentialsRequest {
+    #[prost(string, tag = "1")]
+    pub host: String,
+}
+
+/// `moby.filesync.v1.CredentialsResponse`.
+#[derive(Clone, PartialEq, Message)]
+pub struct CredentialsResponse {
+    #[prost(string, tag = "1")]
+    pub username: String,
+    #[prost(string, tag = "2")]
+    pub secret: String,
+}
+
+/// `moby.filesync.v1.FetchTokenRequest` (session `Auth.FetchToken`).
+#[derive(Clone, PartialEq, Message)]
+pub struct FetchTokenRequest {
+    #[prost(string, tag = "1")]
+    pub client_id: String,
+    #[prost(string, tag = "2")]
+    pub host: String,
+    #[prost(string, tag = "3")]
+    pub realm: String,
+    #[prost(string, tag = "4")]
+    pub service: String,
+    #[prost(string, repeated, tag = "5")]
+    pub scopes: Vec<String>,
+}
+
+/// `moby.filesync.v1.FetchTokenResponse`.
+#[derive(Clone, PartialEq, Message)]
+pub struct FetchTokenResponse {
+    #[prost(string, tag = "1")]
+    pub token: String,
+    #[prost(int64, tag = "2")]
+    pub expires_in: i64,
+    #[prost(int64, tag = "3")]
+    pub issued_at: i64,
+}
+
+/// `moby.filesync.v1.GetTokenAuthorityRequest`, and `VerifyTokenAuthorityRequest` (whose field 2
+/// is the payload to sign, field 3 the salt).
+#[derive(Clone, PartialEq, Message)]
+pub struct TokenAuthorityRequest {
+    #[prost(string, tag = "1")]
+    pub host: String,
+    /// `GetTokenAuthority`: the salt; `VerifyTokenAuthority`: the payload.
+    #[prost(bytes = "vec", tag = "2")]
+    pub data: Vec<u8>,
+}
+
+/// `moby.filesync.v1.GetTokenAuthorityResponse` (a public key) and `VerifyTokenAuthorityResponse`
+/// (a signed payload): one bytes field.
+#[derive(Clone, PartialEq, Message)]
+pub struct TokenAuthorityResponse {
+    #[prost(bytes = "vec", tag = "1")]
+    pub data: Vec<u8>,
+}
+
+/// What [`edit_status`] does with one text field of a `StatusResponse`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Edit {
+    Keep,
+    Replace(Vec<u8>),
+    /// Drop the vertex, status, log or warning that holds the field.
+    Drop,
+}
+
+/// The text fields of `moby.buildkit.v1.StatusResponse`'s entries: (entry field, its text fields).
+/// `vertexes` (Vertex: name, error), `statuses` (VertexStatus: ID, name), `logs` (VertexLog: msg),
+/// `warnings` (VertexWarning: short, detail, url).
+const STATUS_TEXT: [(u32, &[u32]); 4] = [(1, &[3, 7]), (2, &[1, 3]), (3, &[4]), (4, &[3, 4, 5])];
+
+/// Rewrites the text of a `StatusResponse` (build progress) field by field at the wire level:
+/// everything else, fields unknown to ctproxy included, is kept byte for byte, so nothing the
+/// client reads (digests, timestamps, progress groups) changes but the text `edit` changes.
+pub fn edit_status(msg: &[u8], mut edit: impl FnMut(&[u8]) -> Edit) -> Result<Vec<u8>, prost::DecodeError> {
+    use prost::encoding::{bytes, decode_key, encode_key, encode_varint, skip_field, DecodeContext, WireType};
+    let mut buf = msg;
+    let mut out = Vec::with_capacity(msg.len());
+    while !buf.is_empty() {
+        let start = buf;
+        let (tag, wire) = decode_key(&mut buf)?;
+        let texts = STATUS_TEXT.iter().find(|(f, _)| *f == tag).map(|(_, t)| *t);
+        match texts {
+            Some(texts) if wire == WireType::LengthDelimited => {
+                let mut entry = Vec::new();
+                bytes::merge(wire, &mut entry, &mut buf, DecodeContext::default())?;
+                if let Some(entry) = edit_entry(&entry, texts, &mut edit)? {
+                    encode_key(tag, wire, &mut out);
+                    encode_varint(entry.len() as u64, &mut out);
+                    out.extend_from_slice(&entry);
+                }
+            }
+            _ => {
+                skip_field(wire, tag, &mut buf, DecodeContext::default())?;
+                out.extend_from_slice(&start[..start.len() - buf.len()]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One entry of a `StatusResponse`, its `texts` fields edited; `None` when it is dropped.
+fn edit_entry(msg: &[u8], texts: &[u32], edit: &mut impl FnMut(&[u8]) -> Edit) -> Result<Option<Vec<u8>>, prost::DecodeError> {
+    use prost::encoding::{bytes, decode_key, encode_key, encode_varint, skip_field, DecodeContext, WireType};
+    let mut buf = msg;
+    let mut out = Vec::with_capacity(msg.len());
+    while !buf.is_empty() {
+        let start = buf;
+        let (tag, wire) = decode_key(&mut buf)?;
+        if texts.contains(&tag) && wire == WireType::LengthDelimited {
+            let mut text = Vec::new();
+            bytes::merge(wire, &mut text, &mut buf, DecodeContext::default())?;
+            let text = match edit(&text) {
+                Edit::Keep => text,
+                Edit::Replace(t) => t,
+                Edit::Drop => return Ok(None),
+            };
+            encode_key(tag, wire, &mut out);
+            encode_varint(text.len() as u64, &mut out);
+            out.extend_from_slice(&text);
+        } else {
+            skip_field(wire, tag, &mut buf, DecodeContext::default())?;
+            out.extend_from_slice(&start[..start.len() - buf.len()]);
+        }
+    }
+    Ok(Some(out))
+}
+
 /// The field numbers of `msg`'s top level that are not in `known`; `Err` when it does not parse.
 pub fn unknown_fields(msg: &[u8], known: &impl Known) -> Result<Vec<u32>, prost::DecodeError> {
     use prost::encoding::{decode_key, skip_field, DecodeContext};
@@ -470,5 +632,43 @@ mod tests {
         assert!(f.is_regular());
         let d = Stat { mode: 0x8000_01ed, ..Default::default() };
         assert!(!d.is_regular());
+    }
+
+    #[test]
+    fn status_text_is_edited_and_the_rest_kept() {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        fn field(tag: u32, v: &[u8], out: &mut Vec<u8>) {
+            encode_key(tag, WireType::LengthDelimited, out);
+            encode_varint(v.len() as u64, out);
+            out.extend_from_slice(v);
+        }
+        let mut vertex = Vec::new();
+        field(1, b"sha256:d", &mut vertex);
+        field(3, b"[1/2] FROM secret/app:1", &mut vertex);
+        let mut status = Vec::new();
+        field(1, b"naming to hidden:x", &mut status);
+        let mut msg = Vec::new();
+        field(1, &vertex, &mut msg);
+        field(2, &status, &mut msg);
+        // an unknown top-level field stays
+        msg.extend_from_slice(&[0x98, 0x06, 0x01]);
+        let out = edit_status(&msg, |t| {
+            let t = String::from_utf8_lossy(t);
+            if t.contains("hidden") {
+                Edit::Drop
+            } else if t.contains("secret/") {
+                Edit::Replace(t.replace("secret/", "").into_bytes())
+            } else {
+                Edit::Keep
+            }
+        })
+        .unwrap();
+        let mut vertex2 = Vec::new();
+        field(1, b"sha256:d", &mut vertex2);
+        field(3, b"[1/2] FROM app:1", &mut vertex2);
+        let mut want = Vec::new();
+        field(1, &vertex2, &mut want);
+        want.extend_from_slice(&[0x98, 0x06, 0x01]);
+        assert_eq!(out, want);
     }
 }

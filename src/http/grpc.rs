@@ -292,34 +292,246 @@ pub async fn pass(call: Call) {
     }
 }
 
+/// Rewrites one response message: `None` drops it.
+pub type MapMessage = Box<dyn FnMut(Bytes) -> Option<Bytes> + Send>;
+/// Rewrites a text the client prints.
+pub type MapText = Box<dyn Fn(&str) -> String + Send>;
+
+/// Rewrites the answer of a call: its messages and the text of its status.
+#[derive(Default)]
+pub struct Mapper {
+    /// Each response message; `None` drops it.
+    pub message: Option<MapMessage>,
+    /// The `grpc-message` of the call's status (what the client prints for an error).
+    pub status: Option<MapText>,
+}
+
+impl Mapper {
+    /// `grpc-message` in `headers` (a trailers-only answer's head, or trailers) through `status`.
+    fn status_in(&self, headers: &mut HeaderMap) {
+        let Some(f) = &self.status else { return };
+        if let Some(text) = headers.get("grpc-message").and_then(|v| v.to_str().ok()).map(percent_decode) {
+            let out = f(&text);
+            if out != text {
+                if let Ok(v) = http::HeaderValue::from_str(&percent_encode(&out)) {
+                    headers.insert("grpc-message", v);
+                }
+            }
+        }
+        // gRPC clients read the status from `grpc-status-details-bin` when there is one (a
+        // `google.rpc.Status`, unpadded base64): its message (field 2) is rewritten the same way;
+        // one that does not parse is dropped rather than passed with the old text.
+        if let Some(v) = headers.get("grpc-status-details-bin").cloned() {
+            match v.to_str().ok().and_then(|t| details_mapped(t, f)) {
+                Some(Some(out)) => {
+                    if let Ok(v) = http::HeaderValue::from_str(&out) {
+                        headers.insert("grpc-status-details-bin", v);
+                    }
+                }
+                Some(None) => {}
+                None => {
+                    headers.remove("grpc-status-details-bin");
+                }
+            }
+        }
+    }
+}
+
+/// A `grpc-status-details-bin` value with its message through `f`: `Some(None)` when unchanged,
+/// `None` when it does not parse.
+fn details_mapped(value: &str, f: &dyn Fn(&str) -> String) -> Option<Option<String>> {
+    use base64::Engine;
+    use prost::encoding::{decode_key, encode_key, encode_varint, skip_field, DecodeContext, WireType};
+    let trimmed = value.trim_end_matches('=');
+    let raw = base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed).ok()?;
+    let mut buf = &raw[..];
+    let mut out = Vec::with_capacity(raw.len());
+    let mut changed = false;
+    while !buf.is_empty() {
+        let start = buf;
+        let (tag, wire) = decode_key(&mut buf).ok()?;
+        if tag == 2 && wire == WireType::LengthDelimited {
+            let mut text = Vec::new();
+            prost::encoding::bytes::merge(wire, &mut text, &mut buf, DecodeContext::default()).ok()?;
+            let old = String::from_utf8_lossy(&text).into_owned();
+            let new = f(&old);
+            changed |= new != old;
+            encode_key(2, wire, &mut out);
+            encode_varint(new.len() as u64, &mut out);
+            out.extend_from_slice(new.as_bytes());
+        } else {
+            skip_field(wire, tag, &mut buf, DecodeContext::default()).ok()?;
+            out.extend_from_slice(&start[..start.len() - buf.len()]);
+        }
+    }
+    Some(changed.then(|| base64::engine::general_purpose::STANDARD_NO_PAD.encode(out)))
+}
+
+/// Relays the serving side's answer to the caller through `map`.
+pub async fn answer_mapped(rsp: h2::client::ResponseFuture, mut respond: h2::server::SendResponse<Bytes>, mut map: Mapper) {
+    let rsp = match rsp.await {
+        Ok(rsp) => rsp,
+        Err(e) => return refuse(respond, code::UNKNOWN, &format!("ctproxy: the call failed: {e}")),
+    };
+    let (mut parts, body) = rsp.into_parts();
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    map.status_in(&mut parts.headers);
+    let end = body.is_end_stream();
+    let Ok(mut send) = respond.send_response(Response::from_parts(parts, ()), end) else { return };
+    if end {
+        return;
+    }
+    let mut msgs = Messages::new(body);
+    let result: Result<(), GrpcError> = async {
+        while let Some(msg) = msgs.next().await? {
+            let out = match &mut map.message {
+                Some(f) => f(msg),
+                None => Some(msg),
+            };
+            if let Some(out) = out {
+                send_data(&mut send, frame(&out), false).await?;
+            }
+        }
+        match msgs.trailers().await? {
+            Some(mut t) => {
+                map.status_in(&mut t);
+                send.send_trailers(t)?
+            }
+            None => send.send_data(Bytes::new(), true)?,
+        }
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        send.send_reset(h2::Reason::CANCEL);
+    }
+}
+
+/// `grpc-message` decoding: `%XX` escapes to bytes, read as UTF-8 (lossily).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Answers a unary call with one message and status OK.
+pub async fn reply(mut respond: h2::server::SendResponse<Bytes>, msg: &[u8]) {
+    let rsp = Response::builder().status(200).header("content-type", "application/grpc").body(());
+    let Ok(rsp) = rsp else { return };
+    let Ok(mut send) = respond.send_response(rsp, false) else { return };
+    if send_data(&mut send, frame(msg), false).await.is_err() {
+        return send.send_reset(h2::Reason::CANCEL);
+    }
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let _ = send.send_trailers(trailers);
+}
+
+/// Makes a unary call of `path` on the serving side (ctproxy asking the same peer a question of
+/// its own, with `like`'s authority and metadata): its one response message.
+pub async fn request(
+    upstream: &mut h2::client::SendRequest<Bytes>,
+    like: &http::request::Parts,
+    path: &str,
+    msg: &[u8],
+) -> Result<Bytes, GrpcError> {
+    let mut uri = http::Uri::builder().path_and_query(path);
+    if let Some(s) = like.uri.scheme() {
+        uri = uri.scheme(s.clone());
+    }
+    if let Some(a) = like.uri.authority() {
+        uri = uri.authority(a.clone());
+    }
+    let uri = uri.build().map_err(|e| GrpcError::Protocol(e.to_string()))?;
+    let mut req = Request::builder().method("POST").uri(uri).body(()).map_err(|e| GrpcError::Protocol(e.to_string()))?;
+    req.headers_mut().insert("content-type", http::HeaderValue::from_static("application/grpc"));
+    req.headers_mut().insert("te", http::HeaderValue::from_static("trailers"));
+    let (head, ()) = req.into_parts();
+    let (rsp, mut send) = open(upstream, head, false).await?;
+    send_data(&mut send, frame(msg), true).await?;
+    let rsp = rsp.await?;
+    let status = rsp.headers().get("grpc-status").cloned();
+    let mut msgs = Messages::new(rsp.into_body());
+    let out = msgs.next().await?;
+    let trailers = msgs.trailers().await?;
+    let status = trailers.as_ref().and_then(|t| t.get("grpc-status").cloned()).or(status);
+    match (status.as_ref().and_then(|s| s.to_str().ok()), out) {
+        (Some("0"), Some(m)) => Ok(m),
+        (Some("0"), None) => Ok(Bytes::new()),
+        (s, _) => Err(GrpcError::Protocol(format!("{path} answered gRPC status {}", s.unwrap_or("none")))),
+    }
+}
+
 /// Relays a call with one request message (unary or server-streaming) after `rewrite` checked it:
 /// `Err((code, message))` answers the caller with that status instead.
 pub async fn unary(call: Call, rewrite: impl FnOnce(Bytes) -> Result<Bytes, (u32, String)>) {
-    let Call { req, respond, mut upstream } = call;
+    unary_mapped(call, rewrite, None).await
+}
+
+/// [`unary`], with the response messages through `map` when there is one.
+pub async fn unary_mapped(call: Call, rewrite: impl FnOnce(Bytes) -> Result<Bytes, (u32, String)>, map: Option<Mapper>) {
+    let mut u = match read_unary(call).await {
+        Ok(u) => u,
+        Err((respond, e)) => return refuse(respond, code::INVALID_ARGUMENT, &format!("ctproxy: {e}")),
+    };
+    u.msg = match rewrite(std::mem::take(&mut u.msg)) {
+        Ok(m) => m,
+        Err((c, m)) => return refuse(u.respond, c, &m),
+    };
+    forward(u, map).await
+}
+
+/// A call with one request message, read.
+pub struct UnaryCall {
+    pub head: http::request::Parts,
+    pub msg: Bytes,
+    pub respond: h2::server::SendResponse<Bytes>,
+    pub upstream: h2::client::SendRequest<Bytes>,
+}
+
+/// Reads the one request message of `call`; `Err` gives back the response slot and why.
+pub async fn read_unary(call: Call) -> Result<UnaryCall, (h2::server::SendResponse<Bytes>, String)> {
+    let Call { req, respond, upstream } = call;
     let (head, body) = req.into_parts();
     let mut msgs = Messages::new(body);
     let msg = match msgs.next().await {
         Ok(Some(m)) => m,
         Ok(None) => Bytes::new(),
-        Err(e) => return refuse(respond, code::INVALID_ARGUMENT, &format!("ctproxy: {e}")),
+        Err(e) => return Err((respond, e.to_string())),
     };
     match msgs.next().await {
-        Ok(None) => {}
-        Ok(Some(_)) => return refuse(respond, code::INVALID_ARGUMENT, "ctproxy: more than one request message"),
-        Err(e) => return refuse(respond, code::INVALID_ARGUMENT, &format!("ctproxy: {e}")),
+        Ok(None) => Ok(UnaryCall { head, msg, respond, upstream }),
+        Ok(Some(_)) => Err((respond, "more than one request message".into())),
+        Err(e) => Err((respond, e.to_string())),
     }
-    let msg = match rewrite(msg) {
-        Ok(m) => m,
-        Err((c, m)) => return refuse(respond, c, &m),
-    };
-    let mut head = head;
+}
+
+/// Relays a read call with its (possibly rewritten) message, the answer through `map` if any.
+pub async fn forward(u: UnaryCall, map: Option<Mapper>) {
+    let UnaryCall { mut head, msg, respond, mut upstream } = u;
     head.headers.remove(http::header::CONTENT_LENGTH);
     match open(&mut upstream, head, false).await {
         Ok((rsp, mut send)) => {
             if send_data(&mut send, frame(&msg), true).await.is_err() {
                 send.send_reset(h2::Reason::CANCEL);
             }
-            answer(rsp, respond).await;
+            match map {
+                Some(map) => answer_mapped(rsp, respond, map).await,
+                None => answer(rsp, respond).await,
+            }
         }
         Err(e) => refuse(respond, code::UNKNOWN, &format!("ctproxy: the call could not be relayed: {e}")),
     }
@@ -433,35 +645,12 @@ fn status(headers: &HeaderMap) -> Result<(), GrpcError> {
     }
 }
 
-/// The one request message of a call (unary or server-streaming), with what answering it needs.
-pub struct Unary {
-    pub head: http::request::Parts,
-    pub respond: h2::server::SendResponse<Bytes>,
-    pub upstream: h2::client::SendRequest<Bytes>,
-    pub msg: Bytes,
-}
-
-/// Reads the one request message of `call`; a malformed call is answered here (`None`).
-pub async fn read_unary(call: Call) -> Option<Unary> {
-    let Call { req, respond, upstream } = call;
-    let (head, body) = req.into_parts();
-    let mut msgs = Messages::new(body);
-    let msg = match msgs.next().await {
-        Ok(Some(m)) => m,
-        Ok(None) => Bytes::new(),
-        Err(e) => {
-            refuse(respond, code::INVALID_ARGUMENT, &format!("ctproxy: {e}"));
-            return None;
-        }
-    };
-    match msgs.next().await {
-        Ok(None) => Some(Unary { head, respond, upstream, msg }),
-        Ok(Some(_)) => {
-            refuse(respond, code::INVALID_ARGUMENT, "ctproxy: more than one request message");
-            None
-        }
-        Err(e) => {
-            refuse(respond, code::INVALID_ARGUMENT, &format!("ctproxy: {e}"));
+/// [`read_unary`], a malformed call answered here (`None`).
+pub async fn read_unary_or_refuse(call: Call) -> Option<UnaryCall> {
+    match read_unary(call).await {
+        Ok(u) => Some(u),
+        Err((respond, why)) => {
+            refuse(respond, code::INVALID_ARGUMENT, &format!("ctproxy: {why}"));
             None
         }
     }
@@ -482,6 +671,9 @@ mod tests {
     #[test]
     fn grpc_message_is_percent_encoded() {
         assert_eq!(percent_encode("a b%é"), "a b%25%C3%A9");
+        assert_eq!(percent_decode("a b%25%C3%A9"), "a b%é");
+        assert_eq!(percent_decode("50%"), "50%");
+        assert_eq!(percent_decode("%zz"), "%zz");
     }
 
     #[test]

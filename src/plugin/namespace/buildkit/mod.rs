@@ -3,22 +3,26 @@
 //! relayed call by call ([`crate::http::grpc`]) and judged here.
 //!
 //! - Control: `Solve` is checked and rewritten ([`solve`]); `Status` is scoped to the namespace's
-//!   build refs; `ListWorkers` and `Info` pass; build history shows and touches the namespace's
+//!   build refs and its progress text shows the client's names ([`status`]); `ListWorkers` and `Info` pass; build history shows and touches the namespace's
 //!   builds only ([`history`]), disk usage and prune its own cache mounts only ([`usage`]); the
 //!   content store's `Info` and `Read` serve only the blobs of its build records ([`content`]);
 //!   every other method is refused.
 //! - Session: the daemon reads files, secrets, SSH agents and registry credentials from the client.
-//!   These pass, except that the Dockerfile ([`filesync`]) is rewritten on its way to the daemon
+//!   These pass, except that registry authentication for ctproxy's registry proxy is answered by
+//!   ctproxy with a token of the namespace ([`auth`]), and the Dockerfile ([`filesync`]) is rewritten on its way to the daemon
 //!   ([`dockerfile`]): image references name the namespace's images. Other methods are refused.
 //! - Build refs, session IDs and session shared keys are prefixed with the namespace and a `.`
 //!   (which no namespace name has), so that no job can watch, use or share another namespace's
 //!   build or session, and a build ref says which namespace it is.
 
+mod auth;
+mod cache;
 mod content;
 mod dockerfile;
 mod filesync;
 mod history;
 mod solve;
+mod status;
 mod usage;
 
 use std::collections::HashMap;
@@ -91,7 +95,7 @@ impl Namespace {
             Endpoint::Grpc => (Callers::Client, Arc::new(Control { ns: self.clone() })),
             Endpoint::Session => {
                 let session = headers.get(SESSION_UUID).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-                (Callers::Daemon, Arc::new(Session { ns: self.clone(), daemon: daemon.clone(), session }))
+                (Callers::Daemon, Arc::new(Session { ns: self.clone(), daemon: daemon.clone(), session, key: auth::session_key() }))
             }
             _ => return None,
         };
@@ -123,7 +127,9 @@ impl CallPolicy for Control {
             match call.method() {
                 "/moby.buildkit.v1.Control/Solve" => {
                     let mut ids = None;
-                    grpc::unary(call, |msg| {
+                    // A failed build's error may name the daemon's names (`failed to push ...`).
+                    let errors = status::StatusText::error_mapper(ns);
+                    grpc::unary_mapped(call, |msg| {
                         let (out, solve, facts) = ns.check_solve(&msg).map_err(|m| denied(ns, "Solve", m))?;
                         if let Ok(mut s) = builds().lock() {
                             s.sessions.insert(solve.session.clone(), facts);
@@ -131,7 +137,7 @@ impl CallPolicy for Control {
                         }
                         ids = Some(solve);
                         Ok(out)
-                    })
+                    }, Some(errors))
                     .await;
                     if let (Some(solve), Ok(mut s)) = (ids, builds().lock()) {
                         s.sessions.remove(&solve.session);
@@ -140,17 +146,24 @@ impl CallPolicy for Control {
                 }
                 m if m.starts_with("/moby.buildkit.v1.frontend.LLBBridge/") => self.gateway(call).await,
                 "/moby.buildkit.v1.Control/Status" => {
-                    grpc::unary(call, |msg| {
-                        let mut req: StatusRequest = prost::Message::decode(msg)
-                            .map_err(|e| (code::INVALID_ARGUMENT, format!("ctproxy: invalid StatusRequest: {e}")))?;
-                        req.r#ref = ns.scoped_id(&req.r#ref);
-                        Ok(prost::Message::encode_to_vec(&req).into())
-                    })
+                    // The progress names what the daemon did by the daemon's names: shown as the
+                    // client's own ([`status`]).
+                    let map = status::StatusText::mapper(ns);
+                    grpc::unary_mapped(
+                        call,
+                        |msg| {
+                            let mut req: StatusRequest = prost::Message::decode(msg)
+                                .map_err(|e| (code::INVALID_ARGUMENT, format!("ctproxy: invalid StatusRequest: {e}")))?;
+                            req.r#ref = ns.scoped_id(&req.r#ref);
+                            Ok(prost::Message::encode_to_vec(&req).into())
+                        },
+                        Some(map),
+                    )
                     .await
                 }
                 "/moby.buildkit.v1.Control/ListWorkers" | "/moby.buildkit.v1.Control/Info" => grpc::pass(call).await,
                 "/moby.buildkit.v1.Control/ListenBuildHistory" => {
-                    let Some(u) = grpc::read_unary(call).await else { return };
+                    let Some(u) = grpc::read_unary_or_refuse(call).await else { return };
                     match ns.check_history_request(&u.msg) {
                         Ok((msg, answers)) => grpc::relay_rewritten(u.upstream, u.head, u.respond, msg, answers).await,
                         Err(m) => deny(ns, "ListenBuildHistory", u.respond, m),
@@ -160,7 +173,7 @@ impl CallPolicy for Control {
                     grpc::unary(call, |msg| ns.check_history_update(&msg).map_err(|m| denied(ns, "UpdateBuildHistory", m))).await
                 }
                 "/moby.buildkit.v1.Control/DiskUsage" => {
-                    let Some(u) = grpc::read_unary(call).await else { return };
+                    let Some(u) = grpc::read_unary_or_refuse(call).await else { return };
                     match ns.check_disk_usage(&u.msg) {
                         Ok(_) => grpc::relay_rewritten(u.upstream, u.head, u.respond, u.msg, usage::DiskUsageAnswers(ns.clone())).await,
                         Err(m) => deny(ns, "DiskUsage", u.respond, m),
@@ -190,7 +203,7 @@ impl Control {
     /// then `Prune` names exactly those (see [`usage`]).
     async fn prune(&self, call: Call) {
         let ns = &self.ns;
-        let Some(mut u) = grpc::read_unary(call).await else { return };
+        let Some(mut u) = grpc::read_unary_or_refuse(call).await else { return };
         let (req, du) = match ns.check_prune(&u.msg) {
             Ok(r) => r,
             Err(m) => return deny(ns, "Prune", u.respond, m),
@@ -267,6 +280,29 @@ struct Session {
     daemon: Daemon,
     /// The session ID as the daemon knows it (namespaced).
     session: String,
+    /// This session's token authority key for the registry proxy ([`auth`]).
+    key: Vec<u8>,
+}
+
+impl Session {
+    /// `moby.filesync.v1.Auth`: for the registry proxy's host ctproxy answers ([`auth`]); for
+    /// other registries the client does.
+    async fn auth(&self, call: Call) {
+        let method = call.method().rsplit('/').next().unwrap_or("").to_owned();
+        if !matches!(method.as_str(), "Credentials" | "FetchToken" | "GetTokenAuthority" | "VerifyTokenAuthority") {
+            let msg = format!("the session method {} is not available in a namespace", call.method());
+            return refuse(&self.ns, call, code::UNIMPLEMENTED, &msg);
+        }
+        let u = match grpc::read_unary(call).await {
+            Ok(u) => u,
+            Err((respond, e)) => return grpc::refuse(respond, code::INVALID_ARGUMENT, &format!("ctproxy: {e}")),
+        };
+        match auth::host_of(&method, &u.msg) {
+            Some(host) if host == self.ns.settings.registry => self.ns.registry_proxy_auth(u, &method, &self.key).await,
+            Some(_) => grpc::forward(u, None).await,
+            None => grpc::refuse(u.respond, code::INVALID_ARGUMENT, &format!("ctproxy: an invalid Auth.{method} request")),
+        }
+    }
 }
 
 impl CallPolicy for Session {
@@ -277,11 +313,8 @@ impl CallPolicy for Session {
                     let facts = builds().lock().ok().and_then(|s| s.sessions.get(&self.session).cloned()).unwrap_or_default();
                     filesync::dockerfile(&self.ns, &self.daemon, facts, call).await
                 }
+                m if m.starts_with("/moby.filesync.v1.Auth/") => self.auth(call).await,
                 "/moby.filesync.v1.FileSync/DiffCopy"
-                | "/moby.filesync.v1.Auth/Credentials"
-                | "/moby.filesync.v1.Auth/FetchToken"
-                | "/moby.filesync.v1.Auth/GetTokenAuthority"
-                | "/moby.filesync.v1.Auth/VerifyTokenAuthority"
                 | "/moby.buildkit.secrets.v1.Secrets/GetSecret"
                 | "/moby.sshforward.v1.SSH/CheckAgent"
                 | "/moby.sshforward.v1.SSH/ForwardAgent"

@@ -1,12 +1,16 @@
 //! `Control.Solve` in a namespace: only Dockerfile builds of a local context, exported as images
 //! named in the namespace; what ctproxy does not know is refused.
 //!
-//! - Frontend `dockerfile.v0` only: no raw LLB, no frontend inputs, no named contexts, no
-//!   `BUILDKIT_SYNTAX` (a custom frontend is an image the daemon would pull and run).
-//! - No entitlements (`network.host`, `security.insecure`), no host network, no cache import or
-//!   export, no source policies.
+//! - Frontend `dockerfile.v0` only: no raw LLB, no frontend inputs, no `BUILDKIT_SYNTAX` (a
+//!   custom frontend is an image the daemon would pull and run). Named contexts
+//!   (`--build-context`) name images in the namespace or local directories.
+//! - No entitlements (`network.host`, `security.insecure`), no host network, no source policies.
+//! - Cache import and export of `type=registry` go through the namespace ([`super::cache`]),
+//!   `type=inline` export too; other cache types are refused.
 //! - Exporters `moby`/`image` only; their image names are mangled like `docker build -t`, plus a
-//!   hidden tag so that the image stays the namespace's when its name moves; no `push` yet.
+//!   hidden tag so that the image stays the namespace's when its name moves. `push=true` pushes
+//!   the mangled names through ctproxy's registry proxy, with a token of the namespace that
+//!   carries the job's own credentials (see [`super::auth`]); shared images are never pushed.
 //! - Cache mounts get the namespace as their ID namespace (`BUILDKIT_CACHE_MOUNT_NS`): two jobs'
 //!   `RUN --mount=type=cache,id=x` are two caches.
 //! - The build ref and session ID are prefixed with the namespace.
@@ -29,6 +33,13 @@ use crate::docker::buildkit::{
     SOLVE_EXPORTERS_FIELD, SOLVE_FIELDS,
 };
 use crate::docker::reference::Reference;
+
+/// Why frontend inputs are refused (buildx sends them for a build context naming another build).
+const INPUTS_REFUSED: &str =
+    "named build contexts from another build's result (frontend inputs) are not available in a namespace: use docker-image:// or a local directory";
+
+/// Frontend capabilities a client may declare (`frontend.caps`).
+const FRONTEND_CAPS: [&str; 1] = ["moby.buildkit.frontend.contexts+forward"];
 
 /// The frontend attribute that namespaces cache mount IDs.
 pub(super) const CACHE_NS: &str = "build-arg:BUILDKIT_CACHE_MOUNT_NS";
@@ -87,10 +98,10 @@ impl Namespace {
             return Err(format!("the build entitlements {:?} (--allow) are not available in a namespace", req.entitlements));
         }
         if !req.frontend_inputs.is_empty() {
-            return Err("named build contexts (--build-context) are not available in a namespace".into());
+            return Err(INPUTS_REFUSED.into());
         }
         if !req.cache.is_empty() {
-            return Err("build cache import and export (--cache-from, --cache-to) are not available in a namespace".into());
+            req.cache = self.check_cache_options(&req.cache)?;
         }
         if !req.source_policy.is_empty() || !req.source_policy_session.is_empty() {
             return Err("BuildKit source policies are not available in a namespace".into());
@@ -127,10 +138,10 @@ impl Namespace {
         }
         check_frontend(&req.frontend)?;
         if !req.frontend_inputs.is_empty() {
-            return Err("named build contexts (--build-context) are not available in a namespace".into());
+            return Err(INPUTS_REFUSED.into());
         }
-        if !req.cache_imports.is_empty() {
-            return Err("build cache import (--cache-from) is not available in a namespace".into());
+        for c in &mut req.cache_imports {
+            *c = self.check_cache_import(c)?;
         }
         if !req.source_policies.is_empty() {
             return Err("BuildKit source policies are not available in a namespace".into());
@@ -144,6 +155,8 @@ impl Namespace {
 
     fn check_frontend_attrs(&self, attrs: &mut HashMap<String, String>) -> Result<SolveFacts, String> {
         let mut facts = SolveFacts::default();
+        // (attribute as sent, as forwarded, value)
+        let mut rewritten = Vec::new();
         // In name order: a map's order is random, and the same request must always get the same
         // refusal (`build-arg:BUILDKIT_SYNTAX` comes with the `cmdline` it sets).
         let mut sorted: Vec<(&String, &String)> = attrs.iter().collect();
@@ -165,13 +178,65 @@ impl Namespace {
                 facts.build_args.insert(arg.to_owned(), Some(v.clone()));
                 continue;
             }
-            if k.starts_with("context:") {
-                return Err(format!("the named build context {k:?} (--build-context) is not available in a namespace"));
+            if k == "frontend.caps" {
+                // The client's declared capabilities: named contexts are forwarded to the frontend
+                // as `context:` attributes (checked below), not resolved into inputs.
+                if let Some(c) = v.split(',').find(|c| !FRONTEND_CAPS.contains(c)) {
+                    return Err(format!("the frontend capability {c:?} is unknown to ctproxy {}", env!("CARGO_PKG_VERSION")));
+                }
+                continue;
+            }
+            if k == "cache-imports" {
+                let v = self.check_cache_imports_attr(v)?;
+                rewritten.push((k.clone(), k.clone(), v));
+                continue;
+            }
+            if let Some(name) = k.strip_prefix("context:") {
+                let (key, value) = self.check_named_context(name, v)?;
+                rewritten.push((k.clone(), key, value));
+                continue;
             }
             return Err(format!("the frontend attribute {k:?} is unknown to ctproxy {}", env!("CARGO_PKG_VERSION")));
         }
+        for (from, to, v) in rewritten {
+            attrs.remove(&from);
+            attrs.insert(to, v);
+        }
         attrs.insert(CACHE_NS.to_owned(), self.cache_mount_ns());
         Ok(facts)
+    }
+
+    /// A named build context (`--build-context NAME=VALUE`, the frontend attribute
+    /// `context:NAME[::platform]`): the attribute as forwarded and its value. The Dockerfile's
+    /// `FROM NAME` reaches the frontend in the namespace's name ([`super::dockerfile`]), and the
+    /// frontend looks its context up by that name (familiar, without `:latest`), so `NAME` is
+    /// renamed the same way. `docker-image://REF` names an image in the namespace; `local:DIR` is a
+    /// directory the client's own session serves; the rest (Git, HTTP, OCI layouts, frontend
+    /// inputs) is refused.
+    fn check_named_context(&self, name: &str, value: &str) -> Result<(String, String), String> {
+        let (base, platform) = match name.split_once("::") {
+            Some((b, p)) => (b, Some(p)),
+            None => (name, None),
+        };
+        let r = Reference::parse(base).map_err(|e| format!("invalid named build context {base:?}: {e}"))?;
+        let resolved = self.image_name(&r.with_default_tag()).map_err(|e| e.to_string())?;
+        let resolved = Reference::parse(&resolved).map_err(|e| e.to_string())?.familiar();
+        let mut key = format!("context:{}", resolved.strip_suffix(":latest").unwrap_or(&resolved));
+        if let Some(p) = platform {
+            key = format!("{key}::{p}");
+        }
+        let value = if let Some(image) = value.strip_prefix("docker-image://") {
+            let r = Reference::parse(image).map_err(|e| format!("invalid image {image:?} for the build context {base:?}: {e}"))?;
+            format!("docker-image://{}", self.image_name(&r.with_default_tag()).map_err(|e| e.to_string())?)
+        } else if value.starts_with("local:") {
+            value.to_owned()
+        } else {
+            let kind = value.split_once("://").map_or(value, |(k, _)| k);
+            return Err(format!(
+                "the build context {base}={kind}… is not available in a namespace: only docker-image:// (an image of the namespace or a shared one) and local directories"
+            ));
+        };
+        Ok((key, value))
     }
 
     fn check_exporters(&self, req: &mut SolveRequest) -> Result<(), String> {
@@ -195,8 +260,13 @@ impl Namespace {
 
     fn check_exporter(&self, e: &mut Exporter) -> Result<(), String> {
         if !matches!(e.r#type.as_str(), "moby" | "image") {
-            return Err(format!("the build output {:?} is not available in a namespace: only images (--load)", e.r#type));
+            return Err(format!("the build output {:?} is not available in a namespace: only images (--load, --push)", e.r#type));
         }
+        let push = match e.attrs.get("push").map(String::as_str) {
+            None | Some("" | "false") => false,
+            Some("true") => true,
+            Some(v) => return Err(format!("invalid push value {v:?}")),
+        };
         let mut names = Vec::new();
         let mut sorted: Vec<(&String, &String)> = e.attrs.iter().collect();
         sorted.sort();
@@ -204,22 +274,30 @@ impl Namespace {
             match k.as_str() {
                 "name" => {
                     for n in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                        let r = Reference::parse(n).map_err(|err| format!("invalid image name {n:?}: {err}"))?;
-                        names.push(self.image_name(&r.with_default_tag()).map_err(|err| err.to_string())?);
+                        let r = Reference::parse(n).map_err(|err| format!("invalid image name {n:?}: {err}"))?.with_default_tag();
+                        let repo = Reference { tag: None, digest: None, ..r.clone() }.familiar();
+                        if push && self.is_shared(&repo) {
+                            return Err(format!(
+                                "image {n} is shared by the administrator ([namespaces] shared_images) and cannot be pushed from a namespace: name the build's image in your own repository"
+                            ));
+                        }
+                        names.push(self.image_name(&r).map_err(|err| err.to_string())?);
                     }
                 }
-                "push" if v == "false" || v.is_empty() => {}
-                "push" => {
-                    return Err(
-                        "pushing from a build (--push) is not available in a namespace yet: build with --load, then docker push".into()
-                    )
-                }
+                "push" => {}
                 k if EXPORTER_ATTRS.contains(&k) || k.starts_with("annotation") => {}
                 k => return Err(format!("the build output attribute {k:?} is unknown to ctproxy {}", env!("CARGO_PKG_VERSION"))),
             }
         }
+        if push && names.is_empty() {
+            return Err("a push (--push) needs an image name (-t)".into());
+        }
         // Every image a build makes is the namespace's, even once its name moves to a newer build.
-        names.push(self.hidden_tag(&random_hex64()));
+        // A pushed build is named by what it pushes (BuildKit pushes every name, and the hidden one
+        // is no registry's): it has no hidden tag.
+        if !push {
+            names.push(self.hidden_tag(&random_hex64()));
+        }
         e.attrs.insert("name".into(), names.join(","));
         Ok(())
     }
