@@ -120,10 +120,20 @@ pub enum Miss {
 }
 
 /// The right (and duty) to fetch a blob for everyone who asks meanwhile. Dropped without
-/// [`BlobCache::fill`], the followers start again.
+/// [`BlobCache::fill`] (the upstream did not answer 200), its temporary file is removed and the
+/// followers start again.
 pub struct Leader {
-    writer: FillWriter,
+    /// `None` once handed to the write task.
+    writer: Option<FillWriter>,
     fill: Arc<Fill>,
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            let _ = std::fs::remove_file(&self.fill.path);
+        }
+    }
 }
 
 impl BlobCache {
@@ -164,7 +174,7 @@ impl BlobCache {
     pub fn miss(&self, hex: &str) -> Result<Miss, std::io::Error> {
         let store = self.store.clone();
         Ok(match self.inflight.join(&key(hex), move || store.temp_file().map_err(std::io::Error::other))? {
-            Joined::Leader(writer, fill) => Miss::Leader(Leader { writer, fill }),
+            Joined::Leader(writer, fill) => Miss::Leader(Leader { writer: Some(writer), fill }),
             Joined::Follower(fill) => Miss::Follower(fill),
         })
     }
@@ -174,7 +184,11 @@ impl BlobCache {
     /// leader's own body, read from the fill. Counts a miss.
     pub fn fill(&self, leader: Leader, hex: &str, expected: Option<u64>, body: ProxyBody) -> ProxyBody {
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
-        let Leader { mut writer, fill } = leader;
+        let mut leader = leader;
+        let fill = leader.fill.clone();
+        let Some(mut writer) = leader.writer.take() else {
+            return body; // not reachable: only `fill` takes the writer, and it consumes the leader
+        };
         writer.set_head(Head { headers: Default::default(), len: expected, shareable: true, vary: vec![], leader_vary_key: String::new() });
         let (store, counters, hex_owned, path) = (self.store.clone(), self.counters.clone(), hex.to_owned(), fill.path.clone());
         let upstream = http_body_util::BodyDataStream::new(body).map(move |r| {
@@ -442,6 +456,16 @@ mod tests {
         assert_eq!((a.unwrap(), b.unwrap()), (data.clone(), data));
         let s = cache.stats();
         assert_eq!((s.misses, s.coalesced, s.entries, s.bytes_from_upstream), (1, 1, 1, 200_000));
+    }
+
+    #[test]
+    fn an_abandoned_fetch_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::open(dir.path(), 1 << 20).unwrap();
+        let hex = digest_of(b"x");
+        drop(leader(&cache, &hex));
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert!(matches!(cache.miss(&hex).unwrap(), Miss::Leader(_)), "the next miss leads again");
     }
 
     fn tokio_stream<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl Stream<Item = T> + Send + 'static {
