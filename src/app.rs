@@ -135,7 +135,7 @@ struct RunningJobs {
 /// Starts the cache on its address (`auto`: the gateway of dockerd's default bridge, which
 /// containers on any bridge network reach). A cache that cannot start is logged and left out:
 /// containers are then created without it (fail open).
-async fn start_cache(config: &CacheConfig, proxy: &DockerProxy) -> Option<Arc<CacheService>> {
+async fn start_cache(config: &CacheConfig, proxy: &DockerProxy, store: Arc<crate::store::Store>) -> Option<Arc<CacheService>> {
     let ip = match config.listen.parse::<std::net::IpAddr>() {
         Ok(ip) => ip,
         Err(_) => match bridge_gateway(&proxy.daemon()).await {
@@ -146,7 +146,7 @@ async fn start_cache(config: &CacheConfig, proxy: &DockerProxy) -> Option<Arc<Ca
             }
         },
     };
-    match CacheService::start(config, ip).await {
+    match CacheService::start(config, ip, store).await {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::error!(error = %e, "cache not started; containers are created without it");
@@ -186,8 +186,20 @@ impl Server {
         let tokens = TokenStore::new();
         let Built { forwarder, listeners, jobs, namespaces } = build(&config, &tokens).map_err(|e| e.at(&source.origin()))?;
         let proxy = Arc::new(DockerProxy::new(forwarder));
+        // One content store for the HTTP cache and the registry proxy's blobs (unless
+        // `[registry_proxy] cache_dir` gives the blobs a store of their own).
+        let store = match &config.cache {
+            Some(c) => match CacheService::open_store(c).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "cache not started: its store cannot be opened; containers are created without it");
+                    None
+                }
+            },
+            None => None,
+        };
         let registry = match &config.registry_proxy {
-            Some(rp) => Some(RegistryProxy::start(rp, tokens.clone()).await?),
+            Some(rp) => Some(RegistryProxy::start(rp, tokens.clone(), store.clone()).await?),
             None => None,
         };
         let mut server = Server {
@@ -202,8 +214,8 @@ impl Server {
             jobs: None,
             cache: None,
         };
-        if let Some(c) = &config.cache {
-            server.cache = start_cache(c, &server.proxy).await;
+        if let (Some(c), Some(store)) = (&config.cache, store) {
+            server.cache = start_cache(c, &server.proxy, store).await;
             if let Some(cache) = &server.cache {
                 cache.add_metrics(server.metrics_source());
             }

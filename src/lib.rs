@@ -31,5 +31,6 @@ pub mod plugin;
 pub mod project_cache;
 pub mod proxy;
 pub mod registry;
+pub mod store;
 pub mod telemetry;
 pub mod transport;

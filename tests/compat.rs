@@ -692,16 +692,17 @@ fn push_through_a_job_socket() {
 /// check), and removes it again, so the daemon no longer has the layer. Job 2, with its own login,
 /// pulls it: the origin moves no blob byte (ctproxy's `ctproxy_registry_blob_bytes_total{source=
 /// "upstream"}` unchanged) and every blob is served on job 2's manifest grant, without an upstream
-/// request. Job 3, without a login, gets nothing of it.
+/// request. Job 3, without a login, gets nothing of it. The blobs are kept in the `[cache]`'s own
+/// store (no `[registry_proxy] cache_dir`): its `ctproxy_cache_stored_bytes` holds the layer.
 #[test]
 fn registry_blob_cache_across_jobs() {
     require_docker();
     let registry = Registry::start_with_users(&[("ci", "ci-pw")]);
     let reg = registry.addr.clone();
-    // The `[cache]` section only for its metrics listener, where the blob cache's counters show.
+    // The `[cache]` section: its store keeps the blobs, its metrics listener shows the counters.
     let (http, https, metrics) = (free_port(), free_port(), free_port());
     let host = JobHost::start_with(&format!(
-        "[registry_proxy]\naddress = \"127.0.0.1:{}\"\ninsecure = [\"{reg}\"]\ncache_dir = \"{{dir}}/registry-cache\"\n\
+        "[registry_proxy]\naddress = \"127.0.0.1:{}\"\ninsecure = [\"{reg}\"]\n\
          [cache]\nhosts = [\"repo.test\"]\nlisten = \"127.0.0.1\"\nhttp_port = {http}\nhttps_port = {https}\n\
          dir = \"{{dir}}/cache\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\n",
         free_port()
@@ -742,6 +743,7 @@ fn registry_blob_cache_across_jobs() {
     job_ok(&job1, &["rmi", &target]);
     let filled = counter(UPSTREAM);
     assert!(filled >= LAYER, "job 1's pull filled the cache: {filled} bytes");
+    assert!(counter("ctproxy_cache_stored_bytes") >= LAYER, "the blobs are in the cache's one store (one budget)");
 
     let job2 = host.job();
     login(&job2);

@@ -57,7 +57,7 @@ impl Fixture {
             ..RegistryProxyConfig::default()
         };
         let tokens = TokenStore::new();
-        let rp = rt.block_on(RegistryProxy::start(&config, tokens.clone())).expect("start registry proxy");
+        let rp = rt.block_on(RegistryProxy::start(&config, tokens.clone(), None)).expect("start registry proxy");
         let rp_host = rp.host();
         let reg_component = registry.addr.replace(':', "__");
         Fixture { rt, rp: Some(rp), tokens, registry, rp_host, reg_component, http: reqwest::Client::new() }
@@ -512,6 +512,90 @@ fn blob_cache_never_stores_a_corrupted_upstream_blob() {
         assert_eq!((s.misses, s.corrupt, s.entries, s.hits), (round, round, 0, 0), "{s:?}");
     }
     assert_eq!(std::fs::read_dir(cache_dir.path().join("tmp")).expect("tmp").count(), 0, "no leftover temporary file");
+}
+
+/// Jobs pulling the same private image at the same time cause one upstream GET per blob, and each
+/// is served only after its own access check. Through dockerd: one daemon may merge identical
+/// layer downloads itself, so the same is also asked the way several hosts' dockerds would ask:
+/// concurrent blob GETs with each job's token, plus one without credentials that must get nothing.
+#[test]
+fn blob_cache_coalesces_concurrent_pulls_into_one_upstream_fetch() {
+    const JOBS: usize = 4;
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let f = Fixture::start_with(Some(cache_dir.path()));
+    let mut cleanup = Cleanup::new();
+    let path = repo_path("coalesced");
+    let pusher = f.mangled("ns0", &path);
+    cleanup.image(&format!("{pusher}:1"));
+    cleanup.image(&format!("{pusher}:2"));
+    let ns0 = f.token("ns0", Some(ALICE));
+    image_with_layer(&pusher, "1", &random_bytes(8 << 20));
+    push(&pusher, "1", &ns0).expect("push image 1");
+    image_with_layer(&pusher, "2", &random_bytes(16 << 20));
+    push(&pusher, "2", &ns0).expect("push image 2");
+    untag(&format!("{pusher}:1"));
+    untag(&format!("{pusher}:2"));
+    let blobs = f.upstream_blobs(&path, "1");
+    let before: Vec<usize> = blobs.iter().map(|d| f.registry.blob_gets(&path, d)).collect();
+
+    // JOBS jobs pull image 1 at once, each under its own namespace with its own credentials.
+    let jobs: Vec<(String, String)> = (0..JOBS)
+        .map(|i| {
+            let ns = format!("job{i}");
+            let name = f.mangled(&ns, &path);
+            cleanup.image(&format!("{name}:1"));
+            (name, f.token(&ns, Some(if i % 2 == 0 { ALICE } else { BOB })))
+        })
+        .collect();
+    let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = jobs.iter().map(|(name, token)| s.spawn(move || pull(name, "1", token))).collect();
+        handles.into_iter().map(|h| h.join().expect("pull thread")).collect()
+    });
+    for (r, (name, _)) in results.iter().zip(&jobs) {
+        assert!(r.is_ok(), "{name}: {r:?}");
+    }
+    let ids: Vec<serde_json::Value> = jobs.iter().map(|(n, _)| inspect(&format!("{n}:1")).expect("pulled")["Id"].clone()).collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    // The config and the new layer once each; busybox's layer, which dockerd has, at most once.
+    for (i, (d, b)) in blobs.iter().zip(&before).enumerate() {
+        let gets = f.registry.blob_gets(&path, d) - b;
+        let must_fetch = i == 0 || i == blobs.len() - 1;
+        assert!(gets == 1 || (gets == 0 && !must_fetch), "{gets} upstream GETs of {d}: {:?}", f.blob_stats());
+    }
+
+    // Image 2's new layer, asked for at once by every job's token and by one without credentials.
+    let layer = f.upstream_blobs(&path, "2").last().expect("a layer").clone();
+    let stats = f.blob_stats();
+    let mut tokens: Vec<(String, String, bool)> =
+        (0..JOBS).map(|i| (format!("job{i}"), f.token(&format!("job{i}"), Some(if i % 2 == 0 { BOB } else { ALICE })), true)).collect();
+    tokens.insert(JOBS / 2, ("intruder".to_owned(), f.token("intruder", None), false));
+    let answers: Vec<(bool, u16, Result<Vec<u8>, String>)> = f.rt.block_on(async {
+        let asks = tokens.iter().map(|(ns, token, creds)| {
+            let url = format!("http://{}/v2/{ns}/{}/{path}/blobs/{layer}", f.rp_host, f.reg_component);
+            let (http, creds) = (f.http.clone(), *creds);
+            let token = token.clone();
+            async move {
+                let rsp = http.get(&url).bearer_auth(token).send().await.expect("request");
+                let status = rsp.status().as_u16();
+                (creds, status, rsp.bytes().await.map(|b| b.to_vec()).map_err(|e| format!("{e:?}")))
+            }
+        });
+        futures_util::future::join_all(asks).await
+    });
+    for (creds, status, body) in answers {
+        if creds {
+            assert_eq!(status, 200);
+            assert_eq!(format!("sha256:{}", hex_sha256(&body.expect("body"))), layer);
+        } else {
+            assert_eq!(status, 401, "no credentials: refused");
+            assert!(body.unwrap_or_default().len() < 1024, "no blob bytes");
+        }
+    }
+    assert_eq!(f.registry.blob_gets(&path, &layer), 1, "one upstream GET of the layer");
+    let after = f.blob_stats();
+    assert_eq!(after.misses - stats.misses, 1, "{after:?}");
+    assert_eq!((after.coalesced - stats.coalesced) + (after.hits - stats.hits), JOBS as u64 - 1, "{after:?}");
+    assert_eq!(after.denied - stats.denied, 1, "{after:?}");
 }
 
 fn hex_sha256(data: &[u8]) -> String {

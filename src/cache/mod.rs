@@ -9,8 +9,8 @@
 //! bind mount over a distribution's bundle file: that breaks `update-ca-certificates` and apt.
 //!
 //! The pieces: [`ca`] (generations, rotation, leaves per SNI), [`rules`] (what HTTP lets a shared
-//! cache do), [`store`] (bodies on disk, budget, restart), [`fill`] (one upstream fetch per URL,
-//! followers stream it), [`upstream`] (verified origins), [`server`] (request handling),
+//! cache do), [`store`] (bodies on disk, budget, restart; `crate::store`, one budget with the registry
+//! proxy's blobs), [`fill`] (one upstream fetch per URL, followers stream it), [`upstream`] (verified origins), [`server`] (request handling),
 //! [`metrics`] (Prometheus counters).
 //!
 //! **Fail open.** If the cache cannot start (its address is taken, the CA cannot be written) or
@@ -18,12 +18,13 @@
 //! broken by an endless certificate error.
 
 pub mod ca;
-pub mod fill;
+/// The content store and coalesced fills, shared with the registry proxy's blob cache (`crate::store`).
+pub use crate::store::fill;
 pub mod legacy_tls;
 pub mod metrics;
 pub mod rules;
 pub mod server;
-pub mod store;
+pub use crate::store;
 pub mod upstream;
 
 use std::collections::HashSet;
@@ -91,13 +92,20 @@ impl CacheService {
         let _ = self.core.extra_metrics.set(source);
     }
 
-    /// Opens the store and the CA and binds the listeners on `ip` (the address containers reach).
-    pub async fn start(config: &CacheConfig, ip: IpAddr) -> Result<Arc<CacheService>, CacheError> {
+    /// Opens the content store under `[cache] dir` with the `[cache] max_bytes` budget; the
+    /// registry proxy's blob cache shares it (one budget, one LRU).
+    pub async fn open_store(config: &CacheConfig) -> Result<Arc<store::Store>, CacheError> {
         let dir = config.dir.clone();
         let max = config.max_bytes.0;
         let store = tokio::task::spawn_blocking(move || store::Store::open(&dir.join("store"), max))
             .await
             .map_err(|e| store::StoreError::Dir { path: PathBuf::new(), source: std::io::Error::other(e) })??;
+        Ok(Arc::new(store))
+    }
+
+    /// Opens the CA and binds the listeners on `ip` (the address containers reach), serving from
+    /// `store` (see [`CacheService::open_store`]).
+    pub async fn start(config: &CacheConfig, ip: IpAddr, store: Arc<store::Store>) -> Result<Arc<CacheService>, CacheError> {
         let authority = ca::Authority::open(ca::CaSettings {
             dir: config.dir.join("ca"),
             trust_dir: config.dir.join("trust"),

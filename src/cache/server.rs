@@ -38,7 +38,7 @@ const FOLLOW_WAIT: Duration = Duration::from_secs(30);
 /// Everything the handlers share.
 pub struct Core {
     pub hosts: arc_swap::ArcSwap<std::collections::HashSet<String>>,
-    pub store: Store,
+    pub store: Arc<Store>,
     pub inflight: Arc<Inflight>,
     /// Replaced by a reload that changes `origins` or `extra_roots`.
     pub origins: arc_swap::ArcSwap<Origins>,

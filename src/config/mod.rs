@@ -338,7 +338,9 @@ pub struct RegistryProxyConfig {
     pub idle_timeout: Span,
     #[serde(default = "default_registry_max_connections")]
     pub max_connections: u32,
-    /// Blobs kept on disk by digest (`crate::registry::blobs`); off when absent. Budget: `cache_max_bytes` (default 10g).
+    /// Blobs kept by digest (`crate::registry::blobs`) in a store of their own here, budget
+    /// `cache_max_bytes` (default 10g). Absent: in the `[cache]`'s store (one budget, `[cache]
+    /// max_bytes`, and one LRU with package files), or not cached without a `[cache]` section.
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
     #[serde(default)]

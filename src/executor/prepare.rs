@@ -17,7 +17,10 @@ use super::job_response::{ImageSpec, JobResponse};
 use super::RUNNER_BINARY_IN_CONTAINER;
 use super::{admission, pull};
 use super::{current_job, Options, StageError};
-use super::{BUILDS_DIR, BUILDS_VOLUME, BUILD_CONTAINER, CACHE_DIR, CACHE_VOLUME, DOCKER_HOST_NAME, HELPER_CONTAINER, NETWORK, SOCKET_DIR_IN_CONTAINER};
+use super::{
+    BUILDS_DIR, BUILDS_VOLUME, BUILD_CONTAINER, CACHE_DIR, CACHE_VOLUME, DOCKER_HOST_NAME, HELPER_CONTAINER, NETWORK,
+    SOCKET_DIR_IN_CONTAINER,
+};
 use crate::docker::client::enc;
 use crate::jobs::api::{ControlClient, ControlError, CreateJob, JobInfo};
 

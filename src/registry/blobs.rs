@@ -1,5 +1,6 @@
-//! The registry proxy's blob cache: layer and config blobs kept on disk by digest, so a job pulling
-//! an image another job already pulled moves no layer bytes from the origin.
+//! The registry proxy's blob cache: layer and config blobs kept by digest in the content store
+//! (`crate::store`), so a job pulling an image another job already pulled moves no layer bytes from
+//! the origin.
 //!
 //! **Never another namespace's blob.** A blob is content-addressed, but who may read it is decided
 //! by the registry, per repository: a cached blob is served to a request only after the upstream
@@ -7,33 +8,39 @@
 //! that references it (a manifest grant of the token, see `manifest` and `TokenStore::grant_blobs`),
 //! or, failing that, for the blob itself (a `HEAD /v2/<repo>/blobs/<digest>` with the grant's auth
 //! answering 2xx, or a redirect, which a registry only signs for a reader), checked on that use.
+//! The same holds for a blob still being fetched for another request (below).
 //!
-//! **Nothing unverified is stored or served.** A body is written to a temporary file while it streams
-//! to dockerd and hashed on the way; it is renamed into place only if its SHA-256 is the digest it was
-//! fetched as. A mismatch fails the transfer (dockerd retries) and stores nothing. Files found at
-//! start are hashed again before their first use (streamed, never read whole into memory).
+//! **One upstream fetch per blob.** Concurrent misses of one digest join one fill
+//! (`store::fill`): the first request (the leader) fetches it with its own credentials; the
+//! upstream body is written to a temporary file by a task detached from any client, and every
+//! requester, the leader included, streams that file as it grows. A follower is let in only after
+//! its own access check; if the leader's fetch fails before its head, followers start again (one of
+//! them becomes the next leader).
 //!
-//! **Why its own store.** `cache::store` is layer 5 and keys HTTP responses with Vary and freshness;
-//! a blob needs none of that (its name is its hash), so this is a directory of `<hex>` files with an
-//! LRU byte budget. Concurrent misses for one digest each fetch for themselves (not coalesced): the
-//! first to finish publishes, the others' identical files replace it harmlessly.
+//! **Nothing unverified is stored or served whole.** The body is hashed as it is written; it is
+//! published into the store only if its SHA-256 is the digest it was fetched as (and its length the
+//! announced one). Readers hold back the last chunk until that check is through, so a bad body ends
+//! every transfer short of its length and dockerd sees it fail. Entries found at start are hashed
+//! again before their first use (`Store::check`).
+//!
+//! **Which store.** By default the HTTP cache's store (`[cache] dir`), one byte budget (`[cache]
+//! max_bytes`) and one LRU for package files and layers. `[registry_proxy] cache_dir` gives the
+//! registry proxy a store of its own instead (a host without `[cache]`, or layers that must not
+//! compete with packages for room), with its own budget `cache_max_bytes`.
 
-use std::collections::HashMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http_body::Frame;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::http::ProxyBody;
+use crate::store::fill::{self, Fill, FillWriter, Head, Inflight, Joined};
+use crate::store::{Entry, Meta, Store, StoreError, BLOB_KEY_PREFIX};
 
-/// Bytes per read of a stored blob.
-const CHUNK: usize = 256 * 1024;
-/// The byte budget when the configuration gives none.
+/// The byte budget of a store of its own when the configuration gives none.
 pub const DEFAULT_MAX_BYTES: u64 = 10 << 30;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -44,6 +51,11 @@ pub fn sha256_hex(digest: &str) -> Option<&str> {
     (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then_some(hex)
 }
 
+/// The store key of a blob.
+fn key(hex: &str) -> String {
+    format!("{BLOB_KEY_PREFIX}sha256:{hex}")
+}
+
 /// Counters of the blob cache, rendered as `ctproxy_registry_blob_*`.
 #[derive(Default)]
 struct Counters {
@@ -51,6 +63,8 @@ struct Counters {
     /// Hits served on a manifest grant, without an upstream request (a subset of `hits`).
     granted: AtomicU64,
     misses: AtomicU64,
+    /// Requests that joined another request's fetch of the same blob (after their own check).
+    coalesced: AtomicU64,
     /// A cached blob asked for by a request whose credentials the upstream refused.
     denied: AtomicU64,
     /// Upstream bodies that were not the digest they were fetched as (never stored).
@@ -66,168 +80,192 @@ pub struct BlobStats {
     /// Hits served on a manifest grant, without an upstream request (a subset of `hits`).
     pub granted: u64,
     pub misses: u64,
+    /// Requests served from another request's fetch in flight (neither a hit nor a miss).
+    pub coalesced: u64,
     pub denied: u64,
     pub corrupt: u64,
+    /// Bytes sent to dockerd from the store or from another request's fetch.
     pub bytes_from_cache: u64,
+    /// Bytes fetched from upstream registries (once per fetch, however many requesters).
     pub bytes_from_upstream: u64,
+    /// Blob bytes and entries in the store (a shared store holds other entries too).
     pub stored_bytes: u64,
     pub entries: u64,
 }
 
-struct Slot {
-    len: u64,
-    last_use: u64,
-    /// Hashed since it was found on disk (or written by this process).
-    verified: bool,
-}
-
-#[derive(Default)]
-struct Index {
-    slots: HashMap<String, Slot>,
-    total: u64,
-}
-
-/// Blobs on disk by digest, with an LRU byte budget.
+/// Blobs by digest in a content store, with the fills in flight.
 pub struct BlobCache {
-    blobs: PathBuf,
-    tmp: PathBuf,
-    max_bytes: u64,
-    index: Mutex<Index>,
-    tick: AtomicU64,
-    counters: Counters,
+    store: Arc<Store>,
+    inflight: Arc<Inflight>,
+    counters: Arc<Counters>,
 }
 
-/// Removes a temporary file unless it was published.
-struct TempGuard(Option<PathBuf>);
+/// A stored blob, checked and ready to be served.
+pub struct Stored(Arc<Entry>);
 
-impl Drop for TempGuard {
+impl Stored {
+    pub fn len(&self) -> u64 {
+        self.0.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.len == 0
+    }
+}
+
+/// What a miss became: the fetch to make, or another request's fetch to join.
+pub enum Miss {
+    Leader(Leader),
+    Follower(Arc<Fill>),
+}
+
+/// The right (and duty) to fetch a blob for everyone who asks meanwhile. Dropped without
+/// [`BlobCache::fill`] (the upstream did not answer 200), its temporary file is removed and the
+/// followers start again.
+pub struct Leader {
+    /// `None` once handed to the write task.
+    writer: Option<FillWriter>,
+    fill: Arc<Fill>,
+}
+
+impl Drop for Leader {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
+        if self.writer.is_some() {
+            let _ = std::fs::remove_file(&self.fill.path);
         }
     }
 }
 
 impl BlobCache {
-    /// Opens (or creates) the cache in `dir`: `blobs/<hex>` and `tmp/` (emptied). Files whose name
-    /// is not a digest are removed; the others are re-hashed at first use.
-    pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<BlobCache> {
-        let blobs = dir.join("blobs");
-        let tmp = dir.join("tmp");
-        for d in [&blobs, &tmp] {
-            std::fs::create_dir_all(d)?;
-        }
-        for e in std::fs::read_dir(&tmp)?.flatten() {
-            let _ = std::fs::remove_file(e.path());
-        }
-        let mut index = Index::default();
-        for e in std::fs::read_dir(&blobs)?.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let len = e.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
-            match (sha256_hex(&format!("sha256:{name}")), len) {
-                (Some(_), Some(len)) => {
-                    index.total += len;
-                    index.slots.insert(name, Slot { len, last_use: 0, verified: false });
-                }
-                _ => {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
-        tracing::info!(entries = index.slots.len(), bytes = index.total, dir = %dir.display(), "registry blob cache loaded");
-        let cache = BlobCache { blobs, tmp, max_bytes, index: Mutex::new(index), tick: AtomicU64::new(1), counters: Counters::default() };
-        cache.evict(0);
-        Ok(cache)
+    /// A store of its own in `dir` (`objects/`, `tmp/`), with budget `max_bytes`.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<BlobCache, StoreError> {
+        Ok(BlobCache::shared(Arc::new(Store::open(dir, max_bytes)?)))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
-        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    /// Blobs in `store`, which the HTTP cache uses too.
+    pub fn shared(store: Arc<Store>) -> BlobCache {
+        let (bytes, entries) = store.usage_of(BLOB_KEY_PREFIX);
+        tracing::info!(entries, bytes, "registry blob cache ready");
+        BlobCache { store, inflight: Arc::default(), counters: Arc::default() }
     }
 
-    /// Whether `hex` is stored (touching it for the LRU).
-    pub fn contains(&self, hex: &str) -> bool {
-        let tick = self.tick.fetch_add(1, Ordering::Relaxed);
-        let mut idx = self.lock();
-        match idx.slots.get_mut(hex) {
-            Some(s) => {
-                s.last_use = tick;
-                true
-            }
-            None => false,
-        }
+    /// The stored blob, after checking its length and (once per load from disk) its hash. A damaged
+    /// entry is dropped and `None` returned: the request is then a miss.
+    pub async fn lookup(&self, hex: &str) -> Option<Stored> {
+        let entry = self.store.get(&key(hex))?;
+        let (store, e) = (self.store.clone(), entry.clone());
+        let ok = tokio::task::spawn_blocking(move || store.check(&e)).await.unwrap_or(false);
+        ok.then_some(Stored(entry))
     }
 
-    /// The stored blob, opened, after checking its length and (once per load from disk) its hash.
-    /// A damaged file is dropped and `None` returned: the request is then a miss.
-    pub async fn open_blob(&self, hex: &str) -> Option<(tokio::fs::File, u64)> {
-        let (len, verified) = {
-            let idx = self.lock();
-            let s = idx.slots.get(hex)?;
-            (s.len, s.verified)
-        };
-        let path = self.blobs.join(hex);
-        let want = hex.to_owned();
-        let checked = tokio::task::spawn_blocking(move || -> Option<std::fs::File> {
-            let mut f = std::fs::File::open(&path).ok()?;
-            if f.metadata().ok()?.len() != len {
-                return None;
-            }
-            if !verified {
-                let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-                let mut buf = vec![0u8; CHUNK];
-                loop {
-                    let n = f.read(&mut buf).ok()?;
-                    if n == 0 {
-                        break;
-                    }
-                    ctx.update(&buf[..n]);
-                }
-                if hex_of(ctx) != want {
-                    return None;
-                }
-            }
-            Some(f)
-        })
-        .await
-        .ok()
-        .flatten();
-        match checked {
-            Some(f) => {
-                if let Some(s) = self.lock().slots.get_mut(hex) {
-                    s.verified = true;
-                }
-                Some((tokio::fs::File::from_std(f), len))
-            }
-            None => {
-                tracing::warn!(digest = %format_args!("sha256:{hex}"), "registry blob cache: stored blob damaged or gone; dropped, it will be fetched again");
-                self.remove(hex);
-                None
-            }
-        }
-    }
-
-    /// A stored blob's body, streamed from its file; counts a hit.
-    pub fn serve(self: &Arc<Self>, file: tokio::fs::File, len: u64) -> ProxyBody {
+    /// A stored blob's body; counts a hit.
+    pub fn serve(&self, stored: Stored) -> Result<ProxyBody, std::io::Error> {
         self.counters.hits.fetch_add(1, Ordering::Relaxed);
-        let cache = self.clone();
-        let stream = futures_util::stream::unfold((file, len), move |(mut file, left)| {
-            let cache = cache.clone();
-            async move {
-                if left == 0 {
-                    return None;
-                }
-                let mut buf = BytesMut::with_capacity(CHUNK.min(left as usize));
-                match file.read_buf(&mut buf).await {
-                    Ok(0) => Some((Err(std::io::Error::other("cached blob shorter than stored")), (file, 0))),
-                    Ok(n) => {
-                        cache.counters.bytes_from_cache.fetch_add(n as u64, Ordering::Relaxed);
-                        Some((Ok(buf.freeze()), (file, left.saturating_sub(n as u64))))
-                    }
-                    Err(e) => Some((Err(e), (file, 0))),
-                }
+        let entry = stored.0;
+        if let Some(b) = entry.inline() {
+            self.counters.bytes_from_cache.fetch_add(b.len() as u64, Ordering::Relaxed);
+            return Ok(ProxyBody::full(b));
+        }
+        let file = std::fs::File::open(&entry.path)?;
+        Ok(body_of(self.counted(fill::read_file(file, 0, entry.len))))
+    }
+
+    /// Joins the fill of `hex` in flight, or becomes its leader.
+    pub fn miss(&self, hex: &str) -> Result<Miss, std::io::Error> {
+        let store = self.store.clone();
+        Ok(match self.inflight.join(&key(hex), move || store.temp_file().map_err(std::io::Error::other))? {
+            Joined::Leader(writer, fill) => Miss::Leader(Leader { writer: Some(writer), fill }),
+            Joined::Follower(fill) => Miss::Follower(fill),
+        })
+    }
+
+    /// The leader's upstream answer (200): its body is written to the fill by a detached task,
+    /// hashed, and published if it is `hex` (and `expected` bytes long, when announced). Returns the
+    /// leader's own body, read from the fill. Counts a miss.
+    pub fn fill(&self, leader: Leader, hex: &str, expected: Option<u64>, body: ProxyBody) -> ProxyBody {
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        let mut leader = leader;
+        let fill = leader.fill.clone();
+        let Some(mut writer) = leader.writer.take() else {
+            return body; // not reachable: only `fill` takes the writer, and it consumes the leader
+        };
+        writer.set_head(Head { headers: Default::default(), len: expected, shareable: true, vary: vec![], leader_vary_key: String::new() });
+        let (store, counters, hex_owned, path) = (self.store.clone(), self.counters.clone(), hex.to_owned(), fill.path.clone());
+        let upstream = http_body_util::BodyDataStream::new(body).map(move |r| {
+            if let Ok(b) = &r {
+                counters.bytes_from_upstream.fetch_add(b.len() as u64, Ordering::Relaxed);
             }
+            r
         });
-        body_of(stream)
+        let counters = self.counters.clone();
+        tokio::spawn(async move {
+            let result = match writer.write_body(Box::pin(upstream)).await {
+                Ok((written, ctx)) => {
+                    let got = crate::store::finish_hex(ctx);
+                    if got != hex_owned || expected.is_some_and(|n| n != written) {
+                        counters.corrupt.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(target: "ctproxy::audit", digest = %format_args!("sha256:{hex_owned}"), got = %format_args!("sha256:{got}"), bytes = written, "registry blob cache: the upstream sent a body that is not its digest; not stored");
+                        Err(format!("ctproxy: the upstream blob is not sha256:{hex_owned} (got sha256:{got})"))
+                    } else {
+                        Ok(written)
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            let published = match &result {
+                Ok(len) => {
+                    let meta = blob_meta(&hex_owned, *len);
+                    let (s, p) = (store.clone(), path.clone());
+                    match tokio::task::spawn_blocking(move || s.publish(&p, meta)).await {
+                        Ok(Ok(_)) => {
+                            tracing::debug!(digest = %format_args!("sha256:{hex_owned}"), bytes = len, "registry blob cache: stored");
+                            true
+                        }
+                        Ok(Err(e)) => {
+                            tracing::info!(error = %e, "registry blob cache: blob not stored");
+                            false
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "registry blob cache: publish task failed");
+                            false
+                        }
+                    }
+                }
+                Err(_) => false,
+            };
+            if !published {
+                // Readers keep their open handle; the name goes before anyone is told the end.
+                let _ = std::fs::remove_file(&path);
+            }
+            writer.finish(result);
+        });
+        self.read_fill(&fill)
+    }
+
+    /// A follower's body, once its access was checked: `None` if the fill failed before its head
+    /// (the caller tries again). Counts a coalesced request.
+    pub async fn follow(&self, fill: &Fill) -> Option<(ProxyBody, Option<u64>)> {
+        let head = fill.head().await?;
+        self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
+        Some((self.read_fill(fill), head.len))
+    }
+
+    fn read_fill(&self, fill: &Fill) -> ProxyBody {
+        body_of(hold_last(self.counted(fill.reader(0, None))))
+    }
+
+    /// Counts the bytes of a body that did not come from upstream for this request.
+    fn counted<S>(&self, s: S) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        let counters = self.counters.clone();
+        s.map(move |r| {
+            if let Ok(b) = &r {
+                counters.bytes_from_cache.fetch_add(b.len() as u64, Ordering::Relaxed);
+            }
+            r
+        })
     }
 
     /// Counts a hit that needed no upstream request: the job's manifest grant covered the blob.
@@ -235,159 +273,25 @@ impl BlobCache {
         self.counters.granted.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a request refused upstream for a cached blob.
+    /// Counts a request refused upstream for a cached blob (or one being fetched).
     pub fn denied(&self) {
         self.counters.denied.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Wraps an upstream blob body: it streams on to dockerd unchanged while it is written to a
-    /// temporary file and hashed; at its end the file is published if the hash is `hex` (and the
-    /// length `expected`, when announced), otherwise the transfer fails and nothing is stored.
-    /// Counts a miss.
-    pub fn tee(self: &Arc<Self>, hex: &str, expected: Option<u64>, body: ProxyBody) -> ProxyBody {
-        self.counters.misses.fetch_add(1, Ordering::Relaxed);
-        let temp = self.temp_path();
-        let file = std::fs::File::options().write(true).create_new(true).open(&temp).ok().map(tokio::fs::File::from_std);
-        if file.is_none() {
-            tracing::warn!(path = %temp.display(), "registry blob cache: cannot create a temporary file; not caching");
-        }
-        let state = Tee {
-            cache: self.clone(),
-            hex: hex.to_owned(),
-            expected,
-            upstream: Box::pin(http_body_util::BodyDataStream::new(body)),
-            guard: TempGuard(file.as_ref().map(|_| temp)),
-            file,
-            ctx: Some(ring::digest::Context::new(&ring::digest::SHA256)),
-            written: 0,
-            held: None,
-        };
-        // The last chunk is held back until the digest is checked, so that a bad body ends the
-        // transfer short of its length and dockerd sees it fail (at most one chunk is held).
-        let stream = futures_util::stream::unfold(state, |mut t| async move {
-            loop {
-                let ctx = t.ctx.as_mut()?;
-                match t.upstream.next().await {
-                    Some(Ok(chunk)) => {
-                        ctx.update(&chunk);
-                        t.written += chunk.len() as u64;
-                        t.cache.counters.bytes_from_upstream.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                        if let Some(f) = t.file.as_mut() {
-                            if let Err(e) = f.write_all(&chunk).await {
-                                tracing::warn!(error = %e, "registry blob cache: write failed; this blob is not cached");
-                                t.file = None;
-                            }
-                        }
-                        if let Some(previous) = t.held.replace(chunk) {
-                            return Some((Ok(previous), t));
-                        }
-                    }
-                    Some(Err(e)) => {
-                        t.ctx = None;
-                        return Some((Err(e), t));
-                    }
-                    None => {
-                        let got = hex_of(t.ctx.take()?);
-                        if got != t.hex || t.expected.is_some_and(|n| n != t.written) {
-                            t.cache.counters.corrupt.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(target: "ctproxy::audit", digest = %format_args!("sha256:{}", t.hex), got = %format_args!("sha256:{got}"), bytes = t.written, "registry blob cache: the upstream sent a body that is not its digest; not stored");
-                            let e: BoxError = format!("ctproxy: the upstream blob is not sha256:{} (got sha256:{got})", t.hex).into();
-                            return Some((Err(e), t));
-                        }
-                        if let Some(mut f) = t.file.take() {
-                            let flushed = f.flush().await.and(f.sync_data().await);
-                            match (flushed, t.guard.0.take()) {
-                                (Ok(()), Some(temp)) => t.cache.publish(&temp, &t.hex, t.written),
-                                (Err(e), temp) => {
-                                    t.guard.0 = temp;
-                                    tracing::warn!(error = %e, "registry blob cache: write failed; this blob is not cached");
-                                }
-                                (Ok(()), None) => {}
-                            }
-                        }
-                        let last = t.held.take()?;
-                        return Some((Ok(last), t));
-                    }
-                }
-            }
-        });
-        body_of(stream)
-    }
-
-    fn temp_path(&self) -> PathBuf {
-        let mut rnd = [0u8; 12];
-        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut rnd);
-        self.tmp.join(format!("{}.part", rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()))
-    }
-
-    /// Moves a complete, checked body into place, evicting as needed. A blob over the whole budget
-    /// is not kept.
-    fn publish(&self, temp: &Path, hex: &str, len: u64) {
-        if len > self.max_bytes {
-            let _ = std::fs::remove_file(temp);
-            return;
-        }
-        self.remove(hex);
-        self.evict(len);
-        if let Err(e) = std::fs::rename(temp, self.blobs.join(hex)) {
-            tracing::warn!(error = %e, "registry blob cache: could not publish a blob");
-            let _ = std::fs::remove_file(temp);
-            return;
-        }
-        let tick = self.tick.fetch_add(1, Ordering::Relaxed);
-        let mut idx = self.lock();
-        idx.total += len;
-        if let Some(old) = idx.slots.insert(hex.to_owned(), Slot { len, last_use: tick, verified: true }) {
-            idx.total -= old.len;
-        }
-        tracing::debug!(digest = %format_args!("sha256:{hex}"), bytes = len, "registry blob cache: stored");
-    }
-
-    fn remove(&self, hex: &str) {
-        let mut idx = self.lock();
-        if let Some(s) = idx.slots.remove(hex) {
-            idx.total -= s.len;
-            let _ = std::fs::remove_file(self.blobs.join(hex));
-        }
-    }
-
-    /// Makes room for `incoming` bytes, least recently used first. Readers of an evicted blob keep
-    /// their open file.
-    fn evict(&self, incoming: u64) {
-        let mut idx = self.lock();
-        if idx.total + incoming <= self.max_bytes {
-            return;
-        }
-        let mut order: Vec<(u64, String)> = idx.slots.iter().map(|(k, s)| (s.last_use, k.clone())).collect();
-        order.sort_unstable();
-        for (_, hex) in order {
-            if idx.total + incoming <= self.max_bytes {
-                break;
-            }
-            if let Some(s) = idx.slots.remove(&hex) {
-                idx.total -= s.len;
-                let _ = std::fs::remove_file(self.blobs.join(&hex));
-                tracing::debug!(digest = %format_args!("sha256:{hex}"), "registry blob cache: evicted");
-            }
-        }
-    }
-
     pub fn stats(&self) -> BlobStats {
         let c = &self.counters;
-        let (stored_bytes, entries) = {
-            let idx = self.lock();
-            (idx.total, idx.slots.len() as u64)
-        };
+        let (stored_bytes, entries) = self.store.usage_of(BLOB_KEY_PREFIX);
         BlobStats {
             hits: c.hits.load(Ordering::Relaxed),
             granted: c.granted.load(Ordering::Relaxed),
             misses: c.misses.load(Ordering::Relaxed),
+            coalesced: c.coalesced.load(Ordering::Relaxed),
             denied: c.denied.load(Ordering::Relaxed),
             corrupt: c.corrupt.load(Ordering::Relaxed),
             bytes_from_cache: c.bytes_from_cache.load(Ordering::Relaxed),
             bytes_from_upstream: c.bytes_from_upstream.load(Ordering::Relaxed),
             stored_bytes,
-            entries,
+            entries: entries as u64,
         }
     }
 
@@ -399,6 +303,7 @@ impl BlobCache {
         for (name, kind, help, v) in [
             ("ctproxy_registry_blob_requests_total{outcome=\"hit\"}", "counter", "Blob GETs by outcome.", s.hits),
             ("ctproxy_registry_blob_requests_total{outcome=\"miss\"}", "", "", s.misses),
+            ("ctproxy_registry_blob_requests_total{outcome=\"coalesced\"}", "", "", s.coalesced),
             ("ctproxy_registry_blob_requests_total{outcome=\"denied\"}", "", "", s.denied),
             (
                 "ctproxy_registry_blob_manifest_grant_hits_total",
@@ -427,22 +332,48 @@ impl BlobCache {
     }
 }
 
-struct Tee {
-    cache: Arc<BlobCache>,
-    hex: String,
-    expected: Option<u64>,
-    upstream: std::pin::Pin<Box<http_body_util::BodyDataStream<ProxyBody>>>,
-    file: Option<tokio::fs::File>,
-    guard: TempGuard,
-    /// `None` once the stream has ended (or failed).
-    ctx: Option<ring::digest::Context>,
-    written: u64,
-    /// The latest chunk, sent once the next one (or the digest check) is through.
-    held: Option<Bytes>,
+/// The store's record of a blob: no headers (the answer is built from the digest), never stale,
+/// `credentialed` (every use is checked by the registry proxy; the HTTP cache never looks it up).
+fn blob_meta(hex: &str, len: u64) -> Meta {
+    let key = key(hex);
+    Meta {
+        primary: key.clone(),
+        key,
+        headers: vec![],
+        len,
+        sha256: hex.to_owned(),
+        stored_at: crate::store::now_secs(),
+        fresh_until: u64::MAX,
+        etag: None,
+        last_modified: None,
+        credentialed: true,
+        vary: vec![],
+    }
 }
 
-fn hex_of(ctx: ring::digest::Context) -> String {
-    ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+/// Holds the latest chunk back until the next one (or the clean end) arrives: a fill that ends in
+/// an error (a digest mismatch found after the last byte was written) then ends the transfer short
+/// of its length, so the client sees it fail instead of a complete, unverified body.
+fn hold_last<S>(s: S) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
+where
+    S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    futures_util::stream::unfold((Box::pin(s), None::<Bytes>, false), |(mut s, mut held, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            match s.next().await {
+                Some(Ok(chunk)) => {
+                    if let Some(previous) = held.replace(chunk) {
+                        return Some((Ok(previous), (s, held, false)));
+                    }
+                }
+                Some(Err(e)) => return Some((Err(e), (s, None, true))),
+                None => return held.take().map(|last| (Ok(last), (s, None, true))),
+            }
+        }
+    })
 }
 
 fn body_of<S, E>(stream: S) -> ProxyBody
@@ -459,15 +390,18 @@ mod tests {
     use http_body_util::BodyExt;
 
     fn digest_of(b: &[u8]) -> String {
-        hex_of({
-            let mut c = ring::digest::Context::new(&ring::digest::SHA256);
-            c.update(b);
-            c
-        })
+        crate::store::hex(ring::digest::digest(&ring::digest::SHA256, b).as_ref())
     }
 
     async fn collect(body: ProxyBody) -> Result<Vec<u8>, String> {
         body.collect().await.map(|c| c.to_bytes().to_vec()).map_err(|e| e.to_string())
+    }
+
+    fn leader(cache: &BlobCache, hex: &str) -> Leader {
+        match cache.miss(hex).unwrap() {
+            Miss::Leader(l) => l,
+            Miss::Follower(_) => panic!("no fill in flight"),
+        }
     }
 
     #[test]
@@ -482,46 +416,81 @@ mod tests {
     #[tokio::test]
     async fn verified_bodies_are_stored_and_bad_ones_never() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = Arc::new(BlobCache::open(dir.path(), 1 << 20).unwrap());
+        let cache = BlobCache::open(dir.path(), 1 << 20).unwrap();
         let good = vec![7u8; 300_000];
         let hex = digest_of(&good);
-        let body = cache.tee(&hex, Some(good.len() as u64), ProxyBody::full(good.clone()));
+        let body = cache.fill(leader(&cache, &hex), &hex, Some(good.len() as u64), ProxyBody::full(good.clone()));
         assert_eq!(collect(body).await.unwrap(), good);
-        assert!(cache.contains(&hex));
-        let (f, len) = cache.open_blob(&hex).await.unwrap();
-        assert_eq!(collect(cache.serve(f, len)).await.unwrap(), good);
+        let stored = cache.lookup(&hex).await.expect("stored");
+        assert_eq!(collect(cache.serve(stored).unwrap()).await.unwrap(), good);
 
         // A body that is not its digest fails the transfer and leaves nothing behind.
         let other = digest_of(b"other");
-        let body = cache.tee(&other, None, ProxyBody::full(good.clone()));
+        let body = cache.fill(leader(&cache, &other), &other, None, ProxyBody::full(good.clone()));
         assert!(collect(body).await.is_err());
-        assert!(!cache.contains(&other));
+        assert!(cache.lookup(&other).await.is_none());
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         let s = cache.stats();
         assert_eq!((s.hits, s.misses, s.corrupt, s.entries), (1, 2, 1, 1));
     }
 
     #[tokio::test]
+    async fn concurrent_misses_share_one_fetch() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::open(dir.path(), 1 << 20).unwrap();
+        let data = vec![3u8; 200_000];
+        let hex = digest_of(&data);
+        let first = leader(&cache, &hex);
+        let Miss::Follower(fill) = cache.miss(&hex).unwrap() else { panic!("the second miss must join the first") };
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+        let upstream = ProxyBody::boxed(http_body_util::StreamBody::new(tokio_stream(rx).map(|r| r.map(Frame::data))));
+        let lead = cache.fill(first, &hex, Some(data.len() as u64), upstream);
+        let (follow, len) = cache.follow(&fill).await.expect("the head is known");
+        assert_eq!(len, Some(data.len() as u64));
+        let readers = tokio::spawn(async move { (collect(lead).await, collect(follow).await) });
+        for c in data.chunks(50_000) {
+            tx.send(Ok(Bytes::copy_from_slice(c))).await.unwrap();
+        }
+        drop(tx);
+        let (a, b) = readers.await.unwrap();
+        assert_eq!((a.unwrap(), b.unwrap()), (data.clone(), data));
+        let s = cache.stats();
+        assert_eq!((s.misses, s.coalesced, s.entries, s.bytes_from_upstream), (1, 1, 1, 200_000));
+    }
+
+    #[test]
+    fn an_abandoned_fetch_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::open(dir.path(), 1 << 20).unwrap();
+        let hex = digest_of(b"x");
+        drop(leader(&cache, &hex));
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert!(matches!(cache.miss(&hex).unwrap(), Miss::Leader(_)), "the next miss leads again");
+    }
+
+    fn tokio_stream<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl Stream<Item = T> + Send + 'static {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+
+    #[tokio::test]
     async fn restart_rehashes_and_the_budget_evicts_lru() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = Arc::new(BlobCache::open(dir.path(), 100).unwrap());
+        let cache = BlobCache::open(dir.path(), 100).unwrap();
         let blobs: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 40]).collect();
         let hexes: Vec<String> = blobs.iter().map(|b| digest_of(b)).collect();
         for (b, h) in blobs.iter().zip(&hexes).take(2) {
-            collect(cache.tee(h, None, ProxyBody::full(b.clone()))).await.unwrap();
+            collect(cache.fill(leader(&cache, h), h, None, ProxyBody::full(b.clone()))).await.unwrap();
         }
-        assert!(cache.contains(&hexes[0]));
-        collect(cache.tee(&hexes[2], None, ProxyBody::full(blobs[2].clone()))).await.unwrap();
-        assert!(cache.contains(&hexes[0]) && cache.contains(&hexes[2]));
-        assert!(!cache.contains(&hexes[1]), "least recently used goes first");
+        let path0 = cache.lookup(&hexes[0]).await.expect("stored").0.path.clone();
+        collect(cache.fill(leader(&cache, &hexes[2]), &hexes[2], None, ProxyBody::full(blobs[2].clone()))).await.unwrap();
+        assert!(cache.lookup(&hexes[0]).await.is_some() && cache.lookup(&hexes[2]).await.is_some());
+        assert!(cache.lookup(&hexes[1]).await.is_none(), "least recently used goes first");
         drop(cache);
         // Damaged on disk while stopped: detected at first use, dropped, never served.
-        std::fs::write(dir.path().join("blobs").join(&hexes[0]), [9u8; 40]).unwrap();
-        std::fs::write(dir.path().join("blobs").join("junk"), b"x").unwrap();
-        let cache = Arc::new(BlobCache::open(dir.path(), 100).unwrap());
-        assert!(cache.open_blob(&hexes[0]).await.is_none());
-        assert!(!cache.contains(&hexes[0]));
-        assert!(cache.open_blob(&hexes[2]).await.is_some());
-        assert!(!dir.path().join("blobs").join("junk").exists());
+        std::fs::write(&path0, [9u8; 40]).unwrap();
+        let cache = BlobCache::open(dir.path(), 100).unwrap();
+        assert!(cache.lookup(&hexes[0]).await.is_none());
+        assert!(cache.lookup(&hexes[2]).await.is_some());
+        assert_eq!(cache.stats().entries, 1);
     }
 }

@@ -34,7 +34,7 @@ pub enum RegistryError {
     #[error("upstream TLS configuration: {0}")]
     Tls(String),
     #[error("registry blob cache {path}: {source}")]
-    Cache { path: std::path::PathBuf, source: std::io::Error },
+    Cache { path: std::path::PathBuf, source: crate::store::StoreError },
 }
 
 impl RegistryError {

@@ -103,20 +103,30 @@ pub struct RegistryProxy {
 
 impl RegistryProxy {
     /// Binds `config.address` and serves until [`RegistryProxy::stop`]. Tokens issued from
-    /// `tokens` (or any clone of it) are accepted.
-    pub async fn start(config: &RegistryProxyConfig, tokens: TokenStore) -> Result<RegistryProxy, RegistryError> {
+    /// `tokens` (or any clone of it) are accepted. Blobs are cached in a store of their own when
+    /// `config.cache_dir` is set, else in `shared` (the HTTP cache's store) when given, else not.
+    pub async fn start(
+        config: &RegistryProxyConfig,
+        tokens: TokenStore,
+        shared: Option<Arc<crate::store::Store>>,
+    ) -> Result<RegistryProxy, RegistryError> {
         let listen = ListenAddr::Tcp(config.address.to_string());
         let listener = Listener::bind(&listen, &UnixSocketOptions::default(), None)
             .await
             .map_err(|source| RegistryError::Bind { addr: config.address.to_string(), source })?;
         let addr = listener.local_tcp_addr().unwrap_or(config.address);
-        let blobs = match &config.cache_dir {
-            Some(dir) => {
+        let blobs = match (&config.cache_dir, shared) {
+            (Some(dir), _) => {
                 let max = config.cache_max_bytes.map_or(blobs::DEFAULT_MAX_BYTES, |s| s.0);
-                let cache = BlobCache::open(dir, max).map_err(|source| RegistryError::Cache { path: dir.clone(), source })?;
+                let d = dir.clone();
+                let cache = tokio::task::spawn_blocking(move || BlobCache::open(&d, max))
+                    .await
+                    .map_err(|e| RegistryError::Upstream(format!("blob cache open task: {e}")))?
+                    .map_err(|source| RegistryError::Cache { path: dir.clone(), source })?;
                 Some(Arc::new(cache))
             }
-            None => None,
+            (None, Some(store)) => Some(Arc::new(BlobCache::shared(store))),
+            (None, None) => None,
         };
         let handler = Arc::new(RegistryHandler::new(config, addr, tokens.clone(), blobs.clone())?);
         let stop = CancellationToken::new();
@@ -410,12 +420,11 @@ impl RegistryHandler {
         }
     }
 
-    /// `GET` of a blob by sha256 digest with the cache on. Stored and granted to this token by a
-    /// manifest of this repository: served, no upstream request. Stored otherwise: the upstream is asked a `HEAD`
-    /// for this repository and digest with the grant's own credentials, and only a 2xx (or a
-    /// redirect, which a registry signs only for a reader) lets the stored body out; anything else is
-    /// the upstream's answer, without a body. Not stored: fetched, streamed on, and stored if its hash
-    /// is the digest.
+    /// `GET` of a blob by sha256 digest with the cache on. Stored: served once this request's access
+    /// is checked ([`RegistryHandler::blob_access`]). Being fetched for another request: the same
+    /// check, then this request streams that fetch. Otherwise this request fetches it (with its own
+    /// credentials, which is its check), for itself and for whoever joins meanwhile; the body is
+    /// stored if its hash is the digest.
     #[allow(clippy::too_many_arguments)]
     async fn cached_blob(
         &self,
@@ -431,45 +440,83 @@ impl RegistryHandler {
         scope: &str,
     ) -> Result<Response<ProxyBody>, RegistryError> {
         let url = out.url.clone();
-        if cache.contains(hex) {
-            if let Some((file, len)) = cache.open_blob(hex).await {
-                if self.tokens.blob_granted(id, &repo_key(repo), hex) {
+        let access = BlobAccess { hex, digest, route, repo, id, grant, origin, scope, url: &url };
+        // A follower whose leader failed before its head tries again; after a few rounds (upstream
+        // trouble) the request is passed through uncached.
+        for _ in 0..3 {
+            if let Some(stored) = cache.lookup(hex).await {
+                let len = stored.len();
+                let by_grant = match self.blob_access(cache, &access).await? {
+                    Ok(by_grant) => by_grant,
+                    Err(refused) => return Ok(refused),
+                };
+                if by_grant {
                     cache.granted();
-                    tracing::info!(target: "ctproxy::registry", %digest, bytes = len, "registry blob served from the cache on the job's manifest grant");
-                    return Ok(blob_response(cache, file, len, digest));
                 }
-                // No conditional headers: a 304 must never stand for "this job may read it".
-                let head = Outgoing { method: Method::HEAD, url: url.clone(), headers: HeaderMap::new() };
-                let up = self.upstreams.send(id, grant, origin, scope, head, None).await?;
-                let status = up.status();
-                if status.is_success() || (status.is_redirection() && status != StatusCode::NOT_MODIFIED) {
-                    tracing::info!(target: "ctproxy::registry", %digest, bytes = len, "registry blob served from the cache after an upstream access check");
-                    return Ok(blob_response(cache, file, len, digest));
+                let how = if by_grant { "on the job's manifest grant" } else { "after an upstream access check" };
+                tracing::info!(target: "ctproxy::registry", %digest, bytes = len, "registry blob served from the cache {how}");
+                let body = cache.serve(stored).map_err(|e| RegistryError::Upstream(format!("cached blob: {e}")))?;
+                return Ok(blob_response(body, Some(len), digest));
+            }
+            let miss = cache.miss(hex).map_err(|e| RegistryError::Upstream(format!("blob cache: {e}")))?;
+            let leader = match miss {
+                blobs::Miss::Follower(fill) => {
+                    if let Err(refused) = self.blob_access(cache, &access).await? {
+                        return Ok(refused);
+                    }
+                    if let Some((body, len)) = cache.follow(&fill).await {
+                        tracing::info!(target: "ctproxy::registry", %digest, "registry blob streamed from another job's fetch in flight");
+                        return Ok(blob_response(body, len, digest));
+                    }
+                    continue;
                 }
-                cache.denied();
-                tracing::warn!(target: "ctproxy::audit", namespace = %grant.namespace, %digest, status = status.as_u16(), "cached registry blob refused: the upstream did not accept this job's access");
-                // The HEAD's status and headers, without its length: this answers a GET, bodiless.
-                let mut rsp = self.respond(up, &Method::HEAD, route, repo, &url).await?;
-                rsp.headers_mut().remove(header::CONTENT_LENGTH);
-                return Ok(rsp);
+                blobs::Miss::Leader(leader) => leader,
+            };
+            let mut up = self.upstreams.send(id, grant, origin, scope, out, None).await?;
+            // Registries on object storage (Docker Hub among them) redirect blobs: the RP follows the
+            // redirect itself here, so that the body passes through the cache.
+            if up.status().is_redirection() {
+                let target = up.headers().get(header::LOCATION).and_then(|l| l.to_str().ok()).and_then(|l| url.join(l).ok());
+                if let Some(target) = target {
+                    up = self.upstreams.follow(target).await?;
+                }
             }
-        }
-        let mut up = self.upstreams.send(id, grant, origin, scope, out, None).await?;
-        // Registries on object storage (Docker Hub among them) redirect blobs: the RP follows the
-        // redirect itself here, so that the body passes through the cache.
-        if up.status().is_redirection() {
-            let target = up.headers().get(header::LOCATION).and_then(|l| l.to_str().ok()).and_then(|l| url.join(l).ok());
-            if let Some(target) = target {
-                up = self.upstreams.follow(target).await?;
+            if up.status() != StatusCode::OK {
+                // Not for the cache (dropping the leader lets followers try for themselves).
+                drop(leader);
+                return self.respond(up, &Method::GET, route, repo, &url).await;
             }
-        }
-        let cacheable = up.status() == StatusCode::OK;
-        if cacheable {
             tracing::info!(target: "ctproxy::registry", %digest, "registry blob fetched upstream for the cache");
+            let expected = up.content_length();
+            let rsp = self.respond(up, &Method::GET, route, repo, &url).await?;
+            return Ok(rsp.map(|b| cache.fill(leader, hex, expected, b)));
         }
-        let expected = up.content_length();
-        let rsp = self.respond(up, &Method::GET, route, repo, &url).await?;
-        Ok(if cacheable { rsp.map(|b| cache.tee(hex, expected, b)) } else { rsp })
+        tracing::warn!(target: "ctproxy::registry", %digest, "registry blob: the fetches it joined failed; passed through uncached");
+        let up = self.upstreams.send(id, grant, origin, scope, out, None).await?;
+        self.respond(up, &Method::GET, route, repo, &url).await
+    }
+
+    /// Whether this request may read a blob it did not fetch itself: `Ok(true)` on the token's
+    /// manifest grant for this repository, `Ok(false)` when an upstream `HEAD` with the grant's own
+    /// credentials answered 2xx (or a redirect, which a registry signs only for a reader); otherwise
+    /// the answer for dockerd (the HEAD's status and headers, no body).
+    async fn blob_access(&self, cache: &BlobCache, a: &BlobAccess<'_>) -> Result<Result<bool, Response<ProxyBody>>, RegistryError> {
+        if self.tokens.blob_granted(a.id, &repo_key(a.repo), a.hex) {
+            return Ok(Ok(true));
+        }
+        // No conditional headers: a 304 must never stand for "this job may read it".
+        let head = Outgoing { method: Method::HEAD, url: a.url.clone(), headers: HeaderMap::new() };
+        let up = self.upstreams.send(a.id, a.grant, a.origin, a.scope, head, None).await?;
+        let status = up.status();
+        if status.is_success() || (status.is_redirection() && status != StatusCode::NOT_MODIFIED) {
+            return Ok(Ok(false));
+        }
+        cache.denied();
+        tracing::warn!(target: "ctproxy::audit", namespace = %a.grant.namespace, digest = %a.digest, status = status.as_u16(), "cached registry blob refused: the upstream did not accept this job's access");
+        // The HEAD's status and headers, without its length: this answers a GET, bodiless.
+        let mut rsp = self.respond(up, &Method::HEAD, a.route, a.repo, a.url).await?;
+        rsp.headers_mut().remove(header::CONTENT_LENGTH);
+        Ok(Err(rsp))
     }
 
     async fn respond(
@@ -523,11 +570,26 @@ impl RegistryHandler {
     }
 }
 
-/// A stored blob as the answer to a GET.
-fn blob_response(cache: &Arc<BlobCache>, file: tokio::fs::File, len: u64, digest: &str) -> Response<ProxyBody> {
-    let mut rsp = Response::new(cache.serve(file, len));
+/// What [`RegistryHandler::blob_access`] checks: one request for one blob.
+struct BlobAccess<'a> {
+    hex: &'a str,
+    digest: &'a str,
+    route: &'a Route,
+    repo: &'a Repo,
+    id: &'a TokenId,
+    grant: &'a Grant,
+    origin: &'a reqwest::Url,
+    scope: &'a str,
+    url: &'a reqwest::Url,
+}
+
+/// A blob not fetched by this request (stored, or another request's fetch) as the answer to a GET.
+fn blob_response(body: ProxyBody, len: Option<u64>, digest: &str) -> Response<ProxyBody> {
+    let mut rsp = Response::new(body);
     let h = rsp.headers_mut();
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Some(len) = len {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     if let Ok(d) = HeaderValue::try_from(digest) {
         h.insert("docker-content-digest", d.clone());

@@ -389,9 +389,11 @@ impl Registry {
             ),
         )
         .expect("registry config");
+        // Its access log (combined format, on stdout) is kept: tests count the requests it served.
+        let access_log = std::fs::File::create(dir.path().join("access.log")).expect("registry access log");
         let child = Command::new("docker-registry")
             .args(["serve", config.to_str().expect("utf-8")])
-            .stdout(Stdio::null())
+            .stdout(access_log)
             .stderr(Stdio::null())
             .spawn()
             .expect("docker-registry is missing: run scripts/test-env");
@@ -409,6 +411,16 @@ impl Registry {
     pub fn blob_file(&self, digest: &str) -> std::path::PathBuf {
         let hex = digest.trim_start_matches("sha256:");
         self._dir.path().join(format!("data/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
+    }
+}
+
+impl Registry {
+    /// How many `GET`s of `/v2/<path>/blobs/<digest>` the registry answered so far (from its access
+    /// log, a line written when a response is complete).
+    pub fn blob_gets(&self, path: &str, digest: &str) -> usize {
+        let log = std::fs::read_to_string(self._dir.path().join("access.log")).unwrap_or_default();
+        let needle = format!("\"GET /v2/{path}/blobs/{digest} ");
+        log.lines().filter(|l| l.contains(&needle)).count()
     }
 }
 

@@ -129,15 +129,19 @@ impl CallPolicy for Control {
                     let mut ids = None;
                     // A failed build's error may name the daemon's names (`failed to push ...`).
                     let errors = status::StatusText::error_mapper(ns);
-                    grpc::unary_mapped(call, |msg| {
-                        let (out, solve, facts) = ns.check_solve(&msg).map_err(|m| denied(ns, "Solve", m))?;
-                        if let Ok(mut s) = builds().lock() {
-                            s.sessions.insert(solve.session.clone(), facts);
-                            s.builds.insert(solve.build.clone(), solve.session.clone());
-                        }
-                        ids = Some(solve);
-                        Ok(out)
-                    }, Some(errors))
+                    grpc::unary_mapped(
+                        call,
+                        |msg| {
+                            let (out, solve, facts) = ns.check_solve(&msg).map_err(|m| denied(ns, "Solve", m))?;
+                            if let Ok(mut s) = builds().lock() {
+                                s.sessions.insert(solve.session.clone(), facts);
+                                s.builds.insert(solve.build.clone(), solve.session.clone());
+                            }
+                            ids = Some(solve);
+                            Ok(out)
+                        },
+                        Some(errors),
+                    )
                     .await;
                     if let (Some(solve), Ok(mut s)) = (ids, builds().lock()) {
                         s.sessions.remove(&solve.session);

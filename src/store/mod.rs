@@ -1,5 +1,12 @@
-//! The cache's storage: one body file and one metadata file per entry on disk, an in-memory index,
-//! and a byte budget kept by evicting the least recently used entries.
+//! Layer 1 (beside `http`, imports nothing above it), the content store: one body file and one
+//! metadata file per entry on disk, an in-memory index, and a byte budget kept by evicting the least
+//! recently used entries. [`fill`] makes concurrent misses of one key a single upstream fetch.
+//!
+//! **Why one store for two users.** The HTTP cache (`cache`, layer 5) keeps responses under
+//! `GET <url>` keys; the registry proxy (`registry::blobs`, layer 4) keeps blobs under
+//! [`BLOB_KEY_PREFIX`]`sha256:<hex>`. Both are bodies checked against a SHA-256 and evicted by use, so
+//! one store gives a host one byte budget (`[cache] max_bytes`) and one LRU across package files and
+//! image layers, instead of two budgets that each must be sized for the worst case.
 //!
 //! **Why files.** Bodies go from 10 KB indexes to multi-GB layers; a file per body streams with
 //! positional reads (`read_at`), so any number of readers share it without a cursor, and an
@@ -10,6 +17,8 @@
 //! is written first (temp + rename), then the body renamed into place; on start, an entry whose
 //! body is missing or of the wrong length is dropped. Bodies loaded at start are hashed again on
 //! their first use, so a damaged file is detected and refetched, never served.
+
+pub mod fill;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -23,6 +32,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
+
+/// The key prefix of registry blobs (`registry-blob sha256:<hex>`): no HTTP cache key (always
+/// `GET <scheme>://...`) can take this form.
+pub const BLOB_KEY_PREFIX: &str = "registry-blob ";
 
 /// Bodies up to this size are kept in memory once used: small hits never touch the disk.
 pub const INLINE_MAX: u64 = 64 * 1024;
@@ -424,6 +437,12 @@ impl Store {
     pub fn usage(&self) -> (u64, usize) {
         let idx = self.lock();
         (idx.total, idx.entries.len())
+    }
+
+    /// Bytes and entries held under keys starting with `prefix` (a walk of the index: for metrics).
+    pub fn usage_of(&self, prefix: &str) -> (u64, usize) {
+        let idx = self.lock();
+        idx.entries.iter().filter(|(k, _)| k.starts_with(prefix)).fold((0, 0), |(b, n), (_, e)| (b + e.len, n + 1))
     }
 }
 
