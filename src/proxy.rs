@@ -110,6 +110,9 @@ impl Refused {
     }
 }
 
+/// The most a push's request body (registry credentials, at most) may hold.
+const PUSH_BODY_LIMIT: usize = 64 << 10;
+
 /// A read-only listing (`images`, `ps`, `system df`) that Docker 28's containerd image store may
 /// fail while another client removes images or containers ("content digest sha256:…: not found",
 /// "rw layer snapshot not found for container …", "snapshot … does not exist: not found"; seen on
@@ -276,6 +279,19 @@ impl ListenerHandler {
             Some((_, BodyKind::Stream)) | Some((_, BodyKind::Json(_))) => {
                 stream = Some(body);
                 None
+            }
+            // A push: the Go client (Docker 28's CLI, buildx) always sends `{}`, and dockerd 20.10
+            // reads the body as the registry credentials when no `X-Registry-Auth` header came
+            // (newer daemons ignore it). A JSON object passes as it is; in a namespace, whose push
+            // carries ctproxy's own `X-Registry-Auth`, the daemon never reads it, so it goes.
+            Some((Endpoint::ImagePush, _)) => {
+                let bytes = read_limited(body, PUSH_BODY_LIMIT).await?;
+                if !bytes.iter().all(u8::is_ascii_whitespace)
+                    && !matches!(serde_json::from_slice::<serde_json::Value>(&bytes), Ok(serde_json::Value::Object(_)))
+                {
+                    return Err(Refused::bad_request(format!("{} {}: the body must be a JSON object", parts.method, route.path)));
+                }
+                Some(full_body(if namespace.is_some() { Bytes::new() } else { bytes }))
             }
             // dockerd reads no body here; one sent anyway is refused (old APIs applied a HostConfig
             // sent to `start`, for instance).

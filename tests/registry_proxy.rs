@@ -591,7 +591,7 @@ fn blob_cache_coalesces_concurrent_pulls_into_one_upstream_fetch() {
             assert!(body.unwrap_or_default().len() < 1024, "no blob bytes");
         }
     }
-    assert_eq!(f.registry.blob_gets(&path, &layer), 1, "one upstream GET of the layer");
+    assert_eq!(f.registry.blob_gets(&path, &layer), 1, "one upstream GET of the layer: {:?}", f.registry.blob_log(&path, &layer));
     let after = f.blob_stats();
     assert_eq!(after.misses - stats.misses, 1, "{after:?}");
     assert_eq!((after.coalesced - stats.coalesced) + (after.hits - stats.hits), JOBS as u64 - 1, "{after:?}");

@@ -482,7 +482,11 @@ impl RegistryHandler {
                 }
             }
             if up.status() != StatusCode::OK {
-                // Not for the cache (dropping the leader lets followers try for themselves).
+                // Not for the cache (dropping the leader lets followers try for themselves). A
+                // refusal of this request's own credentials is a denied read, as a follower's is.
+                if matches!(up.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+                    cache.denied();
+                }
                 drop(leader);
                 return self.respond(up, &Method::GET, route, repo, &url).await;
             }

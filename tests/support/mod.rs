@@ -417,10 +417,17 @@ impl Registry {
 impl Registry {
     /// How many `GET`s of `/v2/<path>/blobs/<digest>` the registry answered so far (from its access
     /// log, a line written when a response is complete).
-    pub fn blob_gets(&self, path: &str, digest: &str) -> usize {
+    /// The registry's access-log lines of GETs of one blob (for failure messages).
+    pub fn blob_log(&self, path: &str, digest: &str) -> Vec<String> {
         let log = std::fs::read_to_string(self._dir.path().join("access.log")).unwrap_or_default();
         let needle = format!("\"GET /v2/{path}/blobs/{digest} ");
-        log.lines().filter(|l| l.contains(&needle)).count()
+        log.lines().filter(|l| l.contains(&needle)).map(str::to_owned).collect()
+    }
+
+    /// GETs of one blob the origin answered with its bytes (200): a refused attempt (a 401
+    /// challenge, a request without credentials) moves nothing.
+    pub fn blob_gets(&self, path: &str, digest: &str) -> usize {
+        self.blob_log(path, digest).iter().filter(|l| l.split("\" ").nth(1).is_some_and(|rest| rest.starts_with("200 "))).count()
     }
 }
 
