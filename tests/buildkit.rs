@@ -13,17 +13,6 @@ use std::time::Duration;
 use support::jobs::*;
 use support::*;
 
-/// Whether the daemon under test is Docker 28 (these tests' target); on 20.10 they skip.
-fn on_docker_28() -> bool {
-    require_docker();
-    let v = daemon_version()["Version"].as_str().unwrap_or("").to_owned();
-    if v.starts_with("20.") {
-        eprintln!("BuildKit through a job socket is tested on Docker 28 only; daemon is {v}: skipped");
-        return false;
-    }
-    true
-}
-
 /// A build context with `dockerfile` as its Dockerfile.
 fn context(dockerfile: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -197,7 +186,7 @@ fn buildkit_history_du_and_prune_are_the_namespaces_own() {
     let again = build_ok(&b, db.path(), &["build", "-t", "hist:2", "."]);
     let step = again.lines().find(|l| l.contains("RUN --mount=type=cache")).and_then(|l| l.split(' ').next()).unwrap_or("?");
     let run_cached = again.lines().any(|l| l.trim() == format!("{step} CACHED"));
-    let containerd_store = docker(direct(), &["info", "--format", "{{.DriverStatus}}"]).contains("io.containerd.snapshotter");
+    let containerd_store = containerd_store();
     assert!(run_cached || containerd_store, "{again}");
     // (Without --no-cache: it empties the cache mounts a build uses.)
     let probe = |who: &str, test: &str| {
@@ -315,7 +304,7 @@ fn buildkit_push_goes_through_the_registry_proxy() {
     // push after the build, and through a job socket that push does not finish (it hangs; found on
     // 2026-12-07 when the classic-store pass was added). Until it is fixed, this test covers the
     // containerd store only; docs/namespaces.md says so.
-    if !docker(direct(), &["info", "--format", "{{.DriverStatus}}"]).contains("io.containerd.snapshotter") {
+    if !containerd_store() {
         eprintln!("KNOWN OPEN: --push through a job socket on the classic store is not covered");
         return;
     }
@@ -418,7 +407,7 @@ fn buildkit_cache_import_and_export() {
     let cache = format!("{reg}/team/{repo}-cache:1");
     let to = format!("type=registry,ref={cache},mode=max");
     let out = run(&["buildx", "build", "--cache-to", &to, "--load", "-t", "regcache:1", "."], None);
-    if !docker(direct(), &["info", "--format", "{{.DriverStatus}}"]).contains("io.containerd.snapshotter") {
+    if !containerd_store() {
         // The classic image store: buildx's docker driver exports no cache at all, on the daemon's own
         // socket too; it says so before anything reaches the daemon (or ctproxy).
         let text = String::from_utf8_lossy(&out.stderr);

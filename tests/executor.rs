@@ -645,18 +645,6 @@ fn always_pulls_with_the_jobs_token_or_docker_auth_config_and_its_platform() {
     assert_clean(&namespace(&native));
 }
 
-/// Whether the daemon under test is Docker 28: BuildKit through a job socket is tested there only
-/// (as in tests/buildkit.rs); on 20.10 the BuildKit scenarios return at once, saying so.
-fn on_docker_28() -> bool {
-    require_docker();
-    let v = daemon_version()["Version"].as_str().unwrap_or("").to_owned();
-    if v.starts_with("20.") {
-        eprintln!("BuildKit through a job socket is tested on Docker 28 only; daemon is {v}: skipped");
-        return false;
-    }
-    true
-}
-
 /// A CI job in the CLI 28 image (buildx and compose v2 plugins) builds with BuildKit, the CLI's
 /// default: `docker build`, `docker run` of the result, `docker compose build` and
 /// `docker compose up --build`, all in the job's namespace. Docker 28 only.

@@ -35,11 +35,6 @@ fn api_path(path: &str) -> String {
     format!("/v{major}.{minor}{path}")
 }
 
-/// Whether the daemon stores images in containerd (28 here): it reads `index.json` on load.
-fn containerd_store() -> bool {
-    docker(direct(), &["info", "--format", "{{json .DriverStatus}}"]).contains("io.containerd.snapshotter")
-}
-
 /// An image's ID on the daemon, if it exists.
 fn image_id(name: &str) -> Option<String> {
     let out = docker_output(direct(), &["image", "inspect", "--format", "{{.Id}}", name]);

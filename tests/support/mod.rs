@@ -88,6 +88,23 @@ pub fn require_docker() {
     });
 }
 
+/// Whether the daemon under test is Docker 28 (BuildKit through job sockets is tested there only);
+/// on 20.10 the caller returns, saying so.
+pub fn on_docker_28() -> bool {
+    require_docker();
+    let v = daemon_version()["Version"].as_str().unwrap_or("").to_owned();
+    if v.starts_with("20.") {
+        eprintln!("BuildKit through a job socket is tested on Docker 28 only; daemon is {v}: skipped");
+        return false;
+    }
+    true
+}
+
+/// Whether the daemon under test stores images in containerd (Docker 28's default store here).
+pub fn containerd_store() -> bool {
+    docker(direct(), &["info", "--format", "{{json .DriverStatus}}"]).contains("io.containerd.snapshotter")
+}
+
 /// A name no other test (or earlier run) uses: `ctproxy-test-<what>-<pid>-<n>`.
 pub fn unique(what: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
