@@ -402,6 +402,7 @@ fn concurrent_jobs_each_with_networks_of_their_own_all_pass_from_the_pool_and_le
     while rendezvous.arrived() < jobs && !handles.iter().any(runner::Handle::is_finished) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    let gathered = started.elapsed();
     let held = if rendezvous.arrived() == jobs {
         let (status, answer) = support::jobs::http_json(direct_socket(), "GET", "/networks", None);
         assert_eq!(status, 200, "{answer}");
@@ -444,7 +445,7 @@ fn concurrent_jobs_each_with_networks_of_their_own_all_pass_from_the_pool_and_le
     }
     assert!(left.is_empty(), "left on the daemon after the cleanups: {left:?}");
     eprintln!(
-        "{jobs} jobs x {networks} networks: all passed in {ran:?}, {held} networks held at once, clean after {:?}",
+        "{jobs} jobs x {networks} networks: {held} networks held at once after {gathered:?}, all passed after {ran:?}, clean after {:?}",
         started.elapsed()
     );
 }
