@@ -310,7 +310,7 @@ fn buildkit_push_goes_through_the_registry_proxy() {
     }
     let registry = Registry::start_with_users(&[("ci", "ci-pw")]);
     let reg = registry.addr.clone();
-    let host = JobHost::start_with(&format!("[registry_proxy]\naddress = \"127.0.0.1:{}\"\ninsecure = [\"{reg}\"]\n", free_port()));
+    let host = JobHost::start_with(&format!("[registry_proxy]\naddress = \"127.0.0.1:0\"\ninsecure = [\"{reg}\"]\n"));
     let job = host.job();
     let cfg = tempfile::tempdir().expect("tempdir");
     let repo = unique("bkpush").replace("ctproxy-test-", "");
@@ -390,7 +390,7 @@ fn buildkit_cache_import_and_export() {
     }
     let registry = Registry::start_with_users(&[("ci", "ci-pw")]);
     let reg = registry.addr.clone();
-    let host = JobHost::start_with(&format!("[registry_proxy]\naddress = \"127.0.0.1:{}\"\ninsecure = [\"{reg}\"]\n", free_port()));
+    let host = JobHost::start_with(&format!("[registry_proxy]\naddress = \"127.0.0.1:0\"\ninsecure = [\"{reg}\"]\n"));
     let job = host.job();
     let cfg = tempfile::tempdir().expect("tempdir");
     let repo = unique("bkcache").replace("ctproxy-test-", "");

@@ -276,18 +276,17 @@ fn names_the_daemon_accepts_are_accepted() {
 /// A job host whose containers get the cache's CA (the `[cache]` section; no origins are needed
 /// for the decoration itself).
 fn job_host_with_cache() -> JobHost {
-    let (http, https, metrics) = (free_port(), free_port(), free_port());
-    JobHost::start_with(&format!(
+    JobHost::start_with(
         r#"
 [cache]
 hosts = ["repo.test"]
 listen = "127.0.0.1"
-http_port = {http}
-https_port = {https}
-dir = "{{dir}}/cache"
-metrics_listen = "127.0.0.1:{metrics}"
-"#
-    ))
+http_port = 0
+https_port = 0
+dir = "{dir}/cache"
+metrics_listen = "127.0.0.1:0"
+"#,
+    )
 }
 
 /// Item 3: `docker diff` of a fresh container lists nothing ctproxy's CA injection made.
@@ -645,7 +644,7 @@ fn push_through_a_job_socket() {
     require_docker();
     let registry = Registry::start_with_users(&[("ci", "ci-pw")]);
     let reg = registry.addr.clone();
-    let host = JobHost::start_with(&format!("[registry_proxy]\naddress = \"127.0.0.1:{}\"\ninsecure = [\"{reg}\"]\n", free_port()));
+    let host = JobHost::start_with(&format!("[registry_proxy]\naddress = \"127.0.0.1:0\"\ninsecure = [\"{reg}\"]\n"));
     let job = host.job();
     let cfg = tempfile::tempdir().expect("tempdir");
     let with_login = |j: &JobSocket, args: &[&str], input: Option<&[u8]>| {
@@ -700,13 +699,12 @@ fn registry_blob_cache_across_jobs() {
     let registry = Registry::start_with_users(&[("ci", "ci-pw")]);
     let reg = registry.addr.clone();
     // The `[cache]` section: its store keeps the blobs, its metrics listener shows the counters.
-    let (http, https, metrics) = (free_port(), free_port(), free_port());
     let host = JobHost::start_with(&format!(
-        "[registry_proxy]\naddress = \"127.0.0.1:{}\"\ninsecure = [\"{reg}\"]\n\
-         [cache]\nhosts = [\"repo.test\"]\nlisten = \"127.0.0.1\"\nhttp_port = {http}\nhttps_port = {https}\n\
-         dir = \"{{dir}}/cache\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\n",
-        free_port()
+        "[registry_proxy]\naddress = \"127.0.0.1:0\"\ninsecure = [\"{reg}\"]\n\
+         [cache]\nhosts = [\"repo.test\"]\nlisten = \"127.0.0.1\"\nhttp_port = 0\nhttps_port = 0\n\
+         dir = \"{{dir}}/cache\"\nmetrics_listen = \"127.0.0.1:0\"\n"
     ));
+    let metrics = host.proxy.logged_addr("cache metrics listening").port();
     let cfg = tempfile::tempdir().expect("tempdir");
     let with_login = |j: &JobSocket, args: &[&str], input: Option<&[u8]>| {
         let mut c = docker_cmd("docker", &j.host, args);
