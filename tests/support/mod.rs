@@ -503,9 +503,14 @@ impl Registry {
     /// log, a line written when a response is complete).
     /// The registry's access-log lines of GETs of one blob (for failure messages).
     pub fn blob_log(&self, path: &str, digest: &str) -> Vec<String> {
+        self.requests(&format!("\"GET /v2/{path}/blobs/{digest} "))
+    }
+
+    /// The registry's access-log lines (one per answered request, whatever its status) that
+    /// contain `needle`.
+    pub fn requests(&self, needle: &str) -> Vec<String> {
         let log = std::fs::read_to_string(self._dir.path().join("access.log")).unwrap_or_default();
-        let needle = format!("\"GET /v2/{path}/blobs/{digest} ");
-        log.lines().filter(|l| l.contains(&needle)).map(str::to_owned).collect()
+        log.lines().filter(|l| l.contains(needle)).map(str::to_owned).collect()
     }
 
     /// GETs of one blob the origin answered with its bytes (200): a refused attempt (a 401
