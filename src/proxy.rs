@@ -21,7 +21,7 @@ use crate::docker::json::{canonicalize, Kind, Raw};
 use crate::docker::schema::normalize_create;
 use crate::docker::{store_race, ApiPath, BodyKind, Endpoint, Query, Route};
 use crate::http::{
-    boxed_body, client_body, full_body, respond, AccessIdentity, ConnCtx, ForwardError, Forwarder, Handler, ProxyBody, RelayAsk,
+    boxed_body, client_body, full_body, respond, AccessIdentity, ConnCtx, ForwardError, Forwarder, Handler, ProxyBody, RelayAsk, RelayTo,
     UpstreamBody,
 };
 use crate::plugin::auth::{self, Authenticator};
@@ -29,7 +29,6 @@ use crate::plugin::namespace::request::Prepared;
 use crate::plugin::namespace::{self, After, Daemon, Namespace, NsError, NsRequest};
 use crate::plugin::policy::{Denied, PolicyChain};
 use crate::plugin::{Identity, JsonBody, RequestCtx};
-use crate::transport::Connector;
 
 /// What a listener does with a request before forwarding it.
 #[derive(Clone, Default)]
@@ -66,6 +65,14 @@ impl Pipeline {
             && self.per_identity.is_empty()
             && self.namespace.is_none()
             && self.per_identity_ns.is_empty()
+    }
+
+    /// A namespaced listener (a job socket) where every request has the same identity, policies
+    /// and namespace (no authentication, nothing per identity): a request's head decides whether
+    /// it may be relayed raw ([`ListenerHandler::checked_head_relays`]). Listeners with policies
+    /// and no namespace stay on the hyper path.
+    fn relays_checked_heads(&self) -> bool {
+        self.namespace.is_some() && self.auth.is_empty() && self.per_identity.is_empty() && self.per_identity_ns.is_empty()
     }
 
     fn chain_for(&self, identity: &Identity) -> &PolicyChain {
@@ -457,14 +464,78 @@ fn ns_refusal(identity: &Identity, conn: &ConnCtx, method: &hyper::Method, route
     Refused { status: e.status(), message: e.to_string(), logged }
 }
 
-impl Handler for ListenerHandler {
-    fn transparent_upstream(&self, ask: RelayAsk) -> Option<Connector> {
-        let p = self.pipeline.load();
-        let relay = match ask {
-            RelayAsk::Connection => p.checks_nothing(),
-            RelayAsk::Request { method, path } => p.is_passthrough() || (p.checks_nothing() && !may_create_container(method, path)),
+impl ListenerHandler {
+    /// Whether a request of a checked listener may be relayed as raw bytes: it is one that the
+    /// namespace forwards untouched ([`namespace::request::forwards_untouched`]: `/_ping`,
+    /// `/version`), without a body, on a namespaced listener whose identity is the same for every
+    /// request ([`Pipeline::relays_checked_heads`]), and the policy chain, run on its head as the
+    /// checked path runs it, admits it without rewriting anything. Anything else (a refusal included: the
+    /// checked path then refuses and logs it) is served by [`Handler::call`]. Returns the identity
+    /// for the access log.
+    fn checked_head_relays(
+        &self,
+        p: &Pipeline,
+        listener: &str,
+        method: &hyper::Method,
+        path: &str,
+        head: Option<(&str, &HeaderMap)>,
+        has_body: bool,
+    ) -> Option<Arc<str>> {
+        let (target, headers) = head?;
+        if has_body || !p.relays_checked_heads() {
+            return None;
+        }
+        let route = Route::classify(method, path).ok()?;
+        if !route.endpoint.is_some_and(namespace::request::forwards_untouched) {
+            return None;
+        }
+        // Origin form only, parsed as hyper's server parses it (what it refuses, it refuses).
+        let uri: Uri = target.parse().ok()?;
+        if !target.starts_with('/') || uri.path() != path {
+            return None;
+        }
+        let mut query = Query::parse(uri.query().unwrap_or("")).ok()?;
+        refuse_form_bodies(headers).ok()?;
+        let identity = Identity::anonymous();
+        let (sent_query, mut checked_headers) = (query.clone(), headers.clone());
+        let mut ctx = RequestCtx {
+            identity: &identity,
+            listener,
+            method,
+            route: &route,
+            query: &mut query,
+            headers: &mut checked_headers,
+            namespaced: p.namespace.is_some(),
+            own_socket: p.own_socket.as_deref(),
+            granted_binds: &p.granted_binds,
         };
-        relay.then(|| self.proxy.forwarder.load().connector().clone())
+        p.policies.check(&mut ctx).ok()?;
+        // A policy that rewrote the head wants its version forwarded: the checked path does that.
+        (query == sent_query && checked_headers == *headers).then_some(identity.name)
+    }
+}
+
+impl Handler for ListenerHandler {
+    fn transparent_upstream(&self, ask: RelayAsk) -> Option<RelayTo> {
+        let p = self.pipeline.load();
+        let identity = match ask {
+            RelayAsk::Connection => (p.checks_nothing() || p.relays_checked_heads()).then_some(None)?,
+            RelayAsk::Request { method, path, .. } if p.checks_nothing() => {
+                (p.is_passthrough() || !may_create_container(method, path)).then_some(None)?
+            }
+            RelayAsk::Request { listener, method, path, head, has_body } => {
+                let identity = self.checked_head_relays(&p, listener, method, path, head, has_body)?;
+                if listener.starts_with(crate::jobs::JOB_LISTENER_PREFIX) {
+                    crate::metrics::server().job_socket_request();
+                }
+                Some(identity)
+            }
+        };
+        Some(RelayTo { upstream: self.proxy.forwarder.load().connector().clone(), identity })
+    }
+
+    fn relay_checks_heads(&self) -> bool {
+        !self.pipeline.load().checks_nothing()
     }
 
     async fn call(&self, mut req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<ProxyBody> {

@@ -470,3 +470,37 @@ idle_timeout = "1s"
     closed_within(&mut m.stream, limit);
     drop(p);
 }
+
+/// A job socket's pings are relayed as raw bytes after the policies checked their head (issue 12,
+/// "job sockets as fast as the relay"); what the policies refuse, or a ping with a body, is still
+/// answered by the checked path, on the same keep-alive connection, which goes on serving.
+#[test]
+fn job_socket_pings_are_checked_before_they_are_relayed() {
+    let host = JobHost::start();
+    let job = host.job();
+    let mut c = Conn::unix(&job.socket, T);
+    c.send(ping());
+    let r = c.read_response();
+    assert_eq!((r.status, r.body_text().as_str()), (200, "OK"), "{r:?}");
+    // Below the conservative policy's minimum API version: refused, and audit-logged.
+    c.send(b"GET /v1.12/_ping HTTP/1.1\r\nHost: docker\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.json()["message"].as_str().is_some_and(|m| m.contains("API version 1.12")), "{r:?}");
+    assert!(host.audited("API version 1.12"), "{}", host.log_text());
+    c.send(ping());
+    let r = c.read_response();
+    assert_eq!((r.status, r.body_text().as_str()), (200, "OK"), "{r:?}");
+    // A body where dockerd reads none is refused, as on every checked listener.
+    let mut c = Conn::unix(&job.socket, T);
+    c.send(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}");
+    let r = c.read_response();
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.json()["message"].as_str().is_some_and(|m| m.contains("takes no request body")), "{r:?}");
+    // `/version` is relayed too, with the daemon's answer as it is.
+    let mut c = Conn::unix(&job.socket, T);
+    c.send(b"GET /v1.41/version HTTP/1.1\r\nHost: docker\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.json()["ApiVersion"].is_string(), "{r:?}");
+}

@@ -39,6 +39,28 @@ pub(crate) struct RequestHead {
     /// The client keeps the connection open after this exchange (HTTP/1.1 without `close`, HTTP/1.0
     /// with `keep-alive`).
     pub(crate) keep_alive: bool,
+    /// The request target as sent and the header fields, for a handler that checks requests before
+    /// they are relayed ([`HeadDetail::Full`]); `None` otherwise, or when a field is not one hyper
+    /// would accept (then the handler sends the request to the checked path).
+    pub(crate) full: Option<FullHead>,
+}
+
+/// A request head as a checking handler reads it.
+#[derive(Debug)]
+pub(crate) struct FullHead {
+    pub(crate) target: String,
+    pub(crate) headers: hyper::HeaderMap,
+}
+
+/// How much of a request head the relay needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeadDetail {
+    /// Framing only; the path of a `POST` (the one request a transparent listener may rewrite).
+    Minimal,
+    /// The path too (for the access log).
+    Path,
+    /// The target and the header fields too (a listener that checks every request).
+    Full,
 }
 
 #[derive(Debug)]
@@ -49,7 +71,7 @@ pub(crate) enum HeadError {
 
 impl RequestHead {
     /// `None`: incomplete so far.
-    pub(crate) fn parse(buf: &[u8], want_path: bool) -> Result<Option<RequestHead>, HeadError> {
+    pub(crate) fn parse(buf: &[u8], detail: HeadDetail) -> Result<Option<RequestHead>, HeadError> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         let len = match req.parse(buf) {
@@ -62,8 +84,9 @@ impl RequestHead {
         let method = Method::from_bytes(req.method.unwrap_or("").as_bytes()).map_err(|_| bad("invalid method"))?;
         let http11 = req.version == Some(1);
         let target = req.path.unwrap_or("/");
-        let path = if want_path || method == Method::POST { path_of(target).to_owned() } else { String::new() };
+        let path = if detail != HeadDetail::Minimal || method == Method::POST { path_of(target).to_owned() } else { String::new() };
         let fields = Fields::of(req.headers).map_err(bad)?;
+        let full = if detail == HeadDetail::Full { full_head(target, req.headers) } else { None };
         let body = match (fields.chunked, fields.length) {
             (Some(_), Some(_)) => return Err(bad("both Content-Length and Transfer-Encoding")),
             (Some(true), None) if http11 && fields.only_chunked => BodyFraming::Chunked,
@@ -72,8 +95,20 @@ impl RequestHead {
             (None, Some(n)) => BodyFraming::Length(n),
         };
         let keep_alive = if http11 { !fields.close } else { fields.keep_alive && !fields.close };
-        Ok(Some(RequestHead { len, method, path, http11, body, keep_alive }))
+        Ok(Some(RequestHead { len, method, path, http11, body, keep_alive, full }))
     }
+}
+
+/// The target and header fields, as hyper's server would hand them to a handler; `None` if hyper
+/// would not accept one of them.
+fn full_head(target: &str, fields: &[httparse::Header<'_>]) -> Option<FullHead> {
+    let mut headers = hyper::HeaderMap::with_capacity(fields.len());
+    for h in fields {
+        let name = hyper::header::HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = hyper::header::HeaderValue::from_bytes(h.value).ok()?;
+        headers.append(name, value);
+    }
+    Some(FullHead { target: target.to_owned(), headers })
 }
 
 /// The path of a request target (origin or absolute form), without the query.
@@ -422,13 +457,17 @@ mod tests {
 
     #[test]
     fn request_heads() {
-        let h = RequestHead::parse(b"GET /v1.41/containers/json?all=1 HTTP/1.1\r\nHost: d\r\n\r\nnext", true).unwrap().unwrap();
+        let h = RequestHead::parse(b"GET /v1.41/containers/json?all=1 HTTP/1.1\r\nHost: d\r\n\r\nnext", HeadDetail::Path).unwrap().unwrap();
         assert_eq!((h.len, h.path.as_str(), h.body, h.keep_alive), (54, "/v1.41/containers/json", BodyFraming::None, true));
-        let h = RequestHead::parse(b"POST /x HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\n", false).unwrap().unwrap();
+        let h = RequestHead::parse(b"POST /x HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\n", HeadDetail::Minimal)
+            .unwrap()
+            .unwrap();
         assert_eq!((h.body, h.keep_alive, h.http11), (BodyFraming::Length(3), true, false));
-        let h = RequestHead::parse(b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n", false).unwrap().unwrap();
+        let h = RequestHead::parse(b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n", HeadDetail::Minimal)
+            .unwrap()
+            .unwrap();
         assert_eq!((h.body, h.keep_alive), (BodyFraming::Chunked, false));
-        assert!(RequestHead::parse(b"GET /x HTTP/1.1\r\nHost: d\r\n", false).unwrap().is_none());
+        assert!(RequestHead::parse(b"GET /x HTTP/1.1\r\nHost: d\r\n", HeadDetail::Minimal).unwrap().is_none());
         for bad in [
             &b"GET /x HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
             b"GET /x HTTP/1.1\r\nContent-Length: nope\r\n\r\n",
@@ -438,7 +477,11 @@ mod tests {
             b"GET /x HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET /x HTTP/9.9\r\n\r\n",
         ] {
-            assert!(matches!(RequestHead::parse(bad, false), Err(HeadError::Malformed(_))), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                matches!(RequestHead::parse(bad, HeadDetail::Minimal), Err(HeadError::Malformed(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         assert_eq!(path_of("http://docker/v1.41/info?x"), "/v1.41/info");
     }
@@ -475,7 +518,7 @@ mod tests {
         let mut out = Vec::new();
         let mut at = 0;
         while at < input.len() {
-            let Ok(Some(head)) = RequestHead::parse(&input[at..], true) else { break };
+            let Ok(Some(head)) = RequestHead::parse(&input[at..], HeadDetail::Path) else { break };
             let target = {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut req = httparse::Request::new(&mut headers);

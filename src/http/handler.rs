@@ -20,13 +20,28 @@ use crate::transport::{Connector, PeerInfo};
 pub trait Handler: Send + Sync + 'static {
     fn call(&self, req: Request<Incoming>, conn: Arc<ConnCtx>) -> impl Future<Output = Response<ProxyBody>> + Send;
 
-    /// The daemon to relay a request to as raw bytes, when this handler would neither look at nor
-    /// change it (no authentication, policy or namespace). Asked when a connection starts
-    /// ([`RelayAsk::Connection`]: could any request be relayed?) and again before every request of
-    /// a relayed connection: once it says `None`, the connection is served by [`Handler::call`].
-    fn transparent_upstream(&self, _ask: RelayAsk<'_>) -> Option<Connector> {
+    /// The daemon to relay a request to as raw bytes, when this handler would neither change it
+    /// nor its answer: a listener with no authentication, policy or namespace, or a request that
+    /// the handler checked on its head ([`RelayAsk::Request::head`]) and would forward as it is.
+    /// Asked when a connection starts ([`RelayAsk::Connection`]: could any request be relayed?)
+    /// and again before every request of a relayed connection: once it says `None`, the connection
+    /// is served by [`Handler::call`].
+    fn transparent_upstream(&self, _ask: RelayAsk<'_>) -> Option<RelayTo> {
         None
     }
+
+    /// Whether [`RelayAsk::Request`] should carry the request's target and header fields
+    /// ([`RelayAsk::Request::head`]): the handler checks requests before they are relayed.
+    fn relay_checks_heads(&self) -> bool {
+        false
+    }
+}
+
+/// Where a relayed request goes, and who made it (for the access log).
+#[derive(Clone)]
+pub struct RelayTo {
+    pub upstream: Connector,
+    pub identity: Option<Arc<str>>,
 }
 
 /// What [`Handler::transparent_upstream`] is asked about.
@@ -36,8 +51,16 @@ pub enum RelayAsk<'a> {
     /// A request whose head has been read: its method and path (without the query) as the client
     /// wrote them. The handler classifies them (the relay knows no endpoints).
     Request {
+        /// The listener's name (for the checks' audit lines).
+        listener: &'a str,
         method: &'a Method,
         path: &'a str,
+        /// The target (path and query) and header fields, when the handler asked for them
+        /// ([`Handler::relay_checks_heads`]) and hyper would accept them all; the relay then
+        /// forwards exactly these bytes.
+        head: Option<(&'a str, &'a hyper::HeaderMap)>,
+        /// A body follows the head (a length or chunks).
+        has_body: bool,
     },
 }
 

@@ -29,4 +29,4 @@ pub mod server;
 
 pub use body::{BoxError, BoxedBody, ProxyBody};
 pub use forward::{boxed_body, client_body, full_body, ForwardError, Forwarder, UpstreamBody};
-pub use handler::{AccessIdentity, ConnCtx, Handler, RelayAsk, StreamRelay};
+pub use handler::{AccessIdentity, ConnCtx, Handler, RelayAsk, RelayTo, StreamRelay};

@@ -1,4 +1,6 @@
-//! Layer 1, HTTP: the raw relay that serves connections of transparent listeners.
+//! Layer 1, HTTP: the raw relay that serves connections of transparent listeners, and the requests
+//! of checked listeners (job sockets) that their handler checked on the head and would forward
+//! unchanged.
 //!
 //! Why it exists: a listener with no authentication, policy or namespace has nothing to decide about
 //! a request, yet serving it through hyper costs more than the hop itself (issue "added p50 latency
@@ -23,9 +25,11 @@
 //! timer, no syscall, no allocation); while a request is being answered, and after a hijack, nothing
 //! times out.
 //!
-//! Before every request the handler is asked again whether the listener is still transparent (a
-//! `SIGHUP` may have added checks). If it is not, the connection, with the request already read, is
-//! handed back to the hyper path so that this very request and all later ones are checked.
+//! Before every request the handler is asked whether it may be relayed ([`RelayAsk::Request`]: a
+//! `SIGHUP` may have added checks; a checking handler gets the request's target and header fields,
+//! runs its checks on them, and says yes only for a request it would forward exactly as it is, with
+//! an answer it would not rewrite). If not, the connection, with the request already read, is handed
+//! back to the hyper path so that this very request and all later ones are served there.
 
 use std::io;
 use std::pin::Pin;
@@ -42,8 +46,8 @@ use tokio_util::sync::CancellationToken;
 use super::body::AccessRecord;
 use super::clock::Expired;
 use super::forward::ForwardError;
-use super::framing::{BodyFraming, HeadError, Progress, RequestHead, ResponseFraming, ResponseHead};
-use super::handler::{Handler, RelayAsk};
+use super::framing::{BodyFraming, HeadDetail, HeadError, Progress, RequestHead, ResponseFraming, ResponseHead};
+use super::handler::{Handler, RelayAsk, RelayTo};
 use super::hijack::{splice, Prefixed};
 use super::respond;
 use super::serve::Timeouts;
@@ -80,7 +84,14 @@ pub async fn serve<H: Handler>(client: ClientStream, conn: RelayConn<'_>, handle
     let sleep = tokio::time::sleep(conn.timeouts.header);
     tokio::pin!(sleep);
     let mut clock = Clock { sleep, timeouts: conn.timeouts, idle: false };
-    let mut relay = Relay { client, upstream: None, cbuf: Buf::new(BUF_SIZE), ubuf: Buf::new(BUF_SIZE), conn };
+    let detail = if handler.relay_checks_heads() {
+        HeadDetail::Full
+    } else if conn.access_log {
+        HeadDetail::Path
+    } else {
+        HeadDetail::Minimal
+    };
+    let mut relay = Relay { client, upstream: None, cbuf: Buf::new(BUF_SIZE), ubuf: Buf::new(BUF_SIZE), conn, detail };
     let ended = relay.run(handler, shutdown, &mut clock).await;
     let mut client = relay.client;
     match ended {
@@ -145,6 +156,8 @@ struct Relay<'a> {
     /// Daemon → client.
     ubuf: Buf,
     conn: RelayConn<'a>,
+    /// How much of each request head the handler needs.
+    detail: HeadDetail,
 }
 
 /// The daemon connection paired with the client's.
@@ -187,18 +200,25 @@ impl Relay<'_> {
                 }
             };
             // Checked before every request: policies added by a reload apply from this one on.
-            let Some(connector) = handler.transparent_upstream(RelayAsk::Request { method: &head.method, path: &head.path }) else {
+            let ask = RelayAsk::Request {
+                listener: self.conn.listener,
+                method: &head.method,
+                path: &head.path,
+                head: head.full.as_ref().map(|f| (f.target.as_str(), &f.headers)),
+                has_body: head.body != BodyFraming::None,
+            };
+            let Some(RelayTo { upstream: connector, identity }) = handler.transparent_upstream(ask) else {
                 return Ended::HandBack;
             };
             let started = Instant::now();
             let outcome = self.exchange(&head, connector).await;
             let keep = match outcome {
                 Outcome::Done { status, bytes, keep_alive } => {
-                    self.log(&head, status, started, bytes, None);
+                    self.log(&head, &identity, status, started, bytes, None);
                     keep_alive
                 }
                 Outcome::Hijacked { status, out, r#in } => {
-                    self.log(&head, status, started, out, Some(r#in));
+                    self.log(&head, &identity, status, started, out, Some(r#in));
                     return Ended::Gone;
                 }
                 Outcome::Unreachable(e, in_sync) => {
@@ -206,12 +226,12 @@ impl Relay<'_> {
                     let close = !in_sync || !head.keep_alive;
                     let body = respond::error_bytes(StatusCode::BAD_GATEWAY, &format!("ctproxy: {e}"), head.http11, close);
                     let ok = write_flush(&mut self.client, &body).await.is_ok();
-                    self.log(&head, 502, started, body_len(&body), None);
+                    self.log(&head, &identity, 502, started, body_len(&body), None);
                     ok && !close
                 }
                 Outcome::Broken { status, bytes } => {
                     self.upstream = None;
-                    self.log(&head, status, started, bytes, None);
+                    self.log(&head, &identity, status, started, bytes, None);
                     return Ended::Gone;
                 }
             };
@@ -222,14 +242,14 @@ impl Relay<'_> {
         }
     }
 
-    fn log(&self, head: &RequestHead, status: u16, started: Instant, bytes: u64, bytes_in: Option<u64>) {
+    fn log(&self, head: &RequestHead, identity: &Option<Arc<str>>, status: u16, started: Instant, bytes: u64, bytes_in: Option<u64>) {
         if !self.conn.access_log {
             return;
         }
         let record = AccessRecord {
             listener: self.conn.listener.clone(),
             peer: self.conn.peer_label.clone(),
-            identity: None,
+            identity: identity.clone(),
             method: head.method.clone(),
             path: head.path.clone(),
             status,
@@ -242,7 +262,7 @@ impl Relay<'_> {
     async fn read_request_head(&mut self, shutdown: &CancellationToken, clock: &mut Clock<'_>) -> Result<Next, HeadError> {
         loop {
             if !self.cbuf.is_empty() {
-                if let Some(head) = RequestHead::parse(self.cbuf.filled(), self.conn.access_log)? {
+                if let Some(head) = RequestHead::parse(self.cbuf.filled(), self.detail)? {
                     return Ok(Next::Request(head));
                 }
                 clock.head_begun();

@@ -7,8 +7,11 @@
 //! [`ConnCtx::hijack`]; once hyper has written the response head and stopped, this module splices the
 //! client's raw socket (plus whatever bytes hyper had already read) to it.
 //!
-//! A handler with nothing to check ([`Handler::transparent_upstream`]) gets the raw relay instead
-//! ([`super::relay`]); the relay hands the connection back here if a reload adds checks.
+//! A connection whose handler could have requests relayed as raw bytes
+//! ([`Handler::transparent_upstream`]: a listener with nothing to check, or one that checks a
+//! request's head and relays what it would forward unchanged, such as a job socket's pings) starts
+//! on the raw relay ([`super::relay`]); the relay hands the connection back here, for good, at the
+//! first request the handler wants to see whole (or after a reload that adds checks).
 //!
 //! Between requests the connection is held to the listener's header-read and idle timeouts
 //! ([`super::clock`]); a request being answered and a hijacked stream never are.

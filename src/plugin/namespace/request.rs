@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use super::archive::LoadGuard;
 use super::filters::{Filters, NameMatch};
 use super::network::is_predefined;
-use super::resolve::{strings, ImageRef};
+use super::resolve::{could_be_id_prefix, strings, ImageRef};
 use super::response::{After, ListKind};
 use super::{Daemon, Namespace, NsError, NS_LABEL};
 use crate::docker::reference::Reference;
@@ -47,6 +47,13 @@ pub fn reads_body(e: Endpoint) -> bool {
     matches!(e, ContainerCreate | Commit | NetworkCreate | NetworkConnect | NetworkDisconnect | VolumeCreate)
 }
 
+/// The endpoints a namespace forwards exactly as they came, without asking the daemon anything,
+/// and whose answers it passes on untouched (they name nothing a namespace owns): the proxy may
+/// relay them as raw bytes once the policies have checked their head.
+pub fn forwards_untouched(e: Endpoint) -> bool {
+    matches!(e, Endpoint::Ping | Endpoint::PingHead | Endpoint::Version)
+}
+
 const X_REGISTRY_AUTH: HeaderName = HeaderName::from_static("x-registry-auth");
 const X_REGISTRY_CONFIG: HeaderName = HeaderName::from_static("x-registry-config");
 
@@ -63,7 +70,8 @@ impl Namespace {
         };
         let typed = req.route.target().unwrap_or("").to_owned();
         let after = match endpoint {
-            Ping | PingHead | Version | Options => After::Pass,
+            e if forwards_untouched(e) => After::Pass,
+            Options => After::Pass,
             Info => After::Info,
             SystemDf => After::SystemDf,
             Events => self.events_query(daemon, req.query).await?,
@@ -640,6 +648,13 @@ impl Namespace {
             return Ok(self.image(daemon, typed).await?.daemon_name().to_owned());
         }
         let r = Reference::parse(typed).map_err(|e| NsError::Malformed(format!("invalid reference format: {e}")))?;
+        if !could_be_id_prefix(typed) {
+            // A name that cannot be read as an ID prefix resolves by name only: found or not, the
+            // daemon is given the same string (the namespace's mangled name, or a shared image's
+            // real one), which only ever names an image the namespace may use. Asking the daemon
+            // first (an image inspect per create) would change nothing.
+            return self.image_name(&r);
+        }
         match self.image(daemon, typed).await {
             // As the client wrote it (`alpine`, not `alpine:latest`): the daemon records the
             // string in `Config.Image`, `ps` and events, and resolves the same image from it.

@@ -37,6 +37,12 @@ fn is_hex_prefix(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Whether the daemon could read `typed` as an image ID or ID prefix (with or without `sha256:`):
+/// only then does resolving it need the daemon's list of images.
+pub(super) fn could_be_id_prefix(typed: &str) -> bool {
+    is_hex_prefix(typed.strip_prefix("sha256:").unwrap_or(typed))
+}
+
 fn owned_by(labels: Option<&Value>, ns: &Namespace) -> bool {
     labels.and_then(|l| l.get(NS_LABEL)).and_then(Value::as_str) == Some(ns.name.as_str())
 }
@@ -152,7 +158,7 @@ impl Namespace {
             }
         }
         let hex = typed.strip_prefix("sha256:").unwrap_or(typed);
-        if is_hex_prefix(hex) {
+        if could_be_id_prefix(typed) {
             let images = daemon.list("/images/json").await?;
             let mut found: Vec<ImageRef> = Vec::new();
             for img in &images {
