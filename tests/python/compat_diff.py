@@ -144,7 +144,7 @@ step("connect", lambda: net.connect(c3, aliases=["alias1"], ipv4_address=os.envi
 c3.start()
 # (The default network is the namespace's own `bridge`, a user-defined network with addresses
 # from the pool: documented in docs/namespaces.md, left out here.)
-step("container networks", lambda: [(k, v["IPAddress"], sorted(v.get("Aliases") or []), v.get("IPAMConfig")) for k, v in sorted(c3.attrs["NetworkSettings"]["Networks"].items()) if k != "bridge"] if c3.reload() is None else None)
+step("container networks", lambda: [(k, v["IPAddress"], sorted(re.sub("^[0-9a-f]{12}$", "<id>", a) for a in v.get("Aliases") or []), v.get("IPAMConfig")) for k, v in sorted(c3.attrs["NetworkSettings"]["Networks"].items()) if k != "bridge"] if c3.reload() is None else None)
 step("network containers", lambda: [v["Name"] for v in net.attrs["Containers"].values()] if net.reload() is None else None)
 step("resolve alias", lambda: c.containers.run(BUSYBOX, ["sh", "-c", "nslookup alias1 >/dev/null && echo found"], network=f"{P} net", remove=True).decode())
 step("disconnect", lambda: net.disconnect(c3))
