@@ -182,10 +182,11 @@ impl Server {
 
     /// Loads the configuration and binds every listener; nothing is served until [`Server::run`].
     pub async fn start(source: ConfigSource) -> Result<Server, AppError> {
-        let config = source.load()?;
+        let mut config = source.load()?;
         let tokens = TokenStore::new();
-        let Built { forwarder, listeners, jobs, namespaces } = build(&config, &tokens).map_err(|e| e.at(&source.origin()))?;
-        let proxy = Arc::new(DockerProxy::new(forwarder));
+        // Checked before anything is bound; built again below if the registry proxy's address
+        // changes when it binds.
+        let mut built = build(&config, &tokens).map_err(|e| e.at(&source.origin()))?;
         // One content store for the HTTP cache and the registry proxy's blobs (unless
         // `[registry_proxy] cache_dir` gives the blobs a store of their own).
         let store = match &config.cache {
@@ -202,6 +203,16 @@ impl Server {
             Some(rp) => Some(RegistryProxy::start(rp, tokens.clone(), store.clone()).await?),
             None => None,
         };
+        // Namespaces name the registry proxy by the address it bound: with port 0 in the
+        // configuration, the port the kernel gave (image names hold it).
+        if let (Some(rp), Some(r)) = (config.registry_proxy.as_mut(), &registry) {
+            if rp.address != r.local_addr() {
+                rp.address = r.local_addr();
+                built = build(&config, &tokens).map_err(|e| e.at(&source.origin()))?;
+            }
+        }
+        let Built { forwarder, listeners, jobs, namespaces } = built;
+        let proxy = Arc::new(DockerProxy::new(forwarder));
         let mut server = Server {
             source,
             config: config.clone(),
@@ -253,7 +264,9 @@ impl Server {
         let err = |source| AppError::Listener { name: "metrics".into(), source };
         let addr = transport::ListenAddr::Tcp(config.listen.to_string());
         let listener = Listener::bind(&addr, &UnixSocketOptions::default(), None).await.map_err(err)?;
-        tracing::info!(address = %config.listen, "metrics listening");
+        // The bound address: with port 0 in the configuration, the port the kernel gave.
+        let bound = listener.local_tcp_addr().unwrap_or(config.listen);
+        tracing::info!(address = %bound, "metrics listening");
         let opts = ServeOptions { listener: Arc::from("metrics"), access_log: false };
         let handler = Arc::new(MetricsHandler { source: self.metrics_source() });
         let conns = Arc::new(HandlerConns { opts, handler, draining: self.draining.clone() });
@@ -351,6 +364,12 @@ impl Server {
                 return;
             }
         };
+        // Port 0 in the file names the port the running registry proxy was given.
+        if let (Some(rp), Some(bound)) = (new.registry_proxy.as_mut(), self.registry_address()) {
+            if rp.address.port() == 0 && rp.address.ip() == bound.ip() {
+                rp.address = bound;
+            }
+        }
         if new.registry_proxy != self.config.registry_proxy {
             tracing::warn!("[registry_proxy] changed: the change takes effect at the next restart");
             // The running configuration keeps saying what actually runs (and namespaces keep

@@ -280,10 +280,13 @@ impl ListenerHandler {
                 stream = Some(body);
                 None
             }
-            // A push: the Go client (Docker 28's CLI, buildx) always sends `{}`, and dockerd 20.10
-            // reads the body as the registry credentials when no `X-Registry-Auth` header came
-            // (newer daemons ignore it). A JSON object passes as it is; in a namespace, whose push
-            // carries ctproxy's own `X-Registry-Auth`, the daemon never reads it, so it goes.
+            // A push: buildx's Go client (its push with the daemon on the classic image store)
+            // sends `{}`, and dockerd 20.10 reads the body as the registry credentials when no
+            // `X-Registry-Auth` header came (newer daemons ignore it). A JSON object passes as it
+            // is; in a namespace, whose push carries ctproxy's own `X-Registry-Auth`, the daemon
+            // never reads it, so it goes. The framing headers follow what is sent: dockerd (Go's
+            // server) reads a `Content-Length` worth of body before its first answer byte, so a
+            // dropped body under the client's length would hold the push's stream forever.
             Some((Endpoint::ImagePush, _)) => {
                 let bytes = read_limited(body, PUSH_BODY_LIMIT).await?;
                 if !bytes.iter().all(u8::is_ascii_whitespace)
@@ -291,7 +294,9 @@ impl ListenerHandler {
                 {
                     return Err(Refused::bad_request(format!("{} {}: the body must be a JSON object", parts.method, route.path)));
                 }
-                Some(full_body(if namespace.is_some() { Bytes::new() } else { bytes }))
+                let sent = if namespace.is_some() { Bytes::new() } else { bytes };
+                set_length(&mut parts.headers, sent.len());
+                Some(full_body(sent))
             }
             // dockerd reads no body here; one sent anyway is refused (old APIs applied a HostConfig
             // sent to `start`, for instance).
@@ -350,8 +355,7 @@ impl ListenerHandler {
                     serde_json::Value::Null if was_empty => Bytes::new(),
                     v => Bytes::from(serde_json::to_vec(v).map_err(Refused::bad_request)?),
                 };
-                parts.headers.remove(header::TRANSFER_ENCODING);
-                parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+                set_length(&mut parts.headers, out.len());
                 if !out.is_empty() {
                     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 }
@@ -362,6 +366,14 @@ impl ListenerHandler {
         parts.uri = rebuild_uri(&route, &query)?;
         Ok(Admitted::Forward(Request::from_parts(parts, body), after.map(Box::new)))
     }
+}
+
+/// The framing of a body ctproxy sends whole in place of the client's: its own length, never the
+/// client's `Content-Length` or `Transfer-Encoding` (hyper keeps a `Content-Length` it is given,
+/// even over an empty body).
+fn set_length(headers: &mut hyper::HeaderMap, len: usize) {
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
 }
 
 /// The paths under which clients expect the host's Docker socket.

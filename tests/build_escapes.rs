@@ -42,9 +42,38 @@ fn ok(host: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The base the builds here start from instead of `BUSYBOX`: busybox committed once per test
+/// process (a shared `ctproxy-test/*` image, so jobs see it), removed when the process exits.
+///
+/// On Docker 28's containerd store the classic builder looks for a cached step among every child
+/// image of the step's parent, and fails the build ("unable to find image \"sha256:…\"") when one
+/// of them is removed while it looks: with `FROM busybox`, any other test that removes an image
+/// built on busybox at that moment. A parent only this process builds on has only its children.
+fn base() -> &'static str {
+    static BASE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BASE.get_or_init(|| {
+        let image = format!("ctproxy-test/build-escapes-base:{}", std::process::id());
+        let container = unique("base");
+        docker(direct(), &["create", "--name", &container, BUSYBOX, "true"]);
+        let committed =
+            docker_output(direct(), &["commit", "--change", &format!("LABEL ctproxy-test-run={container}"), &container, &image]);
+        let _ = docker_output(direct(), &["rm", "-f", &container]);
+        check(&committed, &["commit", "base"]);
+        extern "C" fn remove_base() {
+            let image = format!("ctproxy-test/build-escapes-base:{}", std::process::id());
+            let _ = docker_output(direct(), &["rmi", "-f", &image]);
+        }
+        // SAFETY: registers a plain function to run at exit; it only runs the docker CLI.
+        unsafe { libc::atexit(remove_base) };
+        image
+    })
+}
+
+/// A build context with `dockerfile`, its `FROM {BUSYBOX}` stages on [`base`].
 fn context(dockerfile: &str) -> tempfile::TempDir {
+    let text = dockerfile.replace(&format!("FROM {BUSYBOX}"), &format!("FROM {}", base()));
     let dir = tempfile::tempdir().expect("context dir");
-    std::fs::write(dir.path().join("Dockerfile"), dockerfile).expect("Dockerfile");
+    std::fs::write(dir.path().join("Dockerfile"), text).expect("Dockerfile");
     dir
 }
 

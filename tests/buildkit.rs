@@ -300,17 +300,9 @@ fn buildkit_push_goes_through_the_registry_proxy() {
     if !on_docker_28() {
         return;
     }
-    // KNOWN OPEN (issue 14): on Docker 28's classic image store buildx pushes with the daemon's own
-    // push after the build, and through a job socket that push does not finish (it hangs; found on
-    // 2026-12-07 when the classic-store pass was added). Until it is fixed, this test covers the
-    // containerd store only; docs/namespaces.md says so.
-    if !containerd_store() {
-        eprintln!("KNOWN OPEN: --push through a job socket on the classic store is not covered");
-        return;
-    }
     let registry = Registry::start_with_users(&[("ci", "ci-pw")]);
     let reg = registry.addr.clone();
-    let host = JobHost::start_with(&format!("[registry_proxy]\naddress = \"127.0.0.1:{}\"\ninsecure = [\"{reg}\"]\n", free_port()));
+    let host = JobHost::start_with(&format!("[registry_proxy]\naddress = \"127.0.0.1:0\"\ninsecure = [\"{reg}\"]\n"));
     let job = host.job();
     let cfg = tempfile::tempdir().expect("tempdir");
     let repo = unique("bkpush").replace("ctproxy-test-", "");
@@ -390,7 +382,7 @@ fn buildkit_cache_import_and_export() {
     }
     let registry = Registry::start_with_users(&[("ci", "ci-pw")]);
     let reg = registry.addr.clone();
-    let host = JobHost::start_with(&format!("[registry_proxy]\naddress = \"127.0.0.1:{}\"\ninsecure = [\"{reg}\"]\n", free_port()));
+    let host = JobHost::start_with(&format!("[registry_proxy]\naddress = \"127.0.0.1:0\"\ninsecure = [\"{reg}\"]\n"));
     let job = host.job();
     let cfg = tempfile::tempdir().expect("tempdir");
     let repo = unique("bkcache").replace("ctproxy-test-", "");

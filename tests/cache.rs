@@ -341,6 +341,26 @@ fn truncated_bodies_are_not_cached_and_the_budget_is_kept() {
     });
 }
 
+/// An origin that sends a head and then closes before the first body byte: the cache cannot
+/// answer 200 with nothing, so the client gets a 502 that says why (never an empty reply, which
+/// hyper gives when a body fails before its head is written), over HTTP and HTTPS.
+#[test]
+fn a_body_that_fails_before_its_first_byte_is_a_502() {
+    let origin = Origin::start_blocking(&HOSTS);
+    origin.route("/empty-cut.deb", Resp::ok(body_of(100_000, 4)).truncate_at(0));
+    let cache = start_cache(&origin, "127.0.0.1", "");
+    let c = cache.client();
+    rt().block_on(async {
+        for url in [cache.http_url("/empty-cut.deb"), cache.https_url("/empty-cut.deb")] {
+            let r = c.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: a head is expected: {e:?}"));
+            assert_eq!(r.status(), 502, "{url}");
+            let text = r.text().await.expect("the 502's body");
+            assert!(text.contains("failed before its first byte"), "{text}");
+        }
+        assert_eq!(origin.hits("/empty-cut.deb"), 2, "never cached");
+    });
+}
+
 /// Waits until no fetch is in flight: a body is published just after its last byte is sent.
 async fn settle(cache: &Cache) {
     for _ in 0..500 {

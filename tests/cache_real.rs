@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use support::free_port;
 use support::jobs::JobHost;
 
 const HOSTS: [&str; 6] =
@@ -102,7 +101,6 @@ impl RealCache {
     /// took (the defaults, 60 s and 5 s, would make the test depend on the machine's speed).
     fn start() -> RealCache {
         for _ in 0..3 {
-            let metrics = free_port();
             let hosts: Vec<String> = HOSTS.iter().map(|h| format!("\"{h}\"")).collect();
             let extra = format!(
                 r#"
@@ -113,12 +111,13 @@ dir = "{{dir}}/cache"
 max_bytes = "2g"
 mutable_ttl = "10m"
 revalidate_window = "10m"
-metrics_listen = "127.0.0.1:{metrics}"
+metrics_listen = "127.0.0.1:0"
 "#,
                 hosts = hosts.join(", ")
             );
             let host = JobHost::start_with(&extra);
             if host.proxy.wait_log("cache listening", Duration::from_secs(10)) {
+                let metrics = host.proxy.logged_addr("cache metrics listening").port();
                 return RealCache { host, metrics };
             }
             assert!(host.log_text().contains("Address already in use"), "cache did not start:\n{}", host.log_text());
@@ -167,7 +166,11 @@ metrics_listen = "127.0.0.1:{metrics}"
         let _ = proxy.child.kill();
         let _ = proxy.child.wait();
         let config = proxy.dir().join("ctproxy.toml");
-        let text = std::fs::read_to_string(&config).expect("config").replace("revalidate_window = \"10m\"", "revalidate_window = \"1s\"");
+        let text = std::fs::read_to_string(&config)
+            .expect("config")
+            .replace("revalidate_window = \"10m\"", "revalidate_window = \"1s\"")
+            // The metrics port bound at the start again (port 0 would give another one).
+            .replace("metrics_listen = \"127.0.0.1:0\"", &format!("metrics_listen = \"127.0.0.1:{}\"", self.metrics));
         std::fs::write(&config, text).expect("write config");
         let log = std::fs::OpenOptions::new().append(true).open(&proxy.log).expect("log");
         proxy.child = std::process::Command::new(env!("CARGO_BIN_EXE_ctproxy"))

@@ -276,18 +276,17 @@ fn names_the_daemon_accepts_are_accepted() {
 /// A job host whose containers get the cache's CA (the `[cache]` section; no origins are needed
 /// for the decoration itself).
 fn job_host_with_cache() -> JobHost {
-    let (http, https, metrics) = (free_port(), free_port(), free_port());
-    JobHost::start_with(&format!(
+    JobHost::start_with(
         r#"
 [cache]
 hosts = ["repo.test"]
 listen = "127.0.0.1"
-http_port = {http}
-https_port = {https}
-dir = "{{dir}}/cache"
-metrics_listen = "127.0.0.1:{metrics}"
-"#
-    ))
+http_port = 0
+https_port = 0
+dir = "{dir}/cache"
+metrics_listen = "127.0.0.1:0"
+"#,
+    )
 }
 
 /// Item 3: `docker diff` of a fresh container lists nothing ctproxy's CA injection made.
@@ -645,7 +644,7 @@ fn push_through_a_job_socket() {
     require_docker();
     let registry = Registry::start_with_users(&[("ci", "ci-pw")]);
     let reg = registry.addr.clone();
-    let host = JobHost::start_with(&format!("[registry_proxy]\naddress = \"127.0.0.1:{}\"\ninsecure = [\"{reg}\"]\n", free_port()));
+    let host = JobHost::start_with(&format!("[registry_proxy]\naddress = \"127.0.0.1:0\"\ninsecure = [\"{reg}\"]\n"));
     let job = host.job();
     let cfg = tempfile::tempdir().expect("tempdir");
     let with_login = |j: &JobSocket, args: &[&str], input: Option<&[u8]>| {
@@ -686,6 +685,79 @@ fn push_through_a_job_socket() {
     assert_eq!(other.docker_ok(&["run", "--rm", &target, "cat", "/pushed"]), repo);
 }
 
+/// A push's request body through a job socket (issue 14). dockerd 20.10 reads it as the registry
+/// credentials when no `X-Registry-Auth` came, so ctproxy takes only a JSON object: `[1]`, `"x"`,
+/// `null`, a cut-off object or garbage is refused with a Docker-style 400 that names the rule,
+/// audit-logged, and nothing reaches the daemon (no request for the repository reaches the
+/// registry, through the registry proxy or at all). The `{}` that buildx's Go client (moby's
+/// client module) always sends, framed by length or chunked, pushes as the docker CLI 28's empty
+/// body does: in a namespace ctproxy drops it and sends the request on with its own length (a
+/// `Content-Length: 2` left over no body made dockerd wait for the body before its first answer
+/// byte: the push never answered, which hung `buildx build --push` on the classic image store).
+#[test]
+fn push_body_must_be_a_json_object() {
+    require_docker();
+    let registry = Registry::start_with_users(&[("ci", "ci-pw")]);
+    let reg = registry.addr.clone();
+    let host = JobHost::start_with(&format!("[registry_proxy]\naddress = \"127.0.0.1:{}\"\ninsecure = [\"{reg}\"]\n", free_port()));
+    let job = host.job();
+    let repo = unique("pushbody").replace("ctproxy-test-", "");
+    let target = format!("{reg}/compat/{repo}:1");
+    let ctx = context(&format!("FROM {BUSYBOX}\nRUN echo {repo} > /pushed\n"));
+    job_ok(&job, &["build", "-t", &target, &ctx.path().display().to_string()]);
+    // The job's login, as the CLI sends it (base64url of an AuthConfig).
+    let auth = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE,
+        serde_json::json!({"username": "ci", "password": "ci-pw", "serveraddress": reg}).to_string(),
+    );
+    let push = |body: &[u8], framing: BodyFraming| -> HttpReply {
+        let path = format!("/v1.41/images/{reg}/compat/{repo}/push?tag=1");
+        let headers = [("Content-Type", "application/json"), ("X-Registry-Auth", auth.as_str()), ("Connection", "close")];
+        let mut replies = http_exchange(&job.socket, &http_request("POST", &path, &headers, body, framing), 1, Duration::from_secs(120));
+        replies.pop().unwrap_or_else(|| panic!("no answer to a push with body {:?}", String::from_utf8_lossy(body)))
+    };
+
+    for body in [&b"[1]"[..], b"\"x\"", b"null", b"{\"username\":", b"garbage\x00\xff"] {
+        for framing in [BodyFraming::Length, BodyFraming::Chunked] {
+            let reply = push(body, framing);
+            let shown = String::from_utf8_lossy(body);
+            assert_eq!(reply.status, 400, "push with body {shown:?} ({framing:?}): {}", reply.text());
+            let message = reply.message().unwrap_or_else(|| panic!("not a Docker-style error: {}", reply.text()));
+            assert!(message.contains("push: the body must be a JSON object"), "{shown:?}: {message}");
+        }
+    }
+    assert!(host.audited("the body must be a JSON object"), "no audit line:\n{}", host.log_text());
+    // The daemon pushed nothing: no request for the repository reached the registry proxy or the
+    // registry.
+    let log = host.log_text();
+    assert!(!log.lines().any(|l| l.contains("registry request") && l.contains(&repo)), "{log}");
+    assert_eq!(registry.requests(&format!("/v2/compat/{repo}/")), Vec::<String>::new());
+
+    // `{}` (buildx's client), both framings: the push runs to its end and the registry has it.
+    for framing in [BodyFraming::Length, BodyFraming::Chunked] {
+        let reply = push(b"{}", framing);
+        let text = reply.text();
+        assert_eq!(reply.status, 200, "{text}");
+        assert!(text.contains("digest: sha256:") && !text.contains("errorDetail"), "push with {{}} ({framing:?}): {text}");
+    }
+    let head = std::process::Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", "-w", "%{http_code}", "-u", "ci:ci-pw", "-H", "Accept: application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json"])
+        .arg(format!("http://{reg}/v2/compat/{repo}/manifests/1"))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&head.stdout), "200", "the registry has no compat/{repo}:1");
+
+    // The docker CLI 28's own `docker push` (an empty body) with the job's login.
+    let cfg = tempfile::tempdir().expect("tempdir");
+    let with_login = |args: &[&str], input: Option<&[u8]>| {
+        let mut c = docker_cmd("docker", &job.host, args);
+        c.env("DOCKER_CONFIG", cfg.path());
+        output_within(c, input.map(<[u8]>::to_vec), Duration::from_secs(300), &format!("docker {}", args.join(" ")))
+    };
+    check(&with_login(&["login", "-u", "ci", "--password-stdin", &reg], Some(b"ci-pw")), &["login", &reg]);
+    check(&with_login(&["push", &target], None), &["push", &target]);
+}
+
 /// Issue 15, image pulls: the registry proxy's blob cache across jobs, through job sockets, with a
 /// 100 MiB image in a private (htpasswd) repository of Debian's `docker-registry`. Job 1 builds and
 /// pushes it, removes it and pulls it back (the blobs are fetched and stored after their digest
@@ -700,13 +772,12 @@ fn registry_blob_cache_across_jobs() {
     let registry = Registry::start_with_users(&[("ci", "ci-pw")]);
     let reg = registry.addr.clone();
     // The `[cache]` section: its store keeps the blobs, its metrics listener shows the counters.
-    let (http, https, metrics) = (free_port(), free_port(), free_port());
     let host = JobHost::start_with(&format!(
-        "[registry_proxy]\naddress = \"127.0.0.1:{}\"\ninsecure = [\"{reg}\"]\n\
-         [cache]\nhosts = [\"repo.test\"]\nlisten = \"127.0.0.1\"\nhttp_port = {http}\nhttps_port = {https}\n\
-         dir = \"{{dir}}/cache\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\n",
-        free_port()
+        "[registry_proxy]\naddress = \"127.0.0.1:0\"\ninsecure = [\"{reg}\"]\n\
+         [cache]\nhosts = [\"repo.test\"]\nlisten = \"127.0.0.1\"\nhttp_port = 0\nhttps_port = 0\n\
+         dir = \"{{dir}}/cache\"\nmetrics_listen = \"127.0.0.1:0\"\n"
     ));
+    let metrics = host.proxy.logged_addr("cache metrics listening").port();
     let cfg = tempfile::tempdir().expect("tempdir");
     let with_login = |j: &JobSocket, args: &[&str], input: Option<&[u8]>| {
         let mut c = docker_cmd("docker", &j.host, args);

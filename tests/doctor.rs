@@ -28,13 +28,12 @@ shared_images = {shared_images}
 network_pool = ["10.231.0.0/16"]
 network_prefix_len = 24
 [registry_proxy]
-address = "127.0.0.1:{}"
+address = "127.0.0.1:0"
 [jobs]
 control_socket = "{d}/control.sock"
 dir = "{d}/jobs"
 "#,
             direct(),
-            free_port()
         );
         std::fs::write(dir.path().join("ctproxy.toml"), config).expect("write config");
         let exe = env!("CARGO_BIN_EXE_ctproxy");

@@ -18,7 +18,6 @@ fn prefix() -> String {
 }
 
 fn config(registry_proxy_extra: &str) -> String {
-    let rp = format!("127.0.0.1:{}", free_port());
     let prefix = prefix();
     format!(
         r#"
@@ -29,7 +28,7 @@ kind = "conservative"
 [namespaces]
 shared_images = ["ctproxy-test/*"]
 [registry_proxy]
-address = "{rp}"
+address = "127.0.0.1:0"
 {registry_proxy_extra}
 [jobs]
 control_socket = "{{dir}}/control.sock"
@@ -103,7 +102,9 @@ fn leftovers(ns: &str) -> Vec<String> {
 /// Cleanup returns once the job's containers are gone; ctproxy removes its networks, volumes and
 /// images right after.
 fn assert_clean(ns: &str) {
-    let end = Instant::now() + Duration::from_secs(20);
+    // A generous bound: under load (five jobs cleaning up at once, other tests on the daemon) the
+    // removals take a while; the condition is what is waited for.
+    let end = Instant::now() + Duration::from_secs(120);
     let mut left = leftovers(ns);
     while !left.is_empty() && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(200));
@@ -216,7 +217,14 @@ fn cancel_during_build_script_stops_it_then_after_script_and_failure_stages_run(
         vec!["if ps | grep -v grep | grep -q 'sleep 300'; then echo STAGE-STILL-RUNNING; else echo stage-stopped; fi".into()];
     let handle = runner::start(&driver(&p), &job);
     assert!(handle.wait_stage("build_script", Duration::from_secs(60)), "build_script never started");
-    std::thread::sleep(Duration::from_secs(2));
+    // Cancelled once the script is in its `sleep 300` (seen in the job's build container).
+    let build = format!("ctp.{}.ctproxy-build", namespace(&job));
+    wait_until("the script to reach its sleep", Duration::from_secs(120), || {
+        docker_cmd("docker", direct(), &["exec", &build, "ps"])
+            .stderr(Stdio::null())
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.contains("sleep 300") && !l.contains("grep")))
+    });
     let cancelled = Instant::now();
     handle.cancel();
     let run = handle.join();
@@ -417,7 +425,10 @@ fn a_runner_that_dies_without_cleanup_has_its_job_reaped() {
         "docker run -d --name held ctproxy-test/busybox sleep 300",
         "touch /tmp/ready; sleep 300",
     ]);
-    job.timeout = Duration::from_secs(6);
+    // Long enough for the job to make its objects under any load (the reaper only acts once it is
+    // over: a short one could expire the job while it is still setting up, or before the
+    // leftovers are checked below).
+    job.timeout = Duration::from_secs(45);
     let ns = namespace(&job);
     let handle = runner::start(&driver(&p), &job);
     let build = format!("ctp.{ns}.ctproxy-build");
@@ -435,8 +446,9 @@ fn a_runner_that_dies_without_cleanup_has_its_job_reaped() {
         runner::kill_group(pgid);
     }
     assert!(!leftovers(&ns).is_empty(), "the job's objects exist until the reaper comes");
-    // Deadline: the job's timeout (6 s) plus grace (2 s), then the reaper (every second).
-    wait_until("the reaper to remove the job", Duration::from_secs(40), || leftovers(&ns).is_empty());
+    // Deadline: the job's timeout (45 s) plus grace (2 s), then the reaper (every second); the
+    // bound only says when to give up.
+    wait_until("the reaper to remove the job", Duration::from_secs(300), || leftovers(&ns).is_empty());
     assert!(p.log_text().contains("reaping"), "{}", p.log_text());
 }
 

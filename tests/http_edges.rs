@@ -81,7 +81,8 @@ fn daemon_socket_missing_gives_502_with_a_docker_style_message() {
 
 #[test]
 fn daemon_port_closed_gives_502_with_a_docker_style_message() {
-    let upstream = format!("tcp://127.0.0.1:{}", free_port());
+    let closed = ClosedPort::new();
+    let upstream = format!("tcp://127.0.0.1:{}", closed.port);
     let p = proxy_with(&["--upstream", &upstream]);
     assert_502_unreachable(&p, &upstream);
 }

@@ -489,7 +489,7 @@ fn image_mount_sources_resolve_in_the_namespace() {
 
 #[test]
 fn a_pull_disguised_as_an_import_goes_through_the_registry_proxy() {
-    let host = JobHost::start_with(&format!("[registry_proxy]\naddress = \"127.0.0.1:{}\"\n", free_port()));
+    let host = JobHost::start_with("[registry_proxy]\naddress = \"127.0.0.1:0\"\n");
     let job = host.job();
     let trap = Trap::start();
     let target = format!("127.0.0.1:{}/x/y", trap.port);
@@ -627,7 +627,7 @@ fn another_namespaces_tags_and_ids_stay_hidden() {
 /// Endpoints where dockerd talks to a registry itself go through the registry proxy or are refused.
 #[test]
 fn distribution_inspect_and_search_do_not_reach_other_registries() {
-    let host = JobHost::start_with(&format!("[registry_proxy]\naddress = \"127.0.0.1:{}\"\n", free_port()));
+    let host = JobHost::start_with("[registry_proxy]\naddress = \"127.0.0.1:0\"\n");
     let job = host.job();
     let trap = Trap::start();
     let (status, reply) = job.request("GET", &api_path(&format!("/distribution/127.0.0.1:{}/x/json", trap.port)), None);

@@ -209,16 +209,17 @@ fn broken_configs_are_refused_and_change_nothing() {
     let pki = tempfile::tempdir().expect("tempdir");
     let ca = certs::Ca::new("ctproxy-lifecycle-ca");
     let server = ca.server(&pki.path().join("server"));
-    let port = free_port();
-    let tcp = format!("[listener.t]\naddress = \"tcp://127.0.0.1:{port}\"\n");
+    // Port 0: the kernel's port is read back (a reload of the same address keeps the listener).
+    let tcp = "[listener.t]\naddress = \"tcp://127.0.0.1:0\"\n".to_owned();
     let good = unix_listener("a", "mode = \"0600\"\n") + &unix_listener("b", "") + &tcp;
     let p = Proxy::start_with_config(&good, "a.sock");
+    let port = p.tcp_port("t");
     let inodes = (inode(&sock(&p, "a")), inode(&sock(&p, "b")));
     let mut keep = Conn::unix(&sock(&p, "a"), T);
     ping_on(&mut keep);
 
     let tls_missing = format!(
-        "[listener.t]\naddress = \"tcp://127.0.0.1:{port}\"\n[listener.t.tls]\ncert = \"{}/missing.pem\"\nkey = \"{}\"\n",
+        "[listener.t]\naddress = \"tcp://127.0.0.1:0\"\n[listener.t.tls]\ncert = \"{}/missing.pem\"\nkey = \"{}\"\n",
         pki.path().display(),
         server.key.display()
     );
@@ -301,9 +302,9 @@ fn a_new_listener_that_cannot_bind_is_retried_on_the_next_reload() {
 /// (d) Removing a listener closes its socket; connections it had accepted carry on.
 #[test]
 fn removing_a_listener_closes_it_but_not_its_connections() {
-    let port = free_port();
-    let tcp = format!("[listener.t]\naddress = \"tcp://127.0.0.1:{port}\"\n");
-    let p = Proxy::start_with_config(&(unix_listener("a", "") + &unix_listener("b", "") + &tcp), "a.sock");
+    let tcp = "[listener.t]\naddress = \"tcp://127.0.0.1:0\"\n";
+    let p = Proxy::start_with_config(&(unix_listener("a", "") + &unix_listener("b", "") + tcp), "a.sock");
+    let port = p.tcp_port("t");
     let mut cleanup = Cleanup::new();
     let mut on_b = Conn::unix(&sock(&p, "b"), T);
     ping_on(&mut on_b);

@@ -289,7 +289,9 @@ fn check(config: &str) -> (Output, tempfile::TempDir) {
 #[test]
 fn check_accepts_a_valid_configuration_without_binding_anything() {
     let pki = pki();
-    let port = free_port();
+    // Held unbound-to-listen for the whole test: nothing else can start listening there.
+    let closed = ClosedPort::new();
+    let port = closed.port;
     let config = format!(
         "[upstream]\nurl = \"unix:///var/run/docker.sock\"\n\
          [listener.local]\naddress = \"unix://{{dir}}/d.sock\"\nmode = \"0600\"\nowner = \"root\"\ngroup = \"0\"\n\

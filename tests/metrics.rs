@@ -41,8 +41,8 @@ fn driver(control: &Path) -> Driver {
 
 #[test]
 fn metrics_count_jobs_stages_cleanups_refusals_and_job_socket_requests() {
-    let port = free_port();
-    let host = JobHost::start_with(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let host = JobHost::start_with("[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let port = host.proxy.logged_addr("metrics listening").port();
 
     let before = scrape(port);
     for (name, kind) in [

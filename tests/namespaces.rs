@@ -35,7 +35,6 @@ fn ns_name(tag: &str) -> String {
 
 fn pair(extra: &str) -> Pair {
     let (ns_a, ns_b) = (ns_name("a"), ns_name("b"));
-    let rp = format!("127.0.0.1:{}", free_port());
     let toml = format!(
         r#"
 [listener.a]
@@ -51,7 +50,7 @@ kind = "conservative"
 [namespaces]
 shared_images = ["ctproxy-test/*"]
 [registry_proxy]
-address = "{rp}"
+address = "127.0.0.1:0"
 {extra}
 "#
     );
@@ -60,6 +59,9 @@ address = "{rp}"
     let (a, b) = (format!("unix://{}/a.sock", dir.display()), format!("unix://{}/b.sock", dir.display()));
     // Both listeners and the registry proxy are up before the test starts.
     assert!(proxy.wait_log("registry proxy listening", Duration::from_secs(10)), "{}", proxy.log_text());
+    // The address the registry proxy bound (port 0 in the configuration) is the registry part of
+    // the namespaces' image names.
+    let rp = proxy.logged_addr("registry proxy listening").to_string();
     assert!(std::os::unix::net::UnixStream::connect(dir.join("a.sock")).is_ok(), "a.sock is not served");
     Pair { config: dir.join("ctproxy.toml"), proxy, a, b, ns_a, ns_b, rp }
 }
@@ -444,6 +446,9 @@ fn a_restarted_proxy_gives_every_namespace_exactly_its_own_world() {
     // Killed, not stopped: nothing is written anywhere on the way out.
     p.proxy.signal("KILL");
     p.proxy.wait_exit(Duration::from_secs(10));
+    // The same registry proxy address as before (the image names hold it), not a new port 0.
+    let text = std::fs::read_to_string(&p.config).expect("config");
+    std::fs::write(&p.config, text.replace("address = \"127.0.0.1:0\"", &format!("address = \"{}\"", p.rp))).expect("config");
     let restarted =
         Proxy::spawn(tempfile::tempdir().expect("tempdir"), p.proxy.dir().join("b.sock"), &["--config", p.config.to_str().expect("utf-8")]);
     let after = [world(&p.a), world(&p.b)];

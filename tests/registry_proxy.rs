@@ -348,7 +348,8 @@ fn refusals_in_registry_format() {
     assert_eq!(status, 405, "{body}");
 
     // SSRF: loopback registries not listed in the configuration, and the proxy itself, are refused.
-    let other = free_port();
+    let other_port = ClosedPort::new();
+    let other = other_port.port;
     let rp_component = f.rp_host.replace(':', "__");
     for domain in [format!("127.0.0.1__{other}"), rp_component, "localhost__5000".into(), "169.254.169.254".into()] {
         let (status, _, body) = f.get(reqwest::Method::GET, &format!("{base}/v2/ns1/{domain}/team/x/manifests/1"), Auth::Bearer(&ns1));
@@ -365,11 +366,11 @@ fn refusals_in_registry_format() {
 #[test]
 fn binary_serves_the_registry_proxy_from_config() {
     install_tls_provider();
-    let port = free_port();
     let p = Proxy::start_with_config(
-        &format!("[listener.main]\naddress = \"unix://{{dir}}/docker.sock\"\n[registry_proxy]\naddress = \"127.0.0.1:{port}\"\n"),
+        "[listener.main]\naddress = \"unix://{dir}/docker.sock\"\n[registry_proxy]\naddress = \"127.0.0.1:0\"\n",
         "docker.sock",
     );
+    let port = p.logged_addr("registry proxy listening").port();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let rsp = rt.block_on(async {
         let mut last = None;

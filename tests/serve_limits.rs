@@ -408,33 +408,34 @@ fn each_job_socket_has_its_own_cap() {
 /// their section's limits too.
 #[test]
 fn registry_proxy_and_cache_are_held_to_their_limits() {
-    let (rp, http, https, metrics) = (free_port(), free_port(), free_port(), free_port());
-    let toml = format!(
-        r#"
+    // Every listener on port 0: the addresses are read back from the log.
+    let toml = r#"
 [listener.main]
-address = "unix://{{dir}}/docker.sock"
+address = "unix://{dir}/docker.sock"
 [registry_proxy]
-address = "127.0.0.1:{rp}"
+address = "127.0.0.1:0"
 header_timeout = "1s"
 idle_timeout = "1s"
 max_connections = 2
 [cache]
 hosts = ["repo.test"]
 listen = "127.0.0.1"
-http_port = {http}
-https_port = {https}
-metrics_listen = "127.0.0.1:{metrics}"
-dir = "{{dir}}/cache"
+http_port = 0
+https_port = 0
+metrics_listen = "127.0.0.1:0"
+dir = "{dir}/cache"
 handshake_timeout = "1s"
 header_timeout = "1s"
 idle_timeout = "1s"
-"#
-    );
-    let p = Proxy::start_with_config(&toml, "docker.sock");
+"#;
+    let p = Proxy::start_with_config(toml, "docker.sock");
     let limit = Duration::from_secs(5);
 
     // Registry proxy: slowloris, idle, cap.
-    let rp_addr = format!("127.0.0.1:{rp}");
+    let rp_addr = p.logged_addr("registry proxy listening").to_string();
+    let http = p.logged_field_addr("cache listening", "http_addr").port();
+    let https = p.logged_field_addr("cache listening", "https_addr").port();
+    let metrics = p.logged_addr("cache metrics listening").port();
     let (s, w) = tcp_pair(&rp_addr);
     assert!(slowloris(s, w, Duration::from_secs(1)) < limit);
     let mut c = Conn::tcp(&rp_addr, T);

@@ -179,7 +179,8 @@ fn daemon_down_gives_502_not_a_hang() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("d.sock");
     let listen = format!("unix://{}", sock.display());
-    let closed = format!("tcp://127.0.0.1:{}", free_port());
+    let closed_port = ClosedPort::new();
+    let closed = format!("tcp://127.0.0.1:{}", closed_port.port);
     for upstream in ["unix:///nonexistent/docker.sock", closed.as_str()] {
         let d = tempfile::tempdir().expect("tempdir");
         let s = d.path().join("d.sock");

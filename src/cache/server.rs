@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{Stream, TryStreamExt};
+use futures_util::{Stream, StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -183,11 +183,32 @@ pub async fn handle(core: Arc<Core>, conn: Conn, req: Request<Incoming>) -> Resu
         }
     };
     let span = tracing::debug_span!("cache", peer = %conn.peer, host = %t.host, path = %t.path_and_query, method = %req.method());
-    Ok(tracing::Instrument::instrument(
-        answer(core, Label { scheme: conn.scheme, eco: rules::ecosystem(&t.host, &t.path_and_query) }, t, req),
-        span,
-    )
-    .await)
+    let label = Label { scheme: conn.scheme, eco: rules::ecosystem(&t.host, &t.path_and_query) };
+    Ok(tracing::Instrument::instrument(async move { with_first_frame(answer(core, label, t, req).await).await }, span).await)
+}
+
+/// The answer with its body's first frame already read, so that a body that fails before its first
+/// byte becomes a 502 that says why. hyper writes the head together with the first frame: a body
+/// whose first poll fails closes the connection with nothing written (`curl: (52) Empty reply
+/// from server`), which a client cannot tell from a cache that crashed. Once the head is out, a
+/// failure can only cut the body short (the client sees fewer bytes than `Content-Length`).
+async fn with_first_frame(resp: Response<CacheBody>) -> Response<CacheBody> {
+    if hyper::body::Body::is_end_stream(resp.body()) {
+        return resp;
+    }
+    let (parts, mut body) = resp.into_parts();
+    match body.frame().await {
+        None => Response::from_parts(parts, empty()),
+        Some(Ok(first)) => {
+            let rest = http_body_util::BodyStream::new(body);
+            let stream = futures_util::stream::once(std::future::ready(Ok(first))).chain(rest);
+            Response::from_parts(parts, StreamBody::new(stream).boxed_unsync())
+        }
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, status = %parts.status, "cache: the body failed before its first byte");
+            text(StatusCode::BAD_GATEWAY, &format!("ctproxy cache: the response body failed before its first byte: {e}"))
+        }
+    }
 }
 
 /// Answers a request for a validated target.
@@ -493,6 +514,13 @@ async fn miss(core: &Arc<Core>, l: Label, t: &Target, req: &hyper::http::request
             let head = tokio::time::timeout(FOLLOW_WAIT, fill.head()).await.ok().flatten();
             match head {
                 Some(h) if h.shareable && rules::vary_key(&names(&h.vary), &req.headers) == h.leader_vary_key => {
+                    // A leader whose body fails before its first byte leaves nothing to share:
+                    // this client is fetched for on its own instead.
+                    if let Ok(Err(why)) = tokio::time::timeout(FOLLOW_WAIT, fill.first_byte()).await {
+                        tracing::info!(error = %why, "cache: the fill followed failed before its first byte; fetching alone");
+                        core.metrics.request(l.scheme, l.eco, Outcome::Bypass);
+                        return fetch_uncached(core, l, t, Method::GET, &req.headers).await;
+                    }
                     core.metrics.request(l.scheme, l.eco, Outcome::Coalesced);
                     serve_fill(core, l, req, &fill, &h, "MISS-COALESCED", true)
                 }

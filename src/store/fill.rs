@@ -61,6 +61,19 @@ impl Fill {
         p.head.clone()
     }
 
+    /// Waits until the body has a first byte, or ended; `Err(why)` when it failed before writing
+    /// any (a follower then has nothing to share and fetches on its own).
+    pub async fn first_byte(&self) -> Result<(), Arc<str>> {
+        let mut rx = self.progress.clone();
+        let Ok(p) = rx.wait_for(|p| p.written > 0 || p.end.is_some()).await else {
+            return Err(Arc::from("the fetch ended"));
+        };
+        match &p.end {
+            Some(Err(why)) if p.written == 0 => Err(why.clone()),
+            _ => Ok(()),
+        }
+    }
+
     /// The body from `start` to `end` (exclusive; `None` = to the end), as it gets written.
     pub fn reader(&self, start: u64, end: Option<u64>) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
         read_growing(self.file.clone(), self.progress.clone(), start, end)
@@ -303,6 +316,27 @@ mod tests {
         writer.finish(r);
         let items: Vec<_> = reader.collect().await;
         assert!(items.last().unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn first_byte_tells_a_fill_that_failed_empty_from_one_that_started() {
+        let inflight = Arc::new(Inflight::default());
+        let Joined::Leader(mut writer, fill) = inflight.join("k", temp).unwrap() else { panic!() };
+        let body = futures_util::stream::iter(vec![Err::<Bytes, _>("reset")]);
+        let r = writer.write_body(body).await.map(|(n, _)| n);
+        writer.finish(r);
+        assert!(fill.first_byte().await.is_err(), "nothing was written");
+        let Joined::Leader(mut writer, fill) = inflight.join("k", temp).unwrap() else { panic!() };
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(4);
+        let write = tokio::spawn(async move {
+            let r = writer.write_body(tokio_stream_from(rx)).await.map(|(n, _)| n);
+            writer.finish(r);
+        });
+        tx.send(Ok(Bytes::from_static(b"abc"))).await.unwrap();
+        assert!(fill.first_byte().await.is_ok(), "the body has started");
+        tx.send(Err("reset".into())).await.unwrap();
+        write.await.unwrap();
+        assert!(fill.first_byte().await.is_ok(), "the body had started before it failed");
     }
 
     fn tokio_stream_from(mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, String>>) -> impl Stream<Item = Result<Bytes, String>> + Unpin {

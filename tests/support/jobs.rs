@@ -24,9 +24,11 @@ fn job_host_config(conservative: &str, namespaces: &str, extra: &str) -> String 
     job_host_config_sharing(&[], conservative, namespaces, extra)
 }
 
-/// [`job_host_config`] with `shared` images shared besides the test images.
+/// [`job_host_config`] with `shared` images shared besides the test images. The network pool is
+/// `10.200.0.0/16` unless `namespaces` sets its own `network_pool`.
 fn job_host_config_sharing(shared: &[&str], conservative: &str, namespaces: &str, extra: &str) -> String {
     let shared: String = shared.iter().map(|s| format!(", {s:?}")).collect();
+    let pool = if namespaces.contains("network_pool") { "" } else { "network_pool = [\"10.200.0.0/16\"]" };
     format!(
         r#"
 [listener.main]
@@ -41,7 +43,7 @@ memory = "2g"
 pids_limit = 4096
 [namespaces]
 shared_images = ["ctproxy-test/*"{shared}]
-network_pool = ["10.200.0.0/16"]
+{pool}
 {namespaces}
 [jobs]
 control_socket = "{{dir}}/control.sock"
@@ -230,4 +232,15 @@ pub fn assert_refused(out: &Output, needle: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "expected a refusal mentioning {needle:?}, but it succeeded: {}", String::from_utf8_lossy(&out.stdout));
     assert!(err.contains(needle), "expected a refusal mentioning {needle:?}, got: {err}");
+}
+
+/// The subnets of one network of a daemon's `GET /networks` answer (`IPAM.Config[*].Subnet`).
+pub fn network_subnets(network: &Value) -> Vec<ipnet::IpNet> {
+    network
+        .pointer("/IPAM/Config")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("Subnet").and_then(Value::as_str)?.parse().ok())
+        .collect()
 }

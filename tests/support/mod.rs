@@ -113,9 +113,50 @@ pub fn unique(what: &str) -> String {
 
 /// A free TCP port on loopback, for what can only be configured with a fixed port. Racy by nature:
 /// another process may take it before it is used. A ctproxy listener binds `127.0.0.1:0` instead
-/// and the test reads the port back with [`Proxy::tcp_port`].
+/// and the test reads the port back ([`Proxy::tcp_port`], [`Proxy::logged_addr`]); a test that
+/// needs a port nothing listens on takes a [`ClosedPort`].
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A loopback TCP port on which nothing listens, for as long as this value lives: a socket bound
+/// to it without `SO_REUSEADDR` and never listening. Connections to it are refused, and no other
+/// socket can bind it meanwhile (a bind conflicts with a socket that does not allow reuse; the
+/// kernel never hands it out as a client's port either), so unlike a [`free_port`] that was
+/// closed again, it cannot start answering halfway through a test.
+pub struct ClosedPort {
+    _socket: std::os::fd::OwnedFd,
+    pub port: u16,
+}
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket calls on a descriptor this function owns; the sockaddr structures
+        // are fully initialised and their sizes given.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let socket = std::os::fd::OwnedFd::from_raw_fd(fd);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let rc = libc::bind(fd, &addr as *const libc::sockaddr_in as *const libc::sockaddr, len);
+            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+            let mut bound: libc::sockaddr_in = std::mem::zeroed();
+            let mut blen = len;
+            let rc = libc::getsockname(fd, &mut bound as *mut libc::sockaddr_in as *mut libc::sockaddr, &mut blen);
+            assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+            ClosedPort { _socket: socket, port: u16::from_be(bound.sin_port) }
+        }
+    }
+}
+
+impl Default for ClosedPort {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A configuration that forwards to the daemon under test: `toml` with an `[upstream]` naming
@@ -237,6 +278,32 @@ impl Proxy {
                 Some(p) => return p,
                 None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
                 None => panic!("no listening line for TCP listener {listener}; log:\n{log}"),
+            }
+        }
+    }
+
+    /// The `address=` of the first log line containing `message`: what a component that binds
+    /// once at start logs when bound ("registry proxy listening", "metrics listening", "cache
+    /// metrics listening"), with the port the kernel gave for port 0. Waited for.
+    pub fn logged_addr(&self, message: &str) -> std::net::SocketAddr {
+        self.logged_field_addr(message, "address")
+    }
+
+    /// The address in field `field` of the first log line containing `message` (the cache's
+    /// "cache listening" line has `http_addr` and `https_addr`). Waited for.
+    pub fn logged_field_addr(&self, message: &str, field: &str) -> std::net::SocketAddr {
+        let needle = format!(" {field}=");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log_text();
+            let addr = log.lines().filter(|l| l.contains(message)).find_map(|l| {
+                let rest = &l[l.find(&needle)? + needle.len()..];
+                rest.split_whitespace().next()?.trim_matches('"').parse().ok()
+            });
+            match addr {
+                Some(a) => return a,
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                None => panic!("no \"{message}\" line with an address in {field}; log:\n{log}"),
             }
         }
     }
@@ -436,9 +503,14 @@ impl Registry {
     /// log, a line written when a response is complete).
     /// The registry's access-log lines of GETs of one blob (for failure messages).
     pub fn blob_log(&self, path: &str, digest: &str) -> Vec<String> {
+        self.requests(&format!("\"GET /v2/{path}/blobs/{digest} "))
+    }
+
+    /// The registry's access-log lines (one per answered request, whatever its status) that
+    /// contain `needle`.
+    pub fn requests(&self, needle: &str) -> Vec<String> {
         let log = std::fs::read_to_string(self._dir.path().join("access.log")).unwrap_or_default();
-        let needle = format!("\"GET /v2/{path}/blobs/{digest} ");
-        log.lines().filter(|l| l.contains(&needle)).map(str::to_owned).collect()
+        log.lines().filter(|l| l.contains(needle)).map(str::to_owned).collect()
     }
 
     /// GETs of one blob the origin answered with its bytes (200): a refused attempt (a 401
