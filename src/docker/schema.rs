@@ -304,10 +304,13 @@ pub static CONTAINER_UPDATE: Schema =
     Schema { name: "UpdateConfig", fields: &[("RestartPolicy", Kind::Struct(&RESTART_POLICY))], embeds: &[&RESOURCES] };
 
 /// `POST /containers/{id}/exec`: `ExecConfig` (`ExecOptions`, `ExecCreateRequest`). `ConsoleSize`
-/// since API 1.42; `Detach` is sent by clients and was read by dockerd up to 28.
+/// since API 1.42; `Detach` is sent by clients and was read by dockerd up to 28. `Container` is
+/// sent by the Python SDK (`exec_run`) and read by no dockerd since 1.13 (the URL names the
+/// container); refusing it broke every SDK exec.
 pub static EXEC_CREATE: Schema = schema(
     "ExecConfig",
     &[
+        ("Container", S),
         ("User", S),
         ("Privileged", S),
         ("Tty", S),

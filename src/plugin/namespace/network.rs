@@ -80,6 +80,11 @@ impl Namespace {
         self.name.object(DEFAULT_NETWORK).is_ok_and(|n| message.contains(&n))
     }
 
+    /// Whether `daemon_name` is the namespace's default network's daemon-side name.
+    pub(super) fn is_default_network(&self, daemon_name: &str) -> bool {
+        self.name.object(DEFAULT_NETWORK).is_ok_and(|n| n == daemon_name)
+    }
+
     /// Forgets what the daemon said (see [`Known`]).
     pub fn forget_known(&self) {
         self.known.forget();

@@ -127,17 +127,32 @@ impl Namespace {
                     After::Export(id)
                 }
             }
-            ContainerInspect | ContainerTop | ContainerResize | ContainerStart | ContainerStop | ContainerRestart | ContainerKill
+            ContainerInspect => {
+                let id = self.container(daemon, &typed).await?;
+                req.route.set_target(&id);
+                After::ContainerInspect
+            }
+            ContainerTop | ContainerResize | ContainerStart | ContainerStop | ContainerRestart | ContainerKill
             | ContainerPause | ContainerUnpause | ContainerUpdate | ContainerDelete | ContainerExec => {
                 let id = self.container(daemon, &typed).await?;
                 req.route.set_target(&id);
                 After::Json
             }
             // Streams: `wait` sends its head at once and its body when the container stops.
-            ContainerLogs | ContainerAttach | ContainerAttachWs | ContainerWait | ContainerArchiveGet | ContainerArchiveHead
-            | ContainerArchivePut => {
+            ContainerLogs | ContainerAttach | ContainerAttachWs | ContainerWait => {
                 let id = self.container(daemon, &typed).await?;
                 req.route.set_target(&id);
+                After::Pass
+            }
+            // Docker 28's archive errors name the container as the request did ("Could not find
+            // the file /x in container web"): a name the client typed goes to the daemon as its
+            // daemon-side name (resolved in the namespace first), which the error de-mangles back.
+            ContainerArchiveGet | ContainerArchiveHead | ContainerArchivePut => {
+                let id = self.container(daemon, &typed).await?;
+                match self.name.object(&typed) {
+                    Ok(mangled) if !id.starts_with(typed.as_str()) => req.route.set_target(&mangled),
+                    _ => req.route.set_target(&id),
+                }
                 After::Pass
             }
             ContainerStats => {
@@ -326,15 +341,27 @@ impl Namespace {
                 if let Some(Value::Object(body)) = req.body {
                     let c = body.get("Container").and_then(Value::as_str).unwrap_or("").to_owned();
                     let id = self.container(daemon, &c).await?;
-                    body.insert("Container".into(), Value::String(id));
+                    body.insert("Container".into(), Value::String(id.clone()));
                     if let Some(ep) = body.get_mut("EndpointConfig").filter(|ep| ep.is_object()) {
                         self.mangle_links(ep.get_mut("Links"))?;
                         self.endpoint_network_id(daemon, ep, &net).await?;
                     }
-                    if endpoint == NetworkConnect && !is_predefined(&net) && self.name.object(&c).is_ok() {
-                        // The container answers to the name its namespace knows it by.
-                        let ep = body.entry("EndpointConfig").or_insert_with(|| Value::Object(Map::new()));
-                        add_alias(ep, &c);
+                    if endpoint == NetworkConnect && !is_predefined(&net) {
+                        // The container answers to the name its namespace knows it by: its name,
+                        // also when the client named it by ID (the Python SDK, compose), never
+                        // the ID itself.
+                        let name = if id.starts_with(c.as_str()) {
+                            daemon
+                                .get(&format!("/containers/{}/json", super::daemon::enc(&id)))
+                                .await?
+                                .and_then(|v| v.get("Name").and_then(Value::as_str).and_then(|n| self.name.unobject(n)).map(str::to_owned))
+                        } else {
+                            self.name.object(&c).is_ok().then(|| c.clone())
+                        };
+                        if let Some(name) = name {
+                            let ep = body.entry("EndpointConfig").or_insert_with(|| Value::Object(Map::new()));
+                            add_alias(ep, &name);
+                        }
                     }
                 }
                 After::Json
@@ -719,13 +746,33 @@ impl Namespace {
                 return Ok(Prepared::Answer(status, v));
             }
             if let Value::Array(items) = v {
-                let reg = &self.settings.registry;
-                out.extend(
-                    items.into_iter().filter(|i| !i.get("Untagged").and_then(Value::as_str).is_some_and(|t| self.name.is_hidden(reg, t))),
-                );
+                out.extend(self.client_delete_items(items));
             }
         }
         Ok(Prepared::Answer(hyper::StatusCode::OK, Value::Array(out)))
+    }
+
+    /// The items of an image removal's answer as the client sees them (these answers are made
+    /// here, not de-mangled on their way back): hidden tags left out, the namespace's tags and
+    /// digests under the client's names (`untagged: app:1`, not the daemon-side reference), an
+    /// image ID deleted by several removals listed once.
+    fn client_delete_items(&self, items: Vec<Value>) -> Vec<Value> {
+        let reg = &self.settings.registry;
+        let mut out: Vec<Value> = Vec::new();
+        for mut i in items {
+            if let Some(t) = i.get("Untagged").and_then(Value::as_str).map(str::to_owned) {
+                if self.name.is_hidden(reg, &t) {
+                    continue;
+                }
+                if let Some(client) = self.name.unimage_str(reg, &t) {
+                    i["Untagged"] = Value::String(client);
+                }
+            }
+            if !out.contains(&i) {
+                out.push(i);
+            }
+        }
+        out
     }
 
     /// `POST /images/prune`: the daemon would prune every namespace's images, so it is done here,
@@ -751,7 +798,7 @@ impl Namespace {
         let used: Vec<String> =
             self.own_containers(daemon).await?.iter().filter_map(|c| c.get("ImageID").and_then(Value::as_str).map(str::to_owned)).collect();
         let images = daemon.list("/images/json").await?;
-        let mut deleted = Vec::new();
+        let mut deleted: Vec<Value> = Vec::new();
         for img in &images {
             let id = img.get("Id").and_then(Value::as_str).unwrap_or("");
             if used.iter().any(|u| u == id) || (prune.dangling_only && !self.visible_own_tags(img).is_empty()) || !prune.matches(img) {
@@ -761,13 +808,38 @@ impl Namespace {
                 let (status, body) = daemon.call(Method::DELETE, &format!("/images/{}", super::daemon::enc(&t)), None).await?;
                 if status.is_success() {
                     if let Ok(Value::Array(items)) = serde_json::from_slice::<Value>(&body) {
-                        deleted.extend(items);
+                        for i in self.client_delete_items(items) {
+                            if !deleted.contains(&i) {
+                                deleted.push(i);
+                            }
+                        }
                     }
                 }
             }
         }
         let deleted = if deleted.is_empty() { Value::Null } else { Value::Array(deleted) };
         Ok(Prepared::Answer(hyper::StatusCode::OK, serde_json::json!({"ImagesDeleted": deleted, "SpaceReclaimed": 0})))
+    }
+
+    /// A named volume of `HostConfig.Binds` (`-v data:/data`) that does not exist yet is created
+    /// here, with the namespace's label, before the container: dockerd would create it without
+    /// one (`Binds` carry no volume options), so it would be missing from the namespace's
+    /// `volume ls`, `system df` and prunes, and outlive the namespace. Same driver as the daemon
+    /// would use (`HostConfig.VolumeDriver`, else `local`). A create the daemon refuses is left
+    /// to the container create, which then gets the daemon's own error.
+    async fn label_bound_volume(&self, daemon: &Daemon, volume: &str, driver: &str) -> Result<(), NsError> {
+        use super::daemon::enc;
+        if daemon.get(&format!("/volumes/{}", enc(volume))).await?.is_some() {
+            return Ok(());
+        }
+        let mut labels = Value::Null;
+        self.set_label(&mut labels);
+        let body = serde_json::json!({ "Name": volume, "Driver": driver, "Labels": labels });
+        let (status, answer) = daemon.call(Method::POST, "/volumes/create", Some(&body)).await?;
+        if !status.is_success() {
+            tracing::debug!(%volume, %status, answer = %String::from_utf8_lossy(&answer), "bound volume not created ahead");
+        }
+        Ok(())
     }
 
     /// `POST /containers/create`: every name in the body, and the ownership label.
@@ -783,15 +855,21 @@ impl Namespace {
         }
         let Some(Value::Object(host)) = body.get_mut("HostConfig") else { return Ok(()) };
         self.image_mounts(daemon, host).await?;
+        let mut named = Vec::new();
         if let Some(Value::Array(binds)) = host.get_mut("Binds") {
             for b in binds.iter_mut() {
                 let Some(s) = b.as_str() else { continue };
                 let (src, rest) = s.split_once(':').unwrap_or((s, ""));
                 if !src.is_empty() && !src.starts_with('/') {
                     let m = self.name.object(src)?;
+                    named.push(m.clone());
                     *b = Value::String(if rest.is_empty() { m } else { format!("{m}:{rest}") });
                 }
             }
+        }
+        let driver = host.get("VolumeDriver").and_then(Value::as_str).filter(|d| !d.is_empty()).unwrap_or("local").to_owned();
+        for volume in named {
+            self.label_bound_volume(daemon, &volume, &driver).await?;
         }
         if let Some(Value::Array(mounts)) = host.get_mut("Mounts") {
             for m in mounts.iter_mut() {

@@ -48,6 +48,8 @@ pub enum After {
     SaveTar,
     /// `docker load`: JSON lines, unless the archive rewrite stopped the load (then its refusal).
     Load(super::archive::LoadGuard),
+    /// Container inspect: the alias ctproxy added (the container's own name) not shown twice.
+    ContainerInspect,
     /// Image inspect: only the tags the namespace may see.
     ImageInspect,
     /// Image history: only the tags the namespace may see.
@@ -131,7 +133,25 @@ impl Namespace {
         }
         match after {
             After::Pass => rsp,
-            After::Json | After::Forget => self.rewrite_whole(rsp, |_, v| Ok(v)).await,
+            After::Json => self.rewrite_whole(rsp, |_, v| Ok(v)).await,
+            After::ContainerInspect => {
+                self.rewrite_whole(rsp, |ns, mut v| {
+                    ns.hide_own_alias(&mut v);
+                    Ok(v)
+                })
+                .await
+            }
+            // A network prune: the namespace's default network is its `bridge`, made again on
+            // first use, and the daemon never lists its own `bridge` as pruned.
+            After::Forget => {
+                self.rewrite_whole(rsp, |ns, mut v| {
+                    if let Some(Value::Array(nets)) = v.get_mut("NetworksDeleted") {
+                        nets.retain(|n| !n.as_str().is_some_and(|n| ns.is_default_network(n)));
+                    }
+                    Ok(v)
+                })
+                .await
+            }
             After::Lines | After::Build | After::Load(_) => self.rewrite_lines(rsp, false),
             After::ImageInspect => {
                 let users = self.own_users(daemon).await;
@@ -309,6 +329,32 @@ impl Namespace {
             for m in manifests.iter_mut() {
                 if let Some(Value::Array(users)) = m.pointer_mut("/ImageData/Containers") {
                     users.retain(|c| c.as_str().is_some_and(|c| own.iter().any(|(o, _)| o == c)));
+                }
+            }
+        }
+    }
+
+    /// ctproxy adds a container's client name as an alias on its networks (the daemon knows it
+    /// as `ctp.<ns>.<name>`); the daemon never lists a container's own name in `Aliases`, so
+    /// that alias is left out of `Aliases`, and out of `DNSNames` (API 1.45+) where the name is
+    /// then listed twice (the daemon-side name de-mangles to it). The answer is the daemon's own
+    /// for the name the client gave.
+    fn hide_own_alias(&self, v: &mut Value) {
+        let Some(daemon_name) = v.get("Name").and_then(Value::as_str).map(|n| n.trim_start_matches('/').to_owned()) else { return };
+        let Some(client) = self.name.unobject(&daemon_name).map(str::to_owned) else { return };
+        let Some(Value::Object(nets)) = v.pointer_mut("/NetworkSettings/Networks") else { return };
+        let drop_one = |a: &mut Vec<Value>| {
+            if let Some(i) = a.iter().position(|x| x.as_str() == Some(client.as_str())) {
+                a.remove(i);
+            }
+        };
+        for ep in nets.values_mut() {
+            if let Some(Value::Array(a)) = ep.get_mut("Aliases") {
+                drop_one(a);
+            }
+            if let Some(Value::Array(d)) = ep.get_mut("DNSNames") {
+                if d.iter().any(|x| x.as_str() == Some(daemon_name.as_str())) {
+                    drop_one(d);
                 }
             }
         }
