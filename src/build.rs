@@ -163,6 +163,7 @@ fn namespace_settings(config: &Config, tokens: Option<Arc<dyn RegistryTokens>>) 
         tokens,
         max_response: config.namespaces.max_response_bytes,
         pool: Some(pool).filter(|p| !p.ranges.is_empty()),
+        shared_ids: Default::default(),
     }))
 }
 

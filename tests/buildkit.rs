@@ -112,7 +112,16 @@ fn buildkit_refusals_are_printed() {
     let syntax = context(&format!("# syntax=docker/dockerfile:1\nFROM {BUSYBOX}\n"));
     refused(&build(&job, syntax.path(), &["build", "-t", "x:1", "."]), "a # syntax= directive");
     let mount = context(&format!("FROM {BUSYBOX}\nRUN --mount=type=bind,from=other/image,target=/x true\n"));
-    refused(&build(&job, mount.path(), &["build", "-t", "x:1", "."]), "names no stage of the Dockerfile");
+    let mut out = build(&job, mount.path(), &["build", "-t", "x:1", "."]);
+    if String::from_utf8_lossy(&out.stderr).contains("failed to read dockerfile: context canceled") {
+        // Seen once in a full parallel run on Docker 28: the daemon's frontend reported its Solve
+        // as canceled instead of the session's PERMISSION_DENIED for the Dockerfile read (the
+        // refusal was made and audited; the build failed). The message must come through on a
+        // second try.
+        assert!(host.audited("BuildKit Dockerfile refused by namespace"));
+        out = build(&job, mount.path(), &["build", "-t", "x:1", "."]);
+    }
+    refused(&out, "names no stage of the Dockerfile");
     let out = build(&job, plain.path(), &["buildx", "prune", "-f", "--reserved-space", "1gb"]);
     refused(&out, "not available in a namespace");
     assert!(host.audited("BuildKit call refused by namespace"));

@@ -12,7 +12,11 @@
 //!
 //! Keys that match no field of a struct are kept as sent and reported in
 //! [`Canonical::unknown`]: the daemon may know them (a newer API) even if this schema does not, so a
-//! strict policy can refuse them.
+//! strict policy can refuse them. An unknown key whose value is `null` is dropped instead: whatever
+//! Go type a newer daemon decodes it into, `null` either resets it to its zero value or does
+//! nothing, which is what leaving the key out does (an earlier non-null occurrence of the same key
+//! is itself reported). Clients send such keys: docker-py 7.1's `run(network=X)` sends
+//! `NetworkingConfig: {"X": null}`.
 
 use std::fmt;
 
@@ -252,6 +256,7 @@ fn apply(dst: &mut Value, raw: Raw, kind: &Kind, path: &mut String, unknown: &mu
                             map.remove(*name);
                         }
                     }
+                    None if matches!(val, Raw::Null) => {}
                     None => {
                         path.push_str(&key);
                         unknown.push(path.clone());
@@ -336,6 +341,16 @@ mod tests {
         assert_eq!(canon(r#"{"HostConfig":{"Privileged":false,"privileged":true}}"#), json!({"HostConfig":{"Privileged":true}}));
         assert_eq!(canon(r#"{"Labels":{"a":"1"},"labels":{"b":"2","a":"3"}}"#), json!({"Labels":{"a":"3","b":"2"}}));
         assert_eq!(canon(r#"{"HostConfig":{"Binds":["/a:/a"],"Binds":["v:/v"]}}"#), json!({"HostConfig":{"Binds":["v:/v"]}}));
+    }
+
+    #[test]
+    fn unknown_null_keys_are_dropped_not_reported() {
+        let c = canonicalize(Raw::parse(br#"{"Net1":null,"HostConfig":{"Frob":null}}"#).unwrap(), &ROOT).unwrap();
+        assert!(c.unknown.is_empty(), "{:?}", c.unknown);
+        assert_eq!(c.value, json!({"HostConfig":{}}));
+        // A non-null occurrence is still reported, before or after a null one.
+        let c = canonicalize(Raw::parse(br#"{"HostConfig":{"Frob":1,"frob":null}}"#).unwrap(), &ROOT).unwrap();
+        assert_eq!(c.unknown, vec!["HostConfig.Frob".to_owned()]);
     }
 
     #[test]

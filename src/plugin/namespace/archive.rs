@@ -356,8 +356,14 @@ mod tests {
     const RP: &str = "127.0.0.1:5001";
 
     fn ns(name: &str) -> Namespace {
-        let settings =
-            Settings { registry: RP.into(), shared_images: vec!["ctproxy-test/*".into()], tokens: None, pool: None, max_response: 1 << 20 };
+        let settings = Settings {
+            registry: RP.into(),
+            shared_images: vec!["ctproxy-test/*".into()],
+            tokens: None,
+            pool: None,
+            max_response: 1 << 20,
+            shared_ids: Default::default(),
+        };
         Namespace::new(NsName::new(name).unwrap(), Arc::new(settings))
     }
 

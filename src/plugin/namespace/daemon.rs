@@ -53,6 +53,13 @@ impl Daemon {
         Ok(self.client.get(path_and_query).await?)
     }
 
+    /// The daemon's major version (`20` for 20.10), for the few messages that changed between
+    /// releases; `None` if it cannot be read. Asked on error paths only, so not cached.
+    pub async fn major_version(&self) -> Option<u32> {
+        let version = self.get("/version").await.ok().flatten()?;
+        version.get("Version")?.as_str()?.split('.').next()?.parse().ok()
+    }
+
     /// A GET whose (large) answer is written to `out` as it streams (`docker save`).
     pub async fn download(&self, path_and_query: &str, out: &mut (impl tokio::io::AsyncWrite + Unpin)) -> Result<(), NsError> {
         Ok(self.client.download(path_and_query, out).await?)

@@ -40,6 +40,7 @@ use std::sync::Arc;
 
 use hyper::header::HeaderValue;
 use hyper::StatusCode;
+use serde_json::Value;
 
 pub use daemon::Daemon;
 pub use names::{NameError, NsName, MARKER, NS_LABEL};
@@ -68,6 +69,34 @@ pub struct Settings {
     pub max_response: usize,
     /// Where namespace networks get their subnets (`None`: the daemon's pools, no chosen subnets).
     pub pool: Option<pool::NetworkPool>,
+    /// The IDs of the shared images, as last listed (for `docker info`'s count).
+    pub shared_ids: SharedIds,
+}
+
+/// The IDs of the images every namespace sees as shared, remembered for [`SharedIds::FOR`].
+///
+/// Why: `docker info` counts the shared images among a namespace's own, BuildKit's clients ask
+/// `/info` before every build, and listing images on Docker 28's containerd store costs the daemon
+/// several milliseconds per image. Shared images are the administrator's and change rarely; a
+/// count at most this old is what `docker info` shows of them (a namespace's own images are listed
+/// every time).
+#[derive(Clone, Default)]
+pub struct SharedIds(Arc<std::sync::Mutex<Option<Listed>>>);
+
+/// Image IDs and when they were listed.
+type Listed = (std::time::Instant, Vec<String>);
+
+impl SharedIds {
+    const FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+    pub fn get(&self) -> Option<Vec<String>> {
+        let slot = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.as_ref().filter(|(at, _)| at.elapsed() < Self::FOR).map(|(_, ids)| ids.clone())
+    }
+
+    pub fn put(&self, ids: Vec<String>) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((std::time::Instant::now(), ids));
+    }
 }
 
 /// One namespace, as a request sees it.
@@ -141,6 +170,11 @@ impl NsError {
 impl Namespace {
     pub fn new(name: NsName, settings: Arc<Settings>) -> Namespace {
         Namespace { name, settings, known: Arc::default() }
+    }
+
+    /// Whether `labels` (an object's `Labels`) carry this namespace's ownership label.
+    pub(super) fn owns_labels(&self, labels: Option<&Value>) -> bool {
+        labels.and_then(|l| l.get(NS_LABEL)).and_then(Value::as_str) == Some(self.name.as_str())
     }
 
     /// The label filter that selects this namespace's containers, volumes and networks.

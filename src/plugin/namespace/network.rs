@@ -9,7 +9,9 @@
 //! namespace. `host` and `none` stay the daemon's: they join nothing another namespace can see
 //! (policies judge `host`).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use hyper::{Method, StatusCode};
 use ipnet::IpNet;
@@ -37,9 +39,11 @@ const ALLOCATION_TRIES: usize = 8;
 static ALLOCATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// What a namespace remembers between requests, so that the requests that use its default
-/// network (every container create, `bridge` in any network field) do not each ask the daemon.
+/// network (every container create, `bridge` in any network field) or a named volume
+/// (`-v data:/data`) do not each ask the daemon.
 ///
-/// Only the default network's existence is kept. Its name, `ctp.<ns>.bridge`, can be made by this
+/// Only existence is kept: of the default network and of the named volumes seen with the
+/// namespace's label. The default network's name, `ctp.<ns>.bridge`, can be made by this
 /// namespace alone (every client name is mangled under its own prefix, and `ctp.` is reserved), so
 /// once the daemon has shown it with this namespace's label, whose it is cannot change; what can
 /// change is whether it still exists (a `docker network prune` in the namespace, the namespace's
@@ -48,12 +52,22 @@ static ALLOCATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// 404: the next request asks the daemon, and makes it again), and a new [`Namespace`] (each job,
 /// each reload) starts without it. An answer read before a forgetting is not kept after it: each
 /// forgetting starts a new generation, and a fact counts only in the generation it was learnt in.
+/// The same holds for a volume `ctp.<ns>.<name>`; its facts are also forgotten after a volume
+/// removal or prune in the namespace. A volume remembered that an administrator removed behind the
+/// namespace's back is made again by the container create, unlabelled (as before ctproxy labelled
+/// them), until the next forgetting.
 #[derive(Debug, Default)]
 pub struct Known {
     generation: AtomicU64,
     /// The generation (plus one) in which the default network was seen; 0: never.
     default_network: AtomicU64,
+    /// Daemon-side names of volumes seen labelled as the namespace's, each with the generation
+    /// (plus one) it was seen in; at most [`MAX_KNOWN_VOLUMES`].
+    volumes: Mutex<HashMap<String, u64>>,
 }
+
+/// Beyond this many remembered volumes, the memory starts afresh (a job rarely has more than a few).
+const MAX_KNOWN_VOLUMES: usize = 1024;
 
 impl Known {
     fn generation(&self) -> u64 {
@@ -71,6 +85,25 @@ impl Known {
 
     fn forget(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Whether the volume `name` (daemon-side) was seen in this generation.
+    pub fn volume(&self, name: &str) -> bool {
+        let now = self.generation() + 1;
+        self.volumes.lock().unwrap_or_else(PoisonError::into_inner).get(name) == Some(&now)
+    }
+
+    /// The volume `name` was seen, labelled, in generation `seen` (read before asking the daemon).
+    pub fn saw_volume(&self, seen: u64, name: &str) {
+        let mut volumes = self.volumes.lock().unwrap_or_else(PoisonError::into_inner);
+        if volumes.len() >= MAX_KNOWN_VOLUMES {
+            volumes.clear();
+        }
+        volumes.insert(name.to_owned(), seen + 1);
+    }
+
+    pub fn generation_now(&self) -> u64 {
+        self.generation()
     }
 }
 
@@ -98,7 +131,7 @@ impl Namespace {
         }
         let seen = self.known.generation();
         if let Some(n) = daemon.get(&format!("/networks/{}", enc(&name))).await? {
-            if self.owns_network(&n) {
+            if self.owns_labels(n.get("Labels")) {
                 self.known.saw_default_network(seen);
                 return Ok(name);
             }
@@ -120,10 +153,6 @@ impl Namespace {
         }
         let message = answer.get("message").and_then(Value::as_str).unwrap_or("").to_owned();
         Err(NsError::Daemon(format!("cannot create the namespace's default network: {message}")))
-    }
-
-    fn owns_network(&self, n: &Value) -> bool {
-        n.get("Labels").and_then(|l| l.get(NS_LABEL)).and_then(Value::as_str) == Some(self.name.as_str())
     }
 
     /// `POST /networks/create`, done here (the pool's subnet may need a retry): the name mangled,

@@ -72,7 +72,7 @@ impl Namespace {
         let after = match endpoint {
             e if forwards_untouched(e) => After::Pass,
             Options => After::Pass,
-            Info => After::Info,
+            Info => After::Info(self.start_counting(daemon)),
             SystemDf => After::SystemDf,
             Events => self.events_query(daemon, req.query).await?,
             Auth => After::Pass,
@@ -368,12 +368,8 @@ impl Namespace {
             }
             NetworkPrune | VolumePrune => {
                 self.scope_prune(req.query)?;
-                // A prune may remove the namespace's default network (unused and labelled).
-                if endpoint == NetworkPrune {
-                    After::Forget
-                } else {
-                    After::Json
-                }
+                // A prune may remove the namespace's default network or volumes it remembers.
+                After::Forget
             }
 
             VolumeList => self.list_query(req.query, ListKind::Volumes, daemon, req.route.version).await?,
@@ -391,7 +387,12 @@ impl Namespace {
             VolumeInspect | VolumeDelete => {
                 let name = self.volume(daemon, &typed).await?;
                 req.route.set_target(&name);
-                After::Json
+                // A removed volume is no longer one the namespace remembers.
+                if endpoint == VolumeDelete {
+                    After::Forget
+                } else {
+                    After::Json
+                }
             }
 
             // `docker inspect X` tries every object type in turn and wants a not-found from each.
@@ -785,12 +786,7 @@ impl Namespace {
             Ok(p) => p,
             // dockerd before 23.0 spells it "Invalid filter".
             Err(NsError::Invalid(m)) if m.starts_with("invalid filter") => {
-                let version = daemon.get("/version").await.ok().flatten();
-                let major = version
-                    .as_ref()
-                    .and_then(|v| v.get("Version"))
-                    .and_then(Value::as_str)
-                    .and_then(|v| v.split('.').next()?.parse::<u32>().ok());
+                let major = daemon.major_version().await;
                 return Err(NsError::Invalid(if major.is_some_and(|m| m < 23) { format!("I{}", &m[1..]) } else { m }));
             }
             Err(e) => return Err(e),
@@ -829,14 +825,23 @@ impl Namespace {
     /// to the container create, which then gets the daemon's own error.
     async fn label_bound_volume(&self, daemon: &Daemon, volume: &str, driver: &str) -> Result<(), NsError> {
         use super::daemon::enc;
-        if daemon.get(&format!("/volumes/{}", enc(volume))).await?.is_some() {
+        if self.known.volume(volume) {
+            return Ok(());
+        }
+        let seen = self.known.generation_now();
+        if let Some(v) = daemon.get(&format!("/volumes/{}", enc(volume))).await? {
+            if self.owns_labels(v.get("Labels")) {
+                self.known.saw_volume(seen, volume);
+            }
             return Ok(());
         }
         let mut labels = Value::Null;
         self.set_label(&mut labels);
         let body = serde_json::json!({ "Name": volume, "Driver": driver, "Labels": labels });
         let (status, answer) = daemon.call(Method::POST, "/volumes/create", Some(&body)).await?;
-        if !status.is_success() {
+        if status.is_success() {
+            self.known.saw_volume(seen, volume);
+        } else {
             tracing::debug!(%volume, %status, answer = %String::from_utf8_lossy(&answer), "bound volume not created ahead");
         }
         Ok(())

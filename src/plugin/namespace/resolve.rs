@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::daemon::enc;
 use super::filters::Filters;
-use super::{Daemon, Namespace, NsError, NS_LABEL};
+use super::{Daemon, Namespace, NsError};
 use crate::docker::reference::Reference;
 
 /// An image as the daemon should be asked for it.
@@ -43,10 +43,6 @@ pub(super) fn could_be_id_prefix(typed: &str) -> bool {
     is_hex_prefix(typed.strip_prefix("sha256:").unwrap_or(typed))
 }
 
-fn owned_by(labels: Option<&Value>, ns: &Namespace) -> bool {
-    labels.and_then(|l| l.get(NS_LABEL)).and_then(Value::as_str) == Some(ns.name.as_str())
-}
-
 impl Namespace {
     /// The `filters` query value (encoded) selecting the namespace's objects by label.
     pub(super) fn own_filter(&self) -> String {
@@ -64,7 +60,7 @@ impl Namespace {
     pub async fn container(&self, daemon: &Daemon, typed: &str) -> Result<String, NsError> {
         if let Ok(name) = self.name.object(typed) {
             if let Some(c) = daemon.get(&format!("/containers/{}/json", enc(&name))).await? {
-                if owned_by(c.pointer("/Config/Labels"), self) {
+                if self.owns_labels(c.pointer("/Config/Labels")) {
                     return id_of(&c).ok_or_else(|| NsError::no_container(typed));
                 }
             }
@@ -94,7 +90,7 @@ impl Namespace {
         }
         if let Ok(name) = self.name.network(typed) {
             if let Some(n) = daemon.get(&format!("/networks/{}", enc(&name))).await? {
-                if owned_by(n.get("Labels"), self) {
+                if self.owns_labels(n.get("Labels")) {
                     return Ok(name);
                 }
             }
@@ -116,7 +112,7 @@ impl Namespace {
     pub async fn volume(&self, daemon: &Daemon, typed: &str) -> Result<String, NsError> {
         let name = self.name.object(typed).map_err(|_| NsError::no_volume(typed))?;
         match daemon.get(&format!("/volumes/{}", enc(&name))).await? {
-            Some(v) if owned_by(v.get("Labels"), self) => Ok(name),
+            Some(v) if self.owns_labels(v.get("Labels")) => Ok(name),
             _ => Err(NsError::no_volume(typed)),
         }
     }
@@ -126,7 +122,7 @@ impl Namespace {
         let Some(e) = daemon.get(&format!("/exec/{}/json", enc(typed))).await? else { return Err(NsError::no_exec(typed)) };
         let Some(cid) = e.get("ContainerID").and_then(Value::as_str) else { return Err(NsError::no_exec(typed)) };
         match daemon.get(&format!("/containers/{}/json", enc(cid))).await? {
-            Some(c) if owned_by(c.pointer("/Config/Labels"), self) => Ok(()),
+            Some(c) if self.owns_labels(c.pointer("/Config/Labels")) => Ok(()),
             _ => Err(NsError::no_exec(typed)),
         }
     }

@@ -15,7 +15,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde_json::Value;
 
-use super::filters::NameMatch;
+use super::filters::{Filters, NameMatch};
 use super::resolve::strings;
 use super::text::Demangler;
 use super::{Daemon, Namespace, NsError, NS_LABEL};
@@ -31,6 +31,9 @@ pub enum ListKind {
     Volumes,
 }
 
+/// `docker info`'s counts of a namespace: containers (all, running, paused, stopped) and images.
+pub type Counts = (usize, usize, usize, usize, usize);
+
 /// What to do with the daemon's answer.
 pub enum After {
     /// Streams and hijacks: passed on untouched (errors are still de-mangled).
@@ -38,7 +41,7 @@ pub enum After {
     /// A JSON answer: de-mangled.
     Json,
     /// A JSON answer to a request that may have removed what the namespace remembers (a network
-    /// prune): de-mangled, and the namespace forgets (`network::Known`).
+    /// or volume prune, a volume removal): de-mangled, and the namespace forgets (`network::Known`).
     Forget,
     /// JSON lines (stats, progress): de-mangled line by line.
     Lines,
@@ -67,7 +70,9 @@ pub enum After {
         container: String,
         reference: String,
     },
-    Info,
+    /// `docker info`: the namespace's counts, asked of the daemon while it answers (BuildKit's
+    /// clients ask `/info` before every build).
+    Info(tokio::task::JoinHandle<Result<Counts, NsError>>),
     SystemDf,
     NetworkInspect,
     List {
@@ -104,6 +109,12 @@ impl Namespace {
             }
             // Not a tar archive: dockerd answers 200 and ends its progress stream with the error.
             if let Some(m) = guard.take_unreadable() {
+                // Until 24.0 the graphdriver store untarred in a re-executed `docker-untar`, whose
+                // failure dockerd wrapped; later daemons (both stores) give archive/tar's alone.
+                let m = match daemon.major_version().await {
+                    Some(major) if major < 24 => format!("Error processing tar file(exit status 1): {m}"),
+                    _ => m,
+                };
                 let line = serde_json::json!({"errorDetail": {"message": m}, "error": m});
                 let mut b = serde_json::to_vec(&line).unwrap_or_default();
                 b.push(b'\n');
@@ -235,8 +246,8 @@ impl Namespace {
                 self.rewrite_whole(Response::from_parts(parts, ProxyBody::full(out)), |_, v| Ok(v)).await
             }
             After::SaveTar => self.rewrite_save(rsp),
-            After::Info => {
-                let counts = self.counts(daemon).await;
+            After::Info(counts) => {
+                let counts = counts.await.unwrap_or_else(|e| Err(NsError::Daemon(format!("counting: {e}"))));
                 self.rewrite_whole(rsp, move |_, mut v| {
                     if let (Ok((all, running, paused, stopped, images)), Value::Object(m)) = (&counts, &mut v) {
                         m.insert("Containers".into(), (*all).into());
@@ -302,10 +313,6 @@ impl Namespace {
                 .await
             }
         }
-    }
-
-    fn owns_labels(&self, labels: Option<&Value>) -> bool {
-        labels.and_then(|l| l.get(NS_LABEL)).and_then(Value::as_str) == Some(self.name.as_str())
     }
 
     /// The namespace's containers as (ID, image ID): an image's users as the namespace may see them.
@@ -483,13 +490,52 @@ impl Namespace {
     }
 
     /// The namespace's own counts for `GET /info`.
-    async fn counts(&self, daemon: &Daemon) -> Result<(usize, usize, usize, usize, usize), NsError> {
+    /// Starts counting what `docker info` shows of the namespace (see [`After::Info`]).
+    pub(super) fn start_counting(&self, daemon: &Daemon) -> tokio::task::JoinHandle<Result<Counts, NsError>> {
+        let (ns, daemon) = (self.clone(), daemon.clone());
+        tokio::spawn(async move { ns.counts(&daemon).await })
+    }
+
+    async fn counts(&self, daemon: &Daemon) -> Result<Counts, NsError> {
         let cs = self.own_containers(daemon).await?;
         let state = |s: &str| cs.iter().filter(|c| c.get("State").and_then(Value::as_str) == Some(s)).count();
         let (running, paused) = (state("running"), state("paused"));
-        let mut images = daemon.list("/images/json").await?;
-        images.retain_mut(|img| self.keep_image(img, &[], None));
-        Ok((cs.len(), running, paused, cs.len() - running - paused, images.len()))
+        let kept_ids = |mut images: Vec<Value>| -> Vec<String> {
+            images.retain_mut(|img| self.keep_image(img, &[], None));
+            images.iter().filter_map(|i| i.get("Id").and_then(Value::as_str).map(str::to_owned)).collect()
+        };
+        let query = |f: Filters| format!("/images/json?filters={}", super::daemon::enc(&f.encode()));
+        let mut ids = match shared_candidates(&self.settings.shared_images) {
+            Some(shared) => {
+                let mut ids = kept_ids(daemon.list(&query(self.own_candidates())).await?);
+                let known = self.settings.shared_ids.get();
+                let shared_ids = match known {
+                    Some(known) => known,
+                    None => {
+                        let fresh = kept_ids(daemon.list(&query(shared)).await?);
+                        self.settings.shared_ids.put(fresh.clone());
+                        fresh
+                    }
+                };
+                ids.extend(shared_ids);
+                ids
+            }
+            None => kept_ids(daemon.list("/images/json").await?),
+        };
+        ids.sort_unstable();
+        ids.dedup();
+        Ok((cs.len(), running, paused, cs.len() - running - paused, ids.len()))
+    }
+
+    /// A `reference` filter that selects every image with a tag of this namespace (hidden ones
+    /// included), as [`shared_candidates`] does for the shared images.
+    fn own_candidates(&self) -> Filters {
+        let mut f = Filters::default();
+        let own = format!("{}/{}", self.settings.registry, self.name);
+        for depth in 1..=MAX_DEPTH {
+            f.add("reference", format!("{own}/{}", stars(depth)));
+        }
+        f
     }
 
     /// Reads a JSON answer whole (up to the limit), applies `f`, de-mangles and re-encodes it.
@@ -753,4 +799,39 @@ impl Body for LineBody {
             }
         }
     }
+}
+
+/// Path components spelled out after a namespace's prefix, or after a shared pattern's `*`, in the
+/// `reference` filters below.
+const MAX_DEPTH: usize = 12;
+
+fn stars(n: usize) -> String {
+    vec!["*"; n].join("/")
+}
+
+/// A `reference` filter that selects at least every shared image (a superset: the caller still
+/// applies [`Namespace::keep_image`]), so that the daemon lists only those. Why: on Docker 28's
+/// containerd store an image list costs several milliseconds per image on the daemon (sizes are
+/// computed from snapshots), and BuildKit's clients ask `/info` before every build; the daemon
+/// applies the filter before that work. dockerd matches each pattern with Go's `path.Match`
+/// against the image's familiar reference and name, where `*` stops at `/`, so every depth is
+/// spelled out, up to `MAX_DEPTH`. `None` (list everything) when a pattern has a `*` other than at
+/// its end, or one of `path.Match`'s other metacharacters.
+fn shared_candidates(patterns: &[String]) -> Option<Filters> {
+    let mut f = Filters::default();
+    for p in patterns {
+        if p.contains(['?', '[', '\\']) {
+            return None;
+        }
+        match p.find('*') {
+            None => f.add("reference", p.clone()),
+            Some(i) if i == p.len() - 1 => {
+                for depth in 1..=MAX_DEPTH {
+                    f.add("reference", format!("{}{}", &p[..i], stars(depth)));
+                }
+            }
+            Some(_) => return None,
+        }
+    }
+    Some(f)
 }

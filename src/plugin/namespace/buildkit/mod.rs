@@ -341,8 +341,14 @@ pub(super) mod tests {
 
     /// A namespace with the test settings.
     pub fn namespace(name: &str) -> Namespace {
-        let settings =
-            Settings { registry: "127.0.0.1:5001".into(), shared_images: Vec::new(), tokens: None, max_response: 1 << 20, pool: None };
+        let settings = Settings {
+            registry: "127.0.0.1:5001".into(),
+            shared_images: Vec::new(),
+            tokens: None,
+            max_response: 1 << 20,
+            pool: None,
+            shared_ids: Default::default(),
+        };
         Namespace::new(NsName::new(name).expect("namespace name"), Arc::new(settings))
     }
 
