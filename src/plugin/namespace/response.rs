@@ -369,8 +369,12 @@ impl Namespace {
 
     /// Whether the namespace may see an image reference: its own, or a shared one.
     fn visible_ref(&self, t: &str) -> bool {
-        self.name.unimage_str(&self.settings.registry, t).is_some()
-            || Reference::parse(t).is_ok_and(|r| self.is_shared(&Reference { tag: None, digest: None, ..r }.familiar()))
+        self.name.unimage_str(&self.settings.registry, t).is_some() || self.shared_ref(t)
+    }
+
+    /// Whether an image reference is a shared image's (the same for every namespace).
+    fn shared_ref(&self, t: &str) -> bool {
+        Reference::parse(t).is_ok_and(|r| self.is_shared(&Reference { tag: None, digest: None, ..r }.familiar()))
     }
 
     /// Keeps only the visible references of the array `key` of `v`.
@@ -489,13 +493,14 @@ impl Namespace {
         Ok(v)
     }
 
-    /// The namespace's own counts for `GET /info`.
     /// Starts counting what `docker info` shows of the namespace (see [`After::Info`]).
     pub(super) fn start_counting(&self, daemon: &Daemon) -> tokio::task::JoinHandle<Result<Counts, NsError>> {
         let (ns, daemon) = (self.clone(), daemon.clone());
         tokio::spawn(async move { ns.counts(&daemon).await })
     }
 
+    /// The namespace's own counts for `GET /info`: its containers by state, and its own and the
+    /// shared images.
     async fn counts(&self, daemon: &Daemon) -> Result<Counts, NsError> {
         let cs = self.own_containers(daemon).await?;
         let state = |s: &str| cs.iter().filter(|c| c.get("State").and_then(Value::as_str) == Some(s)).count();
@@ -511,8 +516,17 @@ impl Namespace {
                 let known = self.settings.shared_ids.get();
                 let shared_ids = match known {
                     Some(known) => known,
+                    // No shared images: an empty filter would list them all.
+                    None if shared.0.is_empty() => Vec::new(),
                     None => {
-                        let fresh = kept_ids(daemon.list(&query(shared)).await?);
+                        // Kept for every namespace: only what makes an image shared counts here.
+                        let fresh = daemon
+                            .list(&query(shared))
+                            .await?
+                            .iter()
+                            .filter(|img| strings(img.get("RepoTags")).any(|t| self.shared_ref(t)))
+                            .filter_map(|img| img.get("Id").and_then(Value::as_str).map(str::to_owned))
+                            .collect::<Vec<_>>();
                         self.settings.shared_ids.put(fresh.clone());
                         fresh
                     }
@@ -834,4 +848,23 @@ fn shared_candidates(patterns: &[String]) -> Option<Filters> {
         }
     }
     Some(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_patterns_become_reference_filters_at_every_depth() {
+        let f = shared_candidates(&["ctproxy-test/*".into(), "alpine".into()]).expect("expressible");
+        let refs = &f.0["reference"];
+        assert_eq!(refs.len(), MAX_DEPTH + 1);
+        assert!(refs.contains(&"ctproxy-test/*".to_owned()) && refs.contains(&"ctproxy-test/*/*".to_owned()));
+        assert!(refs.contains(&"alpine".to_owned()));
+        // `*` inside a pattern, or `path.Match`'s other metacharacters: list everything instead.
+        assert!(shared_candidates(&["team/*/app".into()]).is_none());
+        assert!(shared_candidates(&["team/app?".into()]).is_none());
+        assert!(shared_candidates(&["team/[a]pp".into()]).is_none());
+        assert!(shared_candidates(&[]).is_some_and(|f| f.0.is_empty()));
+    }
 }
