@@ -1350,12 +1350,7 @@ fn assert_same(direct: &Side, job: &Side, refusals: &[(&str, &[&str])]) {
     let mut diffs = Vec::new();
     for ((label, want), (_, got)) in direct.steps.iter().zip(&job.steps) {
         if let Some((_, needles)) = refusals.iter().find(|(l, _)| label.starts_with(l)) {
-            // `(open)`: a known difference that is not a refusal (docs/namespaces.md, *Not done
-            // yet*); the answer must still say what the needles say.
-            let open = needles.first() == Some(&"(open)");
-            let refused = !got.starts_with("exit Some(0)")
-                && needles.iter().filter(|n| **n != "(open)").all(|n| got.contains(n))
-                && (open || got.contains("ctproxy"));
+            let refused = !got.starts_with("exit Some(0)") && needles.iter().all(|n| got.contains(n)) && got.contains("ctproxy");
             if !refused {
                 diffs.push(format!("== {label}: expected a documented refusal {needles:?}\n-- job:\n{got}\n-- direct:\n{want}"));
             }

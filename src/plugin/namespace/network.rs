@@ -70,7 +70,8 @@ pub struct Known {
 const MAX_KNOWN_VOLUMES: usize = 1024;
 
 impl Known {
-    fn generation(&self) -> u64 {
+    /// The current generation: read before asking the daemon, handed back with what it said.
+    pub(super) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
@@ -88,22 +89,18 @@ impl Known {
     }
 
     /// Whether the volume `name` (daemon-side) was seen in this generation.
-    pub fn volume(&self, name: &str) -> bool {
+    pub(super) fn volume(&self, name: &str) -> bool {
         let now = self.generation() + 1;
         self.volumes.lock().unwrap_or_else(PoisonError::into_inner).get(name) == Some(&now)
     }
 
     /// The volume `name` was seen, labelled, in generation `seen` (read before asking the daemon).
-    pub fn saw_volume(&self, seen: u64, name: &str) {
+    pub(super) fn saw_volume(&self, seen: u64, name: &str) {
         let mut volumes = self.volumes.lock().unwrap_or_else(PoisonError::into_inner);
         if volumes.len() >= MAX_KNOWN_VOLUMES {
             volumes.clear();
         }
         volumes.insert(name.to_owned(), seen + 1);
-    }
-
-    pub fn generation_now(&self) -> u64 {
-        self.generation()
     }
 }
 

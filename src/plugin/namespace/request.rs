@@ -828,7 +828,7 @@ impl Namespace {
         if self.known.volume(volume) {
             return Ok(());
         }
-        let seen = self.known.generation_now();
+        let seen = self.known.generation();
         if let Some(v) = daemon.get(&format!("/volumes/{}", enc(volume))).await? {
             if self.owns_labels(v.get("Labels")) {
                 self.known.saw_volume(seen, volume);

@@ -496,7 +496,7 @@ impl Namespace {
     /// Starts counting what `docker info` shows of the namespace (see [`After::Info`]).
     pub(super) fn start_counting(&self, daemon: &Daemon) -> tokio::task::JoinHandle<Result<Counts, NsError>> {
         let (ns, daemon) = (self.clone(), daemon.clone());
-        tokio::spawn(async move { ns.counts(&daemon).await })
+        tokio::spawn(tracing::Instrument::in_current_span(async move { ns.counts(&daemon).await }))
     }
 
     /// The namespace's own counts for `GET /info`: its containers by state, and its own and the
