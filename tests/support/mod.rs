@@ -351,8 +351,9 @@ pub fn docker(host: &str, args: &[&str]) -> String {
 ///
 /// A classic build (`DOCKER_BUILDKIT=0`) on that store also loses its own intermediate image now
 /// and then while other tests remove images ("unable to find image \"sha256:...\"" right after a
-/// step, moby#29011's class: the legacy builder does not protect its intermediates); a build is
-/// idempotent, so it is asked again too.
+/// step, moby#29011's class: the legacy builder does not protect its intermediates), or the lease
+/// that guards a step's commit ("failed commit on ref \"sha256:...\": commit failed: lease does not
+/// exist", seen once in CI on a `LABEL` step); a build is idempotent, so it is asked again too.
 pub fn store_race(args: &[&str], stderr: &str) -> bool {
     let listing = matches!(args, ["images", ..] | ["image", "ls", ..] | ["ps", ..] | ["container", "ls", ..] | ["system", "df", ..]);
     let build = matches!(args, ["build", ..] | ["image", "build", ..]);
@@ -360,7 +361,9 @@ pub fn store_race(args: &[&str], stderr: &str) -> bool {
         && ((stderr.contains("content digest sha256:") && stderr.contains("not found"))
             || stderr.contains("snapshot not found for container")
             || stderr.contains("does not exist: not found")))
-        || (build && stderr.contains("unable to find image \"sha256:"))
+        || (build
+            && (stderr.contains("unable to find image \"sha256:")
+                || (stderr.contains("failed commit on ref") && stderr.contains("lease does not exist"))))
 }
 
 /// Runs `run` and runs it again (up to four more times) while it fails with [`store_race`].
