@@ -21,8 +21,8 @@ use crate::docker::json::{canonicalize, Kind, Raw};
 use crate::docker::schema::normalize_create;
 use crate::docker::{store_race, ApiPath, BodyKind, Endpoint, Query, Route};
 use crate::http::{
-    boxed_body, client_body, full_body, respond, AccessIdentity, ConnCtx, ForwardError, Forwarder, Handler, ProxyBody, RelayAsk, RelayTo,
-    UpstreamBody,
+    boxed_body, client_body, full_body, respond, AccessIdentity, ClientBody, ConnCtx, ForwardError, Forwarder, Handler, ProxyBody,
+    RelayAsk, RelayTo, SendWhole, UpstreamBody, WholeLimits,
 };
 use crate::plugin::auth::{self, Authenticator};
 use crate::plugin::namespace::request::Prepared;
@@ -218,21 +218,11 @@ impl DockerProxy {
         }
         Ok(Response::from_parts(parts, ProxyBody::empty()))
     }
-
-    async fn forward_or_502(&self, req: Request<UpstreamBody>, conn: &ConnCtx) -> Response<ProxyBody> {
-        match self.forward(req, conn).await {
-            Ok(rsp) => rsp,
-            Err(e) => {
-                tracing::warn!(listener = %conn.listener, error = %e, "request not forwarded");
-                respond::error(StatusCode::BAD_GATEWAY, &format!("ctproxy: {e}"))
-            }
-        }
-    }
 }
 
 impl ListenerHandler {
     /// Policies, body checks and the namespace stage; returns what to do with the request.
-    async fn admit(&self, pipeline: &Pipeline, req: Request<Incoming>, conn: &ConnCtx, identity: &Identity) -> Result<Admitted, Refused> {
+    async fn admit(&self, pipeline: &Pipeline, req: Request<ClientBody>, conn: &ConnCtx, identity: &Identity) -> Result<Admitted, Refused> {
         let chain = pipeline.chain_for(identity);
         let namespace = pipeline.namespace_for(identity);
         let decorates = pipeline.decorate.is_some() && may_create_container(req.method(), req.uri().path());
@@ -515,6 +505,38 @@ impl ListenerHandler {
     }
 }
 
+/// The endpoints a job socket serves whole on its relay ([`RelayTo::whole`]): a JSON body read
+/// whole anyway (create), and answers the namespace reads whole anyway (lists, inspects). None of
+/// them streams or hijacks.
+const SERVED_WHOLE: [Endpoint; 9] = [
+    Endpoint::ContainerCreate,
+    Endpoint::ContainerList,
+    Endpoint::ContainerInspect,
+    Endpoint::ImageList,
+    Endpoint::ImageInspect,
+    Endpoint::NetworkList,
+    Endpoint::NetworkInspect,
+    Endpoint::VolumeList,
+    Endpoint::VolumeInspect,
+];
+
+/// Whether a request of a checked listener may be served whole on the relay: a namespaced
+/// listener whose identity is the same for every request ([`Pipeline::relays_checked_heads`]), an
+/// endpoint of [`SERVED_WHOLE`], and a head hyper would accept. Its body (within the pipeline's
+/// JSON limit) and its answer (within the namespace's) are read whole; the checks are the checked
+/// path's own ([`ListenerHandler::answer`]).
+fn whole_limits(p: &Pipeline, method: &hyper::Method, path: &str, head: Option<(&str, &HeaderMap)>) -> Option<WholeLimits> {
+    let ns = p.namespace.as_ref().filter(|_| p.relays_checked_heads())?;
+    let (target, headers) = head?;
+    let route = Route::classify(method, path).ok()?;
+    if !route.endpoint.is_some_and(|e| SERVED_WHOLE.contains(&e)) || headers.contains_key(header::UPGRADE) {
+        return None;
+    }
+    let uri: Uri = target.parse().ok()?;
+    (target.starts_with('/') && uri.path() == path)
+        .then_some(WholeLimits { max_body: p.max_json_body, max_answer: ns.settings.max_response })
+}
+
 impl Handler for ListenerHandler {
     fn transparent_upstream(&self, ask: RelayAsk) -> Option<RelayTo> {
         let p = self.pipeline.load();
@@ -524,27 +546,59 @@ impl Handler for ListenerHandler {
                 (p.is_passthrough() || !may_create_container(method, path)).then_some(None)?
             }
             RelayAsk::Request { listener, method, path, head, has_body } => {
-                let identity = self.checked_head_relays(&p, listener, method, path, head, has_body)?;
-                if listener.starts_with(crate::jobs::JOB_LISTENER_PREFIX) {
-                    crate::metrics::server().job_socket_request();
+                match self.checked_head_relays(&p, listener, method, path, head, has_body) {
+                    Some(identity) => {
+                        if listener.starts_with(crate::jobs::JOB_LISTENER_PREFIX) {
+                            crate::metrics::server().job_socket_request();
+                        }
+                        Some(identity)
+                    }
+                    None => {
+                        let whole = whole_limits(&p, method, path, head)?;
+                        let upstream = self.proxy.forwarder.load().connector().clone();
+                        return Some(RelayTo { upstream, identity: None, whole: Some(whole) });
+                    }
                 }
-                Some(identity)
             }
         };
-        Some(RelayTo { upstream: self.proxy.forwarder.load().connector().clone(), identity })
+        Some(RelayTo { upstream: self.proxy.forwarder.load().connector().clone(), identity, whole: None })
     }
 
     fn relay_checks_heads(&self) -> bool {
         !self.pipeline.load().checks_nothing()
     }
 
-    async fn call(&self, mut req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<ProxyBody> {
+    async fn call(&self, req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<ProxyBody> {
+        self.answer(req.map(ClientBody::Streaming), &conn, Via::Pool).await
+    }
+
+    fn call_whole<'a>(
+        &'a self,
+        req: Request<Bytes>,
+        conn: &'a Arc<ConnCtx>,
+        daemon: &'a mut dyn SendWhole,
+    ) -> impl std::future::Future<Output = Response<ProxyBody>> + Send + 'a {
+        self.answer(req.map(|b| ClientBody::Whole(Some(b))), conn, Via::Whole(daemon))
+    }
+}
+
+/// How a checked request reaches the daemon.
+enum Via<'a> {
+    /// The pooled client, for requests hyper's server read: bodies and answers stream.
+    Pool,
+    /// The relay's own daemon connection, for a request it read whole: the answer is read whole.
+    Whole(&'a mut dyn SendWhole),
+}
+
+impl ListenerHandler {
+    /// Authenticates, checks and forwards one request, and lets its namespace rewrite the answer.
+    async fn answer(&self, mut req: Request<ClientBody>, conn: &Arc<ConnCtx>, via: Via<'_>) -> Response<ProxyBody> {
         if conn.listener.starts_with(crate::jobs::JOB_LISTENER_PREFIX) {
             crate::metrics::server().job_socket_request();
         }
         let pipeline = self.pipeline.load_full();
         if pipeline.is_passthrough() {
-            return self.proxy.forward_or_502(req.map(client_body), &conn).await;
+            return self.forward_or_502(req.map(client_body), conn, via).await;
         }
         let identity = match auth::authenticate(&pipeline.auth, &conn.peer, req.headers()) {
             Ok(id) => id,
@@ -567,13 +621,13 @@ impl Handler for ListenerHandler {
             req.headers_mut().remove(header::AUTHORIZATION);
         }
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-        let mut rsp = match self.admit(&pipeline, req, &conn, &identity).await {
-            Ok(Admitted::Forward(req, None)) => self.proxy.forward_or_502(req, &conn).await,
+        let mut rsp = match self.admit(&pipeline, req, conn, &identity).await {
+            Ok(Admitted::Forward(req, None)) => self.forward_or_502(req, conn, via).await,
             Ok(Admitted::Forward(req, Some(plan))) => {
                 let (ns, after) = *plan;
-                let rsp = match self.proxy.forward(req, &conn).await {
+                let rsp = match self.forward_via(req, conn, via).await {
                     Ok(rsp) => rsp,
-                    Err(e) => body_refusal(&identity, &conn, &method, &path, e),
+                    Err(e) => body_refusal(&identity, conn, &method, &path, e),
                 };
                 ns.finish(&self.proxy.daemon(), after, rsp).await
             }
@@ -597,6 +651,75 @@ impl Handler for ListenerHandler {
         };
         rsp.extensions_mut().insert(AccessIdentity(identity.name.clone()));
         rsp
+    }
+
+    async fn forward_via(&self, req: Request<UpstreamBody>, conn: &ConnCtx, via: Via<'_>) -> Result<Response<ProxyBody>, ForwardError> {
+        match via {
+            Via::Pool => self.proxy.forward(req, conn).await,
+            Via::Whole(daemon) => forward_whole(daemon, req).await,
+        }
+    }
+
+    async fn forward_or_502(&self, req: Request<UpstreamBody>, conn: &ConnCtx, via: Via<'_>) -> Response<ProxyBody> {
+        match self.forward_via(req, conn, via).await {
+            Ok(rsp) => rsp,
+            Err(e) => {
+                tracing::warn!(listener = %conn.listener, error = %e, "request not forwarded");
+                respond::error(StatusCode::BAD_GATEWAY, &format!("ctproxy: {e}"))
+            }
+        }
+    }
+}
+
+/// A request body made or checked here, whole (each kind collected as itself: `Either`'s error
+/// conversion trips the compiler's `Send` proof in this async context).
+async fn whole_body(body: UpstreamBody) -> Result<Bytes, ForwardError> {
+    use http_body_util::Either;
+    let failed = |cause: String, error: crate::http::BoxError| ForwardError::Body { cause, error };
+    match body {
+        Either::Left(b) => b.collect().await.map(|c| c.to_bytes()).map_err(|e| failed(e.to_string(), Box::new(e))),
+        Either::Right(Either::Left(b)) => Ok(b.collect().await.map(|c| c.to_bytes()).unwrap_or_default()),
+        Either::Right(Either::Right(b)) => b.collect().await.map(|c| c.to_bytes()).map_err(|e| failed(e.to_string(), e)),
+    }
+}
+
+/// Forwards a request whole through the relay's daemon connection. Only requests that neither
+/// stream nor hijack are served whole (`ListenerHandler::whole_limits`); a listing that meets the
+/// containerd store's race is asked again, as on the pooled path.
+async fn forward_whole(daemon: &mut dyn SendWhole, req: Request<UpstreamBody>) -> Result<Response<ProxyBody>, ForwardError> {
+    if requested_upgrade(&req).is_some() {
+        return Err(ForwardError::Target("an upgrade cannot be served whole".into()));
+    }
+    let listing = is_store_listing(&req);
+    let (parts, body) = req.into_parts();
+    let body = whole_body(body).await?;
+    // Kept for asking again only when it may be needed (a listing).
+    let again = listing.then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
+    let mut req = Some(Request::from_parts(parts, body.clone()));
+    let mut attempt = 1;
+    loop {
+        let sent = match (req.take(), &again) {
+            (Some(r), _) => r,
+            (None, Some((method, uri, headers))) => {
+                let mut r = Request::new(body.clone());
+                *r.method_mut() = method.clone();
+                *r.uri_mut() = uri.clone();
+                *r.headers_mut() = headers.clone();
+                r
+            }
+            (None, None) => return Err(ForwardError::Target("asked again without a listing".into())),
+        };
+        let rsp = daemon.send(sent).await?;
+        let raced = listing
+            && attempt < store_race::ATTEMPTS
+            && (rsp.status() == StatusCode::NOT_FOUND || rsp.status() == StatusCode::INTERNAL_SERVER_ERROR)
+            && store_race::is_store_race(rsp.body());
+        if !raced {
+            return Ok(rsp.map(ProxyBody::full));
+        }
+        tracing::debug!(attempt, path = ?again.as_ref().map(|a| &a.1), "the daemon's image store raced a removal; listing again");
+        tokio::time::sleep(store_race::backoff(attempt)).await;
+        attempt += 1;
     }
 }
 
@@ -662,7 +785,7 @@ fn refuse_form_bodies(headers: &HeaderMap) -> Result<(), Refused> {
 }
 
 /// Reads a whole body, refusing it with 413 past `limit` bytes.
-async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, Refused> {
+async fn read_limited(body: ClientBody, limit: usize) -> Result<Bytes, Refused> {
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refused {

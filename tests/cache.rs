@@ -517,7 +517,9 @@ fn a_container_created_before_a_ca_rotation_keeps_trusting_the_cache() {
     let cache = start_cache(&origin, "auto", "rotate_every = \"3s\"");
     let host = cache.proxy.docker_host();
     let name = unique("rot");
-    docker(&host, &["run", "-d", "--name", &name, CI_IMAGE, "sleep", "60"]);
+    // Removed at the end; its life must not end on a timer while a loaded machine runs the steps
+    // (a `sleep 60` once ran out just as the last exec ran).
+    docker(&host, &["run", "-d", "--name", &name, CI_IMAGE, "sleep", "3600"]);
     let s = cache.https;
     // The trust the container had at creation, frozen: it must be enough after the rotation.
     let first = docker(
@@ -535,7 +537,7 @@ fn a_container_created_before_a_ca_rotation_keeps_trusting_the_cache() {
     let _ = docker_cmd("docker", &host, &["rm", "-f", &name]).output();
     assert!(rotated, "no rotation seen:\n{}", cache.proxy.log_text());
     let after = after.expect("docker exec");
-    assert_eq!(String::from_utf8_lossy(&after.stdout), "after\n", "{}", String::from_utf8_lossy(&after.stderr));
+    assert_eq!(String::from_utf8_lossy(&after.stdout), "after\n", "{}: {}", after.status, String::from_utf8_lossy(&after.stderr));
 }
 
 #[test]

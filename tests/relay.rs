@@ -1,7 +1,9 @@
 //! The raw relay of transparent listeners (`src/http/relay.rs`), byte for byte over the unix socket:
 //! chunked bodies both ways, bodiless answers (HEAD, 304), an upgrade with stdin sent along with the
 //! head, HTTP/1.0 without keep-alive, a malformed chunked body, an upstream connection dockerd
-//! closed, and a reload that adds a policy to a listener whose connections are already open.
+//! closed, and a reload that adds a policy to a listener whose connections are already open; and
+//! the whole exchanges of job sockets (creates, lists and inspects checked and rewritten on the
+//! relay), with what they hand to hyper's server instead.
 
 #[path = "support/rawhttp.rs"]
 mod rawhttp;
@@ -11,6 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rawhttp::{demux, Conn, End};
+use support::jobs::*;
 use support::*;
 
 const T: Duration = Duration::from_secs(15);
@@ -198,4 +201,99 @@ fn reload_adding_a_policy_applies_to_open_connections() {
     assert_eq!(c.read_response().body_text(), "OK");
     // A new connection.
     assert_eq!(once(&p.sock, &request).status, 403);
+}
+
+fn post_json(path: &str, json: &str, extra: &str) -> Vec<u8> {
+    format!("POST {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{json}", json.len())
+        .into_bytes()
+}
+
+/// A job socket serves creates, lists and inspects whole on its relay (`RelayTo::whole`): pipelined
+/// behind each other and behind a relayed ping on one connection, checked and rewritten as on the
+/// checked path (the namespace's names, the policy's refusal, which leaves the connection usable),
+/// with the daemon's chunked answer to a long list read whole. What cannot be read whole goes to
+/// hyper's server on the same connection: `Expect: 100-continue`, a chunked body, HTTP/1.0, a body
+/// over the limit.
+#[test]
+fn job_socket_serves_checked_requests_whole() {
+    let host = JobHost::start();
+    let job = host.job();
+    let create =
+        |name: &str| post_json(&format!("/v1.41/containers/create?name={name}"), &format!(r#"{{"Image":"{BUSYBOX}","Cmd":["true"]}}"#), "");
+    let mut c = Conn::unix(&job.socket, T);
+    c.send(&[get("/_ping"), create("first"), get("/v1.41/containers/first/json"), get("/v1.41/containers/json?all=1")].concat());
+    assert_eq!(c.read_response().body_text(), "OK");
+    let created = c.read_response();
+    assert_eq!(created.status, 201, "{created:?}");
+    let id = created.json()["Id"].as_str().expect("Id").to_owned();
+    let inspect = c.read_response();
+    assert_eq!((inspect.status, inspect.json()["Name"].as_str()), (200, Some("/first")), "{inspect:?}");
+    assert_eq!(inspect.json()["Id"].as_str(), Some(id.as_str()));
+    let list = c.read_response();
+    assert_eq!(list.status, 200, "{list:?}");
+    assert_eq!(list.json()[0]["Names"][0].as_str(), Some("/first"), "the job's name, as written");
+
+    // Refused by the policy: 403, and the connection goes on.
+    let privileged = post_json("/v1.41/containers/create", &format!(r#"{{"Image":"{BUSYBOX}","HostConfig":{{"Privileged":true}}}}"#), "");
+    c.send(&[privileged, get("/v1.41/containers/nosuch/json")].concat());
+    let refused = c.read_response();
+    assert_eq!(refused.status, 403, "{refused:?}");
+    assert!(refused.body_text().contains("Privileged"), "{refused:?}");
+    let missing = c.read_response();
+    assert_eq!(missing.status, 404, "{missing:?}");
+    assert_eq!(missing.json()["message"].as_str(), Some("No such container: nosuch"), "the client's name in the daemon's message");
+
+    // A list longer than dockerd's write buffer comes chunked from it; the client gets it whole.
+    for i in 0..25 {
+        c.send(&create(&format!("c{i}")));
+        assert_eq!(c.read_response().status, 201);
+    }
+    c.send(&get("/v1.41/containers/json?all=1"));
+    let long = c.read_response();
+    assert_eq!(long.status, 200, "{long:?}");
+    assert!(long.body.len() > 8192 && long.header("content-length").is_some(), "{:?}", long.header("transfer-encoding"));
+    let names: Vec<String> =
+        long.json().as_array().expect("list").iter().map(|c| c["Names"][0].as_str().unwrap_or("").to_owned()).collect();
+    assert_eq!(names.len(), 26, "{names:?}");
+    assert!(names.iter().all(|n| n == "/first" || n.starts_with("/c")), "{names:?}");
+    let direct = once(
+        direct_socket(),
+        &get(&format!("/v1.41/containers/json?all=1&filters=%7B%22label%22%3A%5B%22io.ctproxy.namespace%3D{}%22%5D%7D", job.namespace)),
+    );
+    assert_eq!(direct.json().as_array().map(Vec::len), Some(26), "the daemon's own list of the namespace");
+
+    // Not read whole, served by hyper's server on the same connection (which stays there).
+    c.send(&post_json("/v1.41/containers/create?name=expect", &format!(r#"{{"Image":"{BUSYBOX}"}}"#), "Expect: 100-continue\r\n"));
+    let mut answered = c.read_response();
+    if answered.status == 100 {
+        answered = c.read_response();
+    }
+    assert_eq!(answered.status, 201, "{answered:?}");
+    let json = format!(r#"{{"Image":"{BUSYBOX}"}}"#);
+    let chunked = format!(
+        "POST /v1.41/containers/create?name=chunked HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{json}\r\n0\r\n\r\n",
+        json.len()
+    );
+    c.send(chunked.as_bytes());
+    assert_eq!(c.read_response().status, 201);
+    // A body over the JSON limit: refused with 413 (the connection may close before all of it is
+    // written, so the write's error is not the test's).
+    let big = format!(r#"{{"Image":"{BUSYBOX}","Labels":{{"x":"{}"}}}}"#, "a".repeat(2 << 20));
+    let mut raw = std::os::unix::net::UnixStream::connect(&job.socket).expect("connect");
+    raw.set_read_timeout(Some(T)).expect("timeout");
+    let _ = std::io::Write::write_all(&mut raw, &post_json("/v1.41/containers/create", &big, ""));
+    let mut status = [0u8; 12];
+    std::io::Read::read_exact(&mut raw, &mut status).expect("an answer");
+    assert_eq!(&status, b"HTTP/1.1 413", "over the JSON body limit");
+    let mut c3 = Conn::unix(&job.socket, T);
+    c3.send(
+        format!(
+            "POST /v1.41/containers/create?name=http10 HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+            json.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(c3.read_response().status, 201);
+    assert!(host.log_text().contains("path=/v1.41/containers/json"), "whole exchanges are in the access log");
+    job.remove();
 }

@@ -82,6 +82,39 @@ impl Body for ProxyBody {
     }
 }
 
+/// A request's body as a handler gets it: streaming from the client (hyper's server), or read whole
+/// already (the relay's whole exchanges, [`super::RelayTo::whole`]).
+pub enum ClientBody {
+    Streaming(Incoming),
+    Whole(Option<Bytes>),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Streaming(b) => Pin::new(b).poll_frame(cx),
+            ClientBody::Whole(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Streaming(b) => b.is_end_stream(),
+            ClientBody::Whole(b) => b.as_ref().is_none_or(Bytes::is_empty),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Streaming(b) => b.size_hint(),
+            ClientBody::Whole(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
 /// One request as the access log sees it.
 pub struct AccessRecord {
     pub listener: Arc<str>,

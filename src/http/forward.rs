@@ -21,9 +21,12 @@ use crate::transport::Connector;
 /// the client's stream transformed (a build context whose Dockerfile a namespace rewrote).
 pub type UpstreamBody = http_body_util::Either<Incoming, http_body_util::Either<Full<Bytes>, super::body::BoxedBody>>;
 
-/// The client's body, forwarded as it comes.
-pub fn client_body(body: Incoming) -> UpstreamBody {
-    http_body_util::Either::Left(body)
+/// The client's body, forwarded as it comes (or as it was read, whole).
+pub fn client_body(body: super::body::ClientBody) -> UpstreamBody {
+    match body {
+        super::body::ClientBody::Streaming(b) => http_body_util::Either::Left(b),
+        super::body::ClientBody::Whole(b) => full_body(b.unwrap_or_default()),
+    }
 }
 
 /// A body made here.

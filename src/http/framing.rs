@@ -175,6 +175,42 @@ impl ResponseHead {
     }
 }
 
+/// The status and header fields of a complete response head (the relay's whole exchanges, which
+/// hand the answer to a handler); `None` if hyper's client would not accept one of them.
+pub(crate) fn response_fields(head: &[u8]) -> Option<(hyper::StatusCode, hyper::HeaderMap)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut rsp = httparse::Response::new(&mut headers);
+    if !matches!(rsp.parse(head), Ok(httparse::Status::Complete(_))) {
+        return None;
+    }
+    let status = hyper::StatusCode::from_u16(rsp.code?).ok()?;
+    let mut map = hyper::HeaderMap::with_capacity(rsp.headers.len());
+    for h in rsp.headers.iter() {
+        let name = hyper::header::HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        map.append(name, hyper::header::HeaderValue::from_bytes(h.value).ok()?);
+    }
+    Some((status, map))
+}
+
+/// The payload of a chunked body that [`Chunked`] followed to its end (so its framing is known to
+/// be well-formed): the chunks' data, without sizes, extensions or trailers.
+pub(crate) fn dechunk(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut rest = raw;
+    loop {
+        let line_end = rest.iter().position(|&b| b == b'\n')?;
+        let line = &rest[..line_end];
+        let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+        let size = usize::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()?;
+        rest = &rest[line_end + 1..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(rest.get(..size)?);
+        rest = rest.get(size..)?.strip_prefix(b"\r\n")?;
+    }
+}
+
 /// The framing and connection headers of a message.
 #[derive(Default)]
 pub(crate) struct Fields {
@@ -437,6 +473,23 @@ mod tests {
             assert_eq!(chunked_end(msg, step).expect("valid"), (end, 15), "step {step}");
         }
         assert_eq!(chunked_end(b"0\r\n\r\nrest", 1).expect("valid"), (5, 0));
+    }
+
+    #[test]
+    fn followed_chunks_are_decoded() {
+        let msg = b"5;ext=1\r\nhello\r\nA \r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\n";
+        assert_eq!(chunked_end(msg, 1000).expect("valid"), (msg.len(), 15));
+        assert_eq!(dechunk(msg).as_deref(), Some(&b"hello0123456789"[..]));
+        assert_eq!(dechunk(b"0\r\n\r\n").as_deref(), Some(&b""[..]));
+        assert_eq!(dechunk(b"5\r\nhel"), None, "cut short");
+    }
+
+    #[test]
+    fn response_fields_are_read_as_hyper_reads_them() {
+        let (status, h) = response_fields(b"HTTP/1.1 201 Created\r\nApi-Version: 1.41\r\nContent-Length: 2\r\n\r\n").expect("valid");
+        assert_eq!(status, hyper::StatusCode::CREATED);
+        assert_eq!(h.get("api-version").and_then(|v| v.to_str().ok()), Some("1.41"));
+        assert!(response_fields(b"HTTP/1.1 201 Created\r\nBad Name: x\r\n\r\n").is_none());
     }
 
     #[test]

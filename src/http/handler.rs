@@ -7,11 +7,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response};
+use hyper::{Method, Request, Response, StatusCode};
 
 use super::body::AccessRecord;
 use super::clock::Activity;
+use super::forward::ForwardError;
 use super::grpc::BoxIo;
 use super::ProxyBody;
 use crate::transport::{Connector, PeerInfo};
@@ -35,6 +37,18 @@ pub trait Handler: Send + Sync + 'static {
     fn relay_checks_heads(&self) -> bool {
         false
     }
+
+    /// Answers a request the relay read whole ([`RelayTo::whole`]), forwarding what it decides
+    /// through `daemon`: the relay's own daemon connection. The answer is written whole, with its
+    /// own length.
+    fn call_whole<'a>(
+        &'a self,
+        _req: Request<Bytes>,
+        _conn: &'a Arc<ConnCtx>,
+        _daemon: &'a mut dyn SendWhole,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
+        async { super::respond::error(StatusCode::INTERNAL_SERVER_ERROR, "ctproxy: this listener reads no request whole") }
+    }
 }
 
 /// Where a relayed request goes, and who made it (for the access log).
@@ -42,6 +56,24 @@ pub trait Handler: Send + Sync + 'static {
 pub struct RelayTo {
     pub upstream: Connector,
     pub identity: Option<Arc<str>>,
+    /// Not relayed as bytes: the request is read whole (a body of at most `max_body` bytes, by its
+    /// `Content-Length`) and answered by [`Handler::call_whole`], whose daemon answers are read
+    /// whole too, up to `max_answer` bytes. Why: a request the handler checks and rewrites (a
+    /// container create, a list it filters) then costs one hop, the relay's, instead of hyper's
+    /// server, its pooled client and the wake-ups between their tasks.
+    pub whole: Option<WholeLimits>,
+}
+
+/// The limits of a request served whole.
+#[derive(Debug, Clone, Copy)]
+pub struct WholeLimits {
+    pub max_body: usize,
+    pub max_answer: usize,
+}
+
+/// The daemon, for a request served whole: sends a request and reads its answer whole.
+pub trait SendWhole: Send {
+    fn send(&mut self, req: Request<Bytes>) -> Pin<Box<dyn Future<Output = Result<Response<Bytes>, ForwardError>> + Send + '_>>;
 }
 
 /// What [`Handler::transparent_upstream`] is asked about.

@@ -27,6 +27,6 @@ pub mod respond;
 pub mod serve;
 pub mod server;
 
-pub use body::{BoxError, BoxedBody, ProxyBody};
+pub use body::{BoxError, BoxedBody, ClientBody, ProxyBody};
 pub use forward::{boxed_body, client_body, full_body, ForwardError, Forwarder, UpstreamBody};
-pub use handler::{AccessIdentity, ConnCtx, Handler, RelayAsk, RelayTo, StreamRelay};
+pub use handler::{AccessIdentity, ConnCtx, Handler, RelayAsk, RelayTo, SendWhole, StreamRelay, WholeLimits};

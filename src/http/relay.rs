@@ -28,8 +28,19 @@
 //! Before every request the handler is asked whether it may be relayed ([`RelayAsk::Request`]: a
 //! `SIGHUP` may have added checks; a checking handler gets the request's target and header fields,
 //! runs its checks on them, and says yes only for a request it would forward exactly as it is, with
-//! an answer it would not rewrite). If not, the connection, with the request already read, is handed
-//! back to the hyper path so that this very request and all later ones are served there.
+//! an answer it would not rewrite).
+//!
+//! A checking handler may instead ask for the request *whole* ([`RelayTo::whole`]: a job socket's
+//! container create, list or inspect, whose JSON body and answer its namespace reads whole anyway).
+//! The relay reads the body by its `Content-Length`, hands the request to [`Handler::call_whole`]
+//! together with its own daemon connection ([`SendWhole`]: the request written with its own length,
+//! the answer read whole and de-chunked), and writes the handler's answer with its own length. Why:
+//! through hyper such a request crossed hyper's server, the pooled client and the channel between
+//! their tasks, 30–60 µs more than the relay's one hop (docs/PERFORMANCE.md).
+//!
+//! Anything else (and a whole request the relay cannot read whole: a chunked body, one over the
+//! limit, `Expect`, HTTP/1.0) makes the relay hand the connection, with the request already read,
+//! back to the hyper path, so that this very request and all later ones are served there.
 
 use std::io;
 use std::pin::Pin;
@@ -38,16 +49,18 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
-use hyper::{Method, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::header::{self, HeaderMap};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
 use super::body::AccessRecord;
 use super::clock::Expired;
-use super::forward::ForwardError;
-use super::framing::{BodyFraming, HeadDetail, HeadError, Progress, RequestHead, ResponseFraming, ResponseHead};
-use super::handler::{Handler, RelayAsk, RelayTo};
+use super::forward::{strip_hop_by_hop, ForwardError};
+use super::framing::{self, BodyFraming, HeadDetail, HeadError, Progress, RequestHead, ResponseFraming, ResponseHead};
+use super::handler::{AccessIdentity, ConnCtx, Handler, RelayAsk, RelayTo, SendWhole, WholeLimits};
 use super::hijack::{splice, Prefixed};
 use super::respond;
 use super::serve::Timeouts;
@@ -65,6 +78,8 @@ pub struct RelayConn<'a> {
     pub peer_label: &'a Arc<str>,
     pub access_log: bool,
     pub timeouts: Timeouts,
+    /// What [`Handler::call_whole`] is called with.
+    pub ctx: &'a Arc<ConnCtx>,
 }
 
 /// How a relayed connection ended.
@@ -207,10 +222,22 @@ impl Relay<'_> {
                 head: head.full.as_ref().map(|f| (f.target.as_str(), &f.headers)),
                 has_body: head.body != BodyFraming::None,
             };
-            let Some(RelayTo { upstream: connector, identity }) = handler.transparent_upstream(ask) else {
+            let Some(RelayTo { upstream: connector, identity, whole }) = handler.transparent_upstream(ask) else {
                 return Ended::HandBack;
             };
             let started = Instant::now();
+            if let Some(limits) = whole {
+                let Some(whole) = WholeRequest::of(&head, limits) else { return Ended::HandBack };
+                match self.whole_exchange(handler, &head, whole, connector, limits).await {
+                    Some((status, bytes, identity)) => self.log(&head, &identity, status, started, bytes, None),
+                    None => return Ended::Gone,
+                }
+                if !head.keep_alive || shutdown.is_cancelled() {
+                    return Ended::Close;
+                }
+                clock.answered(!self.cbuf.is_empty());
+                continue;
+            }
             let outcome = self.exchange(&head, connector).await;
             let keep = match outcome {
                 Outcome::Done { status, bytes, keep_alive } => {
@@ -369,6 +396,51 @@ impl Relay<'_> {
             };
         }
         Outcome::Broken { status: 0, bytes: 0 }
+    }
+
+    /// Serves a request whole ([`RelayTo::whole`]): reads its body, lets the handler check and
+    /// rewrite it and forward what it decides on this connection's daemon connection, and writes
+    /// its answer with its own length. `None`: the client is gone (or broke off).
+    async fn whole_exchange<H: Handler>(
+        &mut self,
+        handler: &H,
+        head: &RequestHead,
+        whole: WholeRequest,
+        connector: Connector,
+        limits: WholeLimits,
+    ) -> Option<(u16, u64, Option<Arc<str>>)> {
+        let total = head.len + whole.body_len;
+        while self.cbuf.filled().len() < total {
+            let spare = self.cbuf.spare(total.max(MAX_HEAD))?;
+            match self.client.read(spare).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.cbuf.end += n,
+            }
+        }
+        let body = Bytes::copy_from_slice(&self.cbuf.filled()[head.len..total]);
+        self.cbuf.consume(total);
+        let mut req = Request::new(body);
+        *req.method_mut() = head.method.clone();
+        *req.uri_mut() = whole.uri;
+        *req.headers_mut() = whole.headers;
+        let Relay { client, upstream, ubuf, conn, .. } = self;
+        let mut daemon = WholeDaemon { upstream, ubuf, connector, max_answer: limits.max_answer };
+        let rsp = handler.call_whole(req, conn.ctx, &mut daemon).await;
+        let identity = rsp.extensions().get::<AccessIdentity>().map(|i| i.0.clone());
+        let (parts, body) = rsp.into_parts();
+        let (status, body) = match Limited::new(body, limits.max_answer.saturating_mul(2)).collect().await {
+            Ok(b) => (parts.status, Some(b.to_bytes())),
+            Err(e) => {
+                tracing::warn!(listener = %conn.listener, error = %e, "answer not written: unreadable or too large");
+                (StatusCode::BAD_GATEWAY, None)
+            }
+        };
+        let out = match &body {
+            Some(b) => answer_bytes(status, &parts.headers, b, head.method == Method::HEAD, head.keep_alive),
+            None => respond::error_bytes(status, "ctproxy: the answer could not be read", true, !head.keep_alive),
+        };
+        write_flush(client, &out).await.ok()?;
+        Some((status.as_u16(), body.map_or(0, |b| b.len() as u64), identity))
     }
 
     /// After `101` or a legacy hijack: the two raw streams, both ways, until the daemon's side ends.
@@ -618,6 +690,241 @@ async fn answer(
     Ok(Answered::Done { status, bytes: progress.data(), keep_alive })
 }
 
+// === whole exchanges ===
+
+/// A request the relay may read whole: HTTP/1.1, in origin form, with no body or a
+/// `Content-Length` within the limit, and no `Expect` (whose `100 Continue` hyper's server sends).
+/// Anything else goes to hyper's server, which serves it streaming.
+struct WholeRequest {
+    body_len: usize,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl WholeRequest {
+    fn of(head: &RequestHead, limits: WholeLimits) -> Option<WholeRequest> {
+        let full = head.full.as_ref()?;
+        let body_len = match head.body {
+            BodyFraming::None => 0,
+            BodyFraming::Length(n) => usize::try_from(n).ok().filter(|n| *n <= limits.max_body)?,
+            BodyFraming::Chunked => return None,
+        };
+        if !head.http11 || !full.target.starts_with('/') || full.headers.contains_key(header::EXPECT) {
+            return None;
+        }
+        let uri: Uri = full.target.parse().ok()?;
+        Some(WholeRequest { body_len, uri, headers: full.headers.clone() })
+    }
+}
+
+/// The relay's daemon connection, as the handler of a whole exchange sends through it.
+struct WholeDaemon<'r> {
+    upstream: &'r mut Option<Upstream>,
+    ubuf: &'r mut Buf,
+    connector: Connector,
+    max_answer: usize,
+}
+
+impl SendWhole for WholeDaemon<'_> {
+    fn send(
+        &mut self,
+        req: Request<Bytes>,
+    ) -> Pin<Box<dyn std::future::Future<Output = Result<Response<Bytes>, ForwardError>> + Send + '_>> {
+        Box::pin(self.send_whole(req))
+    }
+}
+
+/// Why a whole answer was not read.
+enum WholeAnswerError {
+    /// Nothing of an answer came (the connection was closed, or is not HTTP).
+    BeforeHead(io::Error),
+    /// It came, but broken, too large, or not one that can be read whole (an upgrade).
+    Unusable(String),
+}
+
+impl WholeDaemon<'_> {
+    async fn send_whole(&mut self, req: Request<Bytes>) -> Result<Response<Bytes>, ForwardError> {
+        let bytes = request_bytes(&req);
+        let idempotent = matches!(*req.method(), Method::GET | Method::HEAD);
+        let to_head = req.method() == Method::HEAD;
+        for attempt in 0..2 {
+            let stale = match self.upstream.as_mut() {
+                Some(up) => !up.connector.same(&self.connector) || (!idempotent && up.reused && looks_closed(&mut up.stream)),
+                None => true,
+            };
+            if stale {
+                *self.upstream = None;
+                self.ubuf.clear();
+                let stream = self.connector.connect().await.map_err(|e| unreachable(&self.connector, &e))?.read_interest_only();
+                *self.upstream = Some(Upstream { stream, connector: self.connector.clone(), reused: false });
+            }
+            let Some(up) = self.upstream.as_mut() else { break };
+            let reused = std::mem::replace(&mut up.reused, true);
+            let answered = match write_flush(&mut up.stream, &bytes).await {
+                Ok(()) => read_whole_answer(&mut up.stream, self.ubuf, to_head, self.max_answer).await,
+                Err(e) => Err(WholeAnswerError::BeforeHead(e)),
+            };
+            match answered {
+                Ok((rsp, keep_alive)) => {
+                    if !keep_alive {
+                        *self.upstream = None;
+                        self.ubuf.clear();
+                    }
+                    return Ok(rsp);
+                }
+                // dockerd closed an idle connection as the request went: nothing was done, ask again.
+                Err(WholeAnswerError::BeforeHead(_)) if reused && idempotent && attempt == 0 => {}
+                Err(WholeAnswerError::BeforeHead(e)) => {
+                    *self.upstream = None;
+                    self.ubuf.clear();
+                    return Err(unreachable(&self.connector, &e));
+                }
+                Err(WholeAnswerError::Unusable(why)) => {
+                    *self.upstream = None;
+                    self.ubuf.clear();
+                    return Err(ForwardError::Unreachable { upstream: self.connector.addr().to_string(), cause: why });
+                }
+            }
+            *self.upstream = None;
+            self.ubuf.clear();
+        }
+        Err(ForwardError::Unreachable { upstream: self.connector.addr().to_string(), cause: "connection closed before an answer".into() })
+    }
+}
+
+/// Reads one answer whole (interim `1xx` heads skipped); returns it and whether the connection
+/// can carry another request.
+async fn read_whole_answer(
+    up: &mut ClientStream,
+    ubuf: &mut Buf,
+    to_head: bool,
+    max_answer: usize,
+) -> Result<(Response<Bytes>, bool), WholeAnswerError> {
+    let head = loop {
+        match ResponseHead::parse(ubuf.filled(), to_head) {
+            Ok(Some(h)) if (100..200).contains(&h.status) && h.status != 101 => ubuf.consume(h.len),
+            Ok(Some(h)) => break h,
+            Ok(None) => match read_more(up, ubuf).await {
+                Ok(0) => {
+                    return Err(WholeAnswerError::BeforeHead(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed before an answer",
+                    )))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(WholeAnswerError::BeforeHead(e)),
+            },
+            Err(why) => return Err(WholeAnswerError::BeforeHead(io::Error::new(io::ErrorKind::InvalidData, why))),
+        }
+    };
+    if head.status == 101 || head.docker_stream {
+        return Err(WholeAnswerError::Unusable("the daemon answered with a raw stream where a whole answer was expected".into()));
+    }
+    let unusable = |why: &str| WholeAnswerError::Unusable(format!("the daemon's answer {why}"));
+    let (status, mut headers) = framing::response_fields(&ubuf.filled()[..head.len]).ok_or_else(|| unusable("has a malformed head"))?;
+    ubuf.consume(head.len);
+    let mut progress = Progress::from_response(&head.body);
+    let mut raw = Vec::new();
+    loop {
+        let n = progress.take(ubuf.filled()).map_err(|_| unusable("has a malformed body"))?;
+        raw.extend_from_slice(&ubuf.filled()[..n]);
+        ubuf.consume(n);
+        if progress.data() > max_answer as u64 {
+            return Err(unusable(&format!("is larger than {max_answer} bytes")));
+        }
+        if progress.is_done() {
+            break;
+        }
+        if !ubuf.is_empty() {
+            return Err(unusable("has bytes after its body"));
+        }
+        match read_more(up, ubuf).await {
+            Ok(0) if matches!(progress, Progress::Close(_)) => break,
+            Ok(n) if n > 0 => {}
+            _ => return Err(unusable("broke off")),
+        }
+    }
+    let body = match head.body {
+        ResponseFraming::Chunked => framing::dechunk(&raw).ok_or_else(|| unusable("has a malformed body"))?,
+        _ => raw,
+    };
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::CONTENT_LENGTH);
+    let mut rsp = Response::new(Bytes::from(body));
+    *rsp.status_mut() = status;
+    *rsp.headers_mut() = headers;
+    let keep_alive = head.keep_alive && !matches!(head.body, ResponseFraming::Close) && ubuf.is_empty();
+    Ok((rsp, keep_alive))
+}
+
+/// Reads what dockerd sent next into `ubuf`. `Ok(0)`: it closed.
+async fn read_more(up: &mut ClientStream, ubuf: &mut Buf) -> io::Result<usize> {
+    let Some(spare) = ubuf.spare(MAX_HEAD) else { return Err(io::Error::new(io::ErrorKind::InvalidData, "response head too large")) };
+    let n = up.read(spare).await?;
+    ubuf.end += n;
+    Ok(n)
+}
+
+/// A request as sent to dockerd: its head (the handler's fields, hop-by-hop ones dropped, framed by
+/// the body's own length) and its body.
+fn request_bytes(req: &Request<Bytes>) -> Vec<u8> {
+    use std::io::Write as _;
+    let body = req.body();
+    let mut headers = req.headers().clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::CONTENT_LENGTH);
+    let mut out = Vec::with_capacity(256 + body.len());
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let _ = write!(out, "{} {} HTTP/1.1\r\n", req.method(), target);
+    if !headers.contains_key(header::HOST) {
+        out.extend_from_slice(b"host: docker\r\n");
+    }
+    write_fields(&mut out, &headers);
+    if !body.is_empty() || !matches!(*req.method(), Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS) {
+        let _ = write!(out, "content-length: {}\r\n", body.len());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// An answer written whole: the status, the handler's fields (framing and connection fields are
+/// the relay's), its length, and the body (none to a `HEAD`).
+fn answer_bytes(status: StatusCode, headers: &HeaderMap, body: &[u8], to_head: bool, keep_alive: bool) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut out = Vec::with_capacity(256 + body.len());
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    let mut fields = headers.clone();
+    strip_hop_by_hop(&mut fields);
+    fields.remove(header::CONTENT_LENGTH);
+    write_fields(&mut out, &fields);
+    // hyper's server adds one to every answer; dockerd's answers carry their own.
+    if !fields.contains_key(header::DATE) {
+        let _ = write!(out, "date: {}\r\n", httpdate::fmt_http_date(std::time::SystemTime::now()));
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    let bodyless = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    if !bodyless {
+        let _ = write!(out, "content-length: {}\r\n", body.len());
+    }
+    out.extend_from_slice(b"\r\n");
+    if !bodyless && !to_head {
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+fn write_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> io::Result<()> {
     if bytes.is_empty() {
         return Ok(());
@@ -676,5 +983,47 @@ impl Buf {
             }
         }
         Some(&mut self.data[self.end..])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_whole_request_is_framed_by_its_own_length() {
+        let mut req = Request::new(Bytes::from_static(b"{}"));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = "/v1.41/containers/create?name=x".parse().expect("uri");
+        let h = req.headers_mut();
+        h.insert(header::CONTENT_LENGTH, "99".parse().expect("value"));
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().expect("value"));
+        h.insert(header::CONNECTION, "close".parse().expect("value"));
+        h.insert(header::CONTENT_TYPE, "application/json".parse().expect("value"));
+        let text = String::from_utf8(request_bytes(&req)).expect("utf-8");
+        assert_eq!(
+            text,
+            "POST /v1.41/containers/create?name=x HTTP/1.1\r\nhost: docker\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+        );
+        let get = Request::new(Bytes::new());
+        assert_eq!(String::from_utf8(request_bytes(&get)).expect("utf-8"), "GET / HTTP/1.1\r\nhost: docker\r\n\r\n");
+    }
+
+    #[test]
+    fn a_whole_answer_is_framed_by_its_own_length() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, "5".parse().expect("value"));
+        h.insert(header::DATE, "Mon, 07 Dec 2026 08:00:00 GMT".parse().expect("value"));
+        h.insert("api-version", "1.41".parse().expect("value"));
+        let text = String::from_utf8(answer_bytes(StatusCode::CREATED, &h, b"{}", false, true)).expect("utf-8");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+        let mut lines: Vec<&str> = head.lines().collect();
+        lines[1..].sort_unstable();
+        assert_eq!(lines, ["HTTP/1.1 201 Created", "api-version: 1.41", "content-length: 2", "date: Mon, 07 Dec 2026 08:00:00 GMT"]);
+        assert_eq!(body, "{}", "the daemon's date kept, its length replaced");
+        let closing = String::from_utf8(answer_bytes(StatusCode::NO_CONTENT, &h, b"", false, false)).expect("utf-8");
+        assert!(closing.ends_with("connection: close\r\n\r\n") && !closing.contains("content-length"), "{closing}");
+        let head = answer_bytes(StatusCode::OK, &h, b"body", true, true);
+        assert!(String::from_utf8_lossy(&head).ends_with("content-length: 4\r\n\r\n"), "a HEAD answer has the length, not the body");
     }
 }

@@ -77,15 +77,6 @@ pub async fn serve_connection<H: Handler>(
     timeouts: Timeouts,
 ) {
     let peer_label: Arc<str> = Arc::from(peer.to_string());
-    let stream = if handler.transparent_upstream(RelayAsk::Connection).is_some() {
-        let conn = RelayConn { listener: &opts.listener, peer_label: &peer_label, access_log: opts.access_log, timeouts };
-        match relay::serve(stream, conn, &*handler, &shutdown).await {
-            Relayed::Closed => return,
-            Relayed::HandBack(stream) => stream,
-        }
-    } else {
-        Prefixed::new(bytes::Bytes::new(), stream)
-    };
     let activity = Arc::new(Activity::default());
     let ctx = Arc::new(ConnCtx {
         listener: opts.listener,
@@ -96,6 +87,15 @@ pub async fn serve_connection<H: Handler>(
         stream_relay: Mutex::new(None),
         activity: activity.clone(),
     });
+    let stream = if handler.transparent_upstream(RelayAsk::Connection).is_some() {
+        let conn = RelayConn { listener: &ctx.listener, peer_label: &ctx.peer_label, access_log: ctx.access_log, timeouts, ctx: &ctx };
+        match relay::serve(stream, conn, &*handler, &shutdown).await {
+            Relayed::Closed => return,
+            Relayed::HandBack(stream) => stream,
+        }
+    } else {
+        Prefixed::new(bytes::Bytes::new(), stream)
+    };
     let svc = ConnService { handler, ctx: ctx.clone() };
     let io = TokioIo::new(Watched::new(stream, activity.clone()));
     let mut conn = http1::Builder::new().keep_alive(true).serve_connection(io, svc);

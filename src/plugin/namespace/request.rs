@@ -29,7 +29,7 @@ pub struct NsRequest<'a> {
 }
 
 /// A transformation of the client's request body (a build context whose Dockerfile is rewritten).
-pub type BodyRewrite = Box<dyn FnOnce(hyper::body::Incoming) -> Result<crate::http::BoxedBody, NsError> + Send>;
+pub type BodyRewrite = Box<dyn FnOnce(crate::http::ClientBody) -> Result<crate::http::BoxedBody, NsError> + Send>;
 
 /// What the stage decided about a request.
 pub enum Prepared {
