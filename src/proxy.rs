@@ -143,8 +143,7 @@ async fn retry_store_race(forwarder: &Forwarder, req: Request<UpstreamBody>) -> 
         }
         let again = again.body(full_body(Bytes::new())).map_err(|e| ForwardError::Target(e.to_string()))?;
         let rsp = forwarder.send(again, None).await?;
-        if attempt == store_race::ATTEMPTS || !(rsp.status() == StatusCode::NOT_FOUND || rsp.status() == StatusCode::INTERNAL_SERVER_ERROR)
-        {
+        if !store_race::may_be_race(attempt, rsp.status().as_u16()) {
             return Ok(rsp.map(ProxyBody::Upstream));
         }
         let (head, body) = rsp.into_parts();
@@ -710,10 +709,7 @@ async fn forward_whole(daemon: &mut dyn SendWhole, req: Request<UpstreamBody>) -
             (None, None) => return Err(ForwardError::Target("asked again without a listing".into())),
         };
         let rsp = daemon.send(sent).await?;
-        let raced = listing
-            && attempt < store_race::ATTEMPTS
-            && (rsp.status() == StatusCode::NOT_FOUND || rsp.status() == StatusCode::INTERNAL_SERVER_ERROR)
-            && store_race::is_store_race(rsp.body());
+        let raced = listing && store_race::may_be_race(attempt, rsp.status().as_u16()) && store_race::is_store_race(rsp.body());
         if !raced {
             return Ok(rsp.map(ProxyBody::full));
         }

@@ -18,6 +18,13 @@ pub fn is_store_race(body: &[u8]) -> bool {
         || text.contains("does not exist: not found")
 }
 
+/// Whether an answer with this status, to attempt `attempt` (counting from 1), may be the race and
+/// worth reading for it: only errors that read as "not found" (404, or 500 from some paths), and
+/// only while attempts are left.
+pub fn may_be_race(attempt: u32, status: u16) -> bool {
+    attempt < ATTEMPTS && (status == 404 || status == 500)
+}
+
 /// The pause before attempt `attempt + 1` (attempts count from 1).
 pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(100 * u64::from(attempt))

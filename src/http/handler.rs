@@ -27,7 +27,8 @@ pub trait Handler: Send + Sync + 'static {
     /// the handler checked on its head ([`RelayAsk::Request::head`]) and would forward as it is.
     /// Asked when a connection starts ([`RelayAsk::Connection`]: could any request be relayed?)
     /// and again before every request of a relayed connection: once it says `None`, the connection
-    /// is served by [`Handler::call`].
+    /// is served by [`Handler::call`]. With [`RelayTo::whole`] the request is not relayed as bytes
+    /// but read whole and answered by [`Handler::call_whole`].
     fn transparent_upstream(&self, _ask: RelayAsk<'_>) -> Option<RelayTo> {
         None
     }

@@ -195,7 +195,7 @@ enum Ended {
 impl Relay<'_> {
     async fn run<H: Handler>(&mut self, handler: &H, shutdown: &CancellationToken, clock: &mut Clock<'_>) -> Ended {
         loop {
-            let head = match self.read_request_head(shutdown, clock).await {
+            let mut head = match self.read_request_head(shutdown, clock).await {
                 Ok(Next::Request(h)) => h,
                 Ok(Next::Gone) => return Ended::Close,
                 Ok(Next::TimedOut(expired)) => {
@@ -227,7 +227,7 @@ impl Relay<'_> {
             };
             let started = Instant::now();
             if let Some(limits) = whole {
-                let Some(whole) = WholeRequest::of(&head, limits) else { return Ended::HandBack };
+                let Some(whole) = WholeRequest::of(&mut head, limits) else { return Ended::HandBack };
                 match self.whole_exchange(handler, &head, whole, connector, limits).await {
                     Some((status, bytes, identity)) => self.log(&head, &identity, status, started, bytes, None),
                     None => return Ended::Gone,
@@ -436,7 +436,7 @@ impl Relay<'_> {
             }
         };
         let out = match &body {
-            Some(b) => answer_bytes(status, &parts.headers, b, head.method == Method::HEAD, head.keep_alive),
+            Some(b) => answer_bytes(status, parts.headers, b, head.method == Method::HEAD, head.keep_alive),
             None => respond::error_bytes(status, "ctproxy: the answer could not be read", true, !head.keep_alive),
         };
         write_flush(client, &out).await.ok()?;
@@ -702,7 +702,8 @@ struct WholeRequest {
 }
 
 impl WholeRequest {
-    fn of(head: &RequestHead, limits: WholeLimits) -> Option<WholeRequest> {
+    /// Takes the head's fields (the request is served whole from here) when it qualifies.
+    fn of(head: &mut RequestHead, limits: WholeLimits) -> Option<WholeRequest> {
         let full = head.full.as_ref()?;
         let body_len = match head.body {
             BodyFraming::None => 0,
@@ -713,7 +714,8 @@ impl WholeRequest {
             return None;
         }
         let uri: Uri = full.target.parse().ok()?;
-        Some(WholeRequest { body_len, uri, headers: full.headers.clone() })
+        let headers = head.full.take().map(|f| f.headers).unwrap_or_default();
+        Some(WholeRequest { body_len, uri, headers })
     }
 }
 
@@ -743,8 +745,8 @@ enum WholeAnswerError {
 }
 
 impl WholeDaemon<'_> {
-    async fn send_whole(&mut self, req: Request<Bytes>) -> Result<Response<Bytes>, ForwardError> {
-        let bytes = request_bytes(&req);
+    async fn send_whole(&mut self, mut req: Request<Bytes>) -> Result<Response<Bytes>, ForwardError> {
+        let bytes = request_bytes(&mut req);
         let idempotent = matches!(*req.method(), Method::GET | Method::HEAD);
         let to_head = req.method() == Method::HEAD;
         for attempt in 0..2 {
@@ -865,21 +867,20 @@ async fn read_more(up: &mut ClientStream, ubuf: &mut Buf) -> io::Result<usize> {
     Ok(n)
 }
 
-/// A request as sent to dockerd: its head (the handler's fields, hop-by-hop ones dropped, framed by
-/// the body's own length) and its body.
-fn request_bytes(req: &Request<Bytes>) -> Vec<u8> {
+/// A request as sent to dockerd: its head (the handler's fields, hop-by-hop ones dropped from `req`
+/// itself, framed by the body's own length) and its body.
+fn request_bytes(req: &mut Request<Bytes>) -> Vec<u8> {
     use std::io::Write as _;
-    let body = req.body();
-    let mut headers = req.headers().clone();
-    strip_hop_by_hop(&mut headers);
-    headers.remove(header::CONTENT_LENGTH);
+    strip_hop_by_hop(req.headers_mut());
+    req.headers_mut().remove(header::CONTENT_LENGTH);
+    let (body, headers) = (req.body(), req.headers());
     let mut out = Vec::with_capacity(256 + body.len());
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let _ = write!(out, "{} {} HTTP/1.1\r\n", req.method(), target);
     if !headers.contains_key(header::HOST) {
         out.extend_from_slice(b"host: docker\r\n");
     }
-    write_fields(&mut out, &headers);
+    write_fields(&mut out, headers);
     if !body.is_empty() || !matches!(*req.method(), Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS) {
         let _ = write!(out, "content-length: {}\r\n", body.len());
     }
@@ -890,11 +891,10 @@ fn request_bytes(req: &Request<Bytes>) -> Vec<u8> {
 
 /// An answer written whole: the status, the handler's fields (framing and connection fields are
 /// the relay's), its length, and the body (none to a `HEAD`).
-fn answer_bytes(status: StatusCode, headers: &HeaderMap, body: &[u8], to_head: bool, keep_alive: bool) -> Vec<u8> {
+fn answer_bytes(status: StatusCode, mut fields: HeaderMap, body: &[u8], to_head: bool, keep_alive: bool) -> Vec<u8> {
     use std::io::Write as _;
     let mut out = Vec::with_capacity(256 + body.len());
     let _ = write!(out, "HTTP/1.1 {} {}\r\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
-    let mut fields = headers.clone();
     strip_hop_by_hop(&mut fields);
     fields.remove(header::CONTENT_LENGTH);
     write_fields(&mut out, &fields);
@@ -1000,13 +1000,13 @@ mod tests {
         h.insert(header::TRANSFER_ENCODING, "chunked".parse().expect("value"));
         h.insert(header::CONNECTION, "close".parse().expect("value"));
         h.insert(header::CONTENT_TYPE, "application/json".parse().expect("value"));
-        let text = String::from_utf8(request_bytes(&req)).expect("utf-8");
+        let text = String::from_utf8(request_bytes(&mut req)).expect("utf-8");
         assert_eq!(
             text,
             "POST /v1.41/containers/create?name=x HTTP/1.1\r\nhost: docker\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
         );
-        let get = Request::new(Bytes::new());
-        assert_eq!(String::from_utf8(request_bytes(&get)).expect("utf-8"), "GET / HTTP/1.1\r\nhost: docker\r\n\r\n");
+        let mut get = Request::new(Bytes::new());
+        assert_eq!(String::from_utf8(request_bytes(&mut get)).expect("utf-8"), "GET / HTTP/1.1\r\nhost: docker\r\n\r\n");
     }
 
     #[test]
@@ -1015,15 +1015,15 @@ mod tests {
         h.insert(header::CONTENT_LENGTH, "5".parse().expect("value"));
         h.insert(header::DATE, "Mon, 07 Dec 2026 08:00:00 GMT".parse().expect("value"));
         h.insert("api-version", "1.41".parse().expect("value"));
-        let text = String::from_utf8(answer_bytes(StatusCode::CREATED, &h, b"{}", false, true)).expect("utf-8");
+        let text = String::from_utf8(answer_bytes(StatusCode::CREATED, h.clone(), b"{}", false, true)).expect("utf-8");
         let (head, body) = text.split_once("\r\n\r\n").expect("a head");
         let mut lines: Vec<&str> = head.lines().collect();
         lines[1..].sort_unstable();
         assert_eq!(lines, ["HTTP/1.1 201 Created", "api-version: 1.41", "content-length: 2", "date: Mon, 07 Dec 2026 08:00:00 GMT"]);
         assert_eq!(body, "{}", "the daemon's date kept, its length replaced");
-        let closing = String::from_utf8(answer_bytes(StatusCode::NO_CONTENT, &h, b"", false, false)).expect("utf-8");
+        let closing = String::from_utf8(answer_bytes(StatusCode::NO_CONTENT, h.clone(), b"", false, false)).expect("utf-8");
         assert!(closing.ends_with("connection: close\r\n\r\n") && !closing.contains("content-length"), "{closing}");
-        let head = answer_bytes(StatusCode::OK, &h, b"body", true, true);
+        let head = answer_bytes(StatusCode::OK, h, b"body", true, true);
         assert!(String::from_utf8_lossy(&head).ends_with("content-length: 4\r\n\r\n"), "a HEAD answer has the length, not the body");
     }
 }
