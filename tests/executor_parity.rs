@@ -97,10 +97,25 @@ fn the_cache_persists_per_project_through_the_hosts_runner_binary() {
     assert!(other.log.contains("WARNING: Failed to extract cache"), "{}", show(&other));
     assert!(!other.log.contains(&format!("app{}", std::process::id())), "another project's cache is visible: {}", show(&other));
 
+    // A job of yet another project that names the first project in its own variables (which a
+    // `.gitlab-ci.yml` can do: they come after GitLab's predefined ones) still gets its own cache:
+    // the key is what the server sent in the payload.
+    let mut impostor = cache_job(&format!("team/impostor{}", std::process::id()), &["ls -aR /cache", "test ! -e cache/value"]);
+    impostor.project_id = 2;
+    impostor.variables = vec![
+        ("CI_PROJECT_PATH".into(), project.clone()),
+        ("CI_PROJECT_ID".into(), "1".into()),
+        ("CI_SERVER_HOST".into(), "gitlab.example.com".into()),
+    ];
+    let run = runner::run(&d, &impostor);
+    assert_eq!(run.outcome, Outcome::Success, "{}", show(&run));
+    assert!(run.log.contains("WARNING: Failed to extract cache"), "{}", show(&run));
+    assert!(!run.log.contains(&format!("app{}", std::process::id())), "another project's cache is visible: {}", show(&run));
+
     let again = runner::run(&d, &cache_job(&project, &["cat cache/value"]));
     assert_eq!(again.outcome, Outcome::Success, "{}", show(&again));
     assert!(again.log.contains("kept-across-jobs"), "the other project removed this one's cache: {}", show(&again));
-    assert_eq!(project_dirs(&p).len(), 2, "{:?}", project_dirs(&p));
+    assert_eq!(project_dirs(&p).len(), 3, "{:?}", project_dirs(&p));
 }
 
 #[test]

@@ -17,6 +17,10 @@ fn nullable<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> R
 pub struct JobResponse {
     pub id: u64,
     #[serde(deserialize_with = "nullable")]
+    pub job_info: JobInfo,
+    #[serde(deserialize_with = "nullable")]
+    pub git_info: GitInfo,
+    #[serde(deserialize_with = "nullable")]
     pub runner_info: RunnerInfo,
     #[serde(deserialize_with = "nullable")]
     pub variables: Vec<Variable>,
@@ -26,6 +30,23 @@ pub struct JobResponse {
     pub services: Vec<ImageSpec>,
     #[serde(deserialize_with = "nullable")]
     pub credentials: Vec<Credential>,
+}
+
+/// What GitLab says of the job's project. Unlike `CI_PROJECT_ID` and `CI_PROJECT_PATH` among the
+/// variables, which a job's own `variables:` can override, these come from the server alone.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct JobInfo {
+    pub project_id: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct GitInfo {
+    /// `https://gitlab-ci-token:<token>@host/group/project.git`, built by the server (or by the
+    /// runner's `clone_url`, an administrator's setting).
+    #[serde(deserialize_with = "nullable")]
+    pub repo_url: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,6 +119,27 @@ impl JobResponse {
         serde_json::from_slice(bytes)
     }
 
+    /// The key of the project's local cache: the server and path of `git_info.repo_url` (the
+    /// runner's own `<cache_dir>/<slug>` is that path) with `job_info.project_id`, so that a
+    /// renamed project's old path never hands its cache to a newcomer. Only what the server sent
+    /// counts: a job that sets `CI_PROJECT_PATH` or `CI_SERVER_HOST` in its own variables
+    /// cannot reach another project's cache. `None` when the payload names no project.
+    pub fn project_key(&self) -> Option<String> {
+        let url = self.git_info.repo_url.trim();
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let path = path.trim_end_matches('/');
+        let path = path.strip_suffix(".git").unwrap_or(path);
+        let id = self.job_info.project_id;
+        match (host.is_empty() || path.is_empty(), id) {
+            (true, 0) => None,
+            (true, id) => Some(format!("project-{id}")),
+            (false, 0) => Some(format!("{host}/{path}")),
+            (false, id) => Some(format!("{host}/{path}#{id}")),
+        }
+    }
+
     /// The job timeout, with the runner's default.
     pub fn timeout_s(&self) -> u64 {
         if self.runner_info.timeout > 0 {
@@ -160,6 +202,19 @@ mod tests {
         assert!(j.services.is_empty());
         assert_eq!(j.credentials[0].kind, "registry");
         assert_eq!(JobResponse::parse(b"{}").unwrap().timeout_s(), 7200);
+    }
+
+    #[test]
+    fn the_project_key_comes_from_what_the_server_sent_not_from_variables() {
+        let raw =
+            br#"{"job_info":{"project_id":7},"git_info":{"repo_url":"https://gitlab-ci-token:t@ok@gitlab.example:8443/group/sub/app.git"},
+            "variables":[{"key":"CI_PROJECT_PATH","value":"victim/app"},{"key":"CI_SERVER_HOST","value":"other.example"}]}"#;
+        assert_eq!(JobResponse::parse(raw).unwrap().project_key().as_deref(), Some("gitlab.example:8443/group/sub/app#7"));
+        let key = |json: &str| JobResponse::parse(json.as_bytes()).unwrap().project_key();
+        assert_eq!(key(r#"{"job_info":{"project_id":7}}"#).as_deref(), Some("project-7"));
+        assert_eq!(key(r#"{"git_info":{"repo_url":"https://h/g/p.git/"}}"#).as_deref(), Some("h/g/p"));
+        assert_eq!(key(r#"{"variables":[{"key":"CI_PROJECT_PATH","value":"victim/app"}]}"#), None);
+        assert_eq!(key(r#"{"job_info":null,"git_info":{"repo_url":null}}"#), None);
     }
 
     #[test]

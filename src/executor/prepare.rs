@@ -43,7 +43,7 @@ pub async fn prepare(env: &BTreeMap<String, String>, opts: &Options) -> Result<(
     // An earlier attempt's leftovers go first; then a fresh socket and namespace.
     let control = ControlClient::new(&opts.control);
     control.remove(&key, false).await.map_err(|e| refused(e, "DELETE", &key))?;
-    let create = CreateJob { timeout_s: Some(job.timeout_s()), project: project_of(env) };
+    let create = CreateJob { timeout_s: Some(job.timeout_s()), project: job.project_key() };
     let created = control.create(&key, &create).await.map_err(|e| refused(e, "PUT", &key))?;
     let socket = created.job.socket.clone();
     let socket_dir = socket.parent().map(|d| d.display().to_string()).unwrap_or_default();
@@ -108,16 +108,6 @@ pub async fn prepare(env: &BTreeMap<String, String>, opts: &Options) -> Result<(
     }
     println!("Job container {BUILD_CONTAINER} ready (image {})", image.name);
     Ok(())
-}
-
-/// The job's GitLab project as its local cache is keyed: server and path, else server and id.
-fn project_of(env: &BTreeMap<String, String>) -> Option<String> {
-    let var = |k: &str| env.get(&format!("CUSTOM_ENV_{k}")).filter(|v| !v.is_empty());
-    let project = var("CI_PROJECT_PATH").or_else(|| var("CI_PROJECT_ID"))?;
-    Some(match var("CI_SERVER_HOST") {
-        Some(host) => format!("{host}/{project}"),
-        None => project.clone(),
-    })
 }
 
 /// The binds ctproxy granted the job: the project's local cache at the cache directory (else a

@@ -33,7 +33,8 @@ const MAX_ANSWER: usize = 1 << 20;
 pub struct CreateJob {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<u64>,
-    /// The job's GitLab project (`CI_PROJECT_PATH`, else its id): the key of its local cache.
+    /// The job's GitLab project as the payload names it (server, path and id; see
+    /// `JobResponse::project_key`): the key of its local cache.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
 }
