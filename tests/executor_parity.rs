@@ -464,3 +464,33 @@ fn concurrent_jobs_each_with_networks_of_their_own_all_pass_from_the_pool_and_le
         started.elapsed()
     );
 }
+
+/// A job's own variables come after GitLab's and win: a job that names a running job's ID as its
+/// `CI_JOB_ID` must still get a key of its own (the payload's `id`), so its prepare neither removes
+/// the running job nor takes its key (the running job's next stages would run in its container).
+#[test]
+fn a_job_that_sets_another_jobs_id_in_its_variables_gets_its_own_key() {
+    let p = host("");
+    let d = driver(&p, &[]);
+    let rendezvous = Rendezvous::start();
+    let image = if on_docker_28() { CI28_IMAGE } else { CI_IMAGE };
+    let wait = format!(
+        "ok=; for i in $(seq 600); do if wget -q -O- http://host.docker.internal:{}/arrive/victim; then ok=1; break; fi; sleep 0.5; done; test -n \"$ok\"",
+        rendezvous.port
+    );
+    let victim = Job::new(job_id(), image, &["echo victims-own > /tmp/mark", &wait, "cat /tmp/mark"]);
+    let running = runner::start(&d, &victim);
+    while rendezvous.arrived() == 0 && !running.is_finished() {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut impostor = Job::new(job_id(), image, &["test ! -e /tmp/mark", "echo impostor-ran"]);
+    impostor.variables = vec![("CI_JOB_ID".into(), victim.id.to_string())];
+    let run = runner::run(&d, &impostor);
+    rendezvous.release();
+    let victim_run = running.join();
+    assert_eq!(run.outcome, Outcome::Success, "{}", show(&run));
+    assert!(run.log.contains("impostor-ran"), "{}", show(&run));
+    assert!(run.log.contains(&format!("Job r1-{}:", impostor.id)), "the impostor's key is its payload's id: {}", show(&run));
+    assert_eq!(victim_run.outcome, Outcome::Success, "the running job was disturbed:\n{}", show(&victim_run));
+    assert!(victim_run.log.contains("victims-own"), "{}", show(&victim_run));
+}

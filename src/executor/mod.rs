@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::jobs::api::{ControlClient, ControlError, StageReport};
+use job_response::JobResponse;
 
 pub use exit::{exit_code, ExitCodes, Failure, StageFailure};
 pub use prepare::prepare;
@@ -170,11 +171,21 @@ async fn live_job(control: &Path, key: &str) -> Result<crate::jobs::JobInfo, Sta
     }
 }
 
-/// The job's key on this host: `r<runner id>-<job id>`, from the `CUSTOM_ENV_*` variables. Job IDs
-/// are unique per GitLab instance; the runner ID keeps two runners' jobs apart.
+/// The job's key on this host: `r<runner id>-<job id>`. Job IDs are unique per GitLab instance;
+/// the runner ID keeps two runners' jobs apart. The job ID is the payload's `id`
+/// (`JOB_RESPONSE_FILE`, written by gitlab-runner before every stage), which only the server sets:
+/// `CUSTOM_ENV_CI_JOB_ID` is a job variable, and a job's own `variables:` come after GitLab's and
+/// win, so a job could name a running job's ID there, and its prepare would remove that job and
+/// take its key (the victim's next stages would run in the newcomer's container). The variable is
+/// used only when there is no payload file (a runner older than 14.1).
 pub fn job_key(env: &BTreeMap<String, String>) -> Option<String> {
     let clean = |v: &str| -> String { v.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_ascii_lowercase() };
-    let job = env.get("CUSTOM_ENV_CI_JOB_ID").map(|v| clean(v)).filter(|v| !v.is_empty())?;
+    let job = match env.get("JOB_RESPONSE_FILE").filter(|f| !f.is_empty()) {
+        Some(file) => {
+            std::fs::read(file).ok().and_then(|raw| JobResponse::parse(&raw).ok()).map(|j| j.id).filter(|id| *id > 0)?.to_string()
+        }
+        None => env.get("CUSTOM_ENV_CI_JOB_ID").map(|v| clean(v)).filter(|v| !v.is_empty())?,
+    };
     let runner = env.get("CUSTOM_ENV_CI_RUNNER_ID").map(|v| clean(v)).filter(|v| !v.is_empty()).unwrap_or_else(|| "0".into());
     Some(format!("r{runner}-{job}"))
 }
@@ -263,5 +274,19 @@ mod tests {
         assert_eq!(v["builds_dir"], "/builds");
         assert_eq!(v["job_env"]["CTPROXY_JOB"], "r0-9");
         assert_eq!(v["driver"]["name"], "ctproxy");
+    }
+
+    #[test]
+    fn the_job_id_is_the_payloads_not_a_variable_the_job_can_set() {
+        let dir = std::env::temp_dir().join(format!("ctproxy-jobkey-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("response.json");
+        std::fs::write(&file, br#"{"id":77,"token":"t"}"#).unwrap();
+        let path = file.display().to_string();
+        let vars = [("JOB_RESPONSE_FILE", path.as_str()), ("CUSTOM_ENV_CI_JOB_ID", "12"), ("CUSTOM_ENV_CI_RUNNER_ID", "3")];
+        assert_eq!(job_key(&env(&vars)).as_deref(), Some("r3-77"));
+        std::fs::write(&file, b"{}").unwrap();
+        assert_eq!(job_key(&env(&vars)), None, "a payload without an id names no job");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
