@@ -49,8 +49,11 @@ enum Command {
     },
     /// A GitLab Runner custom-executor stage (`*_exec` and `*_args` of `[runners.custom]`).
     Executor {
-        /// The control socket of the running `ctproxy serve` (`[jobs] control_socket`).
-        #[arg(long, default_value = "/run/ctproxy/control.sock")]
+        /// The control socket of the running `ctproxy serve` (`[jobs] control_socket`). The config
+        /// stage hands it to the later stages as `CTPROXY_CONTROL` in `job_env`; in gitlab-runner's
+        /// own environment it sets the config stage's (job variables arrive as `CUSTOM_ENV_*` and
+        /// cannot set it).
+        #[arg(long, env = "CTPROXY_CONTROL", default_value = "/run/ctproxy/control.sock")]
         control: PathBuf,
         /// The image of jobs that name none (prepare).
         #[arg(long)]

@@ -494,3 +494,71 @@ fn a_job_that_sets_another_jobs_id_in_its_variables_gets_its_own_key() {
     assert_eq!(victim_run.outcome, Outcome::Success, "the running job was disturbed:\n{}", show(&victim_run));
     assert!(victim_run.log.contains("victims-own"), "{}", show(&victim_run));
 }
+
+/// Issue 16: "everything runs through `runner-config/config.toml` and `ctproxy-runner.toml`, as
+/// gitlab-runner drives them". The shipped files themselves (only the daemon, paths, ports and the
+/// runner binary replaced, see `JobHost::start_from_runner_config`; the driver's executables,
+/// arguments and timeouts read from `config.toml`): a job with a service that is waited for, its own
+/// containers and networks, a cache restored by the next job of the project, artifacts, and nothing
+/// of it left on the daemon after cleanup.
+#[test]
+fn jobs_run_through_the_shipped_runner_config_files() {
+    let image = ExposingImage::make();
+    let host = JobHost::start_from_runner_config(Some(&standin()));
+    let control = host.proxy.dir().join("control.sock");
+    let config = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("runner-config/config.toml")).expect("config.toml");
+    let exe = Path::new(env!("CARGO_BIN_EXE_ctproxy"));
+    let d = Driver::from_config_toml(&config, exe, &[("CTPROXY_CONTROL", control.to_str().expect("utf-8 path"))]);
+    assert_eq!(d.builds_dir.as_deref(), Some("/builds"));
+    let project = format!("team/shipped{}", std::process::id());
+    let ci_image = if on_docker_28() { CI28_IMAGE } else { CI_IMAGE };
+
+    let mut job = cache_job(
+        &project,
+        &[
+            "nc -w 3 web 8080 < /dev/null && echo service-reached",
+            &format!("docker network create shipped-net && docker run --rm --network shipped-net {BUSYBOX} echo inner-container-ran"),
+            "mkdir -p cache artifacts && echo from-the-first-job > cache/value && echo a > artifacts/a",
+        ],
+    );
+    job.image = Some(Image::new(ci_image));
+    let mut svc = Image::new(&image.0);
+    svc.alias = Some("web".into());
+    svc.command = Some(["httpd", "-f", "-p", "8080"].iter().map(|s| s.to_string()).collect());
+    job.services = vec![svc];
+    let first = runner::run(&d, &job);
+    assert_eq!(first.outcome, Outcome::Success, "{}", show(&first));
+    assert!(first.log.contains("Waiting for services to be up and running (timeout 30 seconds)"), "{}", show(&first));
+    assert!(!first.log.contains("probably didn't start properly"), "{}", show(&first));
+    assert!(first.log.contains("service-reached"), "{}", show(&first));
+    assert!(first.log.contains("inner-container-ran"), "{}", show(&first));
+    assert!(first.log.contains("Created cache"), "{}", show(&first));
+    assert!(first.log.contains("stand-in: uploading artifacts/"), "{}", show(&first));
+
+    let mut next = cache_job(&project, &["cat cache/value"]);
+    next.image = Some(Image::new(ci_image));
+    let second = runner::run(&d, &next);
+    assert_eq!(second.outcome, Outcome::Success, "{}", show(&second));
+    assert!(second.log.contains("from-the-first-job"), "{}", show(&second));
+
+    let ns_prefix = format!("{}-", support::jobs::job_prefix());
+    let pool: ipnet::IpNet = "10.200.0.0/16".parse().expect("pool");
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut left: Vec<String>;
+    loop {
+        left = pool_leftovers(&ns_prefix, &pool)
+            .into_iter()
+            .filter(|l| {
+                [job.id, next.id].iter().any(|id| {
+                    let ns = format!("{ns_prefix}r1-{id}");
+                    l.match_indices(&ns).any(|(i, _)| !l[i + ns.len()..].starts_with(|c: char| c.is_ascii_digit()))
+                })
+            })
+            .collect();
+        if left.is_empty() || std::time::Instant::now() > end {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(left.is_empty(), "left on the daemon after cleanup: {left:?}");
+}

@@ -95,6 +95,50 @@ impl JobHost {
         JobHost { proxy: Proxy::start_with_config(&job_host_config_sharing(images, "", "", extra), "control.sock") }
     }
 
+    /// `runner-config/ctproxy-runner.toml` itself, with only what must differ on a test machine
+    /// replaced: the daemon, the paths (into the server's directory), the ports (free ones), this
+    /// test process's namespace prefix, and `[jobs] runner_binary` when given. Every policy, pool,
+    /// shared image, limit and executor setting is the file's.
+    pub fn start_from_runner_config(runner_binary: Option<&Path>) -> JobHost {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("runner-config/ctproxy-runner.toml");
+        let text = std::fs::read_to_string(&file).expect("runner-config/ctproxy-runner.toml");
+        let mut config: toml::Table = text.parse().expect("ctproxy-runner.toml parses");
+        let table = |config: &mut toml::Table, key: &str| -> toml::Table {
+            config.get(key).and_then(toml::Value::as_table).cloned().unwrap_or_else(|| panic!("ctproxy-runner.toml has no [{key}]"))
+        };
+        let s = |v: &str| toml::Value::String(v.to_owned());
+        let mut upstream = table(&mut config, "upstream");
+        upstream.insert("url".into(), s(direct()));
+        config.insert("upstream".into(), upstream.into());
+        let mut listeners = table(&mut config, "listener");
+        let mut default = listeners.get("default").and_then(toml::Value::as_table).cloned().expect("[listener.default]");
+        default.insert("address".into(), s("unix://{dir}/docker.sock"));
+        listeners.insert("default".into(), default.into());
+        config.insert("listener".into(), listeners.into());
+        let mut jobs = table(&mut config, "jobs");
+        for (key, value) in [("control_socket", "{dir}/control.sock"), ("dir", "{dir}/jobs"), ("project_cache_dir", "{dir}/project-cache")]
+        {
+            assert!(jobs.contains_key(key), "[jobs] {key} is no longer in ctproxy-runner.toml");
+            jobs.insert(key.into(), s(value));
+        }
+        jobs.insert("namespace_prefix".into(), s(&job_prefix()));
+        if let Some(binary) = runner_binary {
+            jobs.insert("runner_binary".into(), s(&binary.display().to_string()));
+        }
+        config.insert("jobs".into(), jobs.into());
+        let mut registry = table(&mut config, "registry_proxy");
+        registry.insert("address".into(), s("127.0.0.1:0"));
+        config.insert("registry_proxy".into(), registry.into());
+        let mut cache = table(&mut config, "cache");
+        cache.insert("dir".into(), s("{dir}/cache"));
+        cache.insert("http_port".into(), toml::Value::Integer(free_port().into()));
+        cache.insert("https_port".into(), toml::Value::Integer(free_port().into()));
+        cache.insert("metrics_listen".into(), s(&format!("127.0.0.1:{}", free_port())));
+        config.insert("cache".into(), cache.into());
+        let text = toml::to_string(&config).expect("serialize the configuration");
+        JobHost { proxy: Proxy::start_with_config(&text, "control.sock") }
+    }
+
     pub fn start_custom(conservative: &str, namespaces: &str, extra: &str) -> JobHost {
         JobHost { proxy: Proxy::start_with_config(&job_host_config(conservative, namespaces, extra), "control.sock") }
     }

@@ -101,6 +101,58 @@ impl Driver {
     /// All four stages run `exe prefix_args... <stage>` (the usual one-binary driver), with
     /// `graceful_kill_timeout` and `force_kill_timeout` 10 s, shell `sh`, and no builds_dir or
     /// cache_dir of the runner's own (the driver's config stage must supply them).
+    /// The driver of the first `[[runners]]` of a gitlab-runner `config.toml` (`runner-config/config.toml`):
+    /// its `[runners.custom]` executables and arguments, kill and stage timeouts, `builds_dir`,
+    /// `cache_dir` and `shell`, as gitlab-runner reads them. Executables named `ctproxy` (any
+    /// directory) are `exe`; `env` is the runner process's own environment on top of the test's.
+    pub fn from_config_toml(text: &str, exe: &Path, env: &[(&str, &str)]) -> Driver {
+        let config: toml::Table = text.parse().expect("config.toml parses");
+        let runner = config
+            .get("runners")
+            .and_then(toml::Value::as_array)
+            .and_then(|r| r.first())
+            .and_then(toml::Value::as_table)
+            .expect("config.toml has a [[runners]]");
+        assert_eq!(runner.get("executor").and_then(toml::Value::as_str), Some("custom"), "not a custom executor");
+        let custom = runner.get("custom").and_then(toml::Value::as_table).expect("[runners.custom]");
+        let exec = |key: &str| -> Option<PathBuf> {
+            let path = PathBuf::from(custom.get(key)?.as_str().expect("an exec is a string"));
+            Some(if path.file_name().is_some_and(|n| n == "ctproxy") { exe.to_path_buf() } else { path })
+        };
+        let args = |key: &str| -> Vec<String> {
+            custom
+                .get(key)
+                .and_then(toml::Value::as_array)
+                .map(|a| a.iter().map(|v| v.as_str().expect("an argument is a string").to_owned()).collect())
+                .unwrap_or_default()
+        };
+        let secs = |key: &str, default: u64| {
+            Duration::from_secs(custom.get(key).and_then(toml::Value::as_integer).map_or(default, |n| u64::try_from(n).unwrap_or(default)))
+        };
+        let text_of = |key: &str| runner.get(key).and_then(toml::Value::as_str).map(str::to_owned);
+        Driver {
+            config_exec: exec("config_exec"),
+            config_args: args("config_args"),
+            prepare_exec: exec("prepare_exec"),
+            prepare_args: args("prepare_args"),
+            run_exec: exec("run_exec").expect("run_exec is required"),
+            run_args: args("run_args"),
+            cleanup_exec: exec("cleanup_exec"),
+            cleanup_args: args("cleanup_args"),
+            graceful_kill_timeout: secs("graceful_kill_timeout", 600),
+            force_kill_timeout: secs("force_kill_timeout", 600),
+            config_exec_timeout: secs("config_exec_timeout", 3600),
+            prepare_exec_timeout: secs("prepare_exec_timeout", 3600),
+            cleanup_exec_timeout: secs("cleanup_exec_timeout", 3600),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            builds_dir: text_of("builds_dir"),
+            cache_dir: text_of("cache_dir"),
+            shell: text_of("shell").unwrap_or_else(|| "bash".into()),
+            retry_interval: Duration::from_secs(3),
+            stage_retry_backoff: Duration::from_secs(5),
+        }
+    }
+
     pub fn same_exec(exe: &Path, prefix_args: &[&str]) -> Driver {
         let args = |stage: &str| prefix_args.iter().map(|a| a.to_string()).chain([stage.to_owned()]).collect::<Vec<_>>();
         Driver {
