@@ -86,6 +86,8 @@ pub struct ServerMetrics {
     stages: [Histogram; Stage::ALL.len()],
     /// Objects removed by cleanups: containers, networks, volumes, images.
     removed: [AtomicU64; 4],
+    /// Objects cleanups found but could not remove (left for the reaper), by the same kinds.
+    left: [AtomicU64; 4],
     /// Cleanups by result: `[complete, incomplete]` (incomplete: something was left for the
     /// reaper, which retries).
     cleanups: [AtomicU64; 2],
@@ -113,10 +115,13 @@ impl ServerMetrics {
         self.stages[stage.index()].observe(took);
     }
 
-    /// Counts what a cleanup removed; `complete`: nothing of the job's was left behind.
-    pub fn cleanup(&self, removed: CleanupCounts, complete: bool) {
-        for (i, n) in [removed.containers, removed.networks, removed.volumes, removed.images].into_iter().enumerate() {
-            self.removed[i].fetch_add(n as u64, Ordering::Relaxed);
+    /// Counts what a cleanup removed and what it left; `complete`: nothing of the job's was left
+    /// behind.
+    pub fn cleanup(&self, removed: CleanupCounts, left: CleanupCounts, complete: bool) {
+        for (counters, counts) in [(&self.removed, removed), (&self.left, left)] {
+            for (i, n) in [counts.containers, counts.networks, counts.volumes, counts.images].into_iter().enumerate() {
+                counters[i].fetch_add(n as u64, Ordering::Relaxed);
+            }
         }
         self.cleanups[usize::from(!complete)].fetch_add(1, Ordering::Relaxed);
     }
@@ -147,6 +152,14 @@ impl ServerMetrics {
         let _ = writeln!(out, "# TYPE ctproxy_job_cleanup_removed_total counter");
         for (i, kind) in KINDS.iter().enumerate() {
             let _ = writeln!(out, "ctproxy_job_cleanup_removed_total{{kind=\"{kind}\"}} {}", self.removed[i].load(Ordering::Relaxed));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ctproxy_job_cleanup_left_total Objects job cleanups found but could not remove (left for the reaper), by kind."
+        );
+        let _ = writeln!(out, "# TYPE ctproxy_job_cleanup_left_total counter");
+        for (i, kind) in KINDS.iter().enumerate() {
+            let _ = writeln!(out, "ctproxy_job_cleanup_left_total{{kind=\"{kind}\"}} {}", self.left[i].load(Ordering::Relaxed));
         }
         let _ = writeln!(out, "# HELP ctproxy_job_cleanups_total Job cleanups by result (incomplete: objects were left for the reaper).");
         let _ = writeln!(out, "# TYPE ctproxy_job_cleanups_total counter");
@@ -179,7 +192,7 @@ mod tests {
         let m = ServerMetrics::default();
         m.set_jobs_running(2);
         m.stage(Stage::Prepare, Duration::from_millis(300));
-        m.cleanup(CleanupCounts { containers: 3, ..Default::default() }, true);
+        m.cleanup(CleanupCounts { containers: 3, ..Default::default() }, CleanupCounts { networks: 1, ..Default::default() }, false);
         m.refusal("run\"ner", 403);
         m.job_socket_request();
         let text = m.render();
@@ -193,7 +206,8 @@ mod tests {
             "ctproxy_executor_stage_duration_seconds_count{stage=\"prepare\"} 1",
             "ctproxy_executor_stage_duration_seconds_sum{stage=\"prepare\"} 0.3",
             "ctproxy_job_cleanup_removed_total{kind=\"container\"} 3",
-            "ctproxy_job_cleanups_total{result=\"complete\"} 1",
+            "ctproxy_job_cleanup_left_total{kind=\"network\"} 1",
+            "ctproxy_job_cleanups_total{result=\"incomplete\"} 1",
             "ctproxy_refusals_total{policy=\"run\\\"ner\",status=\"403\"} 1",
             "ctproxy_job_socket_requests_total 1",
         ] {

@@ -119,3 +119,42 @@ fn a_stage_report_that_makes_no_sense_is_refused() {
     let (status, v) = jobs::control_request(&control, "POST", "/jobs/x1/stages", Some(r#"{"stage":"run","seconds":0.5}"#));
     assert_eq!(status, 200, "{v}");
 }
+
+/// A cleanup that finds objects the daemon will not remove counts them as left, by kind, and the
+/// cleanup as incomplete (here: a job's volume that a container outside the job still uses).
+#[test]
+fn a_cleanup_that_leaves_objects_counts_them_by_kind() {
+    let host = JobHost::start_with("[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let port = host.proxy.logged_addr("metrics listening").port();
+    let job = host.job();
+    let out = docker_cmd("docker", &job.host, &["volume", "create", "held"]).output().expect("docker");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let label = format!("label=io.ctproxy.namespace={}", job.namespace);
+    let out = docker_cmd("docker", direct(), &["volume", "ls", "-q", "--filter", &label]).output().expect("docker");
+    let volume = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(!volume.is_empty() && !volume.contains('\n'), "the job's volume on the daemon: {volume:?}");
+    // An administrator's container on the daemon's own socket holds it.
+    let holder = unique("holder");
+    let out = docker_cmd("docker", direct(), &["create", "--name", &holder, "-v", &format!("{volume}:/v"), BUSYBOX, "true"])
+        .output()
+        .expect("docker");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let before = scrape(port);
+    job.remove();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let t = scrape(port);
+        if value(&t, "ctproxy_job_cleanups_total{result=\"incomplete\"}")
+            > value(&before, "ctproxy_job_cleanups_total{result=\"incomplete\"}")
+        {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "the incomplete cleanup was never counted:\n{t}\n{}", host.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = docker_cmd("docker", direct(), &["rm", "-f", &holder]).output();
+    let _ = docker_cmd("docker", direct(), &["volume", "rm", &volume]).output();
+    assert_eq!(value(&after, "ctproxy_job_cleanup_left_total{kind=\"volume\"}"), 1.0, "{after}");
+    assert_eq!(value(&after, "ctproxy_job_cleanup_left_total{kind=\"container\"}"), 0.0, "{after}");
+}

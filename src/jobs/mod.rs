@@ -262,9 +262,9 @@ impl JobManager {
         match how {
             Removal::Complete => {
                 let removed = match namespace.destroy_rest(&daemon).await {
-                    Ok(rest) => Removed { containers, ..rest },
+                    Ok(rest) => rest.with_containers(containers),
                     Err(e) => {
-                        count_cleanup(was_live, &Removed { containers, ..Removed::default() }, false);
+                        count_cleanup(was_live, &Removed::default().with_containers(containers), false);
                         return Err(e.into());
                     }
                 };
@@ -279,11 +279,12 @@ impl JobManager {
                     let id = key;
                     match namespace.destroy_rest(&daemon).await {
                         Ok(rest) => {
-                            count_cleanup(was_live, &Removed { containers, ..rest }, true);
-                            tracing::info!(job = %id, containers, ?rest, "job removed")
+                            let removed = rest.with_containers(containers);
+                            count_cleanup(was_live, &removed, true);
+                            tracing::info!(job = %id, ?removed, "job removed")
                         }
                         Err(e) => {
-                            count_cleanup(was_live, &Removed { containers, ..Removed::default() }, false);
+                            count_cleanup(was_live, &Removed::default().with_containers(containers), false);
                             tracing::warn!(job = %id, error = %e, "job's namespace not fully removed: the reaper will retry")
                         }
                     }
@@ -292,7 +293,7 @@ impl JobManager {
                 let mut pending = self.pending.lock().await;
                 pending.retain(|_, t| !t.is_finished());
                 pending.insert(id.to_owned(), task);
-                Ok(Removed { containers, ..Removed::default() })
+                Ok(Removed::default().with_containers(containers))
             }
         }
     }
@@ -453,15 +454,18 @@ fn write_record(dir: &Path, record: &Record) -> std::io::Result<()> {
 /// The prefix of job sockets' listener names (`job-<id>`), in logs and metrics.
 pub const JOB_LISTENER_PREFIX: &str = "job-";
 
-/// Counts a job cleanup in the metrics; `complete`: nothing was left for the reaper. A removal of
-/// a job that was not live and found nothing (prepare's precautionary one, a repeated cleanup)
-/// is no cleanup.
-fn count_cleanup(was_live: bool, r: &Removed, complete: bool) {
+/// Counts a job cleanup in the metrics; `finished`: the destroy ran to its end (it may still have
+/// left objects the daemon would not remove, counted in `r.left`). The cleanup is complete when
+/// it finished and left nothing for the reaper. A removal of a job that was not live and found
+/// nothing (prepare's precautionary one, a repeated cleanup) is no cleanup.
+fn count_cleanup(was_live: bool, r: &Removed, finished: bool) {
+    let complete = finished && r.left.is_empty();
     if !was_live && complete && r.containers + r.networks + r.volumes + r.images == 0 {
         return;
     }
-    let counts = CleanupCounts { containers: r.containers, networks: r.networks, volumes: r.volumes, images: r.images };
-    metrics::server().cleanup(counts, complete);
+    let removed = CleanupCounts { containers: r.containers, networks: r.networks, volumes: r.volumes, images: r.images };
+    let left = CleanupCounts { containers: r.left.containers, networks: r.left.networks, volumes: r.left.volumes, images: r.left.images };
+    metrics::server().cleanup(removed, left, complete);
 }
 
 /// The control socket's handler (the API: [`api`]).

@@ -12,13 +12,31 @@ use super::filters::Filters;
 use super::resolve::strings;
 use super::{Daemon, Namespace, NsError, NsName, NS_LABEL};
 
-/// What a destroy removed.
+/// What a destroy removed, and what it could not remove (`left`: objects whose removal the daemon
+/// refused or failed; a later destroy, the reaper's, tries them again).
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Removed {
     pub containers: usize,
     pub networks: usize,
     pub volumes: usize,
     pub images: usize,
+    #[serde(default)]
+    pub left: Left,
+}
+
+/// Objects of a namespace a destroy found but could not remove, by kind.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Left {
+    pub containers: usize,
+    pub networks: usize,
+    pub volumes: usize,
+    pub images: usize,
+}
+
+impl Left {
+    pub fn is_empty(&self) -> bool {
+        *self == Left::default()
+    }
 }
 
 impl Namespace {
@@ -27,12 +45,12 @@ impl Namespace {
     /// can be run again.
     pub async fn destroy(&self, daemon: &Daemon) -> Result<Removed, NsError> {
         let containers = self.destroy_containers(daemon).await?;
-        Ok(Removed { containers, ..self.destroy_rest(daemon).await? })
+        Ok(self.destroy_rest(daemon).await?.with_containers(containers))
     }
 
     /// The first half of [`Namespace::destroy`]: the containers (nothing of the namespace runs
-    /// any more afterwards). Returns how many were removed.
-    pub async fn destroy_containers(&self, daemon: &Daemon) -> Result<usize, NsError> {
+    /// any more afterwards). Returns how many were removed and how many were left.
+    pub async fn destroy_containers(&self, daemon: &Daemon) -> Result<(usize, usize), NsError> {
         let containers: Vec<String> = self
             .own_containers(daemon)
             .await?
@@ -40,7 +58,9 @@ impl Namespace {
             .filter_map(|c| c.get("Id").and_then(Value::as_str))
             .map(|id| format!("/containers/{id}?force=1&v=1"))
             .collect();
-        Ok(delete_all(daemon, containers).await)
+        let found = containers.len();
+        let gone = delete_all(daemon, containers).await;
+        Ok((gone, found - gone))
     }
 
     /// The second half of [`Namespace::destroy`], once the containers are gone: networks, volumes
@@ -69,6 +89,7 @@ impl Namespace {
         let images = daemon.list("/images/json").await?;
         let tags: Vec<String> =
             images.iter().flat_map(|img| self.own_tags(img)).map(|tag| format!("/images/{}?force=1", enc(&tag))).collect();
+        let found = (nets.len(), vols.len(), tags.len());
         // Tags one by one: untagging one image from several tasks at once races with itself.
         let untag = async {
             let mut n = 0;
@@ -78,7 +99,15 @@ impl Namespace {
             n
         };
         let (networks, volumes, images) = tokio::join!(delete_all(daemon, nets), delete_all(daemon, vols), untag);
-        Ok(Removed { containers: 0, networks, volumes, images })
+        let left = Left { containers: 0, networks: found.0 - networks, volumes: found.1 - volumes, images: found.2 - images };
+        Ok(Removed { containers: 0, networks, volumes, images, left })
+    }
+}
+
+impl Removed {
+    /// This with the counts of [`Namespace::destroy_containers`] (removed, left).
+    pub fn with_containers(self, (removed, left): (usize, usize)) -> Removed {
+        Removed { containers: removed, left: Left { containers: left, ..self.left }, ..self }
     }
 }
 
