@@ -708,6 +708,24 @@ fn push_through_a_job_socket() {
     check(&out, &["pull", &target]);
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("Digest: {digest}")), "{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(other.docker_ok(&["run", "--rm", &target, "cat", "/pushed"]), repo);
+
+    // A classic build in a job that is logged in pulls its private base with that login (the
+    // CLI's X-Registry-Config), as dockerd would; without a login the base is not pulled.
+    let no_login = tempfile::tempdir().expect("tempdir");
+    let classic = |j: &JobSocket, login: bool, tag: &str| {
+        let ctx = context(&format!("FROM {target}\nRUN cat /pushed > /built\n"));
+        let mut c = docker_cmd("docker", &j.host, &["build", "-t", tag, &ctx.path().display().to_string()]);
+        c.env("DOCKER_BUILDKIT", "0");
+        c.env("DOCKER_CONFIG", if login { cfg.path() } else { no_login.path() });
+        output_within(c, None, Duration::from_secs(300), "docker build")
+    };
+    let builder = host.job();
+    let out = classic(&builder, true, "from-private:1");
+    check(&out, &["build", "FROM", &target]);
+    assert_eq!(builder.docker_ok(&["run", "--rm", "from-private:1", "cat", "/built"]), repo);
+    let anonymous = host.job();
+    let out = classic(&anonymous, false, "from-private:1");
+    assert!(!out.status.success(), "a build without a login pulled the private base: {out:?}");
 }
 
 /// A push's request body through a job socket (issue 14). dockerd 20.10 reads it as the registry

@@ -68,7 +68,11 @@ impl AuthConfig {
     /// ignored, and a non-string value for a known field is an error.
     pub fn from_json(bytes: &[u8]) -> Option<AuthConfig> {
         // `Raw` keeps every key in order, duplicates included, which Go's last-wins rule needs.
-        let Raw::Object(pairs) = Raw::parse(bytes).ok()? else {
+        Self::from_raw(Raw::parse(bytes).ok()?)
+    }
+
+    fn from_raw(raw: Raw) -> Option<AuthConfig> {
+        let Raw::Object(pairs) = raw else {
             return None;
         };
         let mut out = AuthConfig::default();
@@ -131,6 +135,40 @@ pub fn decode_header(value: &HeaderValue) -> Option<AuthConfig> {
     }
     let json = URL_SAFE_LENIENT.decode(text).ok()?;
     AuthConfig::from_json(&json)
+}
+
+/// Decodes an `X-Registry-Config` value (classic builds): base64url of a JSON object of
+/// `AuthConfig`s by registry address, as the CLI sends every login it has. As dockerd's
+/// `getAuthConfigs`: a value that does not decode gives no credentials (not an error); within the
+/// object a later duplicate address wins (Go map) and each config decodes like `X-Registry-Auth`'s.
+pub fn decode_config_header(value: &HeaderValue) -> Vec<(String, AuthConfig)> {
+    let Some(Raw::Object(pairs)) =
+        value.to_str().ok().and_then(|t| URL_SAFE_LENIENT.decode(t.trim()).ok()).and_then(|j| Raw::parse(&j).ok())
+    else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, AuthConfig)> = Vec::new();
+    for (address, raw) in pairs {
+        let Some(config) = AuthConfig::from_raw(raw) else { return Vec::new() };
+        out.retain(|(a, _)| *a != address);
+        out.push((address, config));
+    }
+    out
+}
+
+/// The credentials of `configs` (an `X-Registry-Config`) for registry `domain`, as dockerd's
+/// `registry.ResolveAuthConfig` picks them: Docker Hub's under `https://index.docker.io/v1/`,
+/// others by the exact address, else by an address whose host (scheme and path cut off) is it.
+pub fn for_registry<'a>(configs: &'a [(String, AuthConfig)], domain: &str) -> Option<&'a AuthConfig> {
+    const HUB: &str = "https://index.docker.io/v1/";
+    if matches!(domain, "docker.io" | "index.docker.io" | "registry-1.docker.io") {
+        return configs.iter().find(|(a, _)| a == HUB).map(|(_, c)| c);
+    }
+    let host = |address: &str| -> String {
+        let rest = address.strip_prefix("http://").or_else(|| address.strip_prefix("https://")).unwrap_or(address);
+        rest.split('/').next().unwrap_or(rest).to_owned()
+    };
+    configs.iter().find(|(a, _)| a == domain).or_else(|| configs.iter().find(|(a, _)| host(a) == domain)).map(|(_, c)| c)
 }
 
 /// Encodes an `X-Registry-Auth` value as the docker CLI does (padded base64url of the JSON).
@@ -204,5 +242,18 @@ mod tests {
         assert!(!format!("{c:?}").contains("pw"));
         assert!(AuthConfig::default().is_anonymous());
         assert_eq!(AuthConfig::default().basic_credentials(), None);
+    }
+
+    #[test]
+    fn registry_config_headers_decode_as_dockerd_reads_them() {
+        let json = br#"{"https://index.docker.io/v1/":{"username":"hub"},"registry.example:5000":{"Username":"a"},"http://other.example/v2/":{"auth":"dTpw"},"registry.example:5000":{"username":"b"}}"#;
+        let header = HeaderValue::try_from(URL_SAFE_LENIENT.encode(json)).unwrap();
+        let configs = decode_config_header(&header);
+        assert_eq!(configs.len(), 3);
+        assert_eq!(for_registry(&configs, "registry.example:5000").unwrap().username, "b", "a later duplicate wins");
+        assert_eq!(for_registry(&configs, "docker.io").unwrap().username, "hub");
+        assert_eq!(for_registry(&configs, "other.example").unwrap().basic_credentials(), Some(("u".into(), "p".into())));
+        assert!(for_registry(&configs, "nowhere.example").is_none());
+        assert!(decode_config_header(&HeaderValue::from_static("not base64 json!")).is_empty());
     }
 }

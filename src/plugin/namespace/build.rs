@@ -25,6 +25,7 @@ use super::daemon::enc;
 use super::fetch;
 use super::text::Demangler;
 use super::{Daemon, Namespace, NsError};
+use crate::docker::auth_config::{self, AuthConfig};
 use crate::docker::buildctx::add::{parse_add_url, plain_file_name, UNNAMED};
 use crate::docker::buildctx::{
     plan_dockerfile, Appended, Appendix, AsyncRewriteFn, BaseImage, BuildContextError, RewriteError, Rewritten, RESERVED_DIR,
@@ -47,6 +48,9 @@ struct BuildCtx {
     next_add: AtomicUsize,
     /// Bytes the build may still download.
     budget: Arc<AtomicU64>,
+    /// The client's registry logins (`X-Registry-Config`): the base images ctproxy pulls for the
+    /// build are pulled with the login for their registry, as the daemon would have.
+    logins: Vec<(String, AuthConfig)>,
 }
 
 /// A base image as the daemon describes it.
@@ -75,6 +79,7 @@ impl Namespace {
         ids: Vec<String>,
         platform: Option<String>,
         pull: bool,
+        logins: Vec<(String, AuthConfig)>,
     ) -> AsyncRewriteFn {
         let ctx = Arc::new(BuildCtx {
             ns: self.clone(),
@@ -85,6 +90,7 @@ impl Namespace {
             pull,
             next_add: AtomicUsize::new(0),
             budget: Arc::new(AtomicU64::new(fetch::MAX_ADD_BYTES)),
+            logins,
         });
         Box::new(move |text| {
             let ctx = ctx.clone();
@@ -265,7 +271,15 @@ impl BuildCtx {
             .tokens
             .as_ref()
             .ok_or_else(|| self.refused(line, "no registry proxy is configured to pull base images".into()))?;
-        let headers = [(HeaderName::from_static("x-registry-auth"), tokens.issue(&self.ns.name, None))];
+        // The login the client has for the image's own registry (the name is the daemon-side one).
+        let login = self
+            .ns
+            .name
+            .unimage(&self.ns.settings.registry, &r)
+            .and_then(|client| auth_config::for_registry(&self.logins, &client.domain))
+            .filter(|a| !a.is_anonymous())
+            .map(auth_config::encode_header);
+        let headers = [(HeaderName::from_static("x-registry-auth"), tokens.issue(&self.ns.name, login.as_ref()))];
         let answer = self.daemon.client().call_with(Method::POST, &path, None, &headers).await;
         let (status, body) =
             answer.map(|a| (a.status, a.body)).map_err(|e| BuildContextError::Unavailable(NsError::from(e).to_string()))?;

@@ -15,6 +15,7 @@ use super::network::is_predefined;
 use super::resolve::{could_be_id_prefix, strings, ImageRef};
 use super::response::{After, ListKind};
 use super::{Daemon, Namespace, NsError, NS_LABEL};
+use crate::docker::auth_config;
 use crate::docker::reference::Reference;
 use crate::docker::{Endpoint, Query, Route};
 
@@ -288,8 +289,9 @@ impl Namespace {
                         req.query.set(key, &scoped);
                     }
                 }
+                let logins = req.headers.get(X_REGISTRY_CONFIG).map(auth_config::decode_config_header).unwrap_or_default();
                 self.registry_config(req.headers)?;
-                let rewrite = self.dockerfile_rewrite(daemon, req.query).await?;
+                let rewrite = self.dockerfile_rewrite(daemon, req.query, logins).await?;
                 // The context may shrink, grow or be decompressed: it goes on chunked.
                 req.headers.remove(hyper::header::CONTENT_LENGTH);
                 req.headers.remove(hyper::header::CONTENT_ENCODING);
@@ -432,7 +434,12 @@ impl Namespace {
     /// images, by name and by ID prefix. Base images are checked and pinned, and `ADD <url>` is
     /// downloaded by ctproxy (`build.rs`). `pull` is taken out of the query: ctproxy pulls the base
     /// images itself, and the daemon could not pull the image IDs the `FROM`s are pinned to.
-    async fn dockerfile_rewrite(&self, daemon: &Daemon, q: &mut Query) -> Result<BodyRewrite, NsError> {
+    async fn dockerfile_rewrite(
+        &self,
+        daemon: &Daemon,
+        q: &mut Query,
+        logins: Vec<(String, crate::docker::auth_config::AuthConfig)>,
+    ) -> Result<BodyRewrite, NsError> {
         use crate::docker::buildctx::RewrittenContext;
         let build_args: std::collections::HashMap<String, Option<String>> = match q.get("buildargs").filter(|b| !b.is_empty()) {
             Some(b) => serde_json::from_str(b).map_err(|e| NsError::Malformed(format!("invalid buildargs: {e}")))?,
@@ -449,7 +456,7 @@ impl Namespace {
             .filter(|img| !self.own_tags(img).is_empty() || self.shared_tags(img).next().is_some())
             .filter_map(|img| img.get("Id").and_then(Value::as_str).map(str::to_owned))
             .collect();
-        let rewrite = self.build_rewrite(daemon, build_args, ids, q.get("platform").map(str::to_owned), pull);
+        let rewrite = self.build_rewrite(daemon, build_args, ids, q.get("platform").map(str::to_owned), pull, logins);
         let dockerfile = q.get("dockerfile").map(str::to_owned);
         Ok(Box::new(move |body| {
             let ctx = RewrittenContext::with_async(body, dockerfile.as_deref(), 1 << 20, rewrite)
