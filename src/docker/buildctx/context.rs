@@ -74,8 +74,7 @@ pub const DEFAULT_DOCKERFILE: &str = "Dockerfile";
 pub enum BuildContextError {
     #[error("reading the build context: {0}")]
     Body(#[source] BoxError),
-    /// bzip2 and xz, which dockerd reads: ctproxy only reads plain and gzip contexts (400, as
-    /// before the refusal message named the layer).
+    /// bzip2, xz and zstd, which dockerd reads: ctproxy only reads plain and gzip contexts (400).
     #[error("{}", compression(.0))]
     Compression(&'static str),
     #[error("build context is not a valid gzip stream: {0}")]
