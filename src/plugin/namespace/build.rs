@@ -176,7 +176,10 @@ impl BuildCtx {
         if self.ns.is_shared(&repo) {
             return Ok(r.familiar());
         }
-        self.ns.name.image(&self.ns.settings.registry, &r).map(|m| m.to_string()).map_err(|e| e.to_string())
+        self.ns.name.image(&self.ns.settings.registry, &r).map(|m| m.to_string()).map_err(|e| {
+            let what = format!("{typed}: {e}");
+            ns_refusal(&what, Layer::Build, &Remedy::Never)
+        })
     }
 
     /// Whether a trigger's `COPY --from` reference, read as the daemon reads it, names an image of
