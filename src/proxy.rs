@@ -245,7 +245,7 @@ impl ListenerHandler {
         };
         // Swarm endpoints on a node without a swarm: the daemon's own answer, not a refusal.
         if let (Some(_), Some(e)) = (namespace, route.endpoint) {
-            match namespace::swarm::answer(&self.proxy.daemon(), e).await {
+            match namespace::swarm::answer(&self.proxy.daemon(), e, ctx.query).await {
                 Ok(Some((status, message))) => return Ok(Admitted::Answer(respond::error(status, message))),
                 Ok(None) => {}
                 Err(e) => return Err(Refused { status: e.status(), message: e.to_string(), logged: false }),

@@ -177,10 +177,24 @@ fn swarm_endpoints_answer_as_on_a_non_swarm_node() {
         ("GET", "/v1.41/swarm/unlockkey"),
         ("GET", "/v1.41/services/x"),
         ("DELETE", "/v1.41/nodes/x"),
+        ("GET", "/v1.41/services/x/logs?stdout=1"),
+        ("GET", "/v1.41/tasks/x/logs?stderr=true"),
     ] {
         let want = http_json(direct_socket(), method, path, None);
         let got = job.request(method, path, None);
         assert_eq!(want.0, 503, "{method} {path} on the daemon: {want:?}");
+        assert_eq!(got, want, "{method} {path}");
+    }
+    // The logs routes check their streams before anything else (500), and an unlock with a key
+    // finds no swarm.
+    for (method, path, body) in [
+        ("GET", "/v1.41/services/x/logs", None),
+        ("GET", "/v1.41/tasks/x/logs?stdout=0", None),
+        ("POST", "/v1.41/swarm/unlock", Some(r#"{"UnlockKey":"SWMKEY-1-x"}"#)),
+    ] {
+        let want = http_json(direct_socket(), method, path, body);
+        let got = job.request(method, path, body);
+        assert!(want.0 == 500 || want.0 == 503, "{method} {path} on the daemon: {want:?}");
         assert_eq!(got, want, "{method} {path}");
     }
     let out = job.docker(&["swarm", "leave", "--force"]);

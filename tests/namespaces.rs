@@ -351,6 +351,8 @@ fn reserved_and_invalid_names_are_refused_clearly() {
         let out = cli(&p.a, &args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains("reserved"), "{args:?}: {err}");
+        // The name, by the namespace, and that no setting allows it (issue 17).
+        support::jobs::assert_ns_refusal(&err, "names starting with \"ctp.\" are reserved", "the namespace");
     }
     let out = cli(&p.a, &["volume", "create", "a/b"]);
     // The daemon's own message (issue 17).
@@ -366,6 +368,25 @@ fn reserved_and_invalid_names_are_refused_clearly() {
     );
     let text = String::from_utf8_lossy(&raw);
     assert!(text.starts_with("HTTP/1.1 403") && text.contains("{\"message\":") && text.contains("BuildKit"), "{text}");
+    // The legacy session-in-build form is what is refused: buildx's own gRPC path is served.
+    support::jobs::assert_ns_refusal(&text, "(POST /build version=2, the legacy form)", "the namespace (build)");
+    assert!(text.contains("build with buildx"), "{text}");
+    // BuildKit's endpoints without the HTTP/2 upgrade say so.
+    let raw = raw_request(&sock, b"POST /v1.41/session HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", LIMIT);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    support::jobs::assert_ns_refusal(&text, "Session without Upgrade: h2c", "the namespace (BuildKit)");
+    // A network name with a control character (dockerd takes it; a namespace does not): the
+    // network rule, not the container one.
+    let body = r#"{"Name":"a\u0001b"}"#;
+    let req = format!(
+        "POST /v1.41/networks/create HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let text = String::from_utf8_lossy(&raw_request(&sock, req.as_bytes(), LIMIT)).into_owned();
+    assert!(text.starts_with("HTTP/1.1 400") && !text.contains("[a-zA-Z0-9]"), "{text}");
+    assert!(text.contains("the network name"), "{text}");
+    support::jobs::assert_ns_refusal(&text, "contains control characters", "the namespace");
     // Every refusal above is in the audit log, and none had an effect on the daemon.
     assert!(wait_audit_refusals(&p.proxy, 6, Duration::from_secs(5)).is_some(), "{}", p.proxy.log_text());
     for ns in [&p.ns_a, &p.ns_b] {

@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::jobs::{assert_refused, JobHost, JobSocket};
+use support::jobs::{assert_ns_refusal, assert_refused, JobHost, JobSocket};
 use support::*;
 
 fn inspect(what: &str, name: &str) -> Value {
@@ -199,6 +199,10 @@ fn job_networks_get_subnets_from_the_pool_and_cannot_claim_others() {
         let name = unique("sub");
         let out = job.docker(&["network", "create", "--subnet", subnet, &name]);
         assert_refused(&out, "not allowed in a namespace");
+        // The field, by the namespace, and the setting that allows it (issue 17).
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ns_refusal(&err, "(IPAM.Config[0].Subnet) is not allowed in a namespace", "the namespace");
+        assert!(err.contains("an administrator can allow it by adding a range that contains it to [namespaces] network_pool"), "{err}");
         assert!(inspect("network", &format!("ctp.{}.{name}", job.namespace)).is_null(), "{subnet} was created");
     }
     // The CLI checks that ranges and gateways lie in the subnet; a raw request need not.

@@ -112,6 +112,12 @@ pub enum Remedy {
     Unknown,
     /// A setting of the policy's own `[policy.NAME]` section allows it: "by `how` [policy.NAME] `key`".
     Setting { how: &'static str, key: &'static str },
+    /// A namespace's refusal that no setting lifts inside a namespace; a listener without
+    /// namespaces serves it (subject to its policies).
+    Outside,
+    /// A setting outside any policy allows it: "an administrator can allow it by `0`" (a whole
+    /// phrase: "setting [registry_proxy]").
+    Config(&'static str),
 }
 
 impl Remedy {
@@ -121,8 +127,42 @@ impl Remedy {
             Remedy::Never => "no setting allows it".to_owned(),
             Remedy::Unknown => format!("ctproxy {} does not know it (no setting allows it)", env!("CARGO_PKG_VERSION")),
             Remedy::Setting { how, key } => format!("an administrator can allow it by {how} [policy.{policy}] {key}"),
+            Remedy::Outside => "no setting allows it in a namespace (a listener without namespaces does)".to_owned(),
+            Remedy::Config(how) => format!("an administrator can allow it by {how}"),
         }
     }
+}
+
+/// The part of a namespace that made a refusal, as its message names it: `the namespace`,
+/// `the namespace (build)` (a classic build's Dockerfile and context), `the namespace (BuildKit)`
+/// (a BuildKit gRPC call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    Namespace,
+    Build,
+    BuildKit,
+}
+
+impl std::fmt::Display for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Layer::Namespace => "the namespace",
+            Layer::Build => "the namespace (build)",
+            Layer::BuildKit => "the namespace (BuildKit)",
+        })
+    }
+}
+
+/// A namespace's refusal as the client reads it, the counterpart of [`Denied::message`] for
+/// policies (without the `ctproxy: ` prefix, which the answer adds): what was refused (with its
+/// field, instruction or method), which part of the namespace refused it, and how an
+/// administrator allows it or that no setting can, on one line:
+/// `the remote build context (remote) is not available in a namespace; refused by the namespace
+/// (build); no setting allows it`.
+///
+/// [`Denied::message`]: policy::Denied::message
+pub fn ns_refusal(what: &str, layer: Layer, remedy: &Remedy) -> String {
+    format!("{what}; refused by {layer}; {}", remedy.text(""))
 }
 
 impl Refusal {

@@ -278,6 +278,30 @@ pub fn assert_refused(out: &Output, needle: &str) {
     assert!(err.contains(needle), "expected a refusal mentioning {needle:?}, got: {err}");
 }
 
+/// A refusal of the namespace as the client prints it: `needle` (what was refused), the part of
+/// the namespace that refused it (`the namespace`, `the namespace (build)`, `the namespace
+/// (BuildKit)`) and how an administrator allows it, or that no setting can.
+#[track_caller]
+pub fn assert_ns_refusal(text: &str, needle: &str, layer: &str) {
+    assert!(text.contains("ctproxy: ") && text.contains(needle), "expected a refusal mentioning {needle:?}, got: {text}");
+    let by = format!("; refused by {layer}; ");
+    let Some(at) = text.find(&by) else { panic!("expected {by:?} in: {text}") };
+    let remedy = &text[at + by.len()..];
+    assert!(
+        remedy.starts_with("no setting allows it")
+            || remedy.starts_with("an administrator can allow it by ")
+            || remedy.starts_with("ctproxy "),
+        "no remedy after {by:?} in: {text}"
+    );
+}
+
+/// [`assert_refused`] for a refusal of the namespace ([`assert_ns_refusal`]).
+#[track_caller]
+pub fn assert_ns_refused(out: &Output, needle: &str, layer: &str) {
+    assert_refused(out, needle);
+    assert_ns_refusal(&String::from_utf8_lossy(&out.stderr), needle, layer);
+}
+
 /// The subnets of one network of a daemon's `GET /networks` answer (`IPAM.Config[*].Subnet`).
 pub fn network_subnets(network: &Value) -> Vec<ipnet::IpNet> {
     network

@@ -74,7 +74,8 @@ pub const DEFAULT_DOCKERFILE: &str = "Dockerfile";
 pub enum BuildContextError {
     #[error("reading the build context: {0}")]
     Body(#[source] BoxError),
-    #[error("build context compressed with {0} is not supported through ctproxy; send it uncompressed or gzip-compressed")]
+    /// bzip2, xz and zstd, which dockerd reads: ctproxy only reads plain and gzip contexts (400).
+    #[error("{}", compression(.0))]
     Compression(&'static str),
     #[error("build context is not a valid gzip stream: {0}")]
     Gzip(#[source] std::io::Error),
@@ -102,6 +103,11 @@ pub enum BuildContextError {
     Unavailable(String),
     #[error("the build context path {0} is reserved for files ctproxy adds to the context")]
     Reserved(String),
+}
+
+fn compression(name: &str) -> String {
+    let what = format!("a build context compressed with {name} is not supported through ctproxy (send it uncompressed or gzip-compressed)");
+    crate::plugin::ns_refusal(&what, crate::plugin::Layer::Build, &crate::plugin::Remedy::Never)
 }
 
 impl BuildContextError {

@@ -24,6 +24,7 @@ use crate::docker::image_archive::{self as ia, INDEX_JSON, MANIFEST_JSON, NAME_A
 use crate::docker::json::{canonicalize, Kind, Raw};
 use crate::docker::reference::Reference;
 use crate::http::BoxError;
+use crate::plugin::Remedy;
 
 /// Why a `docker load` body was cut short, shared by its member rewriters and the answer's handling.
 #[derive(Clone, Default)]
@@ -203,8 +204,8 @@ impl Namespace {
         // Repositories at registries, read by nothing on load: dropped rather than judged.
         map.retain(|k, _| !k.starts_with(ia::DISTRIBUTION_SOURCE));
         if let Some(key) = map.keys().find(|k| !NAME_ANNOTATIONS.contains(&k.as_str()) && !ia::PLAIN_ANNOTATIONS.contains(&k.as_str())) {
-            return Err(NsError::Refused(format!(
-                "docker load: {INDEX_JSON}: {at}: the annotation {key:?} is not understood in a namespace (it could name an image outside it); remove it from the archive (no setting allows it)"
+            return Err(NsError::refused(format!(
+                "docker load: {INDEX_JSON}: {at}: the annotation {key:?} is not understood in a namespace (it could name an image outside it); remove it from the archive"
             )));
         }
         let named = map.get(ia::IMAGE_NAME).and_then(Value::as_str).is_some_and(|n| !n.is_empty());
@@ -318,9 +319,10 @@ fn decode(member: &str, text: &str, kind: &Kind) -> Result<Value, NsError> {
     let raw = Raw::parse(text.as_bytes()).map_err(|e| NsError::Malformed(format!("docker load: {member}: {e}")))?;
     let c = canonicalize(raw, kind).map_err(|e| NsError::Malformed(format!("docker load: {member}: {e}")))?;
     if let Some(field) = c.unknown.first() {
-        return Err(NsError::Refused(format!(
-            "docker load: {member}: the field {field:?} is not understood in a namespace; remove it from the archive (no setting allows it)"
-        )));
+        return Err(NsError::refused(format!(
+            "docker load: {member}: the field {field:?} is not understood in a namespace; remove it from the archive"
+        ))
+        .remedy(Remedy::Unknown));
     }
     Ok(c.value)
 }

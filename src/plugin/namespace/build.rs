@@ -31,6 +31,7 @@ use crate::docker::buildctx::{
     plan_dockerfile, Appended, Appendix, AsyncRewriteFn, BaseImage, BuildContextError, RewriteError, Rewritten, RESERVED_DIR,
 };
 use crate::docker::reference::Reference;
+use crate::plugin::{ns_refusal, Layer, Remedy};
 
 /// What one build's rewrite knows and shares between its Dockerfiles.
 struct BuildCtx {
@@ -129,7 +130,7 @@ impl BuildCtx {
         for add in &adds {
             let mut paths = Vec::new();
             for url in &add.urls {
-                let fail = |why: String| BuildContextError::Refused(self.text(&format!("Dockerfile line {}: ADD {url}: {why}", add.line)));
+                let fail = |why: String| self.refused_build(&format!("Dockerfile line {}: ADD {url}: {why}", add.line), &Remedy::Never);
                 let src = parse_add_url(url).map_err(fail)?;
                 let started = fetch::start(&src).await.map_err(fail)?;
                 let name = match (started.filename.clone(), add.dest_dir) {
@@ -159,7 +160,8 @@ impl BuildCtx {
                     let saved =
                         (&mut task.0).await.map_err(|e| BuildContextError::Unavailable(format!("ctproxy: downloading {url}: {e}")))?;
                     let (file, size) = saved.map_err(|why| {
-                        BuildContextError::Refused(demangle.text(&format!("Dockerfile line {line}: ADD {url}: {why}")).into_owned())
+                        let what = demangle.text(&format!("Dockerfile line {line}: ADD {url}: {why}")).into_owned();
+                        BuildContextError::Refused(ns_refusal(&what, Layer::Build, &Remedy::Never))
                     })?;
                     out.push(Appended { path, mode: 0o600, mtime, size, file });
                 }
@@ -180,7 +182,10 @@ impl BuildCtx {
         if self.ns.is_shared(&repo) {
             return Ok(r.familiar());
         }
-        self.ns.name.image(&self.ns.settings.registry, &r).map(|m| m.to_string()).map_err(|e| e.to_string())
+        self.ns.name.image(&self.ns.settings.registry, &r).map(|m| m.to_string()).map_err(|e| {
+            let what = format!("{typed}: {e}");
+            ns_refusal(&what, Layer::Build, &Remedy::Never)
+        })
     }
 
     /// Whether a trigger's `COPY --from` reference, read as the daemon reads it, names an image of
@@ -227,7 +232,12 @@ impl BuildCtx {
             None if by_id => return Err(self.refused(line, format!("No such image: {name}"))),
             // As for `docker pull`: shared images are the administrator's, a namespace never fetches them.
             None if !owned => {
-                return Err(self.refused(line, format!("image {name} is shared by the administrator but not present (for this platform)")))
+                return Err(self.refused_build(
+                    &format!(
+                        "Dockerfile line {line}: pulling image {name}, which is shared by the administrator but not present (for this platform), is not available in a namespace"
+                    ),
+                    &Remedy::Config("pulling it on the daemon"),
+                ))
             }
             None => {
                 self.pull_image(name, platform, line).await?;
@@ -265,12 +275,12 @@ impl BuildCtx {
         if let Some(p) = platform {
             path.push_str(&format!("&platform={}", enc(p)));
         }
-        let tokens = self
-            .ns
-            .settings
-            .tokens
-            .as_ref()
-            .ok_or_else(|| self.refused(line, "no registry proxy is configured to pull base images".into()))?;
+        let tokens = self.ns.settings.tokens.as_ref().ok_or_else(|| {
+            self.refused_build(
+                &format!("Dockerfile line {line}: pulling the base image {name} is not available in a namespace without a registry proxy"),
+                &Remedy::Config("setting [registry_proxy]"),
+            )
+        })?;
         // The login the client has for the image's own registry (the name is the daemon-side one).
         let login = self
             .ns
@@ -301,15 +311,26 @@ impl BuildCtx {
         }
     }
 
+    /// A base image the build cannot have (missing, or its pull failed): the daemon's words, as a
+    /// build that cannot find its base image fails on the daemon.
     fn refused(&self, line: usize, message: String) -> BuildContextError {
         BuildContextError::Refused(self.text(&format!("Dockerfile line {line}: {message}")))
     }
 
-    /// A Dockerfile that cannot be read is the client's mistake (400); everything else is a refusal.
+    /// A refusal of the build on purpose, in the client's names: what (with its Dockerfile line
+    /// and instruction), by [`Layer::Build`], and the remedy ([`ns_refusal`]).
+    fn refused_build(&self, what: &str, remedy: &Remedy) -> BuildContextError {
+        BuildContextError::Refused(ns_refusal(&self.text(what), Layer::Build, remedy))
+    }
+
+    /// A Dockerfile that cannot be read is the client's mistake (400); a reference the resolver
+    /// refused is answered in its words (a missing image, an invalid reference); everything else
+    /// is a refusal of the build ([`Self::refused_build`]).
     fn refusal(&self, e: RewriteError) -> BuildContextError {
         match e {
             RewriteError::Syntax { .. } => BuildContextError::Rewrite(self.text(&e.to_string())),
-            e => BuildContextError::Refused(self.text(&e.to_string())),
+            RewriteError::Resolve { .. } => BuildContextError::Refused(self.text(&e.to_string())),
+            e => self.refused_build(&e.to_string(), &Remedy::Never),
         }
     }
 

@@ -42,6 +42,8 @@ use hyper::header::HeaderValue;
 use hyper::StatusCode;
 use serde_json::Value;
 
+use crate::plugin::{ns_refusal, Layer, Remedy};
+
 pub use daemon::Daemon;
 pub use names::{NameError, NsName, MARKER, NS_LABEL};
 pub use request::NsRequest;
@@ -121,18 +123,29 @@ pub enum NsError {
     /// A parameter the daemon itself would refuse (400), with the daemon's own message.
     #[error("{0}")]
     Invalid(String),
-    #[error("ctproxy: {0}")]
-    Refused(String),
+    /// Refused on purpose (403): the message says what, by which part of the namespace, and how an
+    /// administrator allows it ([`ns_refusal`]). Made by [`NsError::refused`].
+    #[error("ctproxy: {}", ns_refusal(.what, *.layer, .remedy))]
+    Refused { what: String, layer: Layer, remedy: Remedy },
     #[error("ctproxy: {0}")]
     Daemon(String),
 }
 
-/// A name the daemon itself refuses is refused with its message; the others say they are ctproxy's.
+/// A name the daemon itself refuses is refused with its message (and a reference it cannot parse
+/// with the parser's); the others are ctproxy's refusals, which say so ([`ns_refusal`]).
 fn bad_name(e: &NameError) -> String {
     match e {
         NameError::Daemon(m) => m.clone(),
-        NameError::Reserved => format!("ctproxy: {e} (a namespace's own objects are named {MARKER}<namespace>.<name> on the daemon)"),
-        e => format!("ctproxy: {e}"),
+        NameError::Reference(_) => format!("ctproxy: {e}"),
+        NameError::Reserved(_) => format!(
+            "ctproxy: {}",
+            ns_refusal(
+                &format!("{e} (a namespace's own objects are named {MARKER}<namespace>.<name> on the daemon)"),
+                Layer::Namespace,
+                &Remedy::Never
+            )
+        ),
+        e => format!("ctproxy: {}", ns_refusal(&e.to_string(), Layer::Namespace, &Remedy::Never)),
     }
 }
 
@@ -141,8 +154,31 @@ impl NsError {
         match self {
             NsError::NotFound(_) => StatusCode::NOT_FOUND,
             NsError::BadName(_) | NsError::Malformed(_) | NsError::Invalid(_) => StatusCode::BAD_REQUEST,
-            NsError::Refused(_) => StatusCode::FORBIDDEN,
+            NsError::Refused { .. } => StatusCode::FORBIDDEN,
             NsError::Daemon(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// A refusal of the namespace that no setting lifts: `what` names what was refused, with its
+    /// field or parameter, and why (`the remote build context (remote) is not available in a
+    /// namespace: the daemon would download it`).
+    pub fn refused(what: impl Into<String>) -> NsError {
+        NsError::Refused { what: what.into(), layer: Layer::Namespace, remedy: Remedy::Never }
+    }
+
+    /// The same refusal with another remedy ([`Remedy::Outside`], [`Remedy::Config`]).
+    pub fn remedy(self, remedy: Remedy) -> NsError {
+        match self {
+            NsError::Refused { what, layer, .. } => NsError::Refused { what, layer, remedy },
+            e => e,
+        }
+    }
+
+    /// The same refusal, made by another part of the namespace ([`Layer::Build`]).
+    pub fn by(self, layer: Layer) -> NsError {
+        match self {
+            NsError::Refused { what, remedy, .. } => NsError::Refused { what, layer, remedy },
+            e => e,
         }
     }
 
@@ -204,7 +240,54 @@ fn glob(pattern: &str, s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::glob;
+    use super::{glob, Layer, NameError, NsError, NsName, Remedy};
+    use hyper::StatusCode;
+
+    /// A namespace refusal ends like a policy's: what, by which part of the namespace, the remedy.
+    #[track_caller]
+    fn refusal(e: &NsError, layer: &str, remedy: &str) -> String {
+        let m = e.to_string();
+        assert!(m.starts_with("ctproxy: "), "{m}");
+        assert!(m.contains(&format!("; refused by {layer}; ")), "{m}");
+        assert!(m.ends_with(remedy), "{m}");
+        assert!(!m.contains('\n'), "{m}");
+        m
+    }
+
+    #[test]
+    fn refusals_name_the_layer_and_the_remedy() {
+        let e = NsError::refused("a build from a remote context (remote) is not available in a namespace").by(Layer::Build);
+        assert_eq!(e.status(), StatusCode::FORBIDDEN);
+        let m = refusal(&e, "the namespace (build)", "; no setting allows it");
+        assert!(m.contains("(remote)"), "{m}");
+        let e = NsError::refused("SwarmInit is not available in a namespace").remedy(Remedy::Outside);
+        refusal(&e, "the namespace", "; no setting allows it in a namespace (a listener without namespaces does)");
+        let e = NsError::refused("x").remedy(Remedy::Config("setting [registry_proxy]"));
+        refusal(&e, "the namespace", "; an administrator can allow it by setting [registry_proxy]");
+        let e = NsError::refused("POST /x is not an endpoint").remedy(Remedy::Unknown).by(Layer::BuildKit);
+        refusal(&e, "the namespace (BuildKit)", "(no setting allows it)");
+    }
+
+    #[test]
+    fn name_refusals_name_the_layer_and_the_remedy() {
+        let a = NsName::new("alice").unwrap();
+        for e in [a.object("ctp.bob.db"), a.network("ctp.x"), a.network("a\u{1}b"), a.object(&"x".repeat(250))] {
+            let e = NsError::from(e.unwrap_err());
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+            refusal(&e, "the namespace", "; no setting allows it");
+        }
+        let m = NsError::from(a.object("ctp.bob.db").unwrap_err()).to_string();
+        assert!(m.contains("\"ctp.bob.db\"") && m.contains("reserved"), "{m}");
+        let m = NsError::from(a.object(&"x".repeat(250)).unwrap_err()).to_string();
+        assert!(m.contains("is too long in a namespace"), "{m}");
+        let m = NsError::from(a.network("a\u{1}b").unwrap_err()).to_string();
+        assert!(m.contains("network name") && m.contains("control characters") && !m.contains("[a-zA-Z0-9]"), "{m}");
+        // The daemon's own refusals keep its words.
+        for (name, msg) in [("", "invalid name: name is empty"), ("  ", "invalid name: name is empty")] {
+            assert_eq!(a.network(name), Err(NameError::Daemon(msg.into())));
+            assert_eq!(NsError::from(a.network(name).unwrap_err()).to_string(), msg);
+        }
+    }
 
     #[test]
     fn globs() {

@@ -37,18 +37,22 @@ pub struct NsName(Arc<str>);
 pub enum NameError {
     #[error("invalid namespace name {0:?}: use lower-case letters, digits and single dashes")]
     Namespace(String),
-    #[error("names starting with {MARKER:?} are reserved")]
-    Reserved,
+    #[error("the name {0:?} is not available: names starting with {MARKER:?} are reserved")]
+    Reserved(String),
     #[error("invalid name {0:?}: only \"[a-zA-Z0-9][a-zA-Z0-9_.-]+\" are allowed")]
     Invalid(String),
     /// A name the daemon refuses, with the daemon's own message.
     #[error("{0}")]
     Daemon(String),
-    #[error("name too long")]
-    TooLong,
+    #[error("the name {0:?} is too long in a namespace: its daemon-side form (with the namespace's prefix) would exceed {NAME_MAX} bytes")]
+    TooLong(String),
+    /// dockerd takes control characters in a network name; a namespace does not (they would reach
+    /// logs and answers as written).
+    #[error("the network name {0:?} contains control characters, which are not available in a namespace")]
+    Control(String),
     #[error("{0}")]
     Reference(#[from] ReferenceError),
-    #[error("registry {0:?} cannot be used from a namespace")]
+    #[error("registry {0:?} cannot be used from a namespace: an IP address in brackets has no spelling in a namespace's image names (use a host name)")]
     Domain(String),
 }
 
@@ -78,7 +82,7 @@ impl NsName {
     pub fn object(&self, name: &str) -> Result<String, NameError> {
         let name = name.strip_prefix('/').unwrap_or(name);
         if name.len() >= MARKER.len() && name[..MARKER.len()].eq_ignore_ascii_case(MARKER) {
-            return Err(NameError::Reserved);
+            return Err(NameError::Reserved(name.to_owned()));
         }
         let b = name.as_bytes();
         let valid =
@@ -88,7 +92,7 @@ impl NsName {
         }
         let out = format!("{MARKER}{}.{name}", self.0);
         if out.len() > NAME_MAX {
-            return Err(NameError::TooLong);
+            return Err(NameError::TooLong(name.to_owned()));
         }
         Ok(out)
     }
@@ -121,14 +125,19 @@ impl NsName {
     /// length are refused.
     pub fn network(&self, name: &str) -> Result<String, NameError> {
         if name.len() >= MARKER.len() && name.as_bytes()[..MARKER.len()].eq_ignore_ascii_case(MARKER.as_bytes()) {
-            return Err(NameError::Reserved);
+            return Err(NameError::Reserved(name.to_owned()));
         }
-        if name.is_empty() || name.chars().any(char::is_control) {
-            return Err(NameError::Invalid(name.to_owned()));
+        // dockerd's own message (libnetwork `ValidateName`, Docker 28); the prefix would make such
+        // a name valid on the daemon.
+        if name.trim().is_empty() {
+            return Err(NameError::Daemon("invalid name: name is empty".to_owned()));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(NameError::Control(name.to_owned()));
         }
         let out = format!("{MARKER}{}.{name}", self.0);
         if out.len() > NAME_MAX {
-            return Err(NameError::TooLong);
+            return Err(NameError::TooLong(name.to_owned()));
         }
         Ok(out)
     }
@@ -151,7 +160,7 @@ impl NsName {
             digest: r.digest.clone(),
         };
         if out.name().len() > NAME_MAX {
-            return Err(NameError::TooLong);
+            return Err(NameError::TooLong(r.familiar()));
         }
         Ok(out)
     }
@@ -242,8 +251,8 @@ mod tests {
         assert_eq!(a.unobject("ctp.alice."), None);
         assert_eq!(a.unobject("db"), None);
         assert_eq!(ns("alice-2").unobject("ctp.alice.db"), None);
-        assert_eq!(a.object("ctp.bob.db"), Err(NameError::Reserved));
-        assert_eq!(a.object("CTP.bob.db"), Err(NameError::Reserved));
+        assert_eq!(a.object("ctp.bob.db"), Err(NameError::Reserved("ctp.bob.db".into())));
+        assert_eq!(a.object("CTP.bob.db"), Err(NameError::Reserved("CTP.bob.db".into())));
         for bad in ["", "a", "_x", ".x", "a b", "a/b", "a:b"] {
             assert!(a.object(bad).is_err(), "{bad:?}");
         }
@@ -251,7 +260,7 @@ mod tests {
             let m = a.network(good).unwrap();
             assert_eq!(a.unobject(&m), Some(good), "{good:?}");
         }
-        assert_eq!(a.network("ctp.bob.x"), Err(NameError::Reserved));
+        assert_eq!(a.network("ctp.bob.x"), Err(NameError::Reserved("ctp.bob.x".into())));
         assert!(a.network("").is_err());
         assert_eq!(a.container("x").unwrap_err().to_string(), "Invalid container name (x), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed");
     }

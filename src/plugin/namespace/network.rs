@@ -22,6 +22,7 @@ use super::pool::{host_routes, subnets_in_use};
 use super::request::Prepared;
 use super::text::Demangler;
 use super::{Daemon, Namespace, NsError, NS_LABEL};
+use crate::plugin::{Layer, Remedy};
 
 /// The client's name of its namespace's default network.
 pub const DEFAULT_NETWORK: &str = "bridge";
@@ -213,7 +214,8 @@ impl Namespace {
                         }
                         None => "while no network pool is configured ([namespaces] network_pool)".to_owned(),
                     };
-                    return Err(NsError::Refused(format!("the address {net} ({what}) is not allowed in a namespace: it is {pool}; an administrator can allow it by adding a range that contains it to [namespaces] network_pool")));
+                    return Err(NsError::refused(format!("the address {net} ({what}) is not allowed in a namespace: it is {pool}"))
+                        .remedy(Remedy::Config("adding a range that contains it to [namespaces] network_pool")));
                 }
             }
         }
@@ -241,7 +243,10 @@ impl Namespace {
             used.extend(host_routes());
             used.extend(taken.iter().copied());
             let Some(block) = pool.allocate(&used) else {
-                return Err(NsError::Refused("the namespaces' network pool is exhausted: no free block is left; an administrator can enlarge [namespaces] network_pool or raise network_prefix_len".into()));
+                return Err(NsError::refused(
+                    "a new network is not available in a namespace while the namespaces' network pool is exhausted (no free block is left)",
+                )
+                .remedy(Remedy::Config("enlarging [namespaces] network_pool or raising network_prefix_len")));
             };
             set_ipv4_subnet(&mut body, block);
             let (status, bytes) = daemon.call(Method::POST, "/networks/create", Some(&Value::Object(body.clone()))).await?;
@@ -289,9 +294,10 @@ impl Namespace {
         match mode {
             "" | "default" | "bridge" => self.default_network(daemon).await,
             "none" | "host" => Ok(mode.to_owned()),
-            m if m.starts_with("container:") => {
-                Err(NsError::Refused("a build in another container's network namespace (networkmode container:…) is not available in a namespace; no setting allows it".into()))
-            }
+            m if m.starts_with("container:") => Err(NsError::refused(
+                "a build in another container's network namespace (networkmode container:…) is not available in a namespace",
+            )
+            .by(Layer::Build)),
             m => self.network(daemon, m).await,
         }
     }

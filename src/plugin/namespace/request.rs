@@ -18,6 +18,7 @@ use super::{Daemon, Namespace, NsError, NS_LABEL};
 use crate::docker::auth_config;
 use crate::docker::reference::Reference;
 use crate::docker::{Endpoint, Query, Route};
+use crate::plugin::{Layer, Remedy};
 
 /// A request that passed authentication and the policies, on its way to the namespace stage.
 pub struct NsRequest<'a> {
@@ -63,11 +64,12 @@ impl Namespace {
     pub async fn prepare(&self, daemon: &Daemon, req: NsRequest<'_>) -> Result<Prepared, NsError> {
         use Endpoint::*;
         let Some(endpoint) = req.route.endpoint else {
-            return Err(NsError::Refused(format!(
-                "{} {} is not an endpoint of the Docker API that ctproxy knows, so it is not available in a namespace (it could act outside the namespace); no setting allows it",
+            return Err(NsError::refused(format!(
+                "{} {} is not an endpoint of the Docker API that ctproxy knows, so it is not available in a namespace (it could act outside the namespace)",
                 req.method,
                 req.route.path
-            )));
+            ))
+            .remedy(Remedy::Unknown));
         };
         let typed = req.route.target().unwrap_or("").to_owned();
         let after = match endpoint {
@@ -208,8 +210,8 @@ impl Namespace {
             }
             ImageDelete => {
                 return match self.image(daemon, &typed).await? {
-                    ImageRef::Shared(_) => Err(NsError::Refused(format!(
-                        "image {typed} is shared by the administrator ([namespaces] shared_images) and read-only in a namespace; tag it to have a copy of your own (no setting allows changing it)"
+                    ImageRef::Shared(_) => Err(NsError::refused(format!(
+                        "removing image {typed} is not available in a namespace: it is shared by the administrator ([namespaces] shared_images) and read-only there (tag it to have a copy of your own)"
                     ))),
                     ImageRef::Owned(name) => {
                         // The last name the client sees: the image goes, as the daemon removes an
@@ -237,8 +239,8 @@ impl Namespace {
                 };
                 let repo = Reference { tag: None, digest: None, ..r.clone() }.familiar();
                 if self.is_shared(&repo) {
-                    return Err(NsError::Refused(format!(
-                        "image {typed} is shared by the administrator ([namespaces] shared_images) and cannot be pushed from a namespace; tag it first (no setting allows it)"
+                    return Err(NsError::refused(format!(
+                        "pushing image {typed} is not available in a namespace: it is shared by the administrator ([namespaces] shared_images) and read-only there (tag it first)"
                     )));
                 }
                 // The name as typed (its tag too: without one, dockerd pushes every tag), `tag` as sent.
@@ -252,12 +254,16 @@ impl Namespace {
             ImagePrune => return self.image_prune(daemon, req.query).await,
             Build => {
                 if req.query.get("version") == Some("2") {
-                    return Err(NsError::Refused(
-                        "BuildKit builds are not available in a namespace (its gRPC session cannot be scoped): use the classic builder (DOCKER_BUILDKIT=0)".into(),
-                    ));
+                    return Err(NsError::refused(
+                        "a build with its BuildKit session inside the request (POST /build version=2, the legacy form) is not available in a namespace: build with buildx (its own gRPC path, /grpc and /session, is served) or the classic builder (DOCKER_BUILDKIT=0)",
+                    )
+                    .by(Layer::Build));
                 }
                 if req.query.get("remote").is_some_and(|r| !r.is_empty()) {
-                    return Err(NsError::Refused("builds from a remote context are not available in a namespace".into()));
+                    return Err(NsError::refused(
+                        "a build from a remote context (remote, a Git or HTTP URL) is not available in a namespace: the daemon would download it itself; send the context in the request body",
+                    )
+                    .by(Layer::Build));
                 }
                 // `RUN` steps join a network like a container does: the namespace's own, never
                 // another's by its daemon-side name or ID.
@@ -308,7 +314,11 @@ impl Namespace {
             Session | Grpc => {
                 let h2c = req.headers.get(hyper::header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"h2c"));
                 if !h2c {
-                    return Err(NsError::Refused(format!("{} without Upgrade: h2c: BuildKit's gRPC is relayed only as an HTTP/2 upgrade", endpoint.name())));
+                    return Err(NsError::refused(format!(
+                        "{} without Upgrade: h2c (the Upgrade header) is not available in a namespace: BuildKit's gRPC is relayed only as an HTTP/2 upgrade",
+                        endpoint.name()
+                    ))
+                    .by(Layer::BuildKit));
                 }
                 if endpoint == Session {
                     self.scope_session_headers(req.headers)?;
@@ -420,10 +430,11 @@ impl Namespace {
                 return Ok(Prepared::ForwardBody(After::Load(guard.clone()), self.load_rewrite(guard)));
             }
             _ => {
-                return Err(NsError::Refused(format!(
-                    "{} is not available in a namespace: it acts on the daemon as a whole (swarm, plugins, daemon-wide state), which a namespace cannot scope; no setting allows it (use a listener without [jobs] namespaces)",
+                return Err(NsError::refused(format!(
+                    "{} is not available in a namespace: it acts on the daemon as a whole (swarm, plugins, daemon-wide state), which a namespace cannot scope",
                     endpoint.name()
-                )))
+                ))
+                .remedy(Remedy::Outside))
             }
         };
         Ok(Prepared::Forward(after))
@@ -516,7 +527,12 @@ impl Namespace {
 
     /// Replaces the client's registry credentials by a token of the registry proxy that carries them.
     fn registry_auth(&self, headers: &mut HeaderMap, name: &HeaderName) -> Result<(), NsError> {
-        let tokens = self.settings.tokens.as_ref().ok_or_else(|| NsError::Refused("pulls and pushes in a namespace go through ctproxy's registry proxy, and none is configured: the administrator sets [registry_proxy]".into()))?;
+        let tokens = self.settings.tokens.as_ref().ok_or_else(|| {
+            NsError::refused(
+                "a pull or push is not available in a namespace without a registry proxy: pulls and pushes in a namespace go through ctproxy's registry proxy, and none is configured",
+            )
+            .remedy(Remedy::Config("setting [registry_proxy]"))
+        })?;
         let value = tokens.issue(&self.name, headers.get(name));
         headers.insert(name.clone(), value);
         Ok(())
@@ -638,8 +654,8 @@ impl Namespace {
         use crate::docker::image_create::{classify, ImageCreate};
         let (from_image, tag) = match classify(q) {
             ImageCreate::ImportUrl { url } => {
-                return Err(NsError::Refused(format!(
-                    "importing an image from a URL the daemon downloads (fromSrc={url}) is not available in a namespace; send the archive in the request body (fromSrc=-); no setting allows it"
+                return Err(NsError::refused(format!(
+                    "importing an image from a URL the daemon downloads (fromSrc={url}) is not available in a namespace: send the archive in the request body (fromSrc=-)"
                 )))
             }
             ImageCreate::ImportBody => {
@@ -660,10 +676,11 @@ impl Namespace {
                     hyper::StatusCode::OK,
                     serde_json::json!({"status": format!("Status: Image is up to date for {}", r.familiar())}),
                 )),
-                None => Err(NsError::Refused(format!(
-                    "image {} is shared by the administrator ([namespaces] shared_images) but not present on the daemon; a namespace does not pull shared images: the administrator pulls them",
+                None => Err(NsError::refused(format!(
+                    "pulling image {}, which is shared by the administrator ([namespaces] shared_images) but not present on the daemon, is not available in a namespace (a namespace does not pull shared images)",
                     r.familiar()
-                ))),
+                ))
+                .remedy(Remedy::Config("pulling it on the daemon"))),
             };
         }
         // `fromImage` as typed (tag and digest included), `tag` as sent: dockerd combines them into
@@ -1036,8 +1053,8 @@ fn search_on_hub(term: &str) -> Result<(), NsError> {
     if matches!(index, "docker.io" | "index.docker.io") {
         return Ok(());
     }
-    Err(NsError::Refused(format!(
-        "searching the registry {index} is not available in a namespace (the daemon would contact it directly); no setting allows it"
+    Err(NsError::refused(format!(
+        "searching the registry {index} (term) is not available in a namespace: the daemon would contact it directly, past the registry proxy; only Docker Hub is searched"
     )))
 }
 

@@ -169,6 +169,11 @@ fn other_compressions_are_refused() {
     {
         let r = run(&Bytes::copy_from_slice(magic), 1, None, 1 << 20);
         assert!(matches!(r, Err(BuildContextError::Compression(n)) if n == name), "{name}: {r:?}");
+        let m = r.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            m.contains(&format!("compressed with {name}")) && m.ends_with("; refused by the namespace (build); no setting allows it"),
+            "{m}"
+        );
     }
 }
 

@@ -83,7 +83,11 @@ impl Namespace {
                     return grpc::refuse(
                         respond,
                         code::PERMISSION_DENIED,
-                        "ctproxy: pulls and pushes in a namespace go through ctproxy's registry proxy, and none is configured: the administrator sets [registry_proxy]",
+                        &super::refusal_message_with(
+                            code::PERMISSION_DENIED,
+                            "a registry token (Auth.FetchToken) is not available in a namespace without a registry proxy: pulls and pushes in a namespace go through it, and none is configured",
+                            &crate::plugin::Remedy::Config("setting [registry_proxy]"),
+                        ),
                     );
                 };
                 let header = tokens.issue(&self.name, creds.as_ref().map(encode_header).as_ref());
@@ -93,7 +97,14 @@ impl Namespace {
                 grpc::reply(respond, &rsp.encode_to_vec()).await
             }
             // `VerifyTokenAuthority`: no other session's fetcher is ever this session's.
-            _ => grpc::refuse(respond, code::PERMISSION_DENIED, "ctproxy: registry proxy tokens are per session"),
+            _ => grpc::refuse(
+                respond,
+                code::PERMISSION_DENIED,
+                &super::refusal_message(
+                    code::PERMISSION_DENIED,
+                    &format!("Auth.{method} is not available in a namespace: registry proxy tokens are per session"),
+                ),
+            ),
         }
     }
 

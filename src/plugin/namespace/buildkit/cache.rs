@@ -71,7 +71,10 @@ impl Namespace {
         let mut out = Vec::new();
         for mut m in entries {
             if m.keys().any(|k| k != "Type" && k != "Attrs") {
-                return Err("cache-imports entries with fields other than Type and Attrs are unknown to ctproxy".into());
+                return Err(format!(
+                    "cache-imports entries with fields other than Type and Attrs are unknown to ctproxy {}",
+                    env!("CARGO_PKG_VERSION")
+                ));
             }
             let r#type = m.remove("Type").and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
             let attrs: HashMap<String, String> = match m.remove("Attrs") {

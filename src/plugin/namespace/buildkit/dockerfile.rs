@@ -35,7 +35,7 @@ impl Namespace {
         let mut resolve = |name: &str| -> Result<String, String> {
             let r = Reference::parse(name).map_err(|e| format!("invalid image reference {name:?}: {e}"))?;
             let out = self.image_name(&r.with_default_tag()).map_err(|e| e.to_string())?;
-            resolved.push(out.clone());
+            resolved.push((name.to_owned(), out.clone()));
             Ok(out)
         };
         let plan = plan_dockerfile(text, build_args, &mut resolve).map_err(|e| e.to_string())?;
@@ -45,12 +45,13 @@ impl Namespace {
         }
         let out = plan.finish(&[], &[]).map_err(|e| e.to_string())?;
         check_run_mounts(&out)?;
-        for image in resolved {
+        for (typed, image) in resolved {
             let Ok(Some(img)) = daemon.get(&format!("/images/{}/json", enc(&image))).await else { continue };
             let triggers = img.pointer("/Config/OnBuild").and_then(Value::as_array).is_some_and(|t| !t.is_empty());
             if triggers {
+                // The name the job wrote, never the daemon-side one.
                 return Err(format!(
-                    "the base image {image} has ONBUILD triggers, which are not available in BuildKit builds in a namespace"
+                    "the base image {typed} has ONBUILD triggers, which are not available in BuildKit builds in a namespace (use the classic builder)"
                 ));
             }
         }

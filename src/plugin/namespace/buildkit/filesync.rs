@@ -63,18 +63,18 @@ pub(super) async fn dockerfile(ns: &Namespace, daemon: &Daemon, facts: SolveFact
 
 fn deny(ns: &Namespace, respond: h2::server::SendResponse<Bytes>, message: String) {
     tracing::warn!(target: "ctproxy::audit", namespace = %ns.name, reason = %message, "BuildKit Dockerfile refused by namespace");
-    grpc::refuse(respond, code::PERMISSION_DENIED, &format!("ctproxy: {message}"));
+    grpc::refuse(respond, code::PERMISSION_DENIED, &super::refusal_message(code::PERMISSION_DENIED, &message));
 }
 
 async fn next_packet(msgs: &mut Messages) -> Result<Option<Packet>, String> {
     let Some(m) = msgs.next().await.map_err(|e| e.to_string())? else { return Ok(None) };
     let unknown = unknown_fields(&m, &PACKET_FIELDS).map_err(|e| e.to_string())?;
     if !unknown.is_empty() {
-        return Err(format!("fsutil packet fields {unknown:?} are unknown to ctproxy"));
+        return Err(format!("fsutil packet fields {unknown:?} are unknown to ctproxy {}", env!("CARGO_PKG_VERSION")));
     }
     let unknown = unknown_nested_fields(&m, PACKET_STAT_FIELD, &STAT_FIELDS).map_err(|e| e.to_string())?;
     if !unknown.is_empty() {
-        return Err(format!("fsutil stat fields {unknown:?} are unknown to ctproxy"));
+        return Err(format!("fsutil stat fields {unknown:?} are unknown to ctproxy {}", env!("CARGO_PKG_VERSION")));
     }
     let p = Packet::decode(m).map_err(|e| e.to_string())?;
     if p.r#type == packet::ERR {

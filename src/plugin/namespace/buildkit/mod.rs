@@ -35,6 +35,7 @@ use crate::docker::buildkit::StatusRequest;
 use crate::docker::Endpoint;
 use crate::http::grpc::{self, code, Call, CallPolicy, Callers};
 use crate::http::StreamRelay;
+use crate::plugin::{ns_refusal, Layer, Remedy};
 
 /// What a `Solve` told the session that serves its files: the build arguments, for expanding the
 /// Dockerfile's global `ARG`s in `FROM` as the daemon will.
@@ -112,7 +113,21 @@ fn refuse(ns: &Namespace, call: Call, status: u32, message: &str) {
         reason = %message,
         "BuildKit call refused by namespace"
     );
-    grpc::refuse(call.respond, status, &format!("ctproxy: {message}"));
+    grpc::refuse(call.respond, status, &refusal_message(status, message));
+}
+
+/// The message a BuildKit refusal carries to the client (as `grpc-message`, one line): what was
+/// refused, by [`Layer::BuildKit`], and the remedy ([`ns_refusal`]), or `remedy` for one a setting
+/// lifts. A malformed call (`INVALID_ARGUMENT`) only says what is wrong, as a 400 does.
+pub(super) fn refusal_message(status: u32, message: &str) -> String {
+    refusal_message_with(status, message, &Remedy::Never)
+}
+
+pub(super) fn refusal_message_with(status: u32, message: &str, remedy: &Remedy) -> String {
+    if status == code::INVALID_ARGUMENT {
+        return format!("ctproxy: {message}");
+    }
+    format!("ctproxy: {}", ns_refusal(message, Layer::BuildKit, remedy))
 }
 
 /// The client's calls of `moby.buildkit.v1.Control` on `/grpc`.
@@ -275,7 +290,7 @@ fn deny(ns: &Namespace, method: &str, respond: h2::server::SendResponse<bytes::B
 /// A refused message: audit-logged, and the status the client prints.
 fn denied(ns: &Namespace, method: &str, message: String) -> (u32, String) {
     tracing::warn!(target: "ctproxy::audit", namespace = %ns.name, method, reason = %message, "BuildKit call refused by namespace");
-    (code::PERMISSION_DENIED, format!("ctproxy: {message}"))
+    (code::PERMISSION_DENIED, refusal_message(code::PERMISSION_DENIED, &message))
 }
 
 /// The daemon's calls of the client's session services on `/session`.
@@ -350,6 +365,20 @@ pub(super) mod tests {
             shared_ids: Default::default(),
         };
         Namespace::new(NsName::new(name).expect("namespace name"), Arc::new(settings))
+    }
+
+    #[test]
+    fn refusals_name_the_layer_and_the_remedy() {
+        use super::{code, refusal_message};
+        let m = refusal_message(code::PERMISSION_DENIED, "the build output \"local\" is not available in a namespace");
+        assert_eq!(
+            m,
+            "ctproxy: the build output \"local\" is not available in a namespace; refused by the namespace (BuildKit); no setting allows it"
+        );
+        let m = refusal_message(code::UNIMPLEMENTED, "the BuildKit method /x/Y is not available in a namespace");
+        assert!(m.ends_with("; refused by the namespace (BuildKit); no setting allows it"), "{m}");
+        // A malformed call only says what is wrong.
+        assert_eq!(refusal_message(code::INVALID_ARGUMENT, "invalid buildid metadata"), "ctproxy: invalid buildid metadata");
     }
 
     #[test]
