@@ -114,8 +114,8 @@ fn buildkit_other_namespaces_are_out_of_reach() {
     // Positive control: the owning job's same FROM works, by name, and by digest on the containerd
     // store (there the ID is the manifest's digest; on the classic store it is the config's, which
     // names no manifest: `name@<ID>` fails on the daemon's own socket too). By ID or hex, as
-    // `FROM sha256:…` or `FROM <hex>`, BuildKit reads a repository name: not an image of the job's
-    // either, so no control for those.
+    // `FROM sha256:…` or `FROM <hex>`, BuildKit reads a repository name (on the daemon's own socket
+    // too): no control for those.
     let controls: &[&str] = if containerd_store() { &["secret:1", &by_digest] } else { &["secret:1"] };
     for from in controls {
         let dir = context(&format!("FROM {from}\nRUN cat /secret\n"));
@@ -242,9 +242,10 @@ fn fetch_probe() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     (port, count)
 }
 
-/// `ADD` of a URL (HTTP, or a Git repository BuildKit would clone) is refused with a message the
-/// CLI prints: the daemon never connects to the address (here a listener on the daemon's
-/// loopback). On the daemon's own socket the same HTTP build does fetch it (the probe sees it).
+/// `ADD` of a URL (HTTP, or a Git repository BuildKit would clone) and a remote build context are
+/// refused with a message the CLI prints: the daemon never connects to the address (here a
+/// listener on the daemon's loopback). On the daemon's own socket the same HTTP `ADD` does fetch it
+/// (the probe sees it).
 #[test]
 fn buildkit_add_of_a_url_is_refused() {
     if !on_docker_28() {
@@ -269,8 +270,18 @@ fn buildkit_add_of_a_url_is_refused() {
         refused(&out, "ADD");
         assert_eq!(fetched.load(std::sync::atomic::Ordering::SeqCst), 0, "{add}: the daemon connected to the probe");
     }
+    // A remote build context (`docker build URL`): buildx sends it as the frontend attribute
+    // `context`, which ctproxy does not know: refused, on both image stores.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    for remote in [format!("http://127.0.0.1:{port}/ctx.tar"), format!("git://127.0.0.1:{port}/x.git")] {
+        let out = build(&job, elsewhere.path(), &["build", "-t", "x:1", &remote]);
+        refused(&out, "ctproxy");
+        refused(&out, "\"context\"");
+        assert_eq!(fetched.load(std::sync::atomic::Ordering::SeqCst), 0, "{remote}: the daemon connected to the probe");
+    }
     assert!(!job.docker(&["image", "inspect", "x:1"]).status.success(), "a refused build left an image");
     assert!(host.audited("BuildKit Dockerfile refused by namespace"));
+    assert!(host.audited("BuildKit call refused by namespace"));
 
     // Positive control: on the daemon's own socket BuildKit fetches it, from where the probe listens.
     let mut cleanup = Cleanup::new();
