@@ -216,6 +216,13 @@ fn buildkit_entitlements_and_networks_are_refused() {
         let out = build(&a, plain.path(), &["buildx", "build", "--network", net, "--load", "-t", "x:1", "."]);
         refused(&out, &format!("network mode \"{net}\" not supported"));
     }
+    let compose = context(&format!("FROM {BUSYBOX}\nRUN true\n"));
+    let service = format!("services:\n  web:\n    build:\n      context: .\n      network: {daemon_side}\n    image: x:1\n");
+    std::fs::write(compose.path().join("compose.yaml"), service).expect("compose file");
+    let out = build(&a, compose.path(), &["compose", "-p", "ctpbknet", "build"]);
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("network mode \"{daemon_side}\" not supported")), "{text}");
     assert!(!built(&a), "a refused build left an image");
 
     build_ok(&a, plain.path(), &["buildx", "build", "--network", "none", "--load", "-t", "x:1", "."]);
