@@ -269,6 +269,8 @@ fn buildkit_add_of_a_url_is_refused() {
         format!("ADD git://127.0.0.1:{port}/x.git /x"),
         format!("ADD GIT://127.0.0.1:{port}/x.git /x"),
         format!("ADD https://127.0.0.1:{port}/x.git#main /x"),
+        format!("ADD ssh://git@127.0.0.1:{port}/x.git /x"),
+        "ADD git@127.0.0.1:x.git /x".to_owned(),
     ] {
         let dir = context(&format!("FROM {BUSYBOX}\n{add}\n"));
         let out = build_refused_dockerfile(&host, &job, dir.path(), &["build", "-t", "x:1", "."]);

@@ -67,8 +67,9 @@ fn fetched_by_buildkit(source: &str) -> bool {
     if source.contains("://") {
         return true;
     }
-    // scp-like: `[user@]host:path` with no `/` before the `:` (BuildKit requires the `user@`).
-    source.split_once(':').is_some_and(|(before, _)| before.contains('@') && !before.contains('/'))
+    // scp-like: `[user@]host:path`, a `:` with no `/` before it. Docker 28.5's frontend requires the
+    // `user@`; some BuildKit versions make it optional, so a local `a:b` is refused too (`./a:b` is not).
+    source.split_once(':').is_some_and(|(before, _)| !before.contains('/'))
 }
 
 /// Parser directives come first, before any other line: `# syntax=` there selects a frontend.
@@ -157,10 +158,12 @@ mod tests {
             "ssh://git@h:22/x.git",
             "git@127.0.0.1:x.git",
             "user@h:/srv/x",
+            "host:x.git",
+            "a:b",
         ] {
             assert!(fetched_by_buildkit(remote), "{remote}");
         }
-        for local in ["x", "dir/x", "./a:b", "a:b", "dir/u@h:x", "github.com/x/y", "a@b"] {
+        for local in ["x", "dir/x", "./a:b", "dir/u@h:x", "github.com/x/y", "a@b", "/abs/x"] {
             assert!(!fetched_by_buildkit(local), "{local}");
         }
     }
