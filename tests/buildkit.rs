@@ -33,6 +33,20 @@ fn build_ok(job: &JobSocket, dir: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
 }
 
+/// A build whose Dockerfile ctproxy refuses: its output. Seen rarely (in parallel runs, on both
+/// stores): the daemon's frontend reports its Solve as canceled ("failed to read dockerfile:
+/// context canceled") instead of the session's PERMISSION_DENIED for the Dockerfile read; the
+/// refusal was made and audited, the build failed. The message must come through on a second try.
+fn build_refused_dockerfile(host: &JobHost, job: &JobSocket, dir: &std::path::Path, args: &[&str]) -> Output {
+    let out = build(job, dir, args);
+    if String::from_utf8_lossy(&out.stderr).contains("failed to read dockerfile: context canceled") {
+        assert!(!out.status.success());
+        assert!(host.audited("BuildKit Dockerfile refused by namespace"));
+        return build(job, dir, args);
+    }
+    out
+}
+
 fn refused(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "must fail: {stderr}");
@@ -67,7 +81,7 @@ fn buildkit_builds_in_the_namespace() {
 }
 
 /// Another namespace's image is not usable by `FROM`: by its name there, its daemon-side name, or
-/// its ID. Cache mounts with the same `id` are separate per job.
+/// its ID; the owning job's same `FROM` works. Cache mounts with the same `id` are separate per job.
 #[test]
 fn buildkit_other_namespaces_are_out_of_reach() {
     if !on_docker_28() {
@@ -76,8 +90,9 @@ fn buildkit_other_namespaces_are_out_of_reach() {
     let host = JobHost::start();
     let a = host.job();
     let b = host.job();
+    let tag = unique("mark").replace("ctproxy-test-", "");
     let secret =
-        context(&format!("FROM {BUSYBOX}\nRUN echo secret > /secret\nRUN --mount=type=cache,id=shared,target=/c echo a > /c/mark\n"));
+        context(&format!("FROM {BUSYBOX}\nRUN echo secret > /secret\nRUN --mount=type=cache,id=shared,target=/c echo {tag} > /c/mark\n"));
     build_ok(&a, secret.path(), &["build", "-t", "secret:1", "."]);
     let id = a.docker_ok(&["image", "inspect", "--format", "{{.Id}}", "secret:1"]);
     let mangled = docker(direct(), &["images", "--format", "{{.Repository}}:{{.Tag}}"])
@@ -86,14 +101,38 @@ fn buildkit_other_namespaces_are_out_of_reach() {
         .expect("the daemon-side name")
         .to_owned();
     let hex = id.trim_start_matches("sha256:").to_owned();
-    for from in ["secret:1".to_owned(), mangled, id.clone(), format!("secret@{id}"), hex] {
+    let by_digest = format!("secret@{id}");
+    for from in ["secret:1".to_owned(), mangled, id.clone(), by_digest.clone(), hex] {
         let dir = context(&format!("FROM {from}\nRUN cat /secret\n"));
         let out = build(&b, dir.path(), &["build", "-t", "stolen:1", "."]);
-        assert!(!out.status.success(), "FROM {from} must fail: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "FROM {from} must fail: {text}");
+        // It fails on the image it names (not on something else of the build).
+        assert!(text.contains(&from), "FROM {from}: the error does not name the image: {text}");
     }
-    // The same cache id in another job is another cache.
-    let probe = context(&format!("FROM {BUSYBOX}\nRUN --mount=type=cache,id=shared,target=/c test ! -e /c/mark\n"));
-    build_ok(&b, probe.path(), &["build", "--no-cache", "-t", "probe:1", "."]);
+    assert!(!b.docker(&["image", "inspect", "stolen:1"]).status.success(), "a failed build left an image");
+    // Positive control: the owning job's same FROM works, by name, and by digest on the containerd
+    // store (there the ID is the manifest's digest; on the classic store it is the config's, which
+    // names no manifest: `name@<ID>` fails on the daemon's own socket too). By ID or hex, as
+    // `FROM sha256:…` or `FROM <hex>`, BuildKit reads a repository name (on the daemon's own socket
+    // too): no control for those.
+    let controls: &[&str] = if containerd_store() { &["secret:1", &by_digest] } else { &["secret:1"] };
+    for from in controls {
+        let dir = context(&format!("FROM {from}\nRUN cat /secret\n"));
+        build_ok(&a, dir.path(), &["build", "-t", "own:1", "."]);
+        assert_eq!(a.docker_ok(&["run", "--rm", "own:1", "cat", "/secret"]), "secret");
+    }
+
+    // The same cache id in another job is another cache. Without --no-cache (it empties the cache
+    // mounts a build uses); each probe is a RUN line of its own (the echo), so no step is cached.
+    let probe = |test: &str, who: &str| {
+        context(&format!("FROM {BUSYBOX}\nRUN --mount=type=cache,id=shared,target=/c {test} && echo probe-{who}-{tag}\n"))
+    };
+    let other = probe("test ! -e /c/mark || (cat /c/mark; false)", "b");
+    build_ok(&b, other.path(), &["build", "-t", "probe:1", "."]);
+    // Positive control: the job that wrote it sees its own file in the same cache.
+    let own = probe(&format!("grep -qx {tag} /c/mark"), "a");
+    build_ok(&a, own.path(), &["build", "-t", "probe:1", "."]);
 }
 
 /// What ctproxy does not allow is refused with a message the CLI prints, and audit-logged.
@@ -110,20 +149,18 @@ fn buildkit_refusals_are_printed() {
     // What, by BuildKit's check of the namespace, and that no setting allows it, through the CLI
     // (issue 17).
     support::jobs::assert_ns_refusal(&String::from_utf8_lossy(&out.stderr), "(--allow) are not available", "the namespace (BuildKit)");
+    refused(&out, "network.host");
+    // A frontend attribute ctproxy does not know: `--sbom=true` sends `attest:sbom` (an SBOM scanner
+    // is an image the daemon would pull and run). On the classic image store buildx's docker driver
+    // refuses attestations itself, on the daemon's own socket too, before anything is sent.
+    let out = build(&job, plain.path(), &["buildx", "build", "--sbom=true", "--load", "-t", "x:1", "."]);
+    refused(&out, if containerd_store() { "attest:sbom" } else { "Attestation is not supported for the docker driver" });
     let out = build(&job, plain.path(), &["buildx", "build", "--build-arg", "BUILDKIT_SYNTAX=evil/frontend", "--load", "-t", "x:1", "."]);
     refused(&out, "BUILDKIT_SYNTAX is not available in a namespace");
     let syntax = context(&format!("# syntax=docker/dockerfile:1\nFROM {BUSYBOX}\n"));
     refused(&build(&job, syntax.path(), &["build", "-t", "x:1", "."]), "a # syntax= directive");
     let mount = context(&format!("FROM {BUSYBOX}\nRUN --mount=type=bind,from=other/image,target=/x true\n"));
-    let mut out = build(&job, mount.path(), &["build", "-t", "x:1", "."]);
-    if String::from_utf8_lossy(&out.stderr).contains("failed to read dockerfile: context canceled") {
-        // Seen once in a full parallel run on Docker 28: the daemon's frontend reported its Solve
-        // as canceled instead of the session's PERMISSION_DENIED for the Dockerfile read (the
-        // refusal was made and audited; the build failed). The message must come through on a
-        // second try.
-        assert!(host.audited("BuildKit Dockerfile refused by namespace"));
-        out = build(&job, mount.path(), &["build", "-t", "x:1", "."]);
-    }
+    let out = build_refused_dockerfile(&host, &job, mount.path(), &["build", "-t", "x:1", "."]);
     refused(&out, "names no stage of the Dockerfile");
     support::jobs::assert_ns_refusal(&String::from_utf8_lossy(&out.stderr), "names no stage of the Dockerfile", "the namespace (BuildKit)");
     let out = build(&job, plain.path(), &["buildx", "prune", "-f", "--reserved-space", "1gb"]);
@@ -131,6 +168,199 @@ fn buildkit_refusals_are_printed() {
     support::jobs::assert_ns_refusal(&String::from_utf8_lossy(&out.stderr), "not available in a namespace", "the namespace (BuildKit)");
     assert!(host.audited("BuildKit call refused by namespace"));
     assert!(host.audited("BuildKit Dockerfile refused by namespace"));
+}
+
+/// Entitlements and networks: `--allow security.insecure`, `--network host` (buildx asks for the
+/// `network.host` entitlement with it) and `RUN --network=host` are refused with a message the CLI
+/// prints; `--network` naming another job's network, by its name there or its daemon-side name, is
+/// refused (by buildx itself, see below); nothing is built. `--network none` works.
+#[test]
+fn buildkit_entitlements_and_networks_are_refused() {
+    if !on_docker_28() {
+        return;
+    }
+    let host = JobHost::start();
+    let (a, b) = (host.job(), host.job());
+    let plain = context(&format!("FROM {BUSYBOX}\nRUN true\n"));
+    let built = |job: &JobSocket| job.docker(&["image", "inspect", "x:1"]).status.success();
+
+    let out = build(&a, plain.path(), &["buildx", "build", "--allow", "security.insecure", "--load", "-t", "x:1", "."]);
+    refused(&out, "ctproxy");
+    refused(&out, "security.insecure");
+    // `RUN --security=insecure` is a labs flag: Docker 28's built-in Dockerfile frontend does not
+    // parse it (it needs `# syntax=docker/dockerfile:1-labs`, which ctproxy refuses), with or without
+    // the entitlement (which ctproxy refuses first).
+    let insecure = context(&format!("FROM {BUSYBOX}\nRUN --security=insecure true\n"));
+    refused(&build(&a, insecure.path(), &["build", "-t", "x:1", "."]), "--security");
+    refused(&build(&a, insecure.path(), &["build", "--allow", "security.insecure", "-t", "x:1", "."]), "security.insecure");
+
+    // buildx sends `--network host` as the frontend attribute `force-network-mode=host` *and* the
+    // entitlement `network.host`: ctproxy refuses the entitlement.
+    for cli in [&["buildx", "build", "--load"][..], &["build"]] {
+        let args = [cli, &["--network", "host", "-t", "x:1", "."]].concat();
+        let out = build(&a, plain.path(), &args);
+        refused(&out, "ctproxy");
+        refused(&out, "network.host");
+    }
+    // In the Dockerfile, without the entitlement in the request: the daemon refuses it.
+    let run_host = context(&format!("FROM {BUSYBOX}\nRUN --network=host true\n"));
+    refused(&build(&a, run_host.path(), &["build", "-t", "x:1", "."]), "network.host");
+    assert!(!built(&a), "a refused build left an image");
+
+    // Another job's network. buildx 0.29 (and compose, through it) accepts only host, none and
+    // default and says so before anything reaches the daemon, so ctproxy's own refusal of any other
+    // `force-network-mode` (unit-tested in the buildkit module) is not reached by a real client.
+    b.docker_ok(&["network", "create", "bnet"]);
+    let label = format!("label=io.ctproxy.namespace={}", b.namespace);
+    let daemon_side = docker(direct(), &["network", "ls", "--format", "{{.Name}}", "--filter", &label])
+        .lines()
+        .find(|n| n.ends_with(".bnet"))
+        .expect("the daemon-side name of b's network")
+        .to_owned();
+    for net in ["bnet", daemon_side.as_str()] {
+        let out = build(&a, plain.path(), &["buildx", "build", "--network", net, "--load", "-t", "x:1", "."]);
+        refused(&out, &format!("network mode \"{net}\" not supported"));
+    }
+    let compose = context(&format!("FROM {BUSYBOX}\nRUN true\n"));
+    let service = format!("services:\n  web:\n    build:\n      context: .\n      network: {daemon_side}\n    image: x:1\n");
+    std::fs::write(compose.path().join("compose.yaml"), service).expect("compose file");
+    let out = build(&a, compose.path(), &["compose", "-p", "ctpbknet", "build"]);
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("network mode \"{daemon_side}\" not supported")), "{text}");
+    assert!(!built(&a), "a refused build left an image");
+
+    build_ok(&a, plain.path(), &["buildx", "build", "--network", "none", "--load", "-t", "x:1", "."]);
+    assert!(built(&a));
+    assert!(host.audited("BuildKit call refused by namespace"));
+}
+
+/// A TCP listener on loopback that answers every connection with a small HTTP response and counts
+/// them: what the daemon would fetch from its own network.
+fn fetch_probe() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.read(&mut [0u8; 4096]);
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 8\r\n\r\nfetched\n");
+        }
+    });
+    (port, count)
+}
+
+/// `ADD` of a URL (HTTP, or a Git repository BuildKit would clone) and a remote build context are
+/// refused with a message the CLI prints: the daemon never connects to the address (here a
+/// listener on the daemon's loopback). On the daemon's own socket the same HTTP `ADD` does fetch it
+/// (the probe sees it).
+#[test]
+fn buildkit_add_of_a_url_is_refused() {
+    if !on_docker_28() {
+        return;
+    }
+    let host = JobHost::start();
+    let job = host.job();
+    let (port, fetched) = fetch_probe();
+    let url = format!("http://127.0.0.1:{port}/x");
+    for add in [
+        format!("ADD {url} /x"),
+        format!("ADD [\"{url}\", \"/x\"]"),
+        format!("ADD --chmod=644 {url} /x"),
+        format!("ADD git://127.0.0.1:{port}/x.git /x"),
+        format!("ADD GIT://127.0.0.1:{port}/x.git /x"),
+        format!("ADD https://127.0.0.1:{port}/x.git#main /x"),
+        format!("ADD ssh://git@127.0.0.1:{port}/x.git /x"),
+        "ADD git@127.0.0.1:x.git /x".to_owned(),
+    ] {
+        let dir = context(&format!("FROM {BUSYBOX}\n{add}\n"));
+        let out = build_refused_dockerfile(&host, &job, dir.path(), &["build", "-t", "x:1", "."]);
+        refused(&out, "ctproxy");
+        refused(&out, "line 2");
+        refused(&out, "ADD");
+        assert_eq!(fetched.load(std::sync::atomic::Ordering::SeqCst), 0, "{add}: the daemon connected to the probe");
+    }
+    // A remote build context (`docker build URL`): buildx sends it as the frontend attribute
+    // `context`, which ctproxy does not know: refused, on both image stores.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    for remote in [format!("http://127.0.0.1:{port}/ctx.tar"), format!("git://127.0.0.1:{port}/x.git")] {
+        let out = build(&job, elsewhere.path(), &["build", "-t", "x:1", &remote]);
+        refused(&out, "ctproxy");
+        refused(&out, "\"context\"");
+        assert_eq!(fetched.load(std::sync::atomic::Ordering::SeqCst), 0, "{remote}: the daemon connected to the probe");
+    }
+    assert!(!job.docker(&["image", "inspect", "x:1"]).status.success(), "a refused build left an image");
+    assert!(host.audited("BuildKit Dockerfile refused by namespace"));
+    assert!(host.audited("BuildKit call refused by namespace"));
+
+    // Positive control: on the daemon's own socket BuildKit fetches it, from where the probe listens.
+    let mut cleanup = Cleanup::new();
+    let direct_tag = unique("bkadd");
+    cleanup.image(&direct_tag);
+    let dir = context(&format!("FROM {BUSYBOX}\nADD {url} /x\n"));
+    let mut c = docker_cmd("docker", direct(), &["build", "-t", &direct_tag, "."]);
+    c.current_dir(dir.path()).env_remove("DOCKER_BUILDKIT").env("BUILDKIT_PROGRESS", "plain").env("HOME", dir.path());
+    check(&output_within(c, None, Duration::from_secs(300), "direct build with ADD"), &["build", "ADD", &url]);
+    assert!(fetched.load(std::sync::atomic::Ordering::SeqCst) > 0, "the probe saw no fetch from the daemon");
+}
+
+/// `FROM` an image the job pulled, by the name it pulled it by, works (`docker buildx build --load`
+/// and `docker build`), also when the registry is gone (the local image is used); another job's
+/// same `FROM` cannot use it.
+#[test]
+fn buildkit_from_an_image_the_job_pulled() {
+    if !on_docker_28() {
+        return;
+    }
+    let mut registry = Some(Registry::start_with_users(&[("ci", "ci-pw")]));
+    let reg = registry.as_ref().map(|r| r.addr.clone()).unwrap_or_default();
+    let host = JobHost::start_with(&format!("[registry_proxy]\naddress = \"127.0.0.1:0\"\ninsecure = [\"{reg}\"]\n"));
+    let (a, b) = (host.job(), host.job());
+    let repo = unique("bkpulled").replace("ctproxy-test-", "");
+    let image = format!("{reg}/team/{repo}:1");
+    // The registry gets the image from the daemon's own socket (busybox with a file of its own).
+    let cfg = tempfile::tempdir().expect("tempdir");
+    let seed = context(&format!("FROM {BUSYBOX}\nRUN echo pulled-{repo} > /pulled\n"));
+    let mut cleanup = Cleanup::new();
+    cleanup.image(&image);
+    let on_direct = |args: &[&str], input: Option<&[u8]>| {
+        let mut c = docker_cmd("docker", direct(), args);
+        c.current_dir(seed.path()).env_remove("DOCKER_BUILDKIT").env("DOCKER_CONFIG", cfg.path());
+        let out = output_within(c, input.map(<[u8]>::to_vec), Duration::from_secs(300), &args.join(" "));
+        check(&out, args);
+    };
+    on_direct(&["login", "-u", "ci", "--password-stdin", &reg], Some(b"ci-pw"));
+    on_direct(&["build", "-t", &image, "."], None);
+    on_direct(&["push", &image], None);
+    on_direct(&["rmi", &image], None);
+
+    // Job a logs in and pulls it.
+    let a_cfg = tempfile::tempdir().expect("tempdir");
+    let as_a = |args: &[&str], input: Option<&[u8]>| {
+        let mut c = docker_cmd("docker", &a.host, args);
+        c.env("DOCKER_CONFIG", a_cfg.path());
+        output_within(c, input.map(<[u8]>::to_vec), Duration::from_secs(300), &args.join(" "))
+    };
+    check(&as_a(&["login", "-u", "ci", "--password-stdin", &reg], Some(b"ci-pw")), &["login", &reg]);
+    check(&as_a(&["pull", &image], None), &["pull", &image]);
+    // From now on only the local copy can serve the builds.
+    drop(registry.take());
+
+    let user = context(&format!("FROM {image}\nRUN cat /pulled > /seen\n"));
+    build_ok(&a, user.path(), &["buildx", "build", "--load", "-t", "user:1", "."]);
+    assert_eq!(a.docker_ok(&["run", "--rm", "user:1", "cat", "/seen"]), format!("pulled-{repo}"));
+    build_ok(&a, user.path(), &["build", "-t", "user:2", "."]);
+    assert_eq!(a.docker_ok(&["run", "--rm", "user:2", "cat", "/seen"]), format!("pulled-{repo}"));
+
+    let out = build(&b, user.path(), &["build", "-t", "user:1", "."]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "another job built FROM a's pulled image: {text}");
+    assert!(text.contains(&format!("team/{repo}")), "the error does not name the image: {text}");
+    assert!(!b.docker(&["image", "inspect", "user:1"]).status.success());
 }
 
 /// The refs of the job's builds, as `docker buildx history ls` lists them.

@@ -364,6 +364,12 @@ impl Plan {
     /// cannot know for sure is refused, as are forms a `COPY` cannot reproduce (URLs mixed with
     /// local sources, flags other than `--chown`, `--chmod`, `--link`).
     pub fn add_urls(&self, bases: &[Option<BaseImage>]) -> Result<Vec<AddUrl>, RewriteError> {
+        self.add_urls_where(bases, is_url)
+    }
+
+    /// [`Plan::add_urls`] with `remote` saying which expanded sources the builder fetches itself
+    /// (BuildKit also clones Git URLs).
+    pub fn add_urls_where(&self, bases: &[Option<BaseImage>], remote: fn(&str) -> bool) -> Result<Vec<AddUrl>, RewriteError> {
         let mut finals: Vec<StageEnv> = Vec::new();
         let mut out = Vec::new();
         let mut steps = self.steps.iter().peekable();
@@ -424,7 +430,7 @@ impl Plan {
                         }
                     }
                     Step::Add { add, .. } => {
-                        if let Some(a) = self.add_url(*add, &env, &args)? {
+                        if let Some(a) = self.add_url(*add, &env, &args, remote)? {
                             out.push(a);
                         }
                     }
@@ -435,7 +441,7 @@ impl Plan {
         Ok(out)
     }
 
-    fn add_url(&self, id: usize, env: &StageEnv, args: &StageArgs) -> Result<Option<AddUrl>, RewriteError> {
+    fn add_url(&self, id: usize, env: &StageEnv, args: &StageArgs, remote: fn(&str) -> bool) -> Result<Option<AddUrl>, RewriteError> {
         let Some(a) = self.adds.get(id) else { return Ok(None) };
         let words = a.words.as_ref().map_err(Clone::clone)?;
         let Some((dest, sources)) = words.split_last() else { return Ok(None) };
@@ -447,7 +453,7 @@ impl Plan {
         let mut local = false;
         for w in sources {
             let v = expand_checked(&w.raw, &map, &poisoned, env.unknown, self.escape).map_err(|e| e.at(a.line))?;
-            if is_url(&v) {
+            if remote(&v) {
                 urls.push(v);
             } else {
                 local = true;

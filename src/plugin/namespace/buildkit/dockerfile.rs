@@ -7,7 +7,8 @@
 //! - a `# syntax=` directive (a custom frontend is an image the daemon would pull and run) is refused;
 //! - `RUN --mount` may take `from=` only for a stage of the Dockerfile (an image there would be
 //!   resolved by the daemon by its raw name); a flag split across lines is refused;
-//! - `ADD <url>` is refused (the daemon would download it itself);
+//! - `ADD <url>` is refused, Git repositories too (the daemon would download or clone it itself, from
+//!   its own network);
 //! - base images with `ONBUILD` triggers are refused (their triggers could name any image).
 
 use std::collections::{HashMap, HashSet};
@@ -39,7 +40,7 @@ impl Namespace {
             Ok(out)
         };
         let plan = plan_dockerfile(text, build_args, &mut resolve).map_err(|e| e.to_string())?;
-        let adds = plan.add_urls(&vec![None; plan.froms.len()]).map_err(|e| e.to_string())?;
+        let adds = plan.add_urls_where(&vec![None; plan.froms.len()], fetched_by_buildkit).map_err(|e| e.to_string())?;
         if let Some(a) = adds.first() {
             return Err(format!("Dockerfile line {}: ADD of a URL is not available in BuildKit builds in a namespace (the daemon would download it): download it in a RUN step, or use the classic builder", a.line));
         }
@@ -57,6 +58,19 @@ impl Namespace {
         }
         Ok(out)
     }
+}
+
+/// Whether BuildKit's Dockerfile frontend fetches this (expanded) `ADD` source itself rather than
+/// reading it from the build context: HTTP(S) URLs, and Git repositories, which it clones from the
+/// daemon's network (`git://`, `ssh://`, any `SCHEME://`, whatever its case: Go lower-cases URL
+/// schemes; scp-like `user@host:path`). Fails closed: a local path that looks like one is refused too.
+fn fetched_by_buildkit(source: &str) -> bool {
+    if source.contains("://") {
+        return true;
+    }
+    // scp-like: `[user@]host:path`, a `:` with no `/` before it. Docker 28.5's frontend requires the
+    // `user@`; some BuildKit versions make it optional, so a local `a:b` is refused too (`./a:b` is not).
+    source.split_once(':').is_some_and(|(before, _)| !before.contains('/'))
 }
 
 /// Parser directives come first, before any other line: `# syntax=` there selects a frontend.
@@ -133,6 +147,26 @@ mod tests {
         assert!(refuse_syntax_directive("#SYNTAX = x\nFROM a\n").is_err());
         assert!(refuse_syntax_directive("FROM a\n# syntax=x\n").is_ok());
         assert!(refuse_syntax_directive("# check=skip=all\nFROM a\n").is_ok());
+    }
+
+    #[test]
+    fn git_and_http_sources_are_fetched_by_buildkit() {
+        for remote in [
+            "http://127.0.0.1:1/x",
+            "https://h/x.git#main",
+            "git://127.0.0.1:9418/x.git",
+            "GIT://h/x.git",
+            "ssh://git@h:22/x.git",
+            "git@127.0.0.1:x.git",
+            "user@h:/srv/x",
+            "host:x.git",
+            "a:b",
+        ] {
+            assert!(fetched_by_buildkit(remote), "{remote}");
+        }
+        for local in ["x", "dir/x", "./a:b", "dir/u@h:x", "github.com/x/y", "a@b", "/abs/x"] {
+            assert!(!fetched_by_buildkit(local), "{local}");
+        }
     }
 
     #[test]

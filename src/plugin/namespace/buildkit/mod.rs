@@ -367,6 +367,50 @@ pub(super) mod tests {
         Namespace::new(NsName::new(name).expect("namespace name"), Arc::new(settings))
     }
 
+    /// A method of no known service, or unknown in the Control service (the real CLI never sends
+    /// one), is refused with gRPC status UNIMPLEMENTED and a message naming it; the daemon never
+    /// sees the call.
+    #[tokio::test]
+    async fn unknown_methods_are_refused_by_name() {
+        use crate::http::grpc::{self, Callers};
+        let (client, client_end) = tokio::io::duplex(1 << 16);
+        let (daemon, daemon_end) = tokio::io::duplex(1 << 16);
+        let policy = Arc::new(super::Control { ns: namespace("team") });
+        tokio::spawn(grpc::relay(Box::new(client_end), Box::new(daemon_end), Callers::Client, policy));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let daemon_seen = seen.clone();
+        tokio::spawn(async move {
+            let mut conn = h2::server::handshake(daemon).await.expect("daemon handshake");
+            while let Some(Ok((req, _respond))) = conn.accept().await {
+                daemon_seen.lock().expect("lock").push(req.uri().path().to_owned());
+            }
+        });
+        let (mut send, conn) = h2::client::handshake(client).await.expect("client handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        for method in [
+            "/moby.buildkit.v1.Control/Frobnicate",
+            "/moby.buildkit.v1.Control/solve",
+            "/moby.buildkit.v1.Other/Solve",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            let req = http::Request::post(format!("http://daemon{method}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .expect("request");
+            let (rsp, mut body) = send.send_request(req, false).expect("send");
+            body.send_data(grpc::frame(b""), true).expect("message");
+            let rsp = rsp.await.expect("response");
+            let header = |k: &str| rsp.headers().get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+            assert_eq!(header("grpc-status"), grpc::code::UNIMPLEMENTED.to_string(), "{method}");
+            let message = header("grpc-message");
+            assert!(message.starts_with("ctproxy: ") && message.contains(method), "{method}: {message}");
+        }
+        assert!(seen.lock().expect("lock").is_empty(), "the daemon saw {:?}", seen.lock().expect("lock"));
+    }
+
     #[test]
     fn refusals_name_the_layer_and_the_remedy() {
         use super::{code, refusal_message};

@@ -302,3 +302,56 @@ impl Namespace {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Dockerfile build as buildx sends it, with `attrs` as frontend attributes.
+    fn solve(attrs: &[(&str, &str)], entitlements: &[&str]) -> Vec<u8> {
+        SolveRequest {
+            r#ref: "r1".into(),
+            session: "s1".into(),
+            frontend: "dockerfile.v0".into(),
+            frontend_attrs: attrs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            entitlements: entitlements.iter().map(|e| (*e).to_owned()).collect(),
+            exporters: vec![Exporter { r#type: "moby".into(), attrs: [("name".to_owned(), "app:1".to_owned())].into() }],
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn a_plain_build_passes_scoped() {
+        let ns = super::super::tests::namespace("team");
+        let (out, ids, _) = ns.check_solve(&solve(&[("filename", "Dockerfile"), ("build-arg:X", "1")], &[])).expect("allowed");
+        assert_eq!((ids.build.as_str(), ids.session.as_str()), ("team.r1", "team.s1"));
+        let out = SolveRequest::decode(out).expect("decodes");
+        assert_eq!(out.frontend_attrs.get(CACHE_NS), Some(&ns.cache_mount_ns()));
+    }
+
+    /// Frontend attributes ctproxy does not know are refused with a message naming them; so are
+    /// entitlements and build networks other than the default or none, which real clients send
+    /// only with an entitlement (host) or not at all (buildx refuses other networks itself).
+    #[test]
+    fn unknown_attributes_entitlements_and_networks_are_refused() {
+        let ns = super::super::tests::namespace("team");
+        let err = ns.check_solve(&solve(&[("frobnicate", "1")], &[])).err().expect("refused");
+        assert!(err.contains("\"frobnicate\""), "{err}");
+        let err = ns.check_solve(&solve(&[("frontend.caps", "moby.buildkit.frontend.frobnicate")], &[])).err().expect("refused");
+        assert!(err.contains("moby.buildkit.frontend.frobnicate"), "{err}");
+        for e in ["security.insecure", "network.host", "device"] {
+            let err = ns.check_solve(&solve(&[], &[e])).err().expect("refused");
+            assert!(err.contains(e), "{err}");
+        }
+        for net in ["host", "ctp.other.bnet", "bnet", "container:x"] {
+            let err = ns.check_solve(&solve(&[("force-network-mode", net)], &[])).err().expect("refused");
+            assert!(err.contains(net), "{err}");
+        }
+        for net in ["", "none", "default"] {
+            assert!(ns.check_solve(&solve(&[("force-network-mode", net)], &[])).is_ok(), "{net}");
+        }
+        let err = ns.check_solve(&solve(&[("build-arg:BUILDKIT_SYNTAX", "evil/frontend")], &[])).err().expect("refused");
+        assert!(err.contains("BUILDKIT_SYNTAX"), "{err}");
+    }
+}
