@@ -80,6 +80,26 @@ fn buildkit_builds_in_the_namespace() {
     drop(job);
 }
 
+/// Heredocs (`RUN <<EOF`, `COPY <<EOF`), which Docker 28's Dockerfile frontend reads, work through a
+/// job socket as directly; a heredoc body line that would read as an image-naming instruction is
+/// refused with a message the CLI prints.
+#[test]
+fn buildkit_heredocs_work_and_hide_no_instruction() {
+    if !on_docker_28() {
+        return;
+    }
+    let host = JobHost::start();
+    let job = host.job();
+    let docs = context(&format!(
+        "FROM {BUSYBOX}\nRUN <<EOF\nset -e\necho from-a-heredoc > /run-out\nEOF\nCOPY <<-\"END\" /copied\n\tcopied-text\n\tEND\n"
+    ));
+    build_ok(&job, docs.path(), &["buildx", "build", "--load", "-t", "heredoc:1", "."]);
+    assert_eq!(job.docker_ok(&["run", "--rm", "heredoc:1", "cat", "/run-out", "/copied"]), "from-a-heredoc\ncopied-text");
+    let hiding = context(&format!("FROM {BUSYBOX}\nRUN <<EOF\nFROM other/image\nEOF\n"));
+    let out = build_refused_dockerfile(&host, &job, hiding.path(), &["build", "-t", "heredoc:2", "."]);
+    refused(&out, "a heredoc line that reads as a FROM instruction");
+}
+
 /// Another namespace's image is not usable by `FROM`: by its name there, its daemon-side name, or
 /// its ID; the owning job's same `FROM` works. Cache mounts with the same `id` are separate per job.
 #[test]

@@ -28,4 +28,4 @@ pub use context::{
     Appended, Appendix, AsyncRewriteFn, BuildContextError, RewriteFn, RewriteFuture, Rewritten, RewrittenContext, DEFAULT_DOCKERFILE,
     RESERVED_DIR,
 };
-pub use dockerfile::{plan_dockerfile, rewrite_dockerfile, AddUrl, BaseImage, FromStep, Plan, RewriteError};
+pub use dockerfile::{plan_dockerfile, plan_dockerfile_for, rewrite_dockerfile, AddUrl, BaseImage, FromStep, Frontend, Plan, RewriteError};

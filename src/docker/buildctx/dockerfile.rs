@@ -158,8 +158,33 @@ pub fn plan_dockerfile(
     build_args: &HashMap<String, Option<String>>,
     resolve: &mut dyn FnMut(&str) -> Result<String, String>,
 ) -> Result<Plan, RewriteError> {
+    plan_dockerfile_for(Frontend::Classic, text, build_args, resolve)
+}
+
+/// Which parser will read the Dockerfile after ctproxy. They differ in one way that matters here:
+/// heredocs (`RUN <<EOF` … `EOF`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frontend {
+    /// The classic builder of any daemon ctproxy serves: older daemons read a heredoc's body as
+    /// instructions, newer ones as the body, so the two readings can see different `FROM` lines:
+    /// heredocs are refused.
+    Classic,
+    /// BuildKit's built-in Dockerfile frontend (a `# syntax=` frontend is refused before this):
+    /// heredocs are read as it reads them, their bodies skipped. A body line that reads as an
+    /// instruction naming an image or a URL (`FROM`, `COPY`, `ADD`, `RUN`, `ONBUILD`) is refused, so
+    /// that a heredoc ctproxy saw where BuildKit sees none could never hide one.
+    BuildKit,
+}
+
+/// [`plan_dockerfile`] for the parser `frontend`.
+pub fn plan_dockerfile_for(
+    frontend: Frontend,
+    text: &str,
+    build_args: &HashMap<String, Option<String>>,
+    resolve: &mut dyn FnMut(&str) -> Result<String, String>,
+) -> Result<Plan, RewriteError> {
     let lines = split_lines(text);
-    let parsed = parse(text, &lines)?;
+    let parsed = parse(text, &lines, frontend == Frontend::BuildKit)?;
     let escape = parsed.escape;
     let all_stages = declared_stage_names(&parsed.list);
     let mut plan = Plan {
@@ -182,10 +207,18 @@ pub fn plan_dockerfile(
         let Some(cmd) = split_command(&ins.logical) else { continue };
         let name = go_lower(&ins.logical[cmd.name.0..cmd.name.1]);
         let heredoc_capable = matches!(name.as_str(), "run" | "copy" | "add" | "onbuild");
-        if heredoc_capable && ins.logical.contains("<<") {
+        if frontend == Frontend::Classic && heredoc_capable && ins.logical.contains("<<") {
             // Newer parsers read heredoc bodies as part of the instruction, older ones as
             // instructions: the two readings can see different FROM lines.
-            return Err(RewriteError::Unsupported { line, message: "heredoc syntax (`<<`)".into() });
+            return Err(RewriteError::Unsupported { line, message: "heredoc syntax (`<<`) in a classic build".into() });
+        }
+        for &(from, to) in &ins.bodies {
+            for (n, l) in lines_of(text, &plan.lines, from, to) {
+                let first = l.split_ascii_whitespace().next().map(go_lower).unwrap_or_default();
+                if matches!(first.as_str(), "from" | "copy" | "add" | "run" | "onbuild") {
+                    return Err(unsupported(n + 1, format!("a heredoc line that reads as a {} instruction", first.to_uppercase())));
+                }
+            }
         }
         let stage = plan.froms.len().checked_sub(1);
         match name.as_str() {
@@ -627,7 +660,7 @@ fn plain_reference(s: &str) -> bool {
 /// escape), checked; `Err` says why it is refused.
 fn check_trigger(trigger: &str, known: &HashSet<String>, allowed: &mut dyn FnMut(&str) -> Result<(), String>) -> Result<(), String> {
     let lines = split_lines(trigger);
-    let parsed = parse(trigger, &lines).map_err(|e| format!("cannot be read ({e})"))?;
+    let parsed = parse(trigger, &lines, false).map_err(|e| format!("cannot be read ({e})"))?;
     let [ins] = parsed.list.as_slice() else { return Err("is not a single instruction".into()) };
     let Some(cmd) = split_command(&ins.logical) else { return Ok(()) };
     let name = go_lower(&ins.logical[cmd.name.0..cmd.name.1]);
@@ -1058,6 +1091,8 @@ struct Instruction {
     logical: String,
     /// (start in `logical`, start in the text, length)
     segments: Vec<(usize, usize, usize)>,
+    /// The heredoc bodies that follow the instruction, as ranges of line indexes (end excluded).
+    bodies: Vec<(usize, usize)>,
 }
 
 struct Parsed {
@@ -1181,7 +1216,9 @@ fn parse_directive(line: &str) -> Option<(String, String)> {
 }
 
 /// buildkit's `Parse`: physical lines into logical instruction lines.
-fn parse(text: &str, lines: &[Line]) -> Result<Parsed, RewriteError> {
+/// `heredocs`: read heredoc bodies after the instructions that have them, as BuildKit's parser
+/// does (`frontend/dockerfile/parser`), instead of as instructions.
+fn parse(text: &str, lines: &[Line], heredocs: bool) -> Result<Parsed, RewriteError> {
     let mut directives = Directives::new();
     let mut escape = '\\';
     let mut list = Vec::new();
@@ -1217,9 +1254,149 @@ fn parse(text: &str, lines: &[Line]) -> Result<Parsed, RewriteError> {
             segments.push((logical.len(), l.start, content.len()));
             logical.push_str(content);
         }
-        list.push(Instruction { first_line: first, last_line: i - 1, logical, segments });
+        let mut bodies = Vec::new();
+        if heredocs && logical.contains("<<") && can_contain_heredoc(&logical) {
+            for doc in heredocs_of(&logical) {
+                let start = i;
+                loop {
+                    let Some(l) = lines.get(i) else {
+                        return Err(syntax(first + 1, "unterminated heredoc"));
+                    };
+                    i += 1;
+                    let raw = &text[l.start..l.content_end];
+                    let candidate = if doc.chomp { raw.trim_start_matches('\t') } else { raw };
+                    if candidate == doc.name {
+                        break;
+                    }
+                }
+                bodies.push((start, i - 1));
+            }
+        }
+        list.push(Instruction { first_line: first, last_line: i - 1, logical, segments, bodies });
     }
     Ok(Parsed { escape, list })
+}
+
+/// The physical lines `from..to` (indexes) with their index.
+fn lines_of<'a>(text: &'a str, lines: &'a [Line], from: usize, to: usize) -> impl Iterator<Item = (usize, &'a str)> + 'a {
+    (from..to).filter_map(move |n| lines.get(n).map(|l| (n, &text[l.start..l.content_end])))
+}
+
+/// BuildKit's `Node.canContainHeredoc`: `ADD`, `COPY` and `RUN` (also after `ONBUILD`) in their
+/// shell form; the JSON form (`["…"]` after the flags, a JSON array of strings) has none.
+fn can_contain_heredoc(logical: &str) -> bool {
+    let Some(cmd) = split_command(logical) else { return false };
+    let mut name = go_lower(&logical[cmd.name.0..cmd.name.1]);
+    let mut rest = cmd.rest;
+    if name == "onbuild" {
+        let Some(r) = rest else { return false };
+        let Some(inner) = split_command(&logical[r..]) else { return false };
+        name = go_lower(&logical[r + inner.name.0..r + inner.name.1]);
+        rest = inner.rest.map(|x| r + x);
+    }
+    if !matches!(name.as_str(), "add" | "copy" | "run") {
+        return false;
+    }
+    let Some(rest) = rest else { return false };
+    let args = match extract_builder_flags(logical, rest, logical.len()) {
+        Ok(f) => f.args_start,
+        // Flags dockerd cannot read fail the build there; reading heredocs anyway only skips more.
+        Err(_) => rest,
+    };
+    let args = logical[args..].trim();
+    !(args.starts_with('[') && serde_json::from_str::<Vec<String>>(args).is_ok())
+}
+
+/// One heredoc an instruction line opens: the terminator's name and whether leading tabs are
+/// stripped (`<<-`).
+#[derive(Debug, PartialEq, Eq)]
+struct Heredoc {
+    name: String,
+    chomp: bool,
+}
+
+/// BuildKit's `heredocsFromLine`: the line's words (quotes and escapes kept, as its lexer's
+/// `RawQuotes` and `RawEscapes` do), each matched against `^(\d*)<<(-?)\s*([^<]*)$`; the name is
+/// the rest unquoted, when that is a single word.
+fn heredocs_of(line: &str) -> Vec<Heredoc> {
+    let mut out = Vec::new();
+    for word in shell_words(line, true) {
+        let digits = word.bytes().take_while(u8::is_ascii_digit).count();
+        let Some(rest) = word[digits..].strip_prefix("<<") else { continue };
+        let (chomp, rest) = match rest.strip_prefix('-') {
+            Some(r) => (true, r),
+            None => (false, rest),
+        };
+        let rest = rest.trim_start();
+        if rest.is_empty() || rest.contains('<') {
+            continue;
+        }
+        if let [name] = shell_words(rest, false).as_slice() {
+            out.push(Heredoc { name: name.clone(), chomp });
+        }
+    }
+    out
+}
+
+/// Words of `s` split at unquoted, unescaped blanks. `raw`: quotes and backslashes are kept in the
+/// words (BuildKit's `RawQuotes` + `RawEscapes`); else they are removed (`\` escapes the next
+/// character outside single quotes). Variables are not expanded (no environment, unset ones kept).
+fn shell_words(s: &str, raw: bool) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c' => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            '\\' => {
+                in_word = true;
+                if raw {
+                    word.push(c);
+                }
+                if let Some(next) = chars.next() {
+                    word.push(next);
+                }
+            }
+            '\'' | '"' => {
+                in_word = true;
+                if raw {
+                    word.push(c);
+                }
+                while let Some(q) = chars.next() {
+                    if q == c {
+                        break;
+                    }
+                    if q == '\\' && c == '"' {
+                        if raw {
+                            word.push(q);
+                        }
+                        if let Some(next) = chars.next() {
+                            word.push(next);
+                        }
+                        continue;
+                    }
+                    word.push(q);
+                }
+                if raw {
+                    word.push(c);
+                }
+            }
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    words
 }
 
 /// `\<escape>[ \t]*$` removed: returns the content and whether the instruction ends here.

@@ -398,3 +398,48 @@ fn base_image_triggers_are_read_as_dockerd_reads_them() {
     // A trigger is parsed on its own: its own escape directive applies.
     assert!(refused(&["# escape=`\nADD h`ttp://x/y /d"]).contains("download http://x/y"));
 }
+
+/// BuildKit's reading of heredocs: the body after the instruction line is not instructions; the
+/// classic frontend refuses heredocs.
+fn bk(text: &str) -> Result<String, RewriteError> {
+    let mut resolve = |r: &str| Ok(format!("ns.invalid/{r}"));
+    plan_dockerfile_for(Frontend::BuildKit, text, &HashMap::new(), &mut resolve)?.finish(&[], &[])
+}
+
+#[test]
+fn heredocs_are_read_as_buildkit_reads_them() {
+    let text = "FROM a\nRUN <<EOF\nset -e\necho from here\nEOF\nCOPY <<-\"END\" /x\n\tbody\n\tEND\nFROM b\n";
+    let out = bk(text).unwrap();
+    assert_eq!(out, "FROM ns.invalid/a\nRUN <<EOF\nset -e\necho from here\nEOF\nCOPY <<-\"END\" /x\n\tbody\n\tEND\nFROM ns.invalid/b\n");
+    // Two heredocs on one line, then an instruction.
+    assert!(bk("FROM a\nRUN <<A cat - <<B\na\nA\nb\nB\nFROM c\n").unwrap().ends_with("FROM ns.invalid/c\n"));
+    // A body line that reads as an image-naming instruction is refused, whatever reads it.
+    for body in ["FROM evil", "from evil", "  COPY --from=evil / /", "RUN --mount=from=evil true", "ADD http://x /", "ONBUILD RUN x"] {
+        let text = format!("FROM a\nRUN <<EOF\n{body}\nEOF\n");
+        assert!(matches!(bk(&text), Err(RewriteError::Unsupported { line: 3, .. })), "{body}");
+    }
+    // Unterminated: an error, as in BuildKit.
+    assert!(matches!(bk("FROM a\nRUN <<EOF\necho\n"), Err(RewriteError::Syntax { .. })));
+    // Not heredocs: quoted, in the JSON form, in other instructions.
+    for text in
+        ["FROM a\nRUN echo \"<<EOF\"\nFROM b\n", "FROM a\nRUN [\"sh\", \"-c\", \"<<EOF\"]\nFROM b\n", "FROM a\nENV X=<<EOF\nFROM b\n"]
+    {
+        assert!(bk(text).unwrap().ends_with("FROM ns.invalid/b\n"), "{text}");
+    }
+    // ONBUILD RUN takes heredocs too.
+    assert!(bk("FROM a\nONBUILD RUN <<EOF\nx\nEOF\nFROM b\n").unwrap().ends_with("FROM ns.invalid/b\n"));
+    // The classic builder refuses them.
+    assert!(matches!(rw_args("FROM a\nRUN <<EOF\nx\nEOF\n", &[]).0, Err(RewriteError::Unsupported { .. })));
+}
+
+#[test]
+fn heredoc_words_follow_buildkits_lexer() {
+    let h = |name: &str, chomp: bool| Heredoc { name: name.into(), chomp };
+    assert_eq!(heredocs_of("RUN <<EOF"), [h("EOF", false)]);
+    assert_eq!(heredocs_of("RUN 3<<-'E O' cat"), [h("E O", true)]);
+    assert_eq!(heredocs_of("COPY <<\"a\" <<b /dst"), [h("a", false), h("b", false)]);
+    assert!(heredocs_of("RUN echo '<<EOF'").is_empty());
+    assert!(heredocs_of("RUN echo a<<EOF").is_empty());
+    assert!(heredocs_of("RUN cat <<").is_empty());
+    assert!(heredocs_of("RUN cat <<<x").is_empty());
+}

@@ -9,7 +9,8 @@
 //!   resolved by the daemon by its raw name); a flag split across lines is refused;
 //! - `ADD <url>` is refused, Git repositories too (the daemon would download or clone it itself, from
 //!   its own network);
-//! - base images with `ONBUILD` triggers are refused (their triggers could name any image).
+//! - base images with `ONBUILD` triggers are refused (their triggers could name any image);
+//! - heredocs are read as BuildKit reads them ([`Frontend::BuildKit`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -17,7 +18,7 @@ use serde_json::Value;
 
 use super::super::daemon::enc;
 use super::{Daemon, Namespace};
-use crate::docker::buildctx::plan_dockerfile;
+use crate::docker::buildctx::{plan_dockerfile_for, Frontend};
 use crate::docker::reference::Reference;
 
 /// A Dockerfile larger than this is refused.
@@ -39,7 +40,7 @@ impl Namespace {
             resolved.push((name.to_owned(), out.clone()));
             Ok(out)
         };
-        let plan = plan_dockerfile(text, build_args, &mut resolve).map_err(|e| e.to_string())?;
+        let plan = plan_dockerfile_for(Frontend::BuildKit, text, build_args, &mut resolve).map_err(|e| e.to_string())?;
         let adds = plan.add_urls_where(&vec![None; plan.froms.len()], fetched_by_buildkit).map_err(|e| e.to_string())?;
         if let Some(a) = adds.first() {
             return Err(format!("Dockerfile line {}: ADD of a URL is not available in BuildKit builds in a namespace (the daemon would download it): download it in a RUN step, or use the classic builder", a.line));
