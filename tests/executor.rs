@@ -494,6 +494,35 @@ fn a_private_image_is_pulled_with_the_jobs_own_credentials_and_never_handed_to_a
     assert_clean(&namespace(&without));
 }
 
+/// The payload's credentials serve prepare's pulls only: the job's own `docker pull` through its
+/// socket carries none of them (it needs its own `docker login`, as with the Docker executor).
+#[test]
+fn the_jobs_own_pulls_get_none_of_prepares_credentials() {
+    let registry = Registry::start_with_users(&[("ci", "ci-pw")]);
+    let image = format!("{}/private/own-pull:1", registry.addr);
+    let cfg = tempfile::tempdir().expect("tempdir");
+    let cfg_dir = cfg.path().to_str().expect("utf-8");
+    let login = docker_cmd("docker", direct(), &["--config", cfg_dir, "login", "-u", "ci", "--password-stdin", &registry.addr]);
+    ok_within(login, Some(b"ci-pw".to_vec()), Duration::from_secs(30), "login");
+    check(&docker_output(direct(), &["tag", BUSYBOX, &image]), &["tag"]);
+    ok_within(docker_cmd("docker", direct(), &["--config", cfg_dir, "push", &image]), None, Duration::from_secs(60), "push");
+    check(&docker_output(direct(), &["rmi", &image]), &["rmi"]);
+
+    let p = Proxy::start_with_config(&config(&format!("insecure = [\"{}\"]", registry.addr)), "docker.sock");
+    let pull = format!("docker pull {image} && echo own-pull-worked || echo own-pull-refused");
+    let login = format!(
+        "echo ci-pw | docker login -u ci --password-stdin {} > /dev/null && docker pull -q {image} && echo pull-after-login",
+        registry.addr
+    );
+    let mut job = Job::new(job_id(), CI_IMAGE, &[&pull, &login]);
+    job.credentials = vec![runner::Credential { url: registry.addr.clone(), username: "ci".into(), password: "ci-pw".into() }];
+    let run = runner::run(&driver(&p), &job);
+    assert_eq!(run.outcome, Outcome::Success, "{}", show(&run));
+    assert!(run.log.lines().any(|l| l.trim() == "own-pull-refused"), "the job's own pull used prepare's credentials: {}", show(&run));
+    assert!(run.log.lines().any(|l| l.trim() == "pull-after-login"), "{}", show(&run));
+    assert_clean(&namespace(&job));
+}
+
 // === Allow-lists, pull policies, credentials and platform (issue 16) ===
 
 /// `ctproxy serve` with `[jobs.executor]` set to `executor` (and the registry proxy's `extra`).
