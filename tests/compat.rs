@@ -901,14 +901,14 @@ fn registry_blob_cache_across_jobs() {
 //
 // | operation | CLI 28 | CLI 20.10 | compose v1 | compose v2 | Python SDK |
 // |---|---|---|---|---|---|
-// | build (tagged, untagged, labels) | differential_cli_28 | differential_cli_2010 | | compose_differential_v2 (image build) | differential_python_sdk |
+// | build (tagged, untagged, labels) | differential_cli_28 | differential_cli_2010 | | (compose build: buildkit::buildkit_compose_build) | differential_python_sdk |
 // | commit (named, unnamed, --change) | differential_cli_* | differential_cli_* | | | differential_python_sdk |
 // | save / load | differential_cli_* | differential_cli_* | | | differential_python_sdk |
 // | import (named, unnamed) | differential_cli_* | differential_cli_* | | | differential_python_sdk |
 // | tag, images --filter reference | differential_cli_* | differential_cli_* | | | differential_python_sdk |
 // | push / pull (local registry) | differential_cli_* | differential_cli_* | | | differential_python_sdk |
 // | run, logs, exec, cp (both ways), diff, export | differential_cli_* | differential_cli_* | compose_differential_v1 (run, exec, logs) | compose_differential_v2 (run, exec, logs) | differential_python_sdk |
-// | events (filtered by the job's container and network names) | differential_cli_* | differential_cli_* | | | differential_python_sdk |
+// | events (filtered by the job's container, network and volume names) | differential_cli_* | differential_cli_* | | | differential_python_sdk |
 // | networks: IPAM (subnet, range, gateway, aux), connect --alias, disconnect, aliases resolve | differential_cli_* | differential_cli_* | compose_differential_v1 | compose_differential_v2 | differential_python_sdk |
 // | volumes: local driver, labels, driver options (documented refusal) | differential_cli_* | differential_cli_* | compose_differential_v1 | compose_differential_v2 | differential_python_sdk |
 // | prune: containers, networks, volumes, images (label filters) | differential_cli_* | differential_cli_* | | | differential_python_sdk |
@@ -1088,7 +1088,6 @@ impl Names {
 fn cli_scenario(s: &mut Side, n: &Names) {
     let label = format!("cmp={}", n.p);
     let lf = format!("label={label}");
-    let t0 = timestamp_now();
     let ctx = s.dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).expect("ctx");
     std::fs::write(ctx.join("Dockerfile"), format!("FROM {BUSYBOX}\nRUN echo {} > /marker\nCMD [\"cat\", \"/marker\"]\n", n.p))
@@ -1269,10 +1268,10 @@ fn cli_scenario(s: &mut Side, n: &Names) {
     s.cli(&["volume", "create", "--driver", "no-such-driver", &format!("{}-nd", n.p)]);
     s.cli_as(Cmp::Sorted, &["volume", "ls", "--filter", &lf, "--format", "{{.Name}} {{.Driver}}"]);
 
-    // events, filtered by the names the client knows: what the subscriptions made at the start
-    // received (a `--since` replay would read the daemon's 256-event buffer, which other tests'
-    // events overrun).
-    let _ = t0;
+    // (events, filtered by the names the client knows, are compared at the end: what the
+    // subscriptions made at the start received; a `--since` replay would read the daemon's
+    // 256-event buffer, which other tests' events overrun.)
+
     // prune, each kind, by the scenario's label
     s.cli(&["rm", "-f", &n.c2]);
     s.cli(&["rm", "-f", &n.c3]);
