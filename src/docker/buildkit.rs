@@ -130,7 +130,7 @@ pub struct Packet {
 /// Field numbers of [`Packet`].
 pub const PACKET_FIELDS: std::ops::RangeInclusive<u32> = 1..=4;
 
-/// [`Packet::r#type`] values.
+/// `Packet.type` values.
 pub mod packet {
     pub const STAT: i32 = 0;
     pub const REQ: i32 = 1;

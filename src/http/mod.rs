@@ -1,7 +1,7 @@
 //! Layer 1, HTTP: serving client connections and forwarding requests to dockerd.
 //!
 //! This layer knows HTTP/1.1 (keep-alive, streaming bodies, upgrades, hijacked connections) but nothing
-//! of the Docker API: what a request means is decided by a [`server::Handler`] from a higher layer.
+//! of the Docker API: what a request means is decided by a [`handler::Handler`] from a higher layer.
 //! - [`server`] drives one client connection, owns the access log and takes over hijacked sockets;
 //! - [`forward`] is the pooled client to the daemon;
 //! - [`relay`] serves transparent listeners without hyper: raw HTTP/1 relaying, one daemon

@@ -116,7 +116,7 @@ pub enum Remedy {
     /// namespaces serves it (subject to its policies).
     Outside,
     /// A setting outside any policy allows it: "an administrator can allow it by `0`" (a whole
-    /// phrase: "setting [registry_proxy]").
+    /// phrase: "setting `[registry_proxy]`").
     Config(&'static str),
 }
 

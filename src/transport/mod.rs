@@ -1,6 +1,6 @@
 //! Layer 0, transport: sockets in (listeners) and sockets out (the upstream dockerd).
 //!
-//! Everything above this layer sees a connection as an [`AsyncRead`] + [`AsyncWrite`] byte stream plus
+//! Everything above this layer sees a connection as an [`AsyncRead`](tokio::io::AsyncRead) + [`AsyncWrite`](tokio::io::AsyncWrite) byte stream plus
 //! a [`PeerInfo`] saying who is on the other end. Unix sockets, TCP and TLS are interchangeable here, so
 //! the HTTP layer never branches on the kind of socket.
 

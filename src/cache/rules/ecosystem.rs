@@ -47,7 +47,7 @@ impl Class {
 ///   and `@latest` mutable.
 ///
 /// Immutable rules check the layout (a version in the file name) because a wrong "immutable" keeps
-/// a changed file for [`FreshnessRules::immutable_ttl`]; mutable rules may be broad, since a wrong
+/// a changed file for [`super::http::FreshnessRules::immutable_ttl`]; mutable rules may be broad, since a wrong
 /// "mutable" only shortens freshness.
 pub fn classify(host: &str, path: &str) -> Class {
     let host = host_without_port(host).to_ascii_lowercase();
@@ -237,7 +237,7 @@ fn is_maven_file(artifact: &str, version: &str, file: &str) -> bool {
 // === Ecosystems and the use of a stored entry ===
 
 /// The package ecosystem a URL belongs to: a metrics label, and the unit of
-/// [`RevalidationRules::index_max_age`].
+/// [`super::http::RevalidationRules::index_max_age`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Ecosystem {
     Apt,
