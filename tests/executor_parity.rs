@@ -562,3 +562,80 @@ fn jobs_run_through_the_shipped_runner_config_files() {
     }
     assert!(left.is_empty(), "left on the daemon after cleanup: {left:?}");
 }
+
+/// Serves the files under `root` over plain HTTP/1.0 on all addresses (port 0, read back), for
+/// git's dumb HTTP protocol: what a helper container clones from `host.docker.internal`.
+fn serve_files(root: PathBuf) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("bind the file server");
+    let port = listener.local_addr().expect("local addr").port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let mut head = [0u8; 4096];
+            let n = conn.read(&mut head).unwrap_or(0);
+            let line = String::from_utf8_lossy(&head[..n]).lines().next().unwrap_or("").to_owned();
+            let path = line.split_whitespace().nth(1).unwrap_or("/").split('?').next().unwrap_or("/").to_owned();
+            let file = (!path.contains("..")).then(|| root.join(path.trim_start_matches('/'))).filter(|f| f.is_file());
+            match file.and_then(|f| std::fs::read(f).ok()) {
+                Some(body) => {
+                    let _ = write!(conn, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                    let _ = conn.write_all(&body);
+                }
+                None => {
+                    let _ = write!(conn, "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                }
+            }
+        }
+    });
+    port
+}
+
+/// Issue 16, "Git sources": a job whose image has no git (busybox) gets its sources from a real
+/// `git clone` in the helper container (a Debian image with git, as `docs/gitlab-runner.md` asks
+/// the administrator to provide), which shares `/builds` with the job container.
+#[test]
+fn a_job_image_without_git_gets_its_sources_cloned_by_the_helper() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/client-image.sh");
+    let out = std::process::Command::new(script)
+        .args(["git", "git"])
+        .env("CTPROXY_DIRECT_DOCKER_HOST", direct())
+        .output()
+        .expect("client-image.sh");
+    assert!(out.status.success(), "helper image with git: {}", String::from_utf8_lossy(&out.stderr));
+    let helper = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+
+    // A repository with one commit, bare, prepared for git's dumb HTTP protocol.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path().join("work");
+    let bare = dir.path().join("repo.git");
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "ci")
+            .env("GIT_AUTHOR_EMAIL", "ci@example.com")
+            .env("GIT_COMMITTER_NAME", "ci")
+            .env("GIT_COMMITTER_EMAIL", "ci@example.com")
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let w = work.to_str().expect("utf-8 path");
+    git(&["init", "-q", "-b", "main", w]);
+    std::fs::write(work.join("source.txt"), "from-the-repository\n").expect("write");
+    git(&["-C", w, "add", "source.txt"]);
+    git(&["-C", w, "commit", "-q", "-m", "the commit"]);
+    git(&["clone", "-q", "--bare", w, bare.to_str().expect("utf-8 path")]);
+    git(&["-C", bare.to_str().expect("utf-8 path"), "update-server-info"]);
+    let port = serve_files(dir.path().to_path_buf());
+
+    let p = host("");
+    let d = driver(&p, &["--helper-image", &helper]);
+    let mut job = Job::new(job_id(), BUSYBOX, &["command -v git && exit 7", "cat source.txt"]);
+    job.get_sources =
+        vec![format!("git clone -q http://host.docker.internal:{port}/repo.git ."), "git log -1 --format='cloned: %s'".into()];
+    let run = runner::run(&d, &job);
+    assert_eq!(run.outcome, Outcome::Success, "{}", show(&run));
+    assert!(run.log.contains("cloned: the commit"), "{}", show(&run));
+    assert!(run.log.lines().any(|l| l.trim() == "from-the-repository"), "the job container sees the checkout: {}", show(&run));
+}
