@@ -474,7 +474,7 @@ impl Server {
             jobs.stop.cancel();
             let _ = jobs.task.await;
             let _ = jobs.reaper.await;
-            jobs.manager.stop_listeners().await;
+            jobs.manager.stop_listeners(self.config.grace()).await;
         }
         for running in self.listeners.values() {
             running.stop.cancel();

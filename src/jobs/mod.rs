@@ -412,14 +412,35 @@ impl JobManager {
         tracing::info!(jobs = jobs.len(), "job listeners reconfigured");
     }
 
-    /// Stops every job listener (on shutdown; the jobs stay, their records restore them).
-    pub async fn stop_listeners(&self) {
-        let mut jobs = self.jobs.lock().await;
-        for job in jobs.values() {
-            job.stop.cancel();
+    /// Stops every job listener (on shutdown; the jobs stay, their records restore them), and
+    /// lets the removals of jobs already cleaned up finish, within `grace`: a stop right after a
+    /// job's cleanup answered would otherwise leave its networks and volumes to the next start's
+    /// reaper, and to nobody if ctproxy is not started again.
+    pub async fn stop_listeners(&self, grace: std::time::Duration) {
+        {
+            let mut jobs = self.jobs.lock().await;
+            for job in jobs.values() {
+                job.stop.cancel();
+            }
+            for (_, job) in jobs.drain() {
+                let _ = job.task.await;
+            }
         }
-        for (_, job) in jobs.drain() {
-            let _ = job.task.await;
+        let pending: Vec<_> = self.pending.lock().await.drain().map(|(_, task)| task).collect();
+        if pending.is_empty() {
+            return;
+        }
+        let count = pending.len();
+        let all = async {
+            for task in pending {
+                let _ = task.await;
+            }
+        };
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!(
+                jobs = count,
+                "job removals still in flight at the end of the grace time: the next start's reaper finishes them"
+            );
         }
     }
 }
