@@ -91,10 +91,13 @@ fn buildkit_heredocs_work_and_hide_no_instruction() {
     let host = JobHost::start();
     let job = host.job();
     let docs = context(&format!(
-        "FROM {BUSYBOX}\nRUN <<EOF\nset -e\necho from-a-heredoc > /run-out\nEOF\nCOPY <<-\"END\" /copied\n\tcopied-text\n\tEND\n"
+        "FROM {BUSYBOX}\nRUN <<EOF\nset -e\necho from-a-heredoc > /run-out\nEOF\nCOPY <<-\"END\" /copied\n\tcopied-text\n\tfrom pathlib import Path\n\tEND\n"
     ));
     build_ok(&job, docs.path(), &["buildx", "build", "--load", "-t", "heredoc:1", "."]);
-    assert_eq!(job.docker_ok(&["run", "--rm", "heredoc:1", "cat", "/run-out", "/copied"]), "from-a-heredoc\ncopied-text");
+    assert_eq!(
+        job.docker_ok(&["run", "--rm", "heredoc:1", "cat", "/run-out", "/copied"]),
+        "from-a-heredoc\ncopied-text\nfrom pathlib import Path"
+    );
     let hiding = context(&format!("FROM {BUSYBOX}\nRUN <<EOF\nFROM other/image\nEOF\n"));
     let out = build_refused_dockerfile(&host, &job, hiding.path(), &["build", "-t", "heredoc:2", "."]);
     refused(&out, "a heredoc line that reads as a FROM instruction");

@@ -170,9 +170,9 @@ pub enum Frontend {
     /// heredocs are refused.
     Classic,
     /// BuildKit's built-in Dockerfile frontend (a `# syntax=` frontend is refused before this):
-    /// heredocs are read as it reads them, their bodies skipped. A body line that reads as an
-    /// instruction naming an image or a URL (`FROM`, `COPY`, `ADD`, `RUN`, `ONBUILD`) is refused, so
-    /// that a heredoc ctproxy saw where BuildKit sees none could never hide one.
+    /// heredocs are read as it reads them, their bodies skipped. A body line that would read as an
+    /// instruction naming an image or a URL (`names_an_image_or_url`) is refused, so that a
+    /// heredoc ctproxy saw where BuildKit sees none could never hide one.
     BuildKit,
 }
 
@@ -214,9 +214,8 @@ pub fn plan_dockerfile_for(
         }
         for &(from, to) in &ins.bodies {
             for (n, l) in lines_of(text, &plan.lines, from, to) {
-                let first = l.split_ascii_whitespace().next().map(go_lower).unwrap_or_default();
-                if matches!(first.as_str(), "from" | "copy" | "add" | "run" | "onbuild") {
-                    return Err(unsupported(n + 1, format!("a heredoc line that reads as a {} instruction", first.to_uppercase())));
+                if let Some(name) = names_an_image_or_url(l) {
+                    return Err(unsupported(n + 1, format!("a heredoc line that reads as a {name} instruction")));
                 }
             }
         }
@@ -1275,6 +1274,24 @@ fn parse(text: &str, lines: &[Line], heredocs: bool) -> Result<Parsed, RewriteEr
         list.push(Instruction { first_line: first, last_line: i - 1, logical, segments, bodies });
     }
     Ok(Parsed { escape, list })
+}
+
+/// Whether a heredoc body line, read as an instruction, would name an image or a URL: a `FROM` of
+/// a valid shape (`FROM [--flags] image [AS name]`), a `COPY --from`, any `ADD`, an `ONBUILD`.
+/// (`RUN --mount from=` is checked over the whole file by the BuildKit caller.) Other lines cannot
+/// reach beyond the namespace even if a parser read them as instructions, and a Python
+/// `from x import y` in a `RUN <<EOF python3` body is not a valid `FROM`.
+fn names_an_image_or_url(line: &str) -> Option<&'static str> {
+    let words: Vec<&str> = line.split_ascii_whitespace().collect();
+    let first = go_lower(words.first()?);
+    let args: Vec<&str> = words[1..].iter().copied().filter(|w| !w.starts_with("--")).collect();
+    match first.as_str() {
+        "from" if args.len() == 1 || (args.len() == 3 && args[1].eq_ignore_ascii_case("as")) => Some("FROM"),
+        "copy" if words[1..].iter().any(|w| go_lower(w).starts_with("--from")) => Some("COPY --from"),
+        "add" => Some("ADD"),
+        "onbuild" => Some("ONBUILD"),
+        _ => None,
+    }
 }
 
 /// The physical lines `from..to` (indexes) with their index.
