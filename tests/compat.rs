@@ -1057,14 +1057,50 @@ struct Names {
     range: String,
     aux: String,
     ip: String,
+    /// Holds the scenario's /24 for this process (see [`reserve_subnet`]).
+    _subnet: std::fs::File,
+}
+
+/// A /24 of 10.200.128.0/17 (the upper half of the job hosts' pool, which its first-free
+/// allocation does not reach while other tests run) for one scenario: locked with `flock` across
+/// the test processes that run scenarios at the same time (the differentials run direct and through
+/// a job with the same subnet; two processes picking the same one made the daemon refuse the second
+/// network as overlapping), and not in use by any network on the daemon. The lock goes with the file.
+fn reserve_subnet() -> (u8, std::fs::File) {
+    use std::os::fd::AsRawFd;
+    let start = std::process::id() % 127;
+    for i in 0..127 {
+        let third = 128 + ((start + i) % 127) as u8;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(format!("/tmp/ctproxy-compat-subnet-10.200.{third}.lock"))
+            .expect("subnet lock file");
+        // SAFETY: flock(2) on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            continue;
+        }
+        let subnet: ipnet::IpNet = format!("10.200.{third}.0/24").parse().expect("subnet");
+        let (status, networks) = support::jobs::http_json(direct_socket(), "GET", "/networks", None);
+        assert_eq!(status, 200, "{networks}");
+        let used = networks
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(support::jobs::network_subnets)
+            .any(|s| s.contains(&subnet.network()) || subnet.contains(&s.network()));
+        if !used {
+            return (third, file);
+        }
+    }
+    panic!("no free /24 in 10.200.128.0/17 for the compatibility scenario");
 }
 
 impl Names {
     fn new() -> Names {
         let p = unique("d").replace("ctproxy-test-", "cmp-");
-        // A /24 of the job hosts' pool (10.200.0.0/16) that the pool's first-free allocation
-        // does not reach while other tests run.
-        let third = 128 + (std::process::id() % 100) as u8 + (p.len() % 7) as u8;
+        let (third, lock) = reserve_subnet();
         Names {
             img: format!("{p}-img"),
             c: format!("{p}-c"),
@@ -1080,6 +1116,7 @@ impl Names {
             aux: format!("10.200.{third}.250"),
             ip: format!("10.200.{third}.130"),
             p,
+            _subnet: lock,
         }
     }
 }
