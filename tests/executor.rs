@@ -452,18 +452,22 @@ fn a_runner_that_dies_without_cleanup_has_its_job_reaped() {
     assert!(p.log_text().contains("reaping"), "{}", p.log_text());
 }
 
-#[test]
-fn a_private_image_is_pulled_with_the_jobs_own_credentials_and_never_handed_to_another_job() {
-    let registry = Registry::start_with_users(&[("ci", "ci-pw")]);
-    let image = format!("{}/private/app:1", registry.addr);
-    // Put the private image in the registry, and nowhere on the host.
+/// Puts the busybox test image into `registry` (user `ci`) as `image`, and nowhere on the host.
+fn push_private(registry: &Registry, image: &str) {
     let cfg = tempfile::tempdir().expect("tempdir");
     let cfg_dir = cfg.path().to_str().expect("utf-8");
     let login = docker_cmd("docker", direct(), &["--config", cfg_dir, "login", "-u", "ci", "--password-stdin", &registry.addr]);
     ok_within(login, Some(b"ci-pw".to_vec()), Duration::from_secs(30), "login");
-    check(&docker_output(direct(), &["tag", BUSYBOX, &image]), &["tag"]);
-    ok_within(docker_cmd("docker", direct(), &["--config", cfg_dir, "push", &image]), None, Duration::from_secs(60), "push");
-    check(&docker_output(direct(), &["rmi", &image]), &["rmi"]);
+    check(&docker_output(direct(), &["tag", BUSYBOX, image]), &["tag"]);
+    ok_within(docker_cmd("docker", direct(), &["--config", cfg_dir, "push", image]), None, Duration::from_secs(60), "push");
+    check(&docker_output(direct(), &["rmi", image]), &["rmi"]);
+}
+
+#[test]
+fn a_private_image_is_pulled_with_the_jobs_own_credentials_and_never_handed_to_another_job() {
+    let registry = Registry::start_with_users(&[("ci", "ci-pw")]);
+    let image = format!("{}/private/app:1", registry.addr);
+    push_private(&registry, &image);
 
     let p = Proxy::start_with_config(&config(&format!("insecure = [\"{}\"]", registry.addr)), "docker.sock");
     let drv = driver(&p);
@@ -500,13 +504,7 @@ fn a_private_image_is_pulled_with_the_jobs_own_credentials_and_never_handed_to_a
 fn the_jobs_own_pulls_get_none_of_prepares_credentials() {
     let registry = Registry::start_with_users(&[("ci", "ci-pw")]);
     let image = format!("{}/private/own-pull:1", registry.addr);
-    let cfg = tempfile::tempdir().expect("tempdir");
-    let cfg_dir = cfg.path().to_str().expect("utf-8");
-    let login = docker_cmd("docker", direct(), &["--config", cfg_dir, "login", "-u", "ci", "--password-stdin", &registry.addr]);
-    ok_within(login, Some(b"ci-pw".to_vec()), Duration::from_secs(30), "login");
-    check(&docker_output(direct(), &["tag", BUSYBOX, &image]), &["tag"]);
-    ok_within(docker_cmd("docker", direct(), &["--config", cfg_dir, "push", &image]), None, Duration::from_secs(60), "push");
-    check(&docker_output(direct(), &["rmi", &image]), &["rmi"]);
+    push_private(&registry, &image);
 
     let p = Proxy::start_with_config(&config(&format!("insecure = [\"{}\"]", registry.addr)), "docker.sock");
     let pull = format!("docker pull {image} && echo own-pull-worked || echo own-pull-refused");
